@@ -1,0 +1,122 @@
+"""The `glassgpt` command. Subcommands only parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from glassgpt.errors import GlassError
+
+log = logging.getLogger("glassgpt")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        datefmt="[%X]", handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+
+
+def _config(args, overrides: list[str]):
+    from glassgpt import config
+
+    if args.data:
+        overrides = [f"data.paths={args.data!r}".replace("'", '"')] + overrides
+    return config.load(args.preset, overrides)
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    """`--model.depth=6` or `--model.depth 6` → ['model.depth=6']."""
+    out, i = [], 0
+    while i < len(extra):
+        a = extra[i]
+        if not a.startswith("--") or "." not in a.split("=")[0]:
+            raise GlassError(f"unknown argument '{a}' (config overrides look like --model.depth=6)")
+        if "=" in a:
+            out.append(a[2:])
+        elif i + 1 < len(extra):
+            out.append(f"{a[2:]}={extra[i + 1]}")
+            i += 1
+        else:
+            raise GlassError(f"override '{a}' has no value")
+        i += 1
+    return out
+
+
+def cmd_train(args, extra):
+    from glassgpt.train.trainer import train
+
+    cfg = _config(args, _split_overrides(extra))
+    report = train(cfg, args.out, resume=args.resume)
+    for name, r in report["heldout"].items():
+        print(f"held-out {name}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte")
+
+
+def cmd_speedrun(args, extra):
+    from glassgpt.train.trainer import train
+
+    cfg = _config(args, _split_overrides(extra))
+    report = train(cfg, args.out, resume=args.resume)
+    print(f"speedrun ({args.preset}): {report['params']:,} params, {report['tokens']:,} tokens, "
+          f"{report['flops']:.3g} FLOPs, {report['seconds']:.0f}s")
+    for name, r in report["heldout"].items():
+        print(f"held-out {name}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte")
+
+
+def cmd_prepare(args, extra):
+    from glassgpt.data.shards import prepare
+
+    cfg = _config(args, _split_overrides(extra))
+    print(prepare(cfg.data))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glassgpt", description="An open, hackable GPT-4-style system.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def trainish(name, fn, help, preset="cpu"):
+        s = sub.add_parser(name, help=help, description=help + " Extra --section.key=value arguments override the preset.")
+        s.add_argument("--preset", default=preset, help="preset name (tiny, cpu, gpu) or a YAML config file")
+        s.add_argument("--data", action="append", metavar="PATH_OR_GLOB", help="training text/JSONL/parquet (repeatable); default: the stdlib corpus")
+        if name != "prepare":
+            s.add_argument("--out", required=name == "train", default="runs/speedrun", help="run directory")
+            s.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+        s.set_defaults(fn=fn)
+
+    trainish("train", cmd_train, "Train a model.")
+    trainish("speedrun", cmd_speedrun, "The main job: data, tokenizer, training and held-out evaluation.")
+    trainish("prepare", cmd_prepare, "Tokenize a corpus into shards (cached) and print where.")
+    try:
+        from glassgpt.cli_evals import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        fn = args.fn
+        if getattr(fn, "__code__", None) and fn.__code__.co_argcount == 1:
+            if extra:
+                raise GlassError(f"unknown arguments: {' '.join(extra)}")
+            rv = fn(args)
+        else:
+            rv = fn(args, extra)
+        return int(rv or 0)
+    except GlassError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Typed configuration: dataclasses, YAML presets, dotted overrides.
+
+One dial where it can be: a model's width, heads, batch and learning rate derive from a
+few numbers through the formulas below (written down once; the ladder uses them too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glassgpt.errors import ConfigError, closest
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 4  # number of transformer blocks: the main dial
+    aspect: int = 64  # width = depth * aspect, rounded up to a multiple of head_dim
+    width: int = 0  # 0: derived from depth * aspect; set to pin it
+    head_dim: int = 64
+    kv_groups: int = 1  # query heads per key/value head (grouped-query attention); 1 = MHA
+    mlp: str = "relu2"  # "relu2" or "swiglu"
+    mlp_ratio: float = 4.0
+    seq_len: int = 256
+    vocab_size: int = 0  # 0: taken from the tokenizer at run time
+    rope_base: float = 10000.0
+    rope_scale: float = 1.0  # >1 stretches positions (position interpolation) for long context
+    image_token_id: int = -1  # token whose positions take spliced-in image embeddings
+
+    @property
+    def d_model(self) -> int:
+        if self.width:
+            return self.width
+        w = self.depth * self.aspect
+        return max(self.head_dim, math.ceil(w / self.head_dim) * self.head_dim)
+
+    @property
+    def n_heads(self) -> int:
+        return max(1, self.d_model // self.head_dim)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return max(1, self.n_heads // self.kv_groups)
+
+    @property
+    def d_hidden(self) -> int:
+        h = self.mlp_ratio * self.d_model
+        if self.mlp == "swiglu":  # 2/3 keeps parameters equal to a plain MLP of the same ratio
+            h = h * 2 / 3
+        return int(math.ceil(h / 32) * 32)
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # empty: the embedded stdlib corpus
+    heldout: list[str] = field(default_factory=lambda: ["stdlib_tests", "humaneval"])
+    vocab_size: int = 4096
+    val_fraction: float = 0.02  # documents, by a hash of their name
+    max_bytes: int = 0  # 0: no cap; else stop reading sources after this many bytes
+    tokenizer_bytes: int = 20_000_000  # train the BPE on at most this much text
+    cache_dir: str = "runs/cache"
+    shard_tokens: int = 50_000_000
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "muon"  # "muon" (hidden matrices) + AdamW (the rest), or "adamw"
+    lr: float = 0.0  # 0: derived (see optim.default_lr)
+    muon_lr: float = 0.02
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: str = "wsd"  # "wsd" (warmup-stable-decay) or "cosine"
+    warmup_frac: float = 0.02
+    cooldown_frac: float = 0.3
+    batch_size: int = 16  # sequences per micro-batch per process
+    grad_accum: int = 1
+    tokens: int = 2_000_000  # total training tokens (sets the number of steps)
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tokens: int = 65536  # per held-out set
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    compile: bool = False
+    fsdp: bool = False
+    seed: int = 1337
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("glassgpt.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the type of the field's default."""
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse value for {key}: {value!r} ({e.problem})") from None
+    try:
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(current, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, tuple):
+            return tuple(float(v) for v in value)
+        if isinstance(current, list):
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        if isinstance(current, str):
+            return str(value)
+    except (ValueError, TypeError):
+        pass
+    raise ConfigError(f"bad value for {key}: {value!r} (expected {type(current).__name__})")
+
+
+def apply(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key such as 'model.depth'; unknown keys suggest the closest valid one."""
+    all_keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in {f.name for f in dataclasses.fields(SECTIONS[parts[0]])}:
+        raise ConfigError(f"unknown config key '{key}'{closest(key, all_keys)}")
+    section = getattr(cfg, parts[0])
+    setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), key))
+
+
+def from_dict(d: dict, cfg: Config | None = None) -> Config:
+    cfg = cfg or Config()
+    if not isinstance(d, dict):
+        raise ConfigError("a config file must be a mapping with sections model/data/train")
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{closest(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping")
+        for k, v in values.items():
+            apply(cfg, f"{section}.{k}", v)
+    return cfg
+
+
+def load(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """A preset name or a YAML path, then `key=value` overrides (dotted keys)."""
+    cfg = Config()
+    if preset:
+        path = Path(preset)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {preset}")
+            text = path.read_text()
+        elif preset in preset_names():
+            text = resources.files("glassgpt.presets").joinpath(f"{preset}.yaml").read_text()
+        else:
+            raise ConfigError(f"unknown preset '{preset}'{closest(preset, preset_names())}; presets: {', '.join(preset_names())}")
+        try:
+            from_dict(yaml.safe_load(text) or {}, cfg)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {preset}: {e}") from None
+    for ov in overrides or []:
+        key, sep, value = ov.lstrip("-").partition("=")
+        if not sep:
+            raise ConfigError(f"override '{ov}' must look like --section.key=value")
+        apply(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    if m.mlp not in ("relu2", "swiglu"):
+        raise ConfigError(f"model.mlp must be 'relu2' or 'swiglu', not '{m.mlp}'")
+    if m.n_heads % m.kv_groups:
+        raise ConfigError(f"model.kv_groups={m.kv_groups} must divide the {m.n_heads} heads")
+    if m.width and m.width % m.head_dim:
+        raise ConfigError(f"model.width={m.width} must be a multiple of model.head_dim={m.head_dim}")
+    if t.optimizer not in ("adamw", "muon"):
+        raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
+    if t.schedule not in ("wsd", "cosine"):
+        raise ConfigError(f"train.schedule must be 'wsd' or 'cosine', not '{t.schedule}'")
+    for name in ("batch_size", "grad_accum", "tokens", "eval_every", "checkpoint_every", "log_every"):
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"train.{name} must be positive")
+    if m.depth <= 0 or m.seq_len <= 1:
+        raise ConfigError("model.depth must be positive and model.seq_len at least 2")

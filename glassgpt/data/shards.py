@@ -1,0 +1,272 @@
+"""Tokenize a corpus once into memory-mapped token shards; stream BOS-aligned rows.
+
+Layout of a prepared corpus (a cache directory named by a hash of its inputs):
+    tokenizer.json
+    manifest.json                  sources, counts, sha256 of the shard set
+    <split>_00000.bin ...           token ids (uint16, or uint32 for vocabularies > 65536)
+    <split>_00000.docs.npy ...      offsets of document starts (each begins with <|bos|>)
+Splits: `train`, `val` (a deterministic document-level split of the training sources) and
+one per held-out set (`stdlib_tests`, `humaneval`), which are never trained on.
+
+Rows are BOS-aligned: every document starts at the start of a row, and a document longer
+than a row continues in the following rows (row starts = doc start + k·T), so no token is
+dropped. A row is T+1 tokens (inputs and shifted targets). Reading goes through np.memmap,
+so memory stays bounded whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from glassgpt.config import DataConfig
+from glassgpt.data import sources
+from glassgpt.data.tokenizer import Tokenizer, train_from_documents
+from glassgpt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def is_val(name: str, fraction: float) -> bool:
+    """Deterministic document-level split by a hash of the document's name."""
+    return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
+
+
+def cache_key(cfg: DataConfig) -> str:
+    """Everything that determines the prepared corpus: config and the input files' identity."""
+    d = asdict(cfg)
+    d.pop("cache_dir")
+    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+    h.update(sys.version.encode())
+    if cfg.paths:
+        for p in sources.expand_paths(cfg.paths):
+            st = p.stat()
+            h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(str(sources.stdlib_root()).encode())
+    return h.hexdigest()[:16]
+
+
+class _ShardWriter:
+    def __init__(self, root: Path, split: str, dtype, shard_tokens: int):
+        self.root, self.split, self.dtype, self.shard_tokens = root, split, dtype, shard_tokens
+        self.files: list[dict] = []
+        self._open()
+        self.tokens = self.documents = self.bytes = 0
+
+    def _open(self):
+        name = f"{self.split}_{len(self.files):05d}"
+        self.name = name
+        self.f = open(self.root / f"{name}.bin", "wb")
+        self.pos = 0
+        self.docs: list[int] = []
+
+    def _close(self):
+        self.f.close()
+        np.save(self.root / f"{self.name}.docs.npy", np.asarray(self.docs, dtype=np.int64))
+        self.files.append({"bin": f"{self.name}.bin", "docs": f"{self.name}.docs.npy", "tokens": self.pos})
+
+    def add(self, ids: list[int], n_bytes: int):
+        if self.pos and self.pos + len(ids) > self.shard_tokens:
+            self._close()
+            self._open()
+        self.docs.append(self.pos)
+        np.asarray(ids, dtype=self.dtype).tofile(self.f)
+        self.pos += len(ids)
+        self.tokens += len(ids)
+        self.documents += 1
+        self.bytes += n_bytes
+
+    def finish(self) -> dict:
+        self._close()
+        if self.files and self.files[-1]["tokens"] == 0:  # drop an empty trailing shard
+            last = self.files.pop()
+            (self.root / last["bin"]).unlink()
+            (self.root / last["docs"]).unlink()
+        return {"files": self.files, "tokens": self.tokens, "documents": self.documents, "bytes": self.bytes}
+
+
+def _capped(docs, max_bytes: int):
+    seen = 0
+    for d in docs:
+        if max_bytes and seen >= max_bytes:
+            return
+        seen += len(d.text)
+        yield d
+
+
+def _tokenize_into(writers, docs, tok: Tokenizer, pick, batch_docs: int = 64):
+    batch = []
+
+    def flush():
+        for d, ids in zip(batch, tok.encode_batch([d.text for d in batch])):
+            pick(d).add([tok.bos_id] + ids, len(d.text.encode("utf-8")))
+        batch.clear()
+
+    for d in docs:
+        batch.append(d)
+        if len(batch) >= batch_docs:
+            flush()
+    if batch:
+        flush()
+
+
+def prepare(cfg: DataConfig, progress: bool = True) -> Path:
+    """Tokenizer + shards for this data config, built once and cached. Returns the directory."""
+    key = cache_key(cfg)
+    root = Path(cfg.cache_dir) / key
+    if (root / "manifest.json").exists():
+        return root
+    tmp = Path(cfg.cache_dir) / f".{key}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _build(cfg, tmp)
+        if root.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written corpus
+        raise
+    return root
+
+
+def _build(cfg: DataConfig, root: Path) -> None:
+    t0 = time.time()
+    tok_stats = sources.SourceStats("tokenizer")
+    log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
+    train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats), cfg.max_bytes)
+                   if not is_val(d.name, cfg.val_fraction))
+    tok = train_from_documents(train_texts, cfg.vocab_size, cfg.tokenizer_bytes)
+    if tok_stats.documents == 0:
+        raise DataError(f"no usable text in {' '.join(cfg.paths) or 'the standard library'} "
+                        f"(skipped: {tok_stats.skipped or 'none'})")
+    tok.save(root / "tokenizer.json")
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+
+    splits, source_stats = {}, []
+    stats = sources.SourceStats("stdlib" if not cfg.paths else "files")
+    train_w = _ShardWriter(root, "train", dtype, cfg.shard_tokens)
+    val_w = _ShardWriter(root, "val", dtype, cfg.shard_tokens)
+    docs = _capped(sources.training_documents(cfg.paths, stats), cfg.max_bytes)
+    _tokenize_into(None, docs, tok, lambda d: val_w if is_val(d.name, cfg.val_fraction) else train_w)
+    splits["train"], splits["val"] = train_w.finish(), val_w.finish()
+    source_stats.append(asdict(stats))
+    if splits["train"]["tokens"] == 0:
+        raise DataError("every document landed in the validation split; lower data.val_fraction")
+    for name in cfg.heldout:
+        if name not in sources.HELDOUT_SETS:
+            raise DataError(f"unknown held-out set '{name}'; known: {', '.join(sources.HELDOUT_SETS)}")
+        if name == "stdlib_tests" and not sources.stdlib_tests_available():
+            log.warning("held-out set stdlib_tests skipped: this Python ships no test/ directory")
+            source_stats.append({"name": name, "skipped": "this Python ships no stdlib test/ directory"})
+            continue
+        hstats = sources.SourceStats(name)
+        w = _ShardWriter(root, name, dtype, cfg.shard_tokens)
+        _tokenize_into(None, _capped(sources.HELDOUT_SETS[name](hstats), cfg.max_bytes), tok, lambda d: w)
+        splits[name] = w.finish()
+        source_stats.append(asdict(hstats))
+
+    sha = hashlib.sha256()
+    for split in splits.values():
+        for f in split["files"]:
+            with open(root / f["bin"], "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(chunk)
+    manifest = {
+        "data_config": asdict(cfg),
+        "tokenizer": {"vocab_size": tok.vocab_size, "trained_on_documents": tok_stats.documents},
+        "dtype": np.dtype(dtype).name,
+        "sources": source_stats,
+        "splits": splits,
+        "shards_sha256": sha.hexdigest(),
+        "seconds": round(time.time() - t0, 2),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log.info("corpus ready: %s train tokens, %s val tokens (%.1fs)", f"{splits['train']['tokens']:,}",
+             f"{splits['val']['tokens']:,}", time.time() - t0)
+
+
+class Corpus:
+    """A prepared corpus directory: its tokenizer, manifest and token splits."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest = json.loads((self.root / "manifest.json").read_text())
+        self.tokenizer = Tokenizer.load(self.root / "tokenizer.json")
+        self.dtype = np.dtype(self.manifest["dtype"])
+
+    @property
+    def heldout_sets(self) -> list[str]:
+        return [s for s in self.manifest["splits"] if s != "train"]
+
+    def split(self, name: str, seq_len: int) -> "TokenRows":
+        if name not in self.manifest["splits"]:
+            raise DataError(f"split '{name}' not in corpus {self.root}")
+        return TokenRows(self.root, self.manifest["splits"][name], self.dtype, seq_len)
+
+
+class TokenRows:
+    """BOS-aligned rows of T+1 tokens over a split's memory-mapped shards."""
+
+    def __init__(self, root: Path, split: dict, dtype, seq_len: int):
+        self.T = seq_len
+        self.shards = [np.memmap(root / f["bin"], dtype=dtype, mode="r") for f in split["files"] if f["tokens"]]
+        starts = []
+        for s, f in enumerate(f for f in split["files"] if f["tokens"]):
+            n = f["tokens"]
+            if n < seq_len + 1:
+                continue
+            docs = np.load(root / f["docs"])
+            ends = np.append(docs[1:], n)
+            for a, b in zip(docs, ends):
+                p = np.arange(a, b, seq_len, dtype=np.int64)
+                starts.append(np.stack([np.full_like(p, s), np.minimum(p, n - seq_len - 1)], 1))
+        self.rows = np.concatenate(starts) if starts else np.zeros((0, 2), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, indices) -> np.ndarray:
+        out = np.empty((len(indices), self.T + 1), dtype=np.int64)
+        for j, i in enumerate(indices):
+            s, p = self.rows[i]
+            out[j] = self.shards[s][p : p + self.T + 1]
+        return out
+
+
+class Loader:
+    """Deterministic batches: the global batch at step k is a pure function of (seed, k),
+    so resuming needs only the step, and rank r of W takes its slice of the global batch
+    (the same rows a single process would see, split W ways)."""
+
+    def __init__(self, rows: TokenRows, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if len(rows) < batch_size * world:
+            raise DataError(f"the corpus has {len(rows)} rows of {rows.T + 1} tokens, fewer than one global batch "
+                            f"of {batch_size * world}; add data or lower train.batch_size / model.seq_len")
+        self.rows, self.B, self.seed, self.rank, self.world = rows, batch_size, seed, rank, world
+        self._perm_epoch, self._perm = -1, None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, index: int) -> np.ndarray:
+        """The index-th micro-batch of this rank: [B, T+1] int64."""
+        n = len(self.rows)
+        first = (index * self.world + self.rank) * self.B
+        ids = [(self._order((first + j) // n))[(first + j) % n] for j in range(self.B)]
+        return self.rows.get(ids)

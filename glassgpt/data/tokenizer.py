@@ -1,0 +1,180 @@
+"""Byte-level BPE (trained with `tokenizers`), GPT-4 pre-split, chat special tokens.
+
+Every byte 0..255 is a token of its own, so any byte string round-trips exactly: text
+that is valid UTF-8 goes through the fast Rust encoder; bytes that are not are encoded
+one byte-token each. Decoding maps tokens back to bytes ourselves (not through the
+lossy UTF-8 decoder), so `decode_bytes(encode_bytes(b)) == b` for every b.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tokenizers import Regex, Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from glassgpt.errors import ConfigError, DataError
+
+# cl100k's split: contractions, words with one leading non-letter, numbers in 1-3 digits,
+# punctuation runs, newlines, and whitespace that does not eat the next word's space.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+SPECIAL_TOKENS = [
+    "<|bos|>",
+    "<|pad|>",
+    "<|system_start|>",
+    "<|system_end|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|image|>",
+]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (used by ByteLevel)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(keep, chars)}
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def _pre_tokenizer():
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
+class Tokenizer:
+    """A trained BPE with byte-exact encode/decode and chat rendering."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        self.vocab_size = hf.get_vocab_size()
+        self.special = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        if any(v is None for v in self.special.values()):
+            raise DataError("tokenizer file lacks glassgpt's special tokens; retrain it")
+        self.bos_id = self.special["<|bos|>"]
+        self.pad_id = self.special["<|pad|>"]
+        self.image_id = self.special["<|image|>"]
+        self._byte_id = [hf.token_to_id(BYTE_TO_CHAR[b]) for b in range(256)]
+        # Bytes each token stands for (0 for specials): the denominator of bits per byte.
+        self._token_bytes: list[bytes] = []
+        special_ids = set(self.special.values())
+        for i in range(self.vocab_size):
+            tok = hf.id_to_token(i)
+            self._token_bytes.append(b"" if i in special_ids else bytes(CHAR_TO_BYTE[c] for c in tok))
+        self.token_byte_lengths = np.array([len(b) for b in self._token_bytes], dtype=np.int32)
+
+    # --- training and persistence ---------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
+        minimum = 256 + len(SPECIAL_TOKENS)
+        if vocab_size < minimum:
+            raise ConfigError(f"data.vocab_size={vocab_size} is too small: 256 byte tokens + {len(SPECIAL_TOKENS)} special tokens need at least {minimum}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = _pre_tokenizer()
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    def save(self, path: Path) -> None:
+        tmp = Path(str(path) + ".tmp")
+        self.hf.save(str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Tokenizer":
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises plain Exceptions
+            raise DataError(f"cannot load tokenizer {path}: {e}") from None
+
+    # --- encoding ------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Plain text; special-token strings in it are encoded as ordinary text."""
+        return self.hf.encode(text, add_special_tokens=False).ids if text else []
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Any bytes: valid UTF-8 runs through BPE, invalid bytes as single byte tokens."""
+        out: list[int] = []
+        while data:
+            try:
+                out += self.encode(data.decode("utf-8"))
+                break
+            except UnicodeDecodeError as e:
+                out += self.encode(data[: e.start].decode("utf-8"))
+                out += [self._byte_id[b] for b in data[e.start : e.end]]
+                data = data[e.end :]
+        return out
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self._token_bytes[i] for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, ids) -> np.ndarray:
+        return self.token_byte_lengths[np.asarray(ids)]
+
+    # --- chat --------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, n_image_tokens: int = 0) -> list[int]:
+        """messages: [{'role': 'system'|'user'|'assistant', 'content': str or parts}] → ids.
+        An image part becomes n_image_tokens copies of <|image|> for the vision encoder."""
+        ids = [self.bos_id]
+        for m in messages:
+            role = m.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise DataError(f"unknown chat role {role!r}")
+            ids.append(self.special[f"<|{role}_start|>"])
+            content = m.get("content", "")
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            for p in parts:
+                if p.get("type") == "text":
+                    ids += self.encode(p.get("text", ""))
+                else:
+                    ids += [self.image_id] * n_image_tokens
+            ids.append(self.special[f"<|{role}_end|>"])
+        if add_generation_prompt:
+            ids.append(self.special["<|assistant_start|>"])
+        return ids
+
+    @staticmethod
+    def bits_per_byte(loss_nats_sum: float, n_bytes: int) -> float:
+        return loss_nats_sum / (max(n_bytes, 1) * math.log(2))
+
+
+def train_from_documents(docs: Iterator[str], vocab_size: int, max_bytes: int) -> Tokenizer:
+    """Train on the first max_bytes of the documents (enough for a small vocab)."""
+
+    def limited():
+        seen = 0
+        for text in docs:
+            yield text
+            seen += len(text)
+            if seen >= max_bytes:
+                return
+
+    return Tokenizer.train(limited(), vocab_size)

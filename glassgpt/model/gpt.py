@@ -1,0 +1,208 @@
+"""The glassgpt decoder: one file, read in one sitting.
+
+A decoder-only transformer in the modern style (as in nanochat / Llama):
+- RoPE positions (with an optional position-interpolation scale for long context),
+- RMSNorm without learnable gain (one less thing to tune; Muon does not need it),
+- QK-norm, so attention logits stay bounded without a softmax temperature hack,
+- grouped-query attention (fewer K/V heads: a smaller KV cache when serving),
+- no biases anywhere, an untied LM head,
+- a ReLU² or SwiGLU MLP,
+- torch's scaled_dot_product_attention (flash / memory-efficient kernels where available).
+
+The model is built on the meta device (no memory, no init cost) and initialised by an
+explicit `init_weights()` after it is moved to its real device, so that FSDP can shard
+it before any weight exists and every rank gets identical weights from one seed.
+Image embeddings (from glassgpt.model.vision) are spliced in at `<image>` token positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glassgpt.config import ModelConfig
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [seq_len, head_dim/2]; rope_scale > 1 squeezes positions (interpolation)."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(half, dtype=torch.float32, device=device) / half))
+    pos = torch.arange(cfg.seq_len, dtype=torch.float32, device=device) / cfg.rope_scale
+    angles = torch.outer(pos, inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, H, T, D]; rotate pairs (first half, second half) of each head.
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer; `pos` is how many positions are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (cfg.depth, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        t = k.size(2)
+        self.k[layer, :, :, self.pos : self.pos + t] = k
+        self.v[layer, :, :, self.pos : self.pos + t] = v
+        end = self.pos + t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.h, self.kv, self.hd = layer, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.c_qkv = nn.Linear(cfg.d_model, (self.h + 2 * self.kv) * self.hd, bias=False)
+        self.c_proj = nn.Linear(self.h * self.hd, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q, k, v = self.c_qkv(x).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], dim=-1)
+        q = q.view(B, T, self.h, self.hd).transpose(1, 2)
+        k = k.view(B, T, self.kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(rms_norm(q), cos, sin), apply_rope(rms_norm(k), cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(self.layer, k, v)
+        if past == 0:  # training or prefill: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        else:  # decoding after a prefix: query i sees the prefix and new keys up to itself
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv != self.h)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.c_fc = nn.Linear(cfg.d_model, cfg.d_hidden * (2 if self.swiglu else 1), bias=False)
+        self.c_proj = nn.Linear(cfg.d_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:  # ReLU²: as good as GELU at this scale and cheaper (modded-nanogpt)
+            h = F.relu(h).square()
+        return self.c_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(rms_norm(x), cos, sin, cache)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building a model")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Fill every weight; call after `to_empty(device=...)` (the model is built on meta)."""
+        gen = torch.Generator(device=self.wte.weight.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        self.wte.weight.normal_(0.0, 1.0, generator=gen)  # normed right after, so scale is free
+        self.lm_head.weight.normal_(0.0, 0.001, generator=gen)  # start near uniform predictions
+        for block in self.blocks:
+            for lin in (block.attn.c_qkv, block.mlp.c_fc):
+                bound = math.sqrt(3.0 / lin.in_features)  # unit-variance outputs for unit inputs
+                lin.weight.uniform_(-bound, bound, generator=gen)
+            # Residual branches start as identity: deep nets begin as shallow ones (nanochat).
+            block.attn.c_proj.weight.zero_()
+            block.mlp.c_proj.weight.zero_()
+        cos, sin = rope_tables(self.cfg, device=self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean"):
+        """idx [B, T] token ids. Returns logits [B, T, V], or the loss when targets are given
+        (targets -1 are ignored). image_embeds [n, d_model] replace the embeddings at the n
+        positions where idx == cfg.image_token_id, in order."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cos.size(0):
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context window of {self.cos.size(0)}")
+        x = self.wte(idx)
+        if image_embeds is not None:
+            slots = (idx == self.cfg.image_token_id).unsqueeze(-1)
+            if int(slots.sum()) != image_embeds.numel() // x.size(-1):
+                raise ValueError("number of image embeddings does not match the <image> positions")
+            x = x.masked_scatter(slots, image_embeds.to(x.dtype))
+        x = rms_norm(x)
+        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(rms_norm(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, image_embeds=None):
+        """Sample max_new_tokens after idx [B, T] with a KV cache; temperature 0 is greedy."""
+        B, T = idx.shape
+        max_len = min(T + max_new_tokens, self.cfg.seq_len)
+        if T >= max_len:
+            raise ValueError(f"prompt of {T} tokens leaves no room in the {self.cfg.seq_len}-token context")
+        cache = KVCache(self.cfg, B, max_len, idx.device, self.wte.weight.dtype)
+        logits = self(idx, image_embeds=image_embeds, cache=cache)[:, -1]
+        out = [idx]
+        for i in range(max_len - T):
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
+            out.append(nxt)
+            if i + 1 < max_len - T:
+                logits = self(nxt, cache=cache)[:, -1]
+        return torch.cat(out, dim=1)
+
+
+def build(cfg: ModelConfig, device="cpu", seed: int | None = 0) -> GPT:
+    """Build on meta, materialise on `device`, initialise."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model

@@ -1,0 +1,115 @@
+"""Optimizers, schedules and the learning-rate transfer rule.
+
+Two optimizers:
+- `muon`: Muon (momentum, then Newton-Schulz orthogonalisation) for the hidden 2-D
+  matrices, AdamW for the embedding and LM head (as in modded-nanogpt / nanochat).
+- `adamw`: AdamW for everything.
+
+Learning rates transfer across widths by one rule (written once, used by the ladder):
+AdamW rates scale as (d/768)^-1/2 (nanochat's rule); Muon's update is scale-free by
+construction (orthogonalised, shape-corrected), so its rate stays fixed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from glassgpt.config import Config
+
+
+def lr_scale(d_model: int) -> float:
+    return (d_model / 768) ** -0.5
+
+
+def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(adamw_groups, muon_groups) with learning rates from the transfer rule."""
+    t, s = cfg.train, lr_scale(cfg.model.d_model)
+    emb = [model.wte.weight]
+    head = [model.lm_head.weight]
+    hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.")]
+    if t.optimizer == "muon":
+        adam = [
+            {"params": emb, "lr": 0.2 * s, "weight_decay": 0.0},
+            {"params": head, "lr": 0.004 * s, "weight_decay": 0.0},
+        ]
+        return adam, [{"params": hidden, "lr": t.muon_lr, "weight_decay": t.weight_decay}]
+    base = t.lr or 0.003 * s
+    return [
+        {"params": emb, "lr": t.lr or 0.2 * s, "weight_decay": 0.0},
+        {"params": head, "lr": t.lr or 0.004 * s, "weight_decay": 0.0},
+        {"params": hidden, "lr": base, "weight_decay": t.weight_decay},
+    ], []
+
+
+def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately orthogonalise g (U Vᵀ of its SVD) with a quintic Newton-Schulz
+    iteration whose coefficients push singular values towards 1 fast (Keller Jordan)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.float()
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return (x.T if transposed else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D weights. Runs identically on every DDP rank (grads already averaged)."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p.grad)
+                buf = state["momentum"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                update = zeropower_newton_schulz(g, group["ns_steps"])
+                update *= max(1.0, p.size(0) / p.size(1)) ** 0.5  # tall matrices: same RMS step
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+
+
+def build_optimizers(model, cfg: Config) -> list[torch.optim.Optimizer]:
+    adam_groups, muon_groups = param_groups(model, cfg)
+    opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
+    if muon_groups:
+        opts.append(Muon(muon_groups))
+    for opt in opts:
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
+    return opts
+
+
+def lr_multiplier(step: int, total: int, schedule: str, warmup_frac: float, cooldown_frac: float) -> float:
+    """Warmup-stable-decay (linear cooldown to 0 over the last cooldown_frac) or cosine
+    (to 10% of the peak). `step` counts from 0."""
+    warmup = max(1, int(round(warmup_frac * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "wsd":
+        cooldown = int(round(cooldown_frac * total))
+        if cooldown and step >= total - cooldown:
+            return max(0.0, (total - step) / cooldown)
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(opts, mult: float) -> None:
+    for opt in opts:
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * mult
