@@ -1,0 +1,1 @@
+"""glassgpt's implementations of eval classes (reference class paths map here)."""
