@@ -65,6 +65,7 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        hf.encode_special_tokens = True  # "<|bos|>" typed by a user is text, not a control token
         self.vocab_size = hf.get_vocab_size()
         self.special = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
         if any(v is None for v in self.special.values()):

@@ -67,6 +67,9 @@ class LocalModelFn(CompletionFn):
         self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
         self.eos_id = getattr(tokenizer, "eos_id", None)
         self.bos_id = getattr(tokenizer, "bos_id", None)
+        # generation ends at end-of-text, a new document (bos) or the end of the assistant turn
+        special = getattr(tokenizer, "special", None) or {}
+        self.stop_ids = {i for i in (self.eos_id, self.bos_id, special.get("<|assistant_end|>")) if i is not None}
         self._queue: "queue.Queue" = queue.Queue()
         self._worker: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
@@ -154,7 +157,7 @@ class LocalModelFn(CompletionFn):
                     else:
                         probs = torch.softmax(lg / temp, dim=-1)
                         nxt = int(torch.multinomial(probs, 1, generator=self.gen))
-                    if self.eos_id is not None and nxt == self.eos_id:
+                    if nxt in self.stop_ids:
                         done[i] = True
                         continue
                     buf[i, cur[i]] = nxt
@@ -236,3 +239,30 @@ class LocalModelFn(CompletionFn):
                     out[i] = (float(lp.sum()), greedy)
         self.batches.append(len(todo))
         return out
+
+    def loglikelihood_rolling(self, texts) -> list[float]:
+        """Total log p(text) over all its tokens, in disjoint windows of the context length
+        (the first window starts after bos). Used for bits per byte."""
+        torch = self.torch
+        windows = []  # (text index, input ids, target ids)
+        for t, text in enumerate(texts):
+            ids = ([self.bos_id] if self.bos_id is not None else []) + list(self.tok.encode(text))
+            W = self.block_size or max(1, len(ids) - 1)
+            for s in range(0, max(0, len(ids) - 1), W):
+                windows.append((t, ids[s: s + W], ids[s + 1: s + W + 1]))
+        totals = [0.0] * len(texts)
+        with self._model_lock, torch.no_grad():
+            for s in range(0, len(windows), self.batch_size):
+                chunk = windows[s: s + self.batch_size]
+                T = max(len(w[1]) for w in chunk)
+                x = torch.zeros((len(chunk), T), dtype=torch.long)
+                for r, (_, inp, _) in enumerate(chunk):
+                    x[r, : len(inp)] = torch.tensor(inp)
+                logits = self.model(x.to(self.device))
+                if isinstance(logits, tuple):
+                    logits = logits[0]
+                logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+                for r, (t, inp, tgt) in enumerate(chunk):
+                    n = len(tgt)
+                    totals[t] += float(logp[r, torch.arange(n), torch.tensor(tgt)].sum())
+        return totals

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny corpora and configs built in-process, in seconds."""
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from glassgpt import config
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SAMPLE_FILES = ["textwrap.py", "string.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py", "keyword.py",
+                "colorsys.py", "glob.py", "copy.py", "queue.py", "sched.py", "struct.py", "token.py"]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A small training corpus: a few stdlib modules copied as user text files."""
+    d = tmp_path_factory.mktemp("corpus")
+    for name in SAMPLE_FILES:
+        shutil.copy(STDLIB / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_overrides(corpus_dir, cache_dir, **extra) -> list[str]:
+    ov = {
+        "data.paths": f'["{corpus_dir}"]', "data.cache_dir": str(cache_dir), "data.heldout": "[humaneval]",
+        "data.vocab_size": "320", "data.val_fraction": "0.1",
+        "model.depth": "2", "model.aspect": "32", "model.head_dim": "16", "model.seq_len": "32",
+        "train.batch_size": "4", "train.tokens": str(4 * 32 * 12), "train.eval_every": "6", "train.eval_tokens": "512",
+        "train.checkpoint_every": "4", "train.log_every": "4", "train.threads": "1",
+    }
+    ov.update({k.replace("__", "."): str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in ov.items()]
+
+
+@pytest.fixture
+def tiny_cfg(corpus_dir, cache_dir):
+    def make(**extra):
+        return config.load(None, tiny_overrides(corpus_dir, cache_dir, **extra))
+
+    return make

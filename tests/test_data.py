@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from glassgpt import config
+from glassgpt.data import sources
+from glassgpt.data.shards import Corpus, Loader, is_val, prepare
+from glassgpt.errors import DataError
+
+
+def _cfg(tmp_path, paths, **kw):
+    ov = [f'data.paths={json.dumps([str(p) for p in paths])}', f"data.cache_dir={tmp_path / 'cache'}",
+          "data.vocab_size=300", "data.heldout=[humaneval]", "data.val_fraction=0.2"]
+    ov += [f"{k}={v}" for k, v in kw.items()]
+    return config.load(None, ov).data
+
+
+def test_stdlib_source_splits_tests_from_training():
+    stats = sources.SourceStats("x")
+    names = [d.name for _, d in zip(range(300), sources.stdlib_documents(stats))]
+    assert names and not any("/test/" in f"/{n}" or "/tests/" in f"/{n}" or "idle_test" in n for n in names)
+    if sources.stdlib_tests_available():
+        held = [d.name for _, d in zip(range(50), sources.stdlib_documents(sources.SourceStats("h"), heldout=True))]
+        assert held and all(set(n.split("/")[:-1]) & sources.HELDOUT_DIRS for n in held)
+
+
+def test_humaneval_has_164_programs():
+    docs = list(sources.humaneval_documents(sources.SourceStats("he")))
+    assert len(docs) == 164 and "def " in docs[0].text
+
+
+def test_text_jsonl_parquet_and_bad_files(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha beta gamma\n" * 50)
+    lines = [json.dumps({"text": f"record {i} " * 20}) for i in range(30)] + ["{not json", json.dumps({"title": "no text"})]
+    (tmp_path / "b.jsonl").write_text("\n".join(lines))
+    pq.write_table(pa.table({"text": [f"parquet row {i} " * 10 for i in range(40)]}), tmp_path / "c.parquet")
+    (tmp_path / "d.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "e.txt").write_bytes(b"\xff\xfe bad utf8")
+    stats = sources.SourceStats("files")
+    docs = list(sources.file_documents([str(tmp_path)], stats))
+    assert len(docs) == 1 + 30 + 40
+    assert stats.skipped == {"bad jsonl line (needs a string 'text' field)": 2, "binary": 1, "not utf-8": 1}
+
+
+def test_missing_and_empty_paths(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        list(sources.file_documents([str(tmp_path / "nope.txt")], sources.SourceStats("x")))
+    with pytest.raises(DataError, match="no files match"):
+        list(sources.file_documents([str(tmp_path / "*.jsonl")], sources.SourceStats("x")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no files found"):
+        list(sources.file_documents([str(tmp_path / "empty")], sources.SourceStats("x")))
+    (tmp_path / "blank.txt").write_text("")
+    with pytest.raises(DataError, match="no usable text"):
+        prepare(_cfg(tmp_path, [tmp_path / "blank.txt"]))
+    assert not list((tmp_path / "cache").glob("*")), "a failed prepare must leave nothing behind"
+
+
+def test_prepare_manifest_split_and_cache(corpus_dir, tmp_path):
+    cfg = _cfg(tmp_path, [corpus_dir])
+    root = prepare(cfg)
+    m = json.loads((root / "manifest.json").read_text())
+    assert set(m["splits"]) == {"train", "val", "humaneval"}
+    assert m["sources"][0]["files"] > 0 and m["splits"]["train"]["tokens"] > 1000 and len(m["shards_sha256"]) == 64
+    assert prepare(cfg) == root  # cached
+    corpus = Corpus(root)
+    # deterministic document-level split: val documents are exactly those the hash picks
+    n_val = sum(is_val(str(p), 0.2) for p in sorted(corpus_dir.iterdir()))
+    assert m["splits"]["val"]["documents"] == n_val
+    # shards decode back to the source text
+    tr = np.fromfile(root / "train_00000.bin", dtype=np.uint16)
+    assert tr[0] == corpus.tokenizer.bos_id
+
+
+def test_small_shards_and_bos_aligned_rows(corpus_dir, tmp_path):
+    root = prepare(_cfg(tmp_path, [corpus_dir], **{"data.shard_tokens": "5000"}))
+    corpus = Corpus(root)
+    assert len(corpus.manifest["splits"]["train"]["files"]) > 2
+    rows = corpus.split("train", 64)
+    bos = corpus.tokenizer.bos_id
+    starts = [rows.get([i])[0, 0] for i in range(len(rows))]
+    # every document start is the start of some row
+    n_docs = corpus.manifest["splits"]["train"]["documents"]
+    assert sum(s == bos for s in starts) >= n_docs
+    total = corpus.manifest["splits"]["train"]["tokens"]
+    assert len(rows) * 64 >= total * 0.95  # no document is cropped away
+
+
+def test_loader_is_deterministic_and_rank_sliced(corpus_dir, tmp_path):
+    rows = Corpus(prepare(_cfg(tmp_path, [corpus_dir]))).split("train", 32)
+    single = Loader(rows, 4, seed=1)
+    r0, r1 = Loader(rows, 2, seed=1, rank=0, world=2), Loader(rows, 2, seed=1, rank=1, world=2)
+    for k in range(5):
+        both = np.concatenate([r0.batch(k), r1.batch(k)])
+        assert (both == single.batch(k)).all()
+    assert (Loader(rows, 4, seed=1).batch(3) == single.batch(3)).all()
+
+
+def test_corpus_smaller_than_one_batch(tmp_path):
+    (tmp_path / "small.txt").write_text("just a few words of text, repeated. " * 30)
+    corpus = Corpus(prepare(_cfg(tmp_path, [tmp_path / "small.txt"], **{"data.val_fraction": "0"})))
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        Loader(corpus.split("train", 64), 64, seed=0)

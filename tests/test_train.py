@@ -1,0 +1,117 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from glassgpt import cli
+from glassgpt.errors import CheckpointError, TrainingError
+from glassgpt.train import checkpoint
+from glassgpt.train.trainer import train
+
+from conftest import tiny_overrides
+
+
+def _losses(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_tiny_run_learns_and_writes_run_dir(tiny_cfg, tmp_path):
+    report = train(tiny_cfg(train__tokens=4 * 32 * 40, train__eval_every=40), tmp_path / "run")
+    run = tmp_path / "run"
+    for f in ("config.yaml", "metrics.jsonl", "report.json", "tokenizer.json", "manifest.json", "checkpoints/latest"):
+        assert (run / f).exists(), f
+    losses = _losses(run)
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert set(report["heldout"]) == {"val", "humaneval"} and all(v["bpb"] > 0 for v in report["heldout"].values())
+    assert report["flops"] == report["tokens"] * report["flops_per_token"]
+    model, tok, cfg = checkpoint.load_model(run)
+    out = model.generate(torch.tensor([tok.encode("def ")]), 5, temperature=0)
+    assert out.shape == (1, len(tok.encode("def ")) + 5)
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adamw", "cosine"), ("muon", "wsd")])
+def test_resume_after_sigkill_gives_the_same_curve(tiny_cfg, tmp_path, corpus_dir, cache_dir, optimizer, schedule):
+    extra = dict(train__optimizer=optimizer, train__schedule=schedule, train__grad_accum=2)
+    train(tiny_cfg(**extra), tmp_path / "a")  # uninterrupted reference
+    args = [sys.executable, "-m", "glassgpt.cli", "train", "--preset", "tiny", "--out", str(tmp_path / "b")]
+    args += ["--" + o for o in tiny_overrides(corpus_dir, cache_dir, **extra)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill mid-run: after the step-4 checkpoint, before the end
+        if metrics.exists() and len(_losses(tmp_path / "b")) >= 6:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_losses(tmp_path / "b")) < 12, "the run finished before it could be killed"
+    train(tiny_cfg(**extra), tmp_path / "b", resume=True)
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    from glassgpt.model import gpt
+
+    real = gpt.GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, **kw):
+        out = real(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(gpt.GPT, "forward", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 7.*step_0000004"):
+        train(tiny_cfg(), tmp_path / "run")
+    assert checkpoint.latest(tmp_path / "run").name == "step_0000004"
+    checkpoint.read(checkpoint.latest(tmp_path / "run"))  # intact
+
+
+def test_checkpoint_from_another_config_refused(tiny_cfg, tmp_path):
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="another model config.*depth"):
+        train(tiny_cfg(model__depth=3), tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        train(tiny_cfg(), tmp_path / "run")
+
+
+def test_full_disk_keeps_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "run")
+    import errno
+
+    import glassgpt.train.checkpoint as ck
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(CheckpointError, match="No space left.*step_0000004 is intact"):
+        ck.save(tmp_path / "run", 8, {}, [], {})
+    assert ck.latest(tmp_path / "run").name == "step_0000004"
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_cfg, tmp_path):
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "run")
+    ck = checkpoint.latest(tmp_path / "run")
+    (ck / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.load_model(tmp_path / "run")
+
+
+def test_cli_errors_are_one_line_exit_2(capsys, tmp_path):
+    assert cli.main(["train", "--preset", "tiny", "--out", str(tmp_path / "r"), "--model.dept=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'model.depth'" in err
+    assert cli.main(["train", "--preset", "tiny", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "missing.txt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
