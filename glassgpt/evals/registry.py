@@ -201,6 +201,8 @@ class Registry:
         spec.update(overrides)
         spec.setdefault("key", key)
         spec.setdefault("group", entry["_file"].stem)
+        known = {f.name for f in dataclasses.fields(ModelGradedSpec)}
+        spec = {k: v for k, v in spec.items() if k in known}  # unknown keys are ignored, as in the reference
         try:
             return ModelGradedSpec(**spec)
         except TypeError as e:
