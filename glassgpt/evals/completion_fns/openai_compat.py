@@ -90,8 +90,8 @@ class OpenAICompatFn(CompletionFn):
                 time.sleep(delay)
             except oa.APIStatusError as e:
                 raise CompletionError(f"{self.model}: HTTP {e.status_code}: {e.message}") from None
-            except oa.OpenAIError as e:  # unparseable bodies and the like
-                raise CompletionError(f"{self.model}: bad response: {e}") from None
+            except (oa.OpenAIError, ValueError, TypeError, KeyError) as e:  # unparseable bodies and the like
+                raise CompletionError(f"{self.model}: bad response ({type(e).__name__}: {e})") from None
 
     def _kwargs(self, kwargs: dict) -> dict:
         out = {k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS and v is not None}
