@@ -1,0 +1,759 @@
+"""The OpenAI-compatible HTTP API (FastAPI), the web chat page, keys, metering, metrics.
+
+Routes: POST /v1/chat/completions, POST /v1/completions (legacy, with echo + logprobs),
+GET /v1/models[/{id}], GET /health, GET /metrics (Prometheus text), GET / (the chat page).
+Every error has the official shape {"error": {"message", "type", "param", "code"}};
+an error after a stream began is sent as one `data: {"error": ...}` event, then the
+stream closes. Each request is metered (tokens and cost) in the SQLite ledger, including
+requests cancelled by a client that went away (the tokens generated up to then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
+from glassgpt.serve.errors import ServeError
+from glassgpt.serve.metrics import Metrics
+from glassgpt.serve.schema import ChatCompletionRequest, CompletionRequest
+from glassgpt.serve.store import DEFAULT_PRICE, KNOWN_PRICES, Store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 32 * 1024 * 1024  # bytes; a bigger body is a 413
+MAX_IMAGE = 16 * 1024 * 1024  # decoded bytes of one image
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
+_IMAGE_MAGIC = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "gif": (b"GIF87a", b"GIF89a"),
+    "webp": (b"RIFF",),
+}
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --- images -------------------------------------------------------------------------------
+def decode_image(url: str, param: str, max_bytes: int = MAX_IMAGE) -> tuple[str, bytes]:
+    """A `data:image/...;base64,` URL → (format, bytes); 400 for anything that is not a
+    whole image, 413 for one too large. Other URLs are refused: the server fetches nothing."""
+    if not url.startswith("data:"):
+        raise ServeError("Only base64 `data:` image URLs are accepted; this server does not fetch remote images.",
+                         param=param, code="invalid_image_url")
+    m = _DATA_URL.match(url)
+    if not m:
+        raise ServeError("Invalid image data URL: expected data:image/<format>;base64,<data>.", param=param,
+                         code="invalid_image_url")
+    data = re.sub(r"\s+", "", m.group("data"))
+    if len(data) * 3 // 4 > max_bytes:
+        raise ServeError(f"Image too large: {len(data) * 3 // 4:,} bytes; the limit is {max_bytes:,}.", param=param,
+                         code="image_too_large", status=413)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServeError("Invalid image: the base64 data is malformed or truncated.", param=param,
+                         code="invalid_image_format") from None
+    fmt = next((f for f, magics in _IMAGE_MAGIC.items() if any(raw.startswith(mg) for mg in magics)), None)
+    if fmt == "webp" and raw[8:12] != b"WEBP":
+        fmt = None
+    if fmt is None:
+        raise ServeError("Invalid image: the data is not a PNG, JPEG, GIF or WebP image.", param=param,
+                         code="invalid_image_format")
+    complete = {"png": raw.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"), "jpeg": raw.rstrip(b"\x00").endswith(b"\xff\xd9"),
+                "gif": raw.rstrip(b"\x00").endswith(b"\x3b"), "webp": len(raw) >= 8 and int.from_bytes(raw[4:8], "little") + 8 <= len(raw)}
+    if not complete[fmt]:
+        raise ServeError(f"Invalid image: the {fmt.upper()} data is truncated.", param=param, code="invalid_image_format")
+    return fmt, raw
+
+
+# --- request → prompt ---------------------------------------------------------------------
+def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
+    """Validate roles and content parts; returns messages for Tokenizer.render_chat."""
+    if not body.messages:
+        raise ServeError("'messages' must contain at least one message.", param="messages", code="empty_array")
+    out, expect_first = [], True
+    last_role = None
+    for i, m in enumerate(body.messages):
+        role = "system" if m.role == "developer" else m.role
+        if role not in ("system", "user", "assistant"):
+            raise ServeError(f"Invalid role '{m.role}' in messages[{i}]: this server supports system, developer, "
+                             "user and assistant messages (no tools).", param=f"messages[{i}].role", code="invalid_value")
+        if role == "system" and last_role not in (None, "system"):
+            raise ServeError(f"messages[{i}]: system/developer messages must come before the conversation.",
+                             param=f"messages[{i}].role", code="invalid_value")
+        if role in ("user", "assistant"):
+            want = "user" if last_role in (None, "system", "assistant") else "assistant"
+            if role != want:
+                raise ServeError(f"messages[{i}]: roles out of order: expected a {want} message after "
+                                 f"{last_role or 'the start'}, got {role} (turns alternate user, assistant, user, ...).",
+                                 param=f"messages[{i}].role", code="invalid_value")
+        c = m.content
+        if c is None:
+            raise ServeError(f"messages[{i}].content is required.", param=f"messages[{i}].content", code="invalid_value")
+        parts = []
+        if isinstance(c, str):
+            parts = [{"type": "text", "text": c}]
+        else:
+            for j, p in enumerate(c):
+                param = f"messages[{i}].content[{j}]"
+                if p.type == "text":
+                    if p.text is None:
+                        raise ServeError(f"{param}: a text part needs 'text'.", param=param, code="invalid_value")
+                    parts.append({"type": "text", "text": p.text})
+                elif p.type == "image_url":
+                    if role != "user":
+                        raise ServeError(f"{param}: images are only allowed in user messages.", param=param)
+                    if p.image_url is None:
+                        raise ServeError(f"{param}: an image_url part needs 'image_url': {{'url': ...}}.", param=param)
+                    decode_image(p.image_url.url, param + ".image_url.url", engine.max_image)
+                    if not engine.has_vision:
+                        raise ServeError(f"The model `{engine.name}` has no image input (no vision encoder); "
+                                         "send text only.", param=param, code="image_input_not_supported")
+                    parts.append({"type": "image"})
+                else:
+                    raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
+                                     param=param + ".type", code="invalid_value")
+        out.append({"role": role, "content": parts})
+        last_role = role
+        expect_first = False
+    if last_role != "user":
+        raise ServeError("The last message must be a user message.", param="messages", code="invalid_value")
+    del expect_first
+    return out
+
+
+def stop_list(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if len(stops) > 4:
+        raise ServeError("'stop' takes at most 4 sequences.", param="stop", code="invalid_value")
+    return [s for s in stops if s]
+
+
+# --- response pieces ------------------------------------------------------------------------
+def chat_logprobs(tok, infos) -> dict:
+    def one(tid, lp):
+        return {"token": token_text(tok, tid), "logprob": lp, "bytes": token_bytes(tok, tid)}
+
+    return {"content": [{**one(t.id, t.logprob), "top_logprobs": [one(i, lp) for i, lp in t.top]} for t in infos],
+            "refusal": None}
+
+
+def legacy_logprobs(tok, infos, text_start: int = 0) -> dict:
+    tokens, lps, tops, offs = [], [], [], []
+    off = text_start
+    for t in infos:
+        s = token_text(tok, t.id)
+        tokens.append(s)
+        lps.append(t.logprob)
+        tops.append({token_text(tok, i): lp for i, lp in t.top} if t.top or t.logprob is not None else None)
+        offs.append(off)
+        off += len(s)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
+
+
+def sse(obj) -> str:
+    return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
+
+
+class Server:
+    """State shared by the routes: engines by model id, the store, prices, metrics."""
+
+    def __init__(self, engines: list[Engine], store: Store | None, auth: bool = True,
+                 prices: dict[str, tuple[float, float]] | None = None, max_body: int = MAX_BODY,
+                 max_image: int = MAX_IMAGE):
+        if not engines:
+            raise ServeError("no model to serve: pass --checkpoint DIR")
+        self.engines = {e.name: e for e in engines}
+        if len(self.engines) != len(engines):
+            raise ServeError("two models have the same name; give each --checkpoint a distinct --model-name")
+        for e in engines:
+            e.max_image = max_image
+        if auth and store is None:
+            raise ServeError("API keys need a database (--db); or pass --no-auth for local use")
+        self.store = store
+        self.auth = auth
+        self.prices = prices or {}
+        self.max_body = max_body
+        self.metrics = Metrics()
+        self.started = int(time.time())
+
+    def price(self, model: str) -> tuple[float, float]:
+        return self.prices.get(model) or KNOWN_PRICES.get(model) or self.prices.get("*") or DEFAULT_PRICE
+
+    def engine(self, model: str) -> Engine:
+        e = self.engines.get(model)
+        if e is None:
+            raise ServeError(f"The model `{model}` does not exist or you do not have access to it. "
+                             f"Models here: {', '.join(self.engines)}.", param="model", code="model_not_found", status=404)
+        return e
+
+    def authenticate(self, request):
+        if not self.auth:
+            return None
+        return self.store.authenticate(request.headers.get("authorization"))
+
+    def meter(self, key, model: str, endpoint: str, prompt_tokens: int, completion_tokens: int, status: str) -> float:
+        self.metrics.tokens(model, prompt_tokens, completion_tokens)
+        if self.store is None:
+            return 0.0
+        return self.store.record(key.id if key else None, model, endpoint, prompt_tokens, completion_tokens,
+                                 self.price(model), status)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over the limit (by Content-Length or as it streams) is a 413.
+    The body is drained (up to 4x the limit) before answering so that clients read the error."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = False
+        try:
+            too_big = declared is not None and int(declared) > self.limit
+        except ValueError:
+            pass
+        if not too_big:
+            chunks, size, more = [], 0, True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                more = msg.get("more_body", False)
+                if size > self.limit:
+                    too_big = True
+                    break
+                chunks.append(chunk)
+            if not too_big:
+                body, sent = b"".join(chunks), False
+
+                async def replay():
+                    nonlocal sent
+                    if not sent:
+                        sent = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                return await self.app(scope, replay, send)
+        drained, more = 0, True
+        while more and drained < 4 * self.limit:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            drained += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        payload = json.dumps(error_body(f"Request body too large: the limit is {self.limit:,} bytes.",
+                                        code="request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(engines: list[Engine], store: Store | None = None, auth: bool = True, prices=None,
+               max_body: int = MAX_BODY, max_image: int = MAX_IMAGE):
+    srv = Server(engines, store, auth, prices, max_body, max_image)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for e in srv.engines.values():
+            e.start()
+        yield
+        for e in srv.engines.values():
+            e.stop()
+
+    app = FastAPI(title="glassgpt", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible API for glassgpt models.")
+    app.state.server = srv
+
+    def err(e: ServeError) -> JSONResponse:
+        headers = {"retry-after": "1"} if e.status in (429, 503) else None
+        return JSONResponse(error_body(str(e), e.type, e.param, e.code), status_code=e.status, headers=headers)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request, e: ServeError):
+        srv.metrics.request(request.url.path, e.status)
+        return err(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            msg, code = "We could not parse the JSON body of your request. The body must be valid JSON.", "invalid_json"
+        elif first.get("type") == "missing":
+            msg, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
+        else:
+            shown = str(first.get("input"))[:80]
+            msg, code = f"Invalid value for '{param}': {first.get('msg', 'invalid')} (got {shown}).", "invalid_value"
+            if param is None:
+                msg = "The request body must be a JSON object."
+        srv.metrics.request(request.url.path, 400)
+        return JSONResponse(error_body(msg, "invalid_request_error", param, code), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e):
+        if e.status_code == 404:
+            msg = f"Unknown request URL: {request.method} {request.url.path}. Please check the URL for typos."
+            body = error_body(msg, code="unknown_url")
+        else:
+            body = error_body(str(e.detail), code=None)
+        srv.metrics.request(request.url.path, e.status_code)
+        return JSONResponse(body, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e):
+        log.exception("internal error")
+        return JSONResponse(error_body(f"The server had an error processing your request: {type(e).__name__}.",
+                                       "server_error"), status_code=500)
+
+    async def require_key(request: Request):
+        return srv.authenticate(request)
+
+    # --- chat ---------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key=Depends(require_key)):
+        t0 = time.time()
+        engine = srv.engine(body.model)
+        messages = chat_messages(body, engine)
+        if body.top_logprobs and not body.logprobs:
+            raise ServeError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs", code="invalid_value")
+        if not body.stream and body.stream_options is not None and body.stream_options.include_usage:
+            raise ServeError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        prompt = engine.tokenizer.render_chat(messages)
+        params = SamplingParams(
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
+            stop=stop_list(body.stop), seed=body.seed, n=body.n or 1,
+            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
+        want = engine.check(len(prompt), params)
+        if srv.store is not None:
+            srv.store.check_rate(key, len(prompt) + want * params.n)
+        rid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        req, events = await engine.stream(prompt, params)
+        state = {"metered": False}
+
+        def finish_meter(status: str):
+            if not state["metered"]:
+                state["metered"] = True
+                srv.metrics.latency(time.time() - t0, (req.first_token_at or time.time()) - t0)
+                return srv.meter(key, engine.name, "chat.completions", len(prompt), req.completion_tokens, status)
+
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.name,
+                "system_fingerprint": engine.fingerprint}
+        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
+        if body.stream:
+            async def gen():
+                status = "cancelled"
+                try:
+                    for i in range(params.n):
+                        c = {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
+                                                  "logprobs": None, "finish_reason": None}]}
+                        if include_usage:
+                            c["usage"] = None
+                        yield sse(c)
+                    async for ev in events:
+                        if ev.kind == "error":
+                            status = "error"
+                            yield sse(error_body(ev.message, "server_error"))
+                            return
+                        if ev.kind == "token":
+                            if not ev.text and not params.logprobs:
+                                continue
+                            ch = {"index": ev.index, "delta": {"content": ev.text},
+                                  "logprobs": chat_logprobs(engine.tokenizer, [ev.token]) if params.logprobs else None,
+                                  "finish_reason": None}
+                        elif ev.kind == "finish":
+                            if ev.text:
+                                c = {**base, "choices": [{"index": ev.index, "delta": {"content": ev.text},
+                                                          "logprobs": None, "finish_reason": None}]}
+                                if include_usage:
+                                    c["usage"] = None
+                                yield sse(c)
+                            ch = {"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}
+                        else:
+                            continue
+                        c = {**base, "choices": [ch]}
+                        if include_usage:
+                            c["usage"] = None
+                        yield sse(c)
+                    status = "ok"
+                    if include_usage:
+                        ct = req.completion_tokens
+                        yield sse({**base, "choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": ct,
+                                                                    "total_tokens": len(prompt) + ct}})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    req.cancel()
+                    await events.aclose()
+                    srv.metrics.request("/v1/chat/completions", 200 if status == "ok" else 499)
+                    finish_meter(status)
+
+            return StreamingResponse(gen(), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+        choices = [{"index": i, "message": {"role": "assistant", "content": "", "refusal": None, "annotations": []},
+                    "logprobs": None, "finish_reason": None} for i in range(params.n)]
+        toks = [[] for _ in range(params.n)]
+        status = "cancelled"
+        try:
+            async for ev in _watch(events, request):
+                if ev.kind == "error":
+                    status = "error"
+                    raise ServeError(ev.message, status=500)
+                if ev.kind == "token":
+                    toks[ev.index].append(ev.token)
+                    choices[ev.index]["message"]["content"] += ev.text
+                elif ev.kind == "finish":
+                    choices[ev.index]["message"]["content"] += ev.text
+                    choices[ev.index]["finish_reason"] = ev.finish_reason
+            status = "ok"
+        finally:
+            req.cancel()
+            finish_meter(status)
+        if params.logprobs:
+            for i, c in enumerate(choices):
+                c["logprobs"] = chat_logprobs(engine.tokenizer, toks[i])
+        ct = req.completion_tokens
+        srv.metrics.request("/v1/chat/completions", 200)
+        return {"id": rid, "object": "chat.completion", "created": created, "model": engine.name,
+                "system_fingerprint": engine.fingerprint, "choices": choices, "service_tier": "default",
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": ct, "total_tokens": len(prompt) + ct}}
+
+    # --- legacy completions ------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request, key=Depends(require_key)):
+        t0 = time.time()
+        engine = srv.engine(body.model)
+        tok = engine.tokenizer
+        if body.suffix:
+            raise ServeError("'suffix' is not supported by this model.", param="suffix")
+        p = body.prompt
+        if isinstance(p, str):
+            prompts = [tok.encode(p)]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [tok.encode(x) for x in p]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [list(x) for x in p]
+        else:
+            raise ServeError("'prompt' must be a string, a list of strings, a list of token ids or a list of lists "
+                             "of token ids, and not empty.", param="prompt")
+        if len(prompts) > 64:
+            raise ServeError("at most 64 prompts per request", param="prompt")
+        for ids in prompts:
+            bad = [t for t in ids if not 0 <= t < tok.vocab_size]
+            if bad:
+                raise ServeError(f"token id {bad[0]} is outside this model's vocabulary of {tok.vocab_size}.", param="prompt")
+        echo, want_lp = bool(body.echo), body.logprobs is not None
+        n = body.n or 1
+
+        def params():
+            return SamplingParams(max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+                                  top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
+                                  stop=stop_list(body.stop), seed=body.seed, n=n, logprobs=want_lp,
+                                  top_logprobs=body.logprobs or 0, echo_logprobs=echo and want_lp)
+
+        if body.max_tokens == 0 and not echo:
+            raise ServeError("'max_tokens' must be at least 1 unless 'echo' is true.", param="max_tokens")
+        # The document starts with <|bos|> as in training; it is not echoed nor billed.
+        full = [[tok.bos_id] + ids for ids in prompts]
+        for ids in full:
+            engine.check(len(ids), params())
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        if srv.store is not None:
+            srv.store.check_rate(key, prompt_tokens + (body.max_tokens or 0) * n * len(prompts))
+        rid = "cmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        started = []
+        try:
+            for ids in full:
+                started.append(await engine.stream(ids, params()))
+        except ServeError:
+            for r, ev in started:
+                r.cancel()
+            raise
+        reqs = [r for r, _ in started]
+
+        def completion_tokens():
+            return sum(r.completion_tokens for r in reqs)
+
+        state = {"metered": False}
+
+        def finish_meter(status):
+            if not state["metered"]:
+                state["metered"] = True
+                srv.metrics.latency(time.time() - t0, (min((r.first_token_at or time.time()) for r in reqs)) - t0)
+                srv.meter(key, engine.name, "completions", prompt_tokens, completion_tokens(), status)
+
+        async def merged():
+            """Events of every prompt's request, tagged with the choice index prompt*n + j."""
+            q: asyncio.Queue = asyncio.Queue()
+            left = len(started)
+
+            async def pump(k, evs):
+                try:
+                    async for ev in evs:
+                        await q.put((k, ev))
+                finally:
+                    await q.put((k, None))
+
+            tasks = [asyncio.create_task(pump(k, evs)) for k, (_, evs) in enumerate(started)]
+            try:
+                while left:
+                    k, ev = await q.get()
+                    if ev is None:
+                        left -= 1
+                        continue
+                    yield k, ev
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for r in reqs:
+                    r.cancel()
+
+        prompt_texts = [tok.decode(ids) for ids in prompts]
+        prompt_lps = [None] * len(prompts)
+
+        def prompt_part(k):
+            lp = prompt_lps[k]
+            return legacy_logprobs(tok, lp[1:]) if lp is not None else None
+
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            base = {"id": rid, "object": "text_completion", "created": created, "model": engine.name,
+                    "system_fingerprint": engine.fingerprint}
+
+            async def gen():
+                status = "cancelled"
+                offsets = {}
+                try:
+                    async for k, ev in merged():
+                        idx = k * n + ev.index
+                        if ev.kind == "prompt":
+                            prompt_lps[k] = ev.prompt
+                            continue
+                        if ev.kind == "error":
+                            status = "error"
+                            yield sse(error_body(ev.message, "server_error"))
+                            return
+                        if idx not in offsets:
+                            offsets[idx] = 0
+                            if echo:
+                                lp = prompt_part(k) if want_lp else None
+                                yield sse({**base, "choices": [{"text": prompt_texts[k], "index": idx, "logprobs": lp,
+                                                                "finish_reason": None}]})
+                                offsets[idx] = len(prompt_texts[k])
+                        if ev.kind == "token":
+                            if not ev.text and not want_lp:
+                                continue
+                            lp = legacy_logprobs(tok, [ev.token], offsets[idx]) if want_lp else None
+                            offsets[idx] += len(ev.text)
+                            yield sse({**base, "choices": [{"text": ev.text, "index": idx, "logprobs": lp, "finish_reason": None}]})
+                        elif ev.kind == "finish":
+                            yield sse({**base, "choices": [{"text": ev.text, "index": idx, "logprobs": None,
+                                                            "finish_reason": ev.finish_reason}]})
+                    status = "ok"
+                    if include_usage:
+                        ct = completion_tokens()
+                        yield sse({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ct,
+                                                                    "total_tokens": prompt_tokens + ct}})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    for r in reqs:
+                        r.cancel()
+                    srv.metrics.request("/v1/completions", 200 if status == "ok" else 499)
+                    finish_meter(status)
+
+            return StreamingResponse(gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+        texts = [""] * (len(prompts) * n)
+        toks = [[] for _ in texts]
+        reasons = [None] * len(texts)
+        status = "cancelled"
+        try:
+            async for k, ev in _watch(merged(), request):
+                idx = k * n + ev.index
+                if ev.kind == "prompt":
+                    prompt_lps[k] = ev.prompt
+                elif ev.kind == "error":
+                    status = "error"
+                    raise ServeError(ev.message, status=500)
+                elif ev.kind == "token":
+                    toks[idx].append(ev.token)
+                    texts[idx] += ev.text
+                elif ev.kind == "finish":
+                    texts[idx] += ev.text
+                    reasons[idx] = ev.finish_reason
+            status = "ok"
+        finally:
+            for r in reqs:
+                r.cancel()
+            finish_meter(status)
+        choices = []
+        for idx in range(len(texts)):
+            k = idx // n
+            text, lp = texts[idx], None
+            if echo:
+                text = prompt_texts[k] + text
+            if want_lp:
+                if echo and prompt_lps[k] is not None:
+                    lp = legacy_logprobs(tok, prompt_lps[k][1:] + toks[idx])
+                else:
+                    lp = legacy_logprobs(tok, toks[idx])
+            choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": reasons[idx]})
+        ct = completion_tokens()
+        srv.metrics.request("/v1/completions", 200)
+        return {"id": rid, "object": "text_completion", "created": created, "model": engine.name,
+                "system_fingerprint": engine.fingerprint, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ct, "total_tokens": prompt_tokens + ct}}
+
+    # --- models, health, metrics, page ------------------------------------------------------------
+    def model_card(e: Engine) -> dict:
+        pp, pc = srv.price(e.name)
+        return {"id": e.name, "object": "model", "created": srv.started, "owned_by": "glassgpt",
+                "context_window": e.context_window, "vision": e.has_vision,
+                "pricing": {"prompt_per_1k": pp, "completion_per_1k": pc}}
+
+    @app.get("/v1/models")
+    async def list_models(key=Depends(require_key)):
+        srv.metrics.request("/v1/models", 200)
+        return {"object": "list", "data": [model_card(e) for e in srv.engines.values()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str, key=Depends(require_key)):
+        srv.metrics.request("/v1/models/{id}", 200)
+        return model_card(srv.engine(model_id))
+
+    @app.get("/health")
+    async def health():
+        alive = all(e.alive for e in srv.engines.values())
+        body = {"status": "ok" if alive else "degraded", "models": list(srv.engines),
+                "queue_depth": sum(e.queue_depth for e in srv.engines.values()),
+                "running": sum(e.n_running for e in srv.engines.values()), "auth": srv.auth}
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(srv.metrics.render(srv.engines.values()),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    web = resources.files("glassgpt.serve").joinpath("web")
+
+    def page(name: str, media: str):
+        path = Path(str(web.joinpath(name)))
+        return FileResponse(path, media_type=media, headers={"cache-control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return page("index.html", "text/html; charset=utf-8")
+
+    @app.get("/app.js", include_in_schema=False)
+    async def app_js():
+        return page("app.js", "text/javascript; charset=utf-8")
+
+    @app.get("/style.css", include_in_schema=False)
+    async def style():
+        return page("style.css", "text/css; charset=utf-8")
+
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+
+
+async def _watch(events, request, every: float = 0.5):
+    """Iterate events; stop (cancelling the request via the iterator's finally) when the
+    client of a non-streaming request disconnects."""
+    it = events.__aiter__()
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            while True:
+                done, _ = await asyncio.wait({nxt}, timeout=every)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    nxt.cancel()
+                    raise ServeError("client disconnected", code="client_closed_request", status=499)
+            try:
+                yield nxt.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        await it.aclose()
+
+
+def parse_prices(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """['MODEL=PROMPT,COMPLETION', ...] ($ per 1K tokens; MODEL * for every model)."""
+    out = {}
+    for it in items or []:
+        name, _, vals = it.partition("=")
+        try:
+            a, _, b = vals.partition(",")
+            out[name or "*"] = (float(a), float(b or a))
+        except ValueError:
+            raise ServeError(f"bad --price '{it}': use MODEL=PROMPT_PER_1K,COMPLETION_PER_1K, e.g. '*=0.002,0.002'") from None
+    return out
+
+
+def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_auth: bool = False,
+          db: str = "runs/serve/serve.db", names: list[str] | None = None, prices: list[str] | None = None,
+          max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
+          tpm: int | None = None, max_body: int = MAX_BODY) -> None:
+    """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve."""
+    import uvicorn
+
+    if no_auth and not is_loopback(host):
+        raise ServeError(f"--no-auth serves without keys and is only allowed on a loopback host, not '{host}'; "
+                         "create a key with `glassgpt keys create` instead")
+    if not checkpoints:
+        raise ServeError("pass at least one --checkpoint DIR")
+    names = list(names or [])
+    if names and len(names) != len(checkpoints):
+        raise ServeError("give one --model-name per --checkpoint, or none")
+    engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
+                                      max_batch=max_batch, max_queue=max_queue) for i, ck in enumerate(checkpoints)]
+    store = Store(db, default_rpm=rpm, default_tpm=tpm)
+    app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body)
+    log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
+             "off" if no_auth else "on")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

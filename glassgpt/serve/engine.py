@@ -1,0 +1,536 @@
+"""The inference engine: batched KV cache, sampling, continuous batching.
+
+One background thread owns the model. Requests wait in a bounded queue; at every token
+boundary the scheduler admits waiting requests into free cache *slots* (prefill), then
+runs one decode step for every running sequence together, so concurrent users share
+the forward passes. A sequence leaves the batch the moment it finishes or its client
+goes away; its slot is reused by the next request without waiting for the others.
+
+The model's own `KVCache` keeps one `pos` for the whole batch, which is what training
+and `generate()` want. Continuous batching needs a position per sequence, so the engine
+has its own cache `[depth, slots, kv_heads, max_len, head_dim]` and its own forward pass
+built from the model's submodules (the same weights, the same math: embedding, RMSNorm,
+QK-norm + RoPE, grouped-query attention, MLP, LM head). Each row of a batch carries its
+own start position; the attention mask lets query i of row b see keys 0..start[b]+i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from glassgpt.model.gpt import apply_rope, rms_norm
+from glassgpt.serve.errors import ContextLengthError, OverloadedError, ServeError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str | None = None) -> str:
+    if device and device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None  # None: up to the context window
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    stop: list[str] = field(default_factory=list)  # up to 4 strings, never in the output
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    echo_logprobs: bool = False  # log-probabilities of the prompt tokens too (legacy echo)
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob) best first; empty unless asked
+
+
+@dataclass
+class Event:
+    """What the engine reports to a request's consumer.
+
+    kind: 'token' (a sampled token: `token`, and `text`, the newly safe-to-show text,
+    which may be empty while a stop sequence could still be forming), 'finish'
+    (`finish_reason` 'stop' or 'length', and `text` flushed at the end), 'prompt'
+    (prompt log-probabilities for echo: `prompt` list of TokenInfo, first has logprob None),
+    'error' (`message`)."""
+
+    kind: str
+    index: int = 0
+    token: TokenInfo | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    prompt: list | None = None
+    message: str = ""
+
+
+class Request:
+    """One generation request with n choices. Consumers read events from it."""
+
+    _ids = itertools.count()
+
+    def __init__(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None]):
+        self.id = next(self._ids)
+        self.prompt = list(prompt)
+        self.params = params
+        self._on_event = on_event
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self.completion_tokens = 0  # over all choices, updated by the engine as it goes
+        self.finished_choices = 0
+        self.created = time.time()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Stop generating at the next token boundary (e.g. the client disconnected)."""
+        self.cancelled.set()
+
+    def emit(self, ev: Event) -> None:
+        try:
+            self._on_event(ev)
+        except Exception:  # a consumer that went away must not take the engine down
+            log.exception("request %d: event consumer failed", self.id)
+
+
+class _Seq:
+    """One choice of a request, occupying one cache slot."""
+
+    def __init__(self, req: Request, index: int, slot: int, stop_ids: set[int], tokenizer, max_new: int):
+        self.req, self.index, self.slot = req, index, slot
+        self.length = 0  # positions filled in the slot
+        self.generated = 0
+        self.max_new = max_new
+        self.stop_ids = stop_ids
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # decoded completion so far
+        self.sent = 0  # characters of text already emitted
+        self.next_token: int | None = None
+        p = req.params
+        self.gen = None
+        if p.seed is not None and p.temperature > 0:
+            self.gen = torch.Generator(device="cpu")
+            self.gen.manual_seed((int(p.seed) * 1_000_003 + index) % (2**63))
+        self.finished = False
+
+    def holdback(self) -> int:
+        """Characters at the end of text that might be the start of a stop sequence."""
+        best = 0
+        for s in self.req.params.stop:
+            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(s[:k]):
+                    best = max(best, k)
+                    break
+        return best
+
+
+class BatchedCache:
+    """Keys/values per slot; every slot has its own length (kept by its _Seq)."""
+
+    def __init__(self, cfg, slots: int, max_len: int, device, dtype):
+        shape = (cfg.depth, slots, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+
+class Engine:
+    """Loads a model and serves generation requests from a background thread."""
+
+    def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
+                 max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4):
+        self.device = pick_device(device) if device is None else device
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.mcfg = model.cfg
+        self.cfg = cfg
+        self.name = name
+        self.max_batch = int(max_batch)
+        self.max_queue = int(max_queue)
+        self.max_prefill_per_step = max(1, int(max_prefill_per_step))
+        self.context_window = int(model.cos.size(0))
+        self.dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
+        self.cache = BatchedCache(self.mcfg, self.max_batch, self.context_window, self.device, self.dtype)
+        self.free_slots = list(range(self.max_batch))[::-1]
+        self.waiting: "queue.Queue[Request]" = queue.Queue()
+        self.n_waiting = 0
+        self.running: list[_Seq] = []
+        self.has_vision = getattr(model, "vision", None) is not None
+        special = tokenizer.special
+        self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.max_image = 16 * 1024 * 1024
+        self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
+        # counters read by /metrics
+        self.steps = 0
+        self.tokens_generated = 0
+
+    @classmethod
+    def from_checkpoint(cls, path, name: str | None = None, device: str | None = None, **kw) -> "Engine":
+        from pathlib import Path
+
+        from glassgpt.train.checkpoint import load_model
+
+        dev = pick_device(device)
+        model, tok, cfg = load_model(path, device=dev)
+        return cls(model, tok, cfg, name=name or Path(path).resolve().name, device=dev, **kw)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        return self.n_waiting
+
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    # --- submission -----------------------------------------------------------------
+    def check(self, prompt_len: int, params: SamplingParams) -> int:
+        """Validate lengths; returns the effective max_tokens."""
+        room = self.context_window - prompt_len
+        if params.n > self.max_batch:
+            raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences")
+        if prompt_len < 1:
+            raise ServeError("the prompt is empty")
+        want = params.max_tokens if params.max_tokens is not None else room
+        if room < 0 or prompt_len + want > self.context_window or (want == 0 and not params.echo_logprobs):
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_window} tokens. However, you requested "
+                f"{prompt_len + want} tokens ({prompt_len} in the messages, {want} in the completion). "
+                "Please reduce the length of the messages or completion.")
+        return want
+
+    def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
+        params.max_tokens = self.check(len(prompt), params)
+        req = Request(prompt, params, on_event)
+        with self._lock:
+            if self.n_waiting >= self.max_queue:
+                raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting); retry shortly")
+            self.n_waiting += 1
+        self.waiting.put(req)
+        self._wake.set()
+        if self._thread is None:
+            self.start()
+        return req
+
+    def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None) -> dict:
+        """Blocking convenience: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}."""
+        events: "queue.Queue[Event]" = queue.Queue()
+        req = self.submit(prompt, params, events.put)
+        choices = [{"text": "", "tokens": [], "finish_reason": None} for _ in range(params.n)]
+        prompt_lp = None
+        while True:
+            try:
+                ev = events.get(timeout=timeout)
+            except queue.Empty:
+                req.cancel()
+                raise ServeError(f"generation timed out after {timeout}s") from None
+            if ev.kind == "token":
+                choices[ev.index]["tokens"].append(ev.token)
+                choices[ev.index]["text"] += ev.text
+            elif ev.kind == "finish":
+                choices[ev.index]["text"] += ev.text
+                choices[ev.index]["finish_reason"] = ev.finish_reason
+            elif ev.kind == "prompt":
+                prompt_lp = ev.prompt
+            elif ev.kind == "error":
+                raise ServeError(ev.message)
+            if all(c["finish_reason"] for c in choices) and req.done.is_set():
+                break
+        return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
+                "completion_tokens": req.completion_tokens}
+
+    async def stream(self, prompt: list[int], params: SamplingParams):
+        """Async iterator of Events for one request; cancelling the iteration cancels the request.
+        Raises OverloadedError / ContextLengthError before the first event."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        return req, self._drain(req, q)
+
+    async def _drain(self, req: Request, q: asyncio.Queue):
+        finished = 0
+        try:
+            while finished < req.params.n:
+                ev = await q.get()
+                if ev.kind == "finish":
+                    finished += 1
+                yield ev
+                if ev.kind == "error":
+                    return
+        finally:
+            req.cancel()
+
+    # --- the model, batched -------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, tokens: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, all_logits: bool = False):
+        """tokens [B, T] at positions starts[b]..starts[b]+T-1 of cache slots[b] → logits
+        [B, T, V] (all_logits) or [B, V] for the last position. Writes K/V into the cache."""
+        m = self.model
+        B, T = tokens.shape
+        pos = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+        L = int(starts.max()) + T
+        cos, sin = m.cos[pos][:, None].to(self.dtype), m.sin[pos][:, None].to(self.dtype)  # [B, 1, T, D/2]
+        keypos = torch.arange(L, device=tokens.device)
+        mask = (keypos[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, T, L]
+        x = rms_norm(m.wte(tokens).to(self.dtype))
+        rows = slots[:, None]
+        for i, block in enumerate(m.blocks):
+            a = block.attn
+            q, k, v = a.c_qkv(rms_norm(x)).split([a.h * a.hd, a.kv * a.hd, a.kv * a.hd], dim=-1)
+            q = q.view(B, T, a.h, a.hd).transpose(1, 2)
+            k = k.view(B, T, a.kv, a.hd).transpose(1, 2)
+            v = v.view(B, T, a.kv, a.hd).transpose(1, 2)
+            q, k = apply_rope(rms_norm(q), cos, sin), apply_rope(rms_norm(k), cos, sin)
+            ck, cv = self.cache.k[i], self.cache.v[i]  # [S, kv, maxlen, hd] views
+            ck[rows, :, pos] = k.transpose(1, 2).to(ck.dtype)
+            cv[rows, :, pos] = v.transpose(1, 2).to(cv.dtype)
+            if B == 1:  # a slice, no gather
+                K, V = ck[int(slots[0]) : int(slots[0]) + 1, :, :L], cv[int(slots[0]) : int(slots[0]) + 1, :, :L]
+            else:
+                K, V = ck[slots, :, :L], cv[slots, :, :L]
+            y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=a.kv != a.h)
+            x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, a.h * a.hd))
+            x = x + block.mlp(rms_norm(x))
+        if not all_logits:
+            x = x[:, -1]
+        return m.lm_head(rms_norm(x)).float()
+
+    def _autocast(self):
+        if str(self.device).startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # --- sampling -----------------------------------------------------------------------
+    def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:
+        p = seq.req.params
+        logp = F.log_softmax(logits, dim=-1)
+        if p.temperature <= 0:
+            tok = int(torch.argmax(logits))
+        else:
+            lg = logits / p.temperature
+            if p.top_k and p.top_k < lg.numel():
+                kth = torch.topk(lg, p.top_k).values[-1]
+                lg = lg.masked_fill(lg < kth, float("-inf"))
+            probs = F.softmax(lg, dim=-1)
+            if p.top_p < 1.0:
+                sp, si = torch.sort(probs, descending=True)
+                cum = torch.cumsum(sp, 0)
+                drop = cum - sp > p.top_p  # keep the smallest prefix whose mass reaches top_p
+                sp = sp.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter(0, si, sp)
+            probs = probs.cpu()
+            tok = int(torch.multinomial(probs, 1, generator=seq.gen))
+        top = []
+        if p.top_logprobs:
+            vals, idx = torch.topk(logp, min(p.top_logprobs, logp.numel()))
+            top = list(zip(idx.tolist(), vals.tolist()))
+        return TokenInfo(tok, float(logp[tok]), top)
+
+    # --- the scheduler --------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            try:
+                self._admit()
+                if self.running:
+                    self._decode_step()
+                else:
+                    self._wake.wait(timeout=0.05)
+                    self._wake.clear()
+            except Exception as e:  # never let one bad batch kill the server
+                log.exception("engine step failed")
+                for seq in list(self.running):
+                    self._finish(seq, None, error=f"internal engine error: {e}")
+
+    def _admit(self) -> None:
+        admitted = 0
+        while admitted < self.max_prefill_per_step:
+            try:
+                req = self.waiting.queue[0]  # peek: admit only when all n slots are free
+            except IndexError:
+                return
+            if req.cancelled.is_set():
+                self.waiting.get_nowait()
+                with self._lock:
+                    self.n_waiting -= 1
+                req.done.set()
+                for i in range(req.params.n):
+                    req.emit(Event("finish", index=i, finish_reason="cancelled"))
+                continue
+            if len(self.free_slots) < req.params.n:
+                return
+            self.waiting.get_nowait()
+            with self._lock:
+                self.n_waiting -= 1
+            try:
+                self._prefill(req)
+            except Exception as e:
+                log.exception("prefill failed")
+                req.done.set()
+                req.emit(Event("error", message=f"internal engine error: {e}"))
+            admitted += 1
+
+    def _prefill(self, req: Request) -> None:
+        p = req.params
+        slots = [self.free_slots.pop() for _ in range(p.n)]
+        seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(slots)]
+        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
+        with self._autocast():
+            logits = self._forward(ids, torch.tensor(slots[:1], device=self.device),
+                                   torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs)
+        if p.echo_logprobs:
+            lp = F.log_softmax(logits[0], dim=-1)  # [T, V]: position t predicts token t+1
+            infos = [TokenInfo(req.prompt[0], None, [])]
+            for t in range(1, len(req.prompt)):
+                top = []
+                if p.top_logprobs:
+                    vals, idx = torch.topk(lp[t - 1], min(p.top_logprobs, lp.size(-1)))
+                    top = list(zip(idx.tolist(), vals.tolist()))
+                infos.append(TokenInfo(req.prompt[t], float(lp[t - 1, req.prompt[t]]), top))
+            req.emit(Event("prompt", prompt=infos))
+            last = logits[0, -1]
+        else:
+            last = logits[0]
+        for s in seqs[1:]:  # n choices share one prefill
+            self.cache.copy_slot(slots[0], s.slot, len(req.prompt))
+        for s in seqs:
+            s.length = len(req.prompt)
+            if s.max_new == 0:
+                self._finish(s, "length")
+                continue
+            self.running.append(s)
+            self._advance(s, last)
+
+    def _decode_step(self) -> None:
+        seqs = [s for s in self.running if not self._cancelled(s)]
+        if not seqs:
+            return
+        toks = torch.tensor([[s.next_token] for s in seqs], dtype=torch.long, device=self.device)
+        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=self.device)
+        starts = torch.tensor([s.length for s in seqs], dtype=torch.long, device=self.device)
+        with self._autocast():
+            logits = self._forward(toks, slots, starts)
+        self.steps += 1
+        for s, lg in zip(seqs, logits):
+            s.length += 1
+            self._advance(s, lg)
+
+    def _cancelled(self, s: _Seq) -> bool:
+        if s.req.cancelled.is_set():
+            self._finish(s, "cancelled")
+            return True
+        return False
+
+    def _advance(self, s: _Seq, logits: torch.Tensor) -> None:
+        """Sample the next token of s from logits and emit what became safe to show."""
+        info = self._sample(s, logits)
+        req = s.req
+        if info.id in s.stop_ids:  # the chat end token: not content, not counted
+            self._finish(s, "stop")
+            return
+        s.generated += 1
+        req.completion_tokens += 1
+        self.tokens_generated += 1
+        if req.first_token_at is None:
+            req.first_token_at = time.time()
+        s.text += s.decoder.decode(self.tokenizer.decode_bytes([info.id]))
+        stop_at = -1
+        for st in req.params.stop:
+            i = s.text.find(st, max(0, s.sent - len(st)))
+            if i >= 0 and (stop_at < 0 or i < stop_at):
+                stop_at = i
+        if stop_at >= 0:
+            s.text = s.text[:stop_at]
+            req.emit(Event("token", index=s.index, token=info, text=""))
+            self._finish(s, "stop", flush=False)
+            return
+        safe = len(s.text) - s.holdback()
+        delta = s.text[s.sent:safe] if safe > s.sent else ""
+        s.sent = max(s.sent, safe)
+        req.emit(Event("token", index=s.index, token=info, text=delta))
+        if s.generated >= s.max_new or s.length >= self.context_window:
+            self._finish(s, "length")
+            return
+        s.next_token = info.id
+
+    def _finish(self, s: _Seq, reason: str | None, error: str | None = None, flush: bool = True) -> None:
+        if s.finished:
+            return
+        s.finished = True
+        if s in self.running:
+            self.running.remove(s)
+        self.free_slots.append(s.slot)
+        req = s.req
+        req.finished_choices += 1
+        if req.finished_choices >= req.params.n:
+            req.done.set()
+        if error:
+            req.emit(Event("error", index=s.index, message=error))
+            return
+        if reason != "cancelled" and flush:
+            s.text += s.decoder.decode(b"", final=True)
+        tail = s.text[s.sent:] if reason != "cancelled" else ""
+        s.sent = len(s.text)
+        req.emit(Event("finish", index=s.index, finish_reason=reason, text=tail))
+
+
+def token_text(tokenizer, tid: int) -> str:
+    return tokenizer.decode_bytes([tid]).decode("utf-8", errors="replace")
+
+
+def token_bytes(tokenizer, tid: int) -> list[int]:
+    return list(tokenizer.decode_bytes([tid]))
+
+
+def safe_exp(x: float) -> float:
+    return math.exp(x) if x > -700 else 0.0

@@ -1,0 +1,205 @@
+"""API keys, the usage ledger and rate limits, in one SQLite file.
+
+Keys are `sk-glass-<id>-<secret>`; only the SHA-256 of the whole key is stored (the
+secret is 32 random bytes, so a plain hash is enough: there is nothing to brute-force).
+Every served request adds one row to `usage`: key, model, endpoint, prompt and
+completion tokens and their cost from the price table (per 1K tokens, as OpenAI prices).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from glassgpt.serve.errors import AuthError, RateLimitError, ServeError
+
+# $ per 1K tokens (prompt, completion). gpt-3.5-turbo's launch price is the default.
+DEFAULT_PRICE = (0.002, 0.002)
+KNOWN_PRICES = {
+    "gpt-3.5-turbo": (0.002, 0.002),
+    "gpt-4": (0.03, 0.06),
+    "gpt-4-32k": (0.06, 0.12),
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    revoked REAL,
+    rpm INTEGER,
+    tpm INTEGER
+);
+CREATE TABLE IF NOT EXISTS usage (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    day TEXT NOT NULL,
+    key_id TEXT,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_key_day ON usage (key_id, day);
+"""
+
+
+@dataclass
+class Key:
+    id: str
+    name: str
+    created: float
+    revoked: float | None
+    rpm: int | None
+    tpm: int | None
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path, default_rpm: int | None = None, default_tpm: int | None = None):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise ServeError(f"cannot open the key/usage database {self.path}: {e}") from None
+        self.lock = threading.Lock()
+        self.default_rpm, self.default_tpm = default_rpm, default_tpm
+        self._windows: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._cache: dict[str, tuple[float, Key | None]] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- keys ----------------------------------------------------------------------------
+    def create_key(self, name: str = "default", rpm: int | None = None, tpm: int | None = None) -> tuple[str, Key]:
+        """Returns (the key, shown once, and its record)."""
+        kid = secrets.token_hex(4)
+        secret = secrets.token_urlsafe(32)
+        key = f"sk-glass-{kid}-{secret}"
+        rec = Key(kid, name, time.time(), None, rpm, tpm)
+        with self.lock:
+            self.db.execute("INSERT INTO keys (id, name, hash, created, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?)",
+                            (kid, name, _hash(key), rec.created, rpm, tpm))
+        return key, rec
+
+    def list_keys(self) -> list[Key]:
+        with self.lock:
+            rows = self.db.execute("SELECT id, name, created, revoked, rpm, tpm FROM keys ORDER BY created").fetchall()
+        return [Key(*r) for r in rows]
+
+    def revoke(self, key_id: str) -> Key:
+        with self.lock:
+            cur = self.db.execute("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), key_id))
+            if cur.rowcount == 0:
+                known = self.db.execute("SELECT revoked FROM keys WHERE id = ?", (key_id,)).fetchone()
+                if known is None:
+                    raise ServeError(f"no key with id '{key_id}'; `glassgpt keys list` shows the ids")
+                raise ServeError(f"key '{key_id}' is already revoked")
+            self._cache.clear()
+            row = self.db.execute("SELECT id, name, created, revoked, rpm, tpm FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return Key(*row)
+
+    def authenticate(self, header: str | None) -> Key:
+        """The Authorization header → the key's record, or AuthError (401)."""
+        if not header:
+            raise AuthError("You didn't provide an API key. Provide it in an Authorization header "
+                            "(Authorization: Bearer YOUR_KEY); create one with `glassgpt keys create`.")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("The Authorization header must be 'Bearer YOUR_KEY'.")
+        h = _hash(token)
+        now = time.time()
+        hit = self._cache.get(h)
+        if hit is None or now - hit[0] > 5.0:  # revocation takes effect within 5 s across processes
+            with self.lock:
+                row = self.db.execute("SELECT id, name, created, revoked, rpm, tpm FROM keys WHERE hash = ?", (h,)).fetchone()
+            hit = (now, Key(*row) if row else None)
+            self._cache[h] = hit
+        key = hit[1]
+        if key is None:
+            shown = token[:12] + "…" if len(token) > 12 else "***"
+            raise AuthError(f"Incorrect API key provided: {shown}. Create one with `glassgpt keys create`.")
+        if key.revoked:
+            raise AuthError(f"API key {key.id} has been revoked.")
+        return key
+
+    # --- rate limits -------------------------------------------------------------------------
+    def check_rate(self, key: Key | None, tokens: int) -> None:
+        """Sliding 60 s window per key: requests per minute and tokens per minute (prompt +
+        requested completion tokens, as OpenAI estimates). Raises RateLimitError (429)."""
+        if key is None:
+            return
+        rpm = key.rpm if key.rpm is not None else self.default_rpm
+        tpm = key.tpm if key.tpm is not None else self.default_tpm
+        if not rpm and not tpm:
+            return
+        now = time.time()
+        with self.lock:
+            win = self._windows[key.id]
+            while win and now - win[0][0] > 60.0:
+                win.popleft()
+            if rpm and len(win) >= rpm:
+                raise RateLimitError(f"Rate limit reached for key {key.id}: {rpm} requests per minute. "
+                                     f"Try again in {60 - (now - win[0][0]):.0f}s.", code="rate_limit_exceeded")
+            used = sum(t for _, t in win)
+            if tpm and used + tokens > tpm:
+                err = RateLimitError(f"Rate limit reached for key {key.id}: {tpm} tokens per minute "
+                                     f"(used {used}, requested {tokens}).", code="rate_limit_exceeded")
+                err.type = "tokens"
+                raise err
+            win.append((now, tokens))
+
+    # --- metering ----------------------------------------------------------------------------
+    def record(self, key_id: str | None, model: str, endpoint: str, prompt_tokens: int, completion_tokens: int,
+               price: tuple[float, float], status: str = "ok") -> float:
+        cost = prompt_tokens / 1000 * price[0] + completion_tokens / 1000 * price[1]
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        with self.lock:
+            self.db.execute("INSERT INTO usage (ts, day, key_id, model, endpoint, prompt_tokens, completion_tokens, cost, status) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (now, day, key_id, model, endpoint, prompt_tokens, completion_tokens, cost, status))
+        return cost
+
+    def usage(self, by: str = "key,day") -> list[dict]:
+        """Totals grouped by key and/or day (UTC)."""
+        cols = [c for c in by.split(",") if c]
+        allowed = {"key": "COALESCE(usage.key_id, '(no auth)')", "day": "usage.day", "model": "usage.model"}
+        for c in cols:
+            if c not in allowed:
+                raise ServeError(f"cannot group usage by '{c}'; use key, day and/or model")
+        sel = ", ".join(f"{allowed[c]} AS {c}" for c in cols)
+        group = ", ".join(allowed[c] for c in cols)
+        sql = (f"SELECT {sel + ',' if sel else ''} COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost) "
+               f"FROM usage {'GROUP BY ' + group + ' ORDER BY ' + group if group else ''}")
+        with self.lock:
+            rows = self.db.execute(sql).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r[: len(cols)]))
+            n, p, c, cost = r[len(cols):]
+            if not n:
+                continue
+            d.update(requests=n, prompt_tokens=p or 0, completion_tokens=c or 0, total_tokens=(p or 0) + (c or 0), cost=cost or 0.0)
+            out.append(d)
+        return out
+
+    def totals(self) -> dict:
+        rows = self.usage(by="")
+        return rows[0] if rows else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost": 0.0}
