@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_parser(sub)
+    try:
+        from glassgpt.cli_serve import add_serve_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_parser(sub)
     return p
 
 

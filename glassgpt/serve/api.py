@@ -239,6 +239,11 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        hdrs = scope.get("headers") or []
+        ctype = dict(hdrs).get(b"content-type", b"")
+        if scope["path"].startswith("/v1/") and b"json" not in ctype:
+            # The official API reads the body as JSON whatever the content type (curl -d sends a form type).
+            scope = {**scope, "headers": [(k, v) for k, v in hdrs if k != b"content-type"] + [(b"content-type", b"application/json")]}
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = False
         try:
