@@ -274,8 +274,15 @@ class BodyLimit:
                     return await receive()
 
                 return await self.app(scope, replay, send)
+        # Drain what the client declared (or up to 4x the limit for chunked bodies), so that
+        # it gets to read the 413 instead of a broken pipe.
+        cap = 4 * self.limit
+        try:
+            cap = max(cap, int(declared)) if declared is not None else cap
+        except ValueError:
+            pass
         drained, more = 0, True
-        while more and drained < 4 * self.limit:
+        while more and drained < cap:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 break

@@ -256,8 +256,6 @@ class Engine:
             self.n_waiting += 1
         self.waiting.put(req)
         self._wake.set()
-        if self._thread is None:
-            self.start()
         return req
 
     def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None) -> dict:

@@ -1,0 +1,338 @@
+"""The OpenAI-compatible API, exercised through the official `openai` SDK and raw HTTP.
+
+One server per module on 127.0.0.1 (a free port), serving the tiny checkpoint.
+"""
+
+import base64
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from glassgpt.serve.api import create_app, decode_image, is_loopback, serve
+from glassgpt.serve.engine import Engine
+from glassgpt.serve.errors import ServeError
+from glassgpt.serve.store import Store
+from glassgpt.serve.testing import ServerThread, tiny_checkpoint
+
+MODEL = "tiny"
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    db = tmp_path_factory.mktemp("serve") / "serve.db"
+    store = Store(db)
+    key, _ = store.create_key("tests")
+    engine = Engine.from_checkpoint(tiny_checkpoint(), name=MODEL, device="cpu", max_batch=8)
+    app = create_app([engine], store, max_image=100_000)
+    with ServerThread(app) as srv:
+        yield {"url": srv.url, "key": key, "store": store, "engine": engine}
+
+
+@pytest.fixture
+def client(env):
+    return openai.OpenAI(base_url=env["url"] + "/v1", api_key=env["key"], max_retries=0, timeout=60)
+
+
+def post(env, path, body, key=True, **kw):
+    headers = {"authorization": f"Bearer {env['key']}"} if key else {}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(env["url"] + path, content=body, headers={**headers, "content-type": "application/json"}, timeout=60, **kw)
+    return httpx.post(env["url"] + path, json=body, headers=headers, timeout=60, **kw)
+
+
+def user(text="hello"):
+    return [{"role": "user", "content": text}]
+
+
+# --- the SDK ------------------------------------------------------------------------------------
+def test_sdk_completes(client):
+    r = client.chat.completions.create(model=MODEL, messages=user(), max_tokens=8, seed=7, temperature=0.7)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert 0 < r.usage.completion_tokens <= 8
+    again = client.chat.completions.create(model=MODEL, messages=user(), max_tokens=8, seed=7, temperature=0.7)
+    assert again.choices[0].message.content == r.choices[0].message.content
+
+
+def test_sdk_streams_with_usage_same_as_non_streaming(client):
+    kw = dict(model=MODEL, messages=user("def"), max_tokens=12, temperature=0)
+    full = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [full.choices[0].finish_reason]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.model_dump()["completion_tokens"] == full.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_raw_stream_format(env):
+    with httpx.stream("POST", env["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {env['key']}"},
+                      json={"model": MODEL, "messages": user(), "max_tokens": 3, "stream": True}, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunk = json.loads(lines[0][6:])
+    assert chunk["object"] == "chat.completion.chunk" and "usage" not in chunk
+
+
+def test_n_choices_and_logprobs(client):
+    r = client.chat.completions.create(model=MODEL, messages=user(), max_tokens=5, n=3, seed=1, logprobs=True, top_logprobs=2)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for c in r.choices:
+        assert c.logprobs.content and len(c.logprobs.content[0].top_logprobs) == 2
+    assert r.usage.completion_tokens == sum(len(c.logprobs.content) for c in r.choices)
+
+
+def test_stop_sequence_excluded(client):
+    base = client.chat.completions.create(model=MODEL, messages=user("x"), max_tokens=20, temperature=0)
+    text = base.choices[0].message.content
+    if len(text) < 3:
+        pytest.skip("greedy answer too short to cut")
+    r = client.chat.completions.create(model=MODEL, messages=user("x"), max_tokens=20, temperature=0, stop=[text[1:3]])
+    assert text[1:3] not in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("kw, code", [
+    (dict(messages=[]), "empty_array"),
+    (dict(messages=user(), temperature=3), "invalid_value"),
+    (dict(messages=user(), max_tokens=-1), "invalid_value"),
+    (dict(messages=[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]), "invalid_value"),
+    (dict(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), "invalid_value"),
+    (dict(messages=user(), max_tokens=100_000), "context_length_exceeded"),
+    (dict(messages=user(), stop=["a", "b", "c", "d", "e"]), "invalid_value"),
+    (dict(messages=[{"role": "tool", "content": "x"}]), "invalid_value"),
+])
+def test_sdk_bad_request(client, kw, code):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, **kw)
+    assert e.value.code == code
+    assert e.value.status_code == 400
+
+
+def test_sdk_auth_errors(env):
+    bad = openai.OpenAI(base_url=env["url"] + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model=MODEL, messages=user(), max_tokens=2)
+    assert e.value.code == "invalid_api_key"
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": user()}, key=False)
+    assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    k, rec = env["store"].create_key("to-revoke")
+    env["store"].revoke(rec.id)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=env["url"] + "/v1", api_key=k, max_retries=0).models.list()
+
+
+def test_sdk_rate_limits(env):
+    k, _ = env["store"].create_key("slow", rpm=1)
+    c = openai.OpenAI(base_url=env["url"] + "/v1", api_key=k, max_retries=0)
+    c.chat.completions.create(model=MODEL, messages=user(), max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model=MODEL, messages=user(), max_tokens=1)
+    assert e.value.code == "rate_limit_exceeded"
+    k2, _ = env["store"].create_key("few-tokens", tpm=5)
+    with pytest.raises(openai.RateLimitError):
+        openai.OpenAI(base_url=env["url"] + "/v1", api_key=k2, max_retries=0).chat.completions.create(
+            model=MODEL, messages=user("a long enough message"), max_tokens=5)
+
+
+def test_not_found(client, env):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-5", messages=user())
+    assert e.value.code == "model_not_found"
+    r = post(env, "/v1/nothing", {})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+def test_overloaded_queue_is_503(client, env):
+    eng = env["engine"]
+    old = eng.max_queue
+    eng.max_queue = 0
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model=MODEL, messages=user(), max_tokens=2)
+        assert e.value.status_code == 503
+    finally:
+        eng.max_queue = old
+
+
+# --- bad input over raw HTTP ----------------------------------------------------------------------
+def test_malformed_json_wrong_types_unknown_fields(env):
+    r = post(env, "/v1/chat/completions", b'{"model": "tiny", "messages": [')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": "hello"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": user(), "temperature": "hot"})
+    assert r.status_code == 400
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": 2, "frobnicate": True})
+    assert r.status_code == 200
+    r = post(env, "/v1/chat/completions", b"[1, 2]")
+    assert r.status_code == 400
+
+
+def test_body_too_large_is_413(env):
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"a" * (50 * 1024 * 1024) + b'"}]}'
+    r = post(env, "/v1/chat/completions", body)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def image_msg(url):
+    return [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_images(env, client):
+    good = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=image_msg(good))
+    assert "no image input" in e.value.message and e.value.code == "image_input_not_supported"
+    not_image = "data:image/png;base64," + base64.b64encode(b"just some text, not an image").decode()
+    truncated = good[:-7]
+    cut_png = "data:image/png;base64," + base64.b64encode(PNG[:40]).decode()
+    for url in (not_image, truncated, cut_png, "https://example.com/cat.png", "data:image/png,raw"):
+        r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": image_msg(url)})
+        assert r.status_code == 400, url
+        assert r.json()["error"]["param"].startswith("messages[0].content[1]")
+    big = "data:image/png;base64," + base64.b64encode(PNG + b"\0" * 200_000).decode()
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": image_msg(big)})
+    assert r.status_code == 413
+
+
+def test_decode_image_formats():
+    fmt, raw = decode_image("data:image/png;base64," + base64.b64encode(PNG).decode(), "p")
+    assert fmt == "png" and raw == PNG
+    with pytest.raises(ServeError):
+        decode_image("data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xff\xe0 truncated").decode(), "p")
+
+
+# --- legacy completions -------------------------------------------------------------------------------
+def test_legacy_echo_logprobs(client):
+    r = client.completions.create(model=MODEL, prompt="import os\nimport sys", max_tokens=0, echo=True, logprobs=0)
+    c = r.choices[0]
+    assert c.text == "import os\nimport sys"
+    assert "".join(c.logprobs.tokens) == c.text
+    assert all(isinstance(x, float) and x <= 0 for x in c.logprobs.token_logprobs)
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(c.logprobs.tokens)
+    r2 = client.completions.create(model=MODEL, prompt=["a = 1", "b = 2"], max_tokens=3, n=2, temperature=0)
+    assert [c.index for c in r2.choices] == [0, 1, 2, 3]
+    toks = r.choices[0].logprobs.tokens
+    r3 = client.completions.create(model=MODEL, prompt=[[65, 66, 67]], max_tokens=2, logprobs=2, temperature=0)
+    assert len(r3.choices[0].logprobs.tokens) == r3.usage.completion_tokens
+    assert toks
+
+
+def test_legacy_stream(client):
+    chunks = list(client.completions.create(model=MODEL, prompt="def", max_tokens=4, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    full = client.completions.create(model=MODEL, prompt="def", max_tokens=4, temperature=0)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+# --- models, health, metrics, metering ---------------------------------------------------------------------
+def test_models_health_metrics(client, env):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    h = httpx.get(env["url"] + "/health").json()
+    assert h["status"] == "ok"
+    client.chat.completions.create(model=MODEL, messages=user(), max_tokens=2)
+    m = httpx.get(env["url"] + "/metrics").text
+    for name in ("glassgpt_requests_total", "glassgpt_completion_tokens_total", "glassgpt_queue_depth",
+                 "glassgpt_request_latency_seconds_bucket", "glassgpt_time_to_first_token_seconds_count"):
+        assert name in m
+    page = httpx.get(env["url"] + "/")
+    assert page.status_code == 200 and "glassgpt" in page.text
+    assert httpx.get(env["url"] + "/app.js").status_code == 200
+
+
+def test_ledger_matches_responses(client, env):
+    store = env["store"]
+    before = store.totals()
+    got_p = got_c = 0
+    for i in range(3):
+        r = client.chat.completions.create(model=MODEL, messages=user(f"q{i}"), max_tokens=4 + i)
+        got_p += r.usage.prompt_tokens
+        got_c += r.usage.completion_tokens
+    for c in client.chat.completions.create(model=MODEL, messages=user(), max_tokens=3, stream=True,
+                                            stream_options={"include_usage": True}):
+        if c.usage:
+            got_p += c.usage.prompt_tokens
+            got_c += c.usage.completion_tokens
+    time.sleep(0.2)  # the stream's row is written as the response closes
+    after = store.totals()
+    assert after["prompt_tokens"] - before["prompt_tokens"] == got_p
+    assert after["completion_tokens"] - before["completion_tokens"] == got_c
+    assert after["cost"] - before["cost"] == pytest.approx((got_p + got_c) / 1000 * 0.002)
+
+
+def test_disconnect_mid_stream_cancels_and_meters(env):
+    store = env["store"]
+    n0 = store.db.execute("SELECT COUNT(*) FROM usage WHERE status = 'cancelled'").fetchone()[0]
+    with httpx.stream("POST", env["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {env['key']}"},
+                      json={"model": MODEL, "messages": user(), "max_tokens": 50, "stream": True, "temperature": 1.0,
+                            "logprobs": True}, timeout=60) as r:
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                seen += 1
+            if seen >= 3:
+                break
+    deadline = time.time() + 20
+    row = None
+    while time.time() < deadline:
+        row = store.db.execute("SELECT completion_tokens FROM usage WHERE status = 'cancelled' ORDER BY n DESC").fetchall()
+        if len(row) > n0:
+            break
+        time.sleep(0.1)
+    assert len(row) > n0, "the cancelled request was not metered"
+    assert 1 <= row[0][0] < 50
+    assert env["engine"].n_running == 0 or env["engine"].queue_depth == 0
+
+
+def test_error_after_stream_began_is_an_error_event(client, env):
+    eng = env["engine"]
+    real = eng._sample
+    calls = {"n": 0}
+
+    def flaky(seq, logits):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(seq, logits)
+
+    eng._sample = flaky
+    try:
+        with pytest.raises(openai.APIError) as e:
+            for _ in client.chat.completions.create(model=MODEL, messages=user(), max_tokens=20, stream=True, temperature=0):
+                pass
+        assert "boom" in str(e.value)
+    finally:
+        del eng._sample
+    # the engine keeps serving
+    assert client.chat.completions.create(model=MODEL, messages=user(), max_tokens=2).choices
+
+
+def test_no_auth_and_loopback(env):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    with pytest.raises(ServeError, match="loopback"):
+        serve([str(tiny_checkpoint())], host="0.0.0.0", no_auth=True)
+    other = Engine(env["engine"].model, env["engine"].tokenizer, name="local", max_batch=2, device="cpu")
+    app = create_app([other], None, auth=False)
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as tc:
+        r = tc.get("/v1/models")
+        assert r.status_code == 200
