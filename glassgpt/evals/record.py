@@ -154,6 +154,7 @@ class Recorder:
         self.finished: set[str] = set()  # sample ids done in an earlier (resumed) run
         self.n_errors = 0
         self.resumed_from = 0
+        self._fh = None
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,14 +246,28 @@ class Recorder:
             self._events.extend(events)
             if self.path is not None:
                 text = "".join(jsondumps(dataclasses.asdict(e)) + "\n" for e in events)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
+                if self._fh is None:
+                    self._fh = open(self.path, "a", encoding="utf-8")
+                self._fh.write(text)
+                self._fh.flush()  # one sample's events reach the OS together: a kill loses none of them
 
     def record_final_report(self, report: dict) -> None:
         if self.path is not None:
-            with self._lock, open(self.path, "a", encoding="utf-8") as f:
-                f.write(jsondumps({"final_report": report, "run_id": self.run_id}) + "\n")
+            with self._lock:
+                self.close_file()
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(jsondumps({"final_report": report, "run_id": self.run_id}) + "\n")
+
+    def close_file(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __del__(self):
+        try:
+            self.close_file()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     # --- reading back ---------------------------------------------------------------
     @property

@@ -125,7 +125,7 @@ def heldout_documents(source: str, max_docs: Optional[int] = None) -> tuple[list
     """(samples, notice): the ladder's held-out sets. notice says why a set is empty."""
     from glassgpt.data import sources
 
-    stats = sources.SourceStats()
+    stats = sources.SourceStats(source)
     if source == "stdlib_tests":
         if not sources.stdlib_tests_available():
             return [], "this Python ships no stdlib test/ directory (Debian/Ubuntu system Pythons); skipped"
