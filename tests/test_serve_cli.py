@@ -1,0 +1,80 @@
+"""`glassgpt keys / usage / serve / chat`: the CLI parses and calls; the chat loop."""
+
+import io
+import json
+
+import pytest
+
+from glassgpt.serve.chat import LocalBackend, read_message, run_chat
+from glassgpt.serve.engine import Engine
+from glassgpt.serve.store import Store
+from glassgpt.serve.testing import tiny_checkpoint
+
+
+def cli(argv):
+    from glassgpt.cli import build_parser, main
+
+    if "serve" not in build_parser()._subparsers._group_actions[0].choices:  # cli.py without the hook
+        pytest.skip("glassgpt/cli.py does not register the serve commands")
+    return main(argv)
+
+
+def test_keys_create_list_revoke_and_usage(tmp_path, capsys):
+    db = str(tmp_path / "k.db")
+    assert cli(["keys", "create", "--name", "alice", "--rpm", "10", "--db", db]) == 0
+    out = capsys.readouterr().out
+    key = out.splitlines()[0]
+    assert key.startswith("sk-glass-")
+    store = Store(db)
+    rec = store.authenticate(f"Bearer {key}")
+    assert rec.name == "alice" and rec.rpm == 10
+    assert key not in (tmp_path / "k.db").read_bytes().decode("latin-1")  # only the hash is stored
+    assert cli(["keys", "list", "--db", db]) == 0
+    assert "alice" in capsys.readouterr().out
+    store.record(rec.id, "m", "chat.completions", 100, 50, (0.002, 0.002))
+    store.record(None, "m", "chat.completions", 10, 5, (0.002, 0.002))
+    assert cli(["usage", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert rec.id in out and "(no auth)" in out and "0.000330" in out  # 165 tokens at $0.002/1K
+    assert cli(["keys", "revoke", rec.id, "--db", db]) == 0
+    assert cli(["keys", "revoke", rec.id, "--db", db]) == 2  # already revoked: one line, exit 2
+    assert "already revoked" in capsys.readouterr().err
+    assert cli(["keys", "revoke", "nope", "--db", db]) == 2
+
+
+def test_serve_refuses_bad_setups(tmp_path, capsys):
+    assert cli(["serve", "--checkpoint", str(tmp_path), "--no-auth", "--host", "0.0.0.0"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    bad = tmp_path / "run" / "checkpoints" / "step_0000001"
+    bad.mkdir(parents=True)
+    (bad / "meta.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"\0" * 16)
+    assert cli(["serve", "--checkpoint", str(tmp_path / "run"), "--db", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+
+
+def test_read_message_multiline():
+    lines = iter(["first \\", "second", '"""', "a", "b", '"""'])
+    assert read_message(lambda _: next(lines)) == "first \nsecond"
+    assert read_message(lambda _: next(lines)) == "a\nb"
+    assert read_message(lambda _: (_ for _ in ()).throw(EOFError())) is None
+
+
+def test_chat_loop_local(tmp_path):
+    eng = Engine.from_checkpoint(tiny_checkpoint(), name="tiny", device="cpu", max_batch=1)
+    backend = LocalBackend(eng)
+    save = tmp_path / "conv.json"
+    script = iter(["hello", "/reset", "again \\", "more", f"/save {save}", "/quit"])
+    out = io.StringIO()
+    try:
+        msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=5)
+    finally:
+        eng.stop()
+    text = out.getvalue()
+    assert "conversation reset" in text and "saved 2 messages" in text
+    saved = json.loads(save.read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
+    assert saved["messages"][0]["content"] == "again \nmore"
+    assert msgs == saved["messages"]
+    assert backend.usage["completion_tokens"] > 0
