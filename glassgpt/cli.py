@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from glassgpt.errors import GlassError
@@ -44,11 +45,17 @@ def _split_overrides(extra: list[str]) -> list[str]:
     return out
 
 
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args, extra):
     from glassgpt.train.trainer import train
 
     cfg = _config(args, _split_overrides(extra))
     report = train(cfg, args.out, resume=args.resume)
+    if not _is_main_process():
+        return
     for name, r in report["heldout"].items():
         print(f"held-out {name}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte")
 
@@ -58,6 +65,8 @@ def cmd_speedrun(args, extra):
 
     cfg = _config(args, _split_overrides(extra))
     report = train(cfg, args.out, resume=args.resume)
+    if not _is_main_process():
+        return
     print(f"speedrun ({args.preset}): {report['params']:,} params, {report['tokens']:,} tokens, "
           f"{report['flops']:.3g} FLOPs, {report['seconds']:.0f}s")
     for name, r in report["heldout"].items():
