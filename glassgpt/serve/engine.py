@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
+import heapq
 import itertools
 import logging
 import math
@@ -177,7 +178,9 @@ class Engine:
         self.context_window = int(model.cos.size(0))
         self.dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
         self.cache = BatchedCache(self.mcfg, self.max_batch, self.context_window, self.device, self.dtype)
-        self.free_slots = list(range(self.max_batch))[::-1]
+        # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
+        # and a decode step attends over a slice of the cache instead of a gathered copy.
+        self.free_slots = list(range(self.max_batch))
         self.waiting: "queue.Queue[Request]" = queue.Queue()
         self.n_waiting = 0
         self.running: list[_Seq] = []
@@ -308,9 +311,11 @@ class Engine:
 
     # --- the model, batched -------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, tokens: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, all_logits: bool = False):
+    def _forward(self, tokens: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, all_logits: bool = False,
+                 first_slot: int | None = None):
         """tokens [B, T] at positions starts[b]..starts[b]+T-1 of cache slots[b] → logits
-        [B, T, V] (all_logits) or [B, V] for the last position. Writes K/V into the cache."""
+        [B, T, V] (all_logits) or [B, V] for the last position. Writes K/V into the cache.
+        first_slot: the slots are first_slot..first_slot+B-1, so attention reads a slice."""
         m = self.model
         B, T = tokens.shape
         pos = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
@@ -330,8 +335,8 @@ class Engine:
             ck, cv = self.cache.k[i], self.cache.v[i]  # [S, kv, maxlen, hd] views
             ck[rows, :, pos] = k.transpose(1, 2).to(ck.dtype)
             cv[rows, :, pos] = v.transpose(1, 2).to(cv.dtype)
-            if B == 1:  # a slice, no gather
-                K, V = ck[int(slots[0]) : int(slots[0]) + 1, :, :L], cv[int(slots[0]) : int(slots[0]) + 1, :, :L]
+            if first_slot is not None:  # a slice, no gather
+                K, V = ck[first_slot : first_slot + B, :, :L], cv[first_slot : first_slot + B, :, :L]
             else:
                 K, V = ck[slots, :, :L], cv[slots, :, :L]
             y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=a.kv != a.h)
@@ -420,12 +425,13 @@ class Engine:
 
     def _prefill(self, req: Request) -> None:
         p = req.params
-        slots = [self.free_slots.pop() for _ in range(p.n)]
+        slots = [heapq.heappop(self.free_slots) for _ in range(p.n)]
         seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(slots)]
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
         with self._autocast():
             logits = self._forward(ids, torch.tensor(slots[:1], device=self.device),
-                                   torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs)
+                                   torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs,
+                                   first_slot=slots[0])
         if p.echo_logprobs:
             lp = F.log_softmax(logits[0], dim=-1)  # [T, V]: position t predicts token t+1
             infos = [TokenInfo(req.prompt[0], None, [])]
@@ -453,15 +459,25 @@ class Engine:
         seqs = [s for s in self.running if not self._cancelled(s)]
         if not seqs:
             return
-        toks = torch.tensor([[s.next_token] for s in seqs], dtype=torch.long, device=self.device)
-        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=self.device)
-        starts = torch.tensor([s.length for s in seqs], dtype=torch.long, device=self.device)
+        lo, hi = min(s.slot for s in seqs), max(s.slot for s in seqs) + 1
+        if hi - lo <= 2 * len(seqs):
+            # Every slot in lo..hi-1 gets a row; free ones ride along with a dummy token at
+            # position 0 (overwritten by the next prefill that takes the slot, never read).
+            by_slot = {s.slot: s for s in seqs}
+            rows = [by_slot.get(i) for i in range(lo, hi)]
+            first = lo
+        else:
+            rows, first = sorted(seqs, key=lambda s: s.slot), None
+        toks = torch.tensor([[s.next_token if s else 0] for s in rows], dtype=torch.long, device=self.device)
+        slots = torch.tensor([s.slot if s else lo + i for i, s in enumerate(rows)], dtype=torch.long, device=self.device)
+        starts = torch.tensor([s.length if s else 0 for s in rows], dtype=torch.long, device=self.device)
         with self._autocast():
-            logits = self._forward(toks, slots, starts)
+            logits = self._forward(toks, slots, starts, first_slot=first)
         self.steps += 1
-        for s, lg in zip(seqs, logits):
-            s.length += 1
-            self._advance(s, lg)
+        for s, lg in zip(rows, logits):
+            if s is not None:
+                s.length += 1
+                self._advance(s, lg)
 
     def _cancelled(self, s: _Seq) -> bool:
         if s.req.cancelled.is_set():
@@ -507,7 +523,7 @@ class Engine:
         s.finished = True
         if s in self.running:
             self.running.remove(s)
-        self.free_slots.append(s.slot)
+        heapq.heappush(self.free_slots, s.slot)
         req = s.req
         req.finished_choices += 1
         if req.finished_choices >= req.params.n:

@@ -1,0 +1,175 @@
+"""Serving throughput, every number a ratio against a reference measured in the same run.
+
+    .venv/bin/python bench/serve_throughput.py [--checkpoint RUN_DIR] [--seconds 15]
+
+With the `cpu` preset's model shape (random weights unless --checkpoint; speed does not
+depend on the weights) and its context stretched to 1024 so that 512 tokens fit:
+
+1. decode tokens/s with the engine's KV cache vs recomputing the whole prefix for every
+   token, at 512 tokens of context (goal >= 5x);
+2. aggregate decode tokens/s with 16 concurrent clients vs 1 (goal >= 4x on 2 CPU cores,
+   from continuous batching: the 16 share each forward pass);
+3. time to first token p50/p99 for a 100-token prompt under that 16-client load, next to
+   the same prompt's TTFT on an idle engine.
+
+Clients are threads calling the engine directly (the HTTP layer is measured by the load
+test in tests/test_serve_load.py, not here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_engine(checkpoint: str | None, max_batch: int):
+    from glassgpt import config
+    from glassgpt.data.tokenizer import Tokenizer
+    from glassgpt.model.gpt import build
+    from glassgpt.serve.engine import Engine
+
+    if checkpoint:
+        return Engine.from_checkpoint(checkpoint, name="bench", device="cpu", max_batch=max_batch)
+    # A tokenizer from stdlib source (a second or two), the cpu preset's model shape.
+    import sysconfig
+
+    texts, size = [], 0
+    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        t = p.read_text(errors="ignore")
+        texts.append(t)
+        size += len(t)
+        if size > 3_000_000:
+            break
+    tok = Tokenizer.train(texts, 4096)
+    cfg = config.load("cpu", ["model.seq_len=1024"])
+    cfg.model.vocab_size = tok.vocab_size
+    cfg.model.image_token_id = tok.image_id
+    model = build(cfg.model, device="cpu", seed=0)
+    # Small random weights everywhere (init zeroes the residual projections; random ones
+    # make the logits vary as a trained model's do, so that sampling is not degenerate).
+    with torch.no_grad():
+        for p_ in model.parameters():
+            if p_.dim() == 2 and p_.abs().sum() == 0:
+                p_.normal_(0, 0.02)
+    return Engine(model, tok, cfg, name="bench", device="cpu", max_batch=max_batch)
+
+
+def kv_vs_recompute(engine, ctx: int = 512, new: int = 32) -> tuple[float, float]:
+    from glassgpt.serve.engine import SamplingParams
+
+    model = engine.model
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(300, engine.tokenizer.vocab_size - 20, (ctx,), generator=g).tolist()
+    stamps = []
+    done = threading.Event()
+
+    def on(ev):
+        if ev.kind == "token":
+            stamps.append(time.perf_counter())
+        if ev.kind == "finish":
+            done.set()
+
+    # engine: the decode phase only (first token → last token), greedy, end tokens ignored
+    engine.end_ids_backup = engine.end_ids
+    engine.end_ids = set()
+    engine.submit(prompt, SamplingParams(max_tokens=new + 1, temperature=0), on)
+    done.wait()
+    engine.end_ids = engine.end_ids_backup
+    kv = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    # recompute: the whole prefix through the model for every new token
+    idx = torch.tensor([prompt])
+    n = max(4, new // 4)
+    with torch.no_grad():
+        model(idx)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(n):
+            nxt = model(idx)[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, nxt], 1)
+        re = n / (time.perf_counter() - t0)
+    return kv, re
+
+
+def load(engine, clients: int, seconds: float, prompt_len: int = 100, max_tokens: int = 64):
+    """`clients` threads, each sending one request after another for `seconds`.
+    Returns (generated tokens/s over the whole window, TTFTs of the requests)."""
+    from glassgpt.serve.engine import SamplingParams
+
+    vocab = engine.tokenizer.vocab_size
+    stop_at = time.perf_counter() + seconds
+    ttfts, counts = [], []
+    lock = threading.Lock()
+
+    def client(i):
+        g = torch.Generator().manual_seed(i)
+        n_tok = 0
+        while time.perf_counter() < stop_at:
+            prompt = torch.randint(300, vocab - 20, (prompt_len,), generator=g).tolist()
+            q: queue.Queue = queue.Queue()
+            t0 = time.perf_counter()
+            req = engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i), q.put)
+            first = None
+            while True:
+                ev = q.get()
+                if ev.kind == "token" and first is None:
+                    first = time.perf_counter() - t0
+                if ev.kind in ("finish", "error"):
+                    break
+            n_tok += req.completion_tokens
+            if first is not None:
+                with lock:
+                    ttfts.append(first)
+        with lock:
+            counts.append(n_tok)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0), ttfts
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="a run directory (default: cpu-preset shape, random weights)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="duration of each load phase")
+    ap.add_argument("--clients", type=int, default=16)
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    engine = build_engine(a.checkpoint, max_batch=max(16, a.clients)).start()
+    try:
+        m = engine.mcfg
+        print(f"model: depth {m.depth}, d_model {m.d_model}, {sum(p.numel() for p in engine.model.parameters()):,} params, "
+              f"context {engine.context_window}, torch threads {torch.get_num_threads()}")
+        kv, re = kv_vs_recompute(engine)
+        print(f"[1] decode at 512 context: KV cache {kv:.1f} tok/s vs recompute {re:.1f} tok/s  -> {kv / re:.1f}x  (goal >= 5x)")
+        one, _ = load(engine, 1, a.seconds)
+        many, ttft = load(engine, a.clients, a.seconds)
+        print(f"[2] aggregate decode: {a.clients} clients {many:.1f} tok/s vs 1 client {one:.1f} tok/s  -> "
+              f"{many / one:.1f}x  (goal >= 4x)")
+        _, idle = load(engine, 1, min(3.0, a.seconds))
+        idle50 = statistics.median(idle)
+        p50, p99 = pct(ttft, 50), pct(ttft, 99)
+        print(f"[3] TTFT, 100-token prompt, {a.clients} clients: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+              f"({len(ttft)} requests) = {p50 / idle50:.1f}x / {p99 / idle50:.1f}x the idle-engine TTFT "
+              f"({idle50 * 1000:.0f} ms)")
+    finally:
+        engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
