@@ -119,14 +119,14 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
             raise ServeError(f"messages[{i}].content is required.", param=f"messages[{i}].content", code="invalid_value")
         parts = []
         if isinstance(c, str):
-            parts = [{"type": "text", "text": c}]
+            parts = [{"type": "text", "text": clean(c)}]
         else:
             for j, p in enumerate(c):
                 param = f"messages[{i}].content[{j}]"
                 if p.type == "text":
                     if p.text is None:
                         raise ServeError(f"{param}: a text part needs 'text'.", param=param, code="invalid_value")
-                    parts.append({"type": "text", "text": p.text})
+                    parts.append({"type": "text", "text": clean(p.text)})
                 elif p.type == "image_url":
                     if role != "user":
                         raise ServeError(f"{param}: images are only allowed in user messages.", param=param)
@@ -149,13 +149,18 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
     return out
 
 
+def clean(text: str) -> str:
+    """JSON may carry lone surrogates (\\ud800), which are not UTF-8: replace them."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def stop_list(stop) -> list[str]:
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else list(stop)
     if len(stops) > 4:
         raise ServeError("'stop' takes at most 4 sequences.", param="stop", code="invalid_value")
-    return [s for s in stops if s]
+    return [clean(s) for s in stops if s]
 
 
 # --- response pieces ------------------------------------------------------------------------
@@ -481,11 +486,11 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             raise ServeError("'suffix' is not supported by this model.", param="suffix")
         p = body.prompt
         if isinstance(p, str):
-            prompts = [tok.encode(p)]
+            prompts = [tok.encode(clean(p))]
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [tok.encode(x) for x in p]
+            prompts = [tok.encode(clean(x)) for x in p]
         elif p and all(isinstance(x, list) for x in p):
             prompts = [list(x) for x in p]
         else:
@@ -504,7 +509,8 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             return SamplingParams(max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                                   top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
                                   stop=stop_list(body.stop), seed=body.seed, n=n, logprobs=want_lp,
-                                  top_logprobs=body.logprobs or 0, echo_logprobs=echo and want_lp)
+                                  top_logprobs=body.logprobs or 0,
+                                  echo_logprobs=echo and (want_lp or body.max_tokens == 0))
 
         if body.max_tokens == 0 and not echo:
             raise ServeError("'max_tokens' must be at least 1 unless 'echo' is true.", param="max_tokens")
@@ -708,6 +714,20 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     async def style():
         return page("style.css", "text/css; charset=utf-8")
 
+    def openapi():
+        """The generated schema, with the served model ids as the `model` enum."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                prop = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get("model")
+                if prop is not None:
+                    prop["enum"] = list(srv.engines)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, limit=max_body)
     return app
 

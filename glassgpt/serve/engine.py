@@ -357,7 +357,7 @@ class Engine:
     def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:
         p = seq.req.params
         logp = F.log_softmax(logits, dim=-1)
-        if p.temperature <= 0:
+        if p.temperature < 1e-4:  # greedy (a tiny temperature would overflow the softmax)
             tok = int(torch.argmax(logits))
         else:
             lg = logits / p.temperature
@@ -372,7 +372,10 @@ class Engine:
                 sp = sp.masked_fill(drop, 0.0)
                 probs = torch.zeros_like(probs).scatter(0, si, sp)
             probs = probs.cpu()
-            tok = int(torch.multinomial(probs, 1, generator=seq.gen))
+            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+                tok = int(torch.argmax(logits))
+            else:
+                tok = int(torch.multinomial(probs, 1, generator=seq.gen))
         top = []
         if p.top_logprobs:
             vals, idx = torch.topk(logp, min(p.top_logprobs, logp.numel()))
