@@ -40,7 +40,7 @@ def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tens
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, H, T, D]; rotate pairs (first half, second half) of each head.
+    # Rotate pairs (first half, second half) of each head; cos/sin broadcast over x's other dims.
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -71,11 +71,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k, v = self.c_qkv(x).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], dim=-1)
-        q = q.view(B, T, self.h, self.hd).transpose(1, 2)
-        k = k.view(B, T, self.kv, self.hd).transpose(1, 2)
+        qk, v = self.c_qkv(x).split([(self.h + self.kv) * self.hd, self.kv * self.hd], dim=-1)
+        # Norm and rotate queries and keys together: half the elementwise kernels on CPU.
+        qk = apply_rope(rms_norm(qk.view(B, T, self.h + self.kv, self.hd)), cos[:, None], sin[:, None])
+        q, k = qk.transpose(1, 2).split([self.h, self.kv], dim=1)
         v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
-        q, k = apply_rope(rms_norm(q), cos, sin), apply_rope(rms_norm(k), cos, sin)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -86,6 +86,21 @@ class Attention(nn.Module):
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv != self.h)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
+
+
+class ReluSquared(torch.autograd.Function):
+    """relu(x)² with a two-kernel backward (autograd's pow backward takes four)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return (grad * r).mul_(2.0)
 
 
 class MLP(nn.Module):
@@ -101,7 +116,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:  # ReLU²: as good as GELU at this scale and cheaper (modded-nanogpt)
-            h = F.relu(h).square()
+            h = ReluSquared.apply(h)
         return self.c_proj(h)
 
 
