@@ -336,3 +336,17 @@ def test_no_auth_and_loopback(env):
     with TestClient(app) as tc:
         r = tc.get("/v1/models")
         assert r.status_code == 200
+
+
+def test_terminal_chat_against_the_server(env):
+    import io
+
+    from glassgpt.serve.chat import RemoteBackend, run_chat
+
+    backend = RemoteBackend(env["url"] + "/v1", env["key"])
+    assert backend.name == MODEL
+    script = iter(["hi", "/quit"])
+    out = io.StringIO()
+    msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=4)
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert backend.usage["completion_tokens"] > 0

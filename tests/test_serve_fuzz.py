@@ -28,6 +28,6 @@ def test_schemathesis_finds_no_server_errors(tmp_path):
                "--max-examples", "40", "--max-time", "150", "--workers", "2", "--seed", "1",
                "--generation-database", "none", "--no-color", "--request-timeout", "60",
                "--suppress-health-check", "all"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     out = r.stdout[-6000:] + r.stderr[-2000:]
     assert r.returncode == 0, out
