@@ -96,13 +96,50 @@ class TrainConfig:
 
 
 @dataclass
+class VisionConfig:
+    """Image input (glassgpt.model.vision). Off by default: text runs are unchanged."""
+
+    enabled: bool = False
+    image_size: int = 64  # images are letterboxed to image_size × image_size
+    patch_size: int = 8
+    width: int = 128  # ViT width
+    depth: int = 3
+    head_dim: int = 32
+    mlp_ratio: float = 4.0
+    shuffle: int = 2  # pixel-shuffle factor: image tokens = (image_size / patch_size / shuffle)²
+    mix: str = "digits:1,shapes:1,text:1,charts:1"  # image sources and weights (folder:PATH too)
+    batch_size: int = 32  # image-chat rows per micro-batch per process
+    text_weight: float = 0.25  # weight of the text loss beside the answer loss (0: images only)
+    freeze_lm: bool = False
+    init_from: str = ""  # a text run or checkpoint to start the language model from
+    lr: float = 0.002  # AdamW, encoder and projector
+    eval_samples: int = 200  # held-out samples per task at each eval
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.width // self.head_dim)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return (self.grid // self.shuffle) ** 2
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.vision == VisionConfig():  # text runs: same dict (and sha256) as before vision existed
+            d.pop("vision")
+        return d
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -111,7 +148,7 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig}
 
 
 def preset_names() -> list[str]:
@@ -216,3 +253,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be positive")
     if m.depth <= 0 or m.seq_len <= 1:
         raise ConfigError("model.depth must be positive and model.seq_len at least 2")
+    v = cfg.vision
+    if v.enabled:
+        if v.image_size % v.patch_size or v.grid % v.shuffle:
+            raise ConfigError(f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}, "
+                              f"and the {v.grid}-patch grid a multiple of vision.shuffle={v.shuffle}")
+        if v.width % v.head_dim:
+            raise ConfigError(f"vision.width={v.width} must be a multiple of vision.head_dim={v.head_dim}")
+        if v.batch_size <= 0 or v.text_weight < 0:
+            raise ConfigError("vision.batch_size must be positive and vision.text_weight non-negative")

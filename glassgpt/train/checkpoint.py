@@ -105,6 +105,10 @@ def load_model(path, device: str = "cpu"):
         raise CheckpointError(f"tokenizer.json missing from run directory {ck.parent.parent}")
     tokenizer = Tokenizer.load(tok_path)
     model = build(cfg.model, device=device, seed=None)
+    if cfg.vision.enabled:  # the encoder is `model.vision`; its weights are in the same file
+        from glassgpt.model.vision import attach
+
+        attach(model, cfg.vision, seed=None)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -1,0 +1,535 @@
+"""Image data: decoding and validation of user images, and image-text sources.
+
+Sources yield `Sample(image, question, answer, task)`: one chat turn with one image.
+- `digits`: scikit-learn's bundled handwritten digits (1,797 labelled 8×8 images, shipped
+  inside the PyPI package: no network). A fixed, seeded 300-image held-out split.
+- `photos`: scikit-learn's two sample photographs (random crops, captioned).
+- `shapes`, `text`, `charts`: procedural, unlimited, deterministic by (seed, split, index),
+  rendered with Pillow. Held-out and train samples are disjoint by construction: each
+  sample's content key is hashed, and a hash bucket decides which split may use it.
+- `folder`: a folder of images with a JSONL of captions or question/answer pairs.
+
+`load_image` turns user bytes (API, chat, folders) into an RGB image or raises one
+`ImageError` with a one-line message: corrupt, truncated, empty, tiny, huge, animated,
+CMYK, 16-bit and non-image inputs are refused, never crashed on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import warnings
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from glassgpt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE = 4  # pixels; a 1×1 image carries nothing to see
+MAX_SIDE = 8192
+MAX_PIXELS = 36_000_000  # checked from the header, before any pixel is decoded
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+RENDER = 64  # side of procedurally rendered images (the encoder resizes anyway)
+HELDOUT_BUCKETS = 10  # 1 in 10 content hashes is held out for procedural tasks
+DIGITS_HELDOUT = 300
+
+
+class ImageError(DataError):
+    """An image that cannot be used: corrupt, truncated, too small or large, or unsupported."""
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImageError("image input needs Pillow: pip install pillow") from None
+    return Image
+
+
+# --- decoding and validation ---------------------------------------------------------------
+def load_image(src, *, name: str = "image", animated: str = "error"):
+    """bytes, a path, or a PIL image → an RGB PIL image (validated).
+
+    animated: "error" refuses multi-frame images; "first" takes the first frame (the API's
+    GIF rule). Every failure is an ImageError with a message that names `name`."""
+    Image = _pil()
+    from PIL import UnidentifiedImageError
+
+    if isinstance(src, Image.Image):
+        im = src
+    else:
+        if isinstance(src, (str, Path)):
+            p = Path(src)
+            name = name if name != "image" else str(p)
+            try:
+                data = p.read_bytes()
+            except FileNotFoundError:
+                raise ImageError(f"{name}: file not found") from None
+            except OSError as e:
+                raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            data = bytes(src)
+        else:
+            raise ImageError(f"{name}: expected image bytes, a path or a PIL image, not {type(src).__name__}")
+        if not data:
+            raise ImageError(f"{name}: the file is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            if isinstance(e, UnidentifiedImageError):
+                raise ImageError(f"{name}: not an image Pillow can read (send PNG, JPEG, WebP or GIF)") from None
+            raise ImageError(f"{name}: image is too large (limit {MAX_SIDE}×{MAX_SIDE}, {MAX_PIXELS:,} pixels)") from None
+        except Exception as e:  # a damaged header
+            raise ImageError(f"{name}: corrupt image header ({type(e).__name__})") from None
+        if im.format not in FORMATS:
+            raise ImageError(f"{name}: {im.format} images are not accepted (send PNG, JPEG, WebP or GIF)")
+    w, h = im.size
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has zero size ({w}×{h})")
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise ImageError(f"{name}: image is {w}×{h}; at least {MIN_SIDE}×{MIN_SIDE} pixels are needed")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise ImageError(f"{name}: image is {w}×{h}, too large (limit {MAX_SIDE}×{MAX_SIDE}, {MAX_PIXELS:,} pixels); downscale it")
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1 and animated != "first":
+        raise ImageError(f"{name}: animated image with {frames} frames; send a single still image")
+    if im.mode == "CMYK":
+        raise ImageError(f"{name}: CMYK images are not supported; convert it to RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") or im.info.get("bits", 8) > 8 \
+            or (getattr(im, "format", None) == "PNG" and im.mode.startswith("I")):
+        raise ImageError(f"{name}: 16-bit or high-bit-depth images ({im.mode}) are not supported; save it as 8-bit")
+    if im.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "La"):
+        raise ImageError(f"{name}: image mode {im.mode} is not supported; convert it to RGB")
+    try:
+        if frames > 1:
+            im.seek(0)
+        im.load()
+    except Exception as e:  # truncated data, bad checksums, broken compressed streams
+        raise ImageError(f"{name}: truncated or corrupt image data ({str(e).splitlines()[0][:80] or type(e).__name__})") from None
+    return to_rgb(im)
+
+
+def to_rgb(im):
+    """Any 8-bit mode → RGB; transparency composited onto white."""
+    Image = _pil()
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La"):
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def decode_data_url(url: str, *, name: str = "image", animated: str = "first"):
+    """`data:image/...;base64,...` → RGB image (ImageError otherwise)."""
+    import base64
+    import binascii
+
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise ImageError(f"{name}: expected a data: URL")
+    head, sep, payload = url.partition(",")
+    if not sep or ";base64" not in head:
+        raise ImageError(f"{name}: expected data:image/<format>;base64,<data>")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{name}: malformed base64 data") from None
+    return load_image(data, name=name, animated=animated)
+
+
+def to_data_url(im, fmt: str = "PNG") -> str:
+    import base64
+
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# --- samples and splits --------------------------------------------------------------------
+@dataclass
+class Sample:
+    image: object  # PIL.Image (RGB)
+    question: str
+    answer: str
+    task: str
+
+    def messages(self, with_answer: bool = True) -> list[dict]:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
+        if with_answer:
+            msgs.append({"role": "assistant", "content": self.answer})
+        return msgs
+
+
+def _rng(seed: int, *parts) -> random.Random:
+    return random.Random(zlib.crc32(repr((seed,) + parts).encode()))
+
+
+def is_heldout_key(key: str) -> bool:
+    return zlib.crc32(key.encode()) % HELDOUT_BUCKETS == 0
+
+
+def _draw_split(make: Callable[[random.Random], tuple], seed: int, task: str, split: str, index: int) -> Sample:
+    """Draw from make(rng) until the content key lands in the wanted split."""
+    want_heldout = split != "train"
+    for attempt in range(1000):
+        rng = _rng(seed, task, split, index, attempt)
+        key, builder = make(rng)
+        if is_heldout_key(f"{task}:{key}") == want_heldout:
+            return builder()
+    raise DataError(f"could not draw a {split} sample for {task}")
+
+
+# --- real images: scikit-learn -------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the digits source needs scikit-learn: pip install scikit-learn") from None
+    import numpy as np
+
+    d = load_digits()
+    order = np.random.default_rng(0).permutation(len(d.target))  # the split is fixed, whatever the run seed
+    held, train = order[:DIGITS_HELDOUT], order[DIGITS_HELDOUT:]
+    return d.images, d.target, train, held
+
+
+def digits_heldout_indices() -> list[int]:
+    return [int(i) for i in _digits()[3]]
+
+
+def _digit_image(pixels, shift=(0, 0)):
+    import numpy as np
+
+    Image = _pil()
+    a = (np.asarray(pixels) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    if shift != (0, 0):
+        a = np.roll(a, shift, axis=(0, 1))
+    return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def digits(seed: int, split: str, index: int) -> Sample:
+    images, target, train, held = _digits()
+    if split == "train":
+        rng = _rng(seed, "digits", index)
+        epoch, pos = divmod(index, len(train))
+        order = random.Random(zlib.crc32(repr((seed, "digits-epoch", epoch)).encode())).sample(list(train), len(train))
+        i = int(order[pos])
+        shift = (rng.choice([-1, 0, 0, 1]), rng.choice([-1, 0, 0, 1]))  # small translations: augmentation
+        img = _digit_image(images[i], shift)
+    else:
+        i = int(held[index % len(held)])
+        img = _digit_image(images[i])
+    return Sample(img, "Which digit is this?", str(int(target[i])), "digits")
+
+
+@lru_cache(maxsize=1)
+def _photos():
+    from sklearn.datasets import load_sample_images
+
+    d = load_sample_images()
+    Image = _pil()
+    names = {"china.jpg": "a temple", "flower.jpg": "a flower"}
+    return [(Image.fromarray(im), names.get(Path(f).name, Path(f).stem)) for im, f in zip(d.images, d.filenames)]
+
+
+def photos(seed: int, split: str, index: int) -> Sample:
+    """Random crops of sklearn's two sample photographs (there is no real held-out photo)."""
+    ph = _photos()
+    rng = _rng(seed, "photos", split, index)
+    im, label = ph[rng.randrange(len(ph))]
+    w, h = im.size
+    s = rng.randint(min(w, h) // 3, min(w, h))
+    x, y = rng.randint(0, w - s), rng.randint(0, h - s)
+    return Sample(im.crop((x, y, x + s, y + s)), "What is in this picture?", label, "photos")
+
+
+# --- procedural: shapes --------------------------------------------------------------------
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
+           "yellow": (235, 200, 20), "purple": (140, 40, 170), "orange": (245, 130, 20)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def _draw_shape(draw, shape, colour, cx, cy, r):
+    rgb = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=rgb)
+
+
+def _scene(rng: random.Random, n: int):
+    objs = []
+    while len(objs) < n:
+        r = rng.choice((5, 8))
+        cx, cy = rng.randint(r + 1, RENDER - r - 2), rng.randint(r + 1, RENDER - r - 2)
+        if all(abs(cx - o[2]) > r + o[4] + 2 or abs(cy - o[3]) > r + o[4] + 2 for o in objs):
+            objs.append((rng.choice(SHAPES), rng.choice(list(COLOURS)), cx, cy, r))
+    return objs
+
+
+def _render_scene(objs):
+    Image = _pil()
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (RENDER, RENDER), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    for o in objs:
+        _draw_shape(d, *o)
+    return im
+
+
+def _shapes_make(rng: random.Random):
+    kind = rng.choice(("count", "colour", "shape", "relation", "relation"))
+    if kind == "count":
+        objs = _scene(rng, rng.randint(1, 6))
+        q, a = "How many shapes are there?", str(len(objs))
+    elif kind in ("colour", "shape"):
+        objs = _scene(rng, rng.randint(1, 4))
+        shapes = [o[0] for o in objs]
+        cols = [o[1] for o in objs]
+        if kind == "colour":
+            uniq = [o for o in objs if shapes.count(o[0]) == 1]
+            if not uniq:
+                objs, uniq = objs[:1], objs[:1]
+            o = rng.choice(uniq)
+            q, a = f"What colour is the {o[0]}?", o[1]
+        else:
+            uniq = [o for o in objs if cols.count(o[1]) == 1]
+            if not uniq:
+                objs, uniq = objs[:1], objs[:1]
+            o = rng.choice(uniq)
+            q, a = f"What shape is the {o[1]} one?", o[0]
+    else:
+        while True:
+            objs = _scene(rng, 2)
+            (s1, c1, x1, y1, _), (s2, c2, x2, y2, _) = objs
+            if (s1, c1) != (s2, c2):
+                break
+        if rng.random() < 0.5 and abs(x1 - x2) > 4:
+            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if x1 < x2 else "right"
+        elif abs(y1 - y2) > 4:
+            q, a = f"Is the {c1} {s1} above or below the {c2} {s2}?", "above" if y1 < y2 else "below"
+        else:
+            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if x1 < x2 else "right"
+    key = f"{objs}|{q}"
+    return key, lambda: Sample(_render_scene(objs), q, a, "shapes")
+
+
+def shapes(seed: int, split: str, index: int) -> Sample:
+    return _draw_split(_shapes_make, seed, "shapes", split, index)
+
+
+# --- procedural: rendered text -------------------------------------------------------------
+ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: they are ambiguous in many fonts
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/System/Library/Fonts", "C:/Windows/Fonts")
+
+
+@lru_cache(maxsize=1)
+def font_files() -> tuple[str, ...]:
+    """Sans/mono TrueType fonts found on this machine (sorted: deterministic per machine);
+    empty means only Pillow's built-in font is used."""
+    found = []
+    for d in FONT_DIRS:
+        p = Path(d)
+        if p.is_dir():
+            found += [str(f) for f in p.rglob("*.ttf") if any(k in f.name for k in ("Sans", "Mono", "Serif"))
+                      and "ExtraLight" not in f.name]
+    return tuple(sorted(found)[:12])
+
+
+@lru_cache(maxsize=64)
+def _font(path: str | None, size: int):
+    from PIL import ImageFont
+
+    if path:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            pass
+    return ImageFont.load_default(size)
+
+
+def _text_make(rng: random.Random):
+    n = rng.randint(4, 8)
+    text = "".join(rng.choice(ALPHABET) for _ in range(n))
+    fonts = (None,) + font_files()
+    font_path = rng.choice(fonts)
+    angle = rng.uniform(-8, 8)
+    noise = rng.uniform(0, 25)
+    dark = rng.randint(0, 60)
+    light = rng.randint(200, 255)
+    nseed = rng.randrange(1 << 30)
+
+    def build():
+        import numpy as np
+
+        Image = _pil()
+        from PIL import ImageDraw
+
+        size = 18
+        font = _font(font_path, size)
+        while size > 7:
+            font = _font(font_path, size)
+            x0, y0, x1, y1 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+            if x1 - x0 <= RENDER - 6:
+                break
+            size -= 1
+        im = Image.new("L", (RENDER, RENDER), light)
+        d = ImageDraw.Draw(im)
+        x0, y0, x1, y1 = d.textbbox((0, 0), text, font=font)
+        d.text(((RENDER - (x1 - x0)) / 2 - x0, (RENDER - (y1 - y0)) / 2 - y0), text, fill=dark, font=font)
+        im = im.rotate(angle, resample=Image.BILINEAR, fillcolor=light)
+        a = np.asarray(im, dtype=np.float32) + np.random.default_rng(nseed).normal(0, noise, im.size[::-1])
+        return Sample(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L").convert("RGB"),
+                      "What does the text say?", text, "text")
+
+    return text, build
+
+
+def text(seed: int, split: str, index: int) -> Sample:
+    return _draw_split(_text_make, seed, "text", split, index)
+
+
+# --- procedural: charts --------------------------------------------------------------------
+BAR_LABELS = "ABCDE"
+
+
+def _charts_make(rng: random.Random):
+    n = rng.randint(3, 5)
+    values = rng.sample(range(1, 10), n)  # distinct: "the largest" is unambiguous
+    line = rng.random() < 0.25
+    labels = BAR_LABELS[:n]
+    if line:
+        q = "Which point is highest?"
+        a = labels[values.index(max(values))]
+    elif rng.random() < 0.5:
+        q, a = "Which bar is largest?", labels[values.index(max(values))]
+    else:
+        j = rng.randrange(n)
+        q, a = f"What is the value of bar {labels[j]}?", str(values[j])
+    colour = rng.choice(list(COLOURS))
+
+    def build():
+        Image = _pil()
+        from PIL import ImageDraw
+
+        im = Image.new("RGB", (RENDER, RENDER), (255, 255, 255))
+        d = ImageDraw.Draw(im)
+        font = _font(None, 9)
+        base, top, left = RENDER - 11, 10, 3
+        slot = (RENDER - 2 * left) // n
+        d.line((left, base, RENDER - left, base), fill=(0, 0, 0))
+        pts = []
+        for i, (v, lab) in enumerate(zip(values, labels)):
+            x = left + i * slot + slot // 2
+            h = round((base - top) * v / 9)
+            if line:
+                pts.append((x, base - h))
+            else:
+                d.rectangle((x - slot // 3, base - h, x + slot // 3, base), fill=COLOURS[colour])
+                d.text((x, base - h - 1), str(v), fill=(0, 0, 0), font=font, anchor="md")
+            d.text((x, base + 1), lab, fill=(0, 0, 0), font=font, anchor="ma")
+        if line:
+            d.line(pts, fill=COLOURS[colour], width=2)
+            for p in pts:
+                d.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=(0, 0, 0))
+        return Sample(im, q, a, "charts")
+
+    return f"{values}|{line}|{q}", build
+
+
+def charts(seed: int, split: str, index: int) -> Sample:
+    return _draw_split(_charts_make, seed, "charts", split, index)
+
+
+# --- user data: a folder with a JSONL --------------------------------------------------------
+class Folder:
+    """A folder of images and `data.jsonl` (or the given JSONL): one object a line,
+    {"image": "cat.png", "caption": "..."} or {"image": ..., "question": ..., "answer": ...}.
+    Bad lines and bad images are skipped with a count (logged), never a crash. 1 in 10
+    images (by a hash of the file name) is held out."""
+
+    def __init__(self, root, jsonl: str | None = None):
+        self.root = Path(root)
+        path = Path(jsonl) if jsonl else self.root / "data.jsonl"
+        if not path.is_file():
+            raise DataError(f"image folder {self.root}: {path.name} not found (one JSON object a line: "
+                            '{"image": "file.png", "caption": "..."})')
+        self.items: dict[str, list[tuple]] = {"train": [], "heldout": []}
+        self.skipped = 0
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                img = obj["image"]
+                if "caption" in obj:
+                    qa = ("Describe the image.", str(obj["caption"]))
+                else:
+                    qa = (str(obj["question"]), str(obj["answer"]))
+            except (ValueError, KeyError, TypeError):
+                self.skipped += 1
+                log.warning("%s line %d: not {image, caption} or {image, question, answer}; skipped", path.name, n)
+                continue
+            split = "heldout" if is_heldout_key(f"folder:{img}") else "train"
+            self.items[split].append((img, *qa))
+        if not self.items["train"] and not self.items["heldout"]:
+            raise DataError(f"image folder {self.root}: no usable lines in {path.name}")
+
+    def __call__(self, seed: int, split: str, index: int) -> Sample:
+        items = self.items["train" if split == "train" else "heldout"] or self.items["train"]
+        for k in range(len(items)):
+            img, q, a = items[(index + k) % len(items)]
+            try:
+                return Sample(load_image(self.root / img, name=img), q, a, "folder")
+            except ImageError as e:
+                self.skipped += 1
+                log.warning("skipped %s", e)
+        raise DataError(f"image folder {self.root}: no readable images")
+
+
+SOURCES: dict[str, Callable[[int, str, int], Sample]] = {
+    "digits": digits, "shapes": shapes, "text": text, "charts": charts, "photos": photos,
+}
+
+
+def get_source(name: str) -> Callable[[int, str, int], Sample]:
+    """A source by name, or `folder:PATH` for a user folder."""
+    if name.startswith("folder:"):
+        return Folder(name[len("folder:"):])
+    if name not in SOURCES:
+        from glassgpt.errors import closest
+
+        raise DataError(f"unknown image source '{name}'{closest(name, SOURCES)}; known: {', '.join(SOURCES)}, folder:PATH")
+    return SOURCES[name]
+
+
+def parse_mix(mix: str) -> list[tuple[str, float]]:
+    """'digits:1,shapes:2' → [('digits', 1.0), ('shapes', 2.0)]."""
+    out = []
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        name, _, w = part.rpartition(":")
+        try:
+            weight = float(w)
+        except ValueError:  # no weight given ('digits', 'folder:/data/pics')
+            name, weight = part, 1.0
+        if weight < 0:
+            raise DataError(f"bad image mix entry '{part}': weight must be non-negative")
+        out.append((name, weight))
+    if not out or sum(w for _, w in out) <= 0:
+        raise DataError(f"image mix '{mix}' has no positive weight")
+    return out
