@@ -125,6 +125,11 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
 
     torch.manual_seed(t.seed)
     raw = build(m, device=d.device, seed=t.seed)  # identical on every rank: same seed
+    vis = vis_evals = None
+    if cfg.vision.enabled:  # image input: the encoder joins the model as raw.vision (glassgpt.model.vision)
+        from glassgpt.model.vision import VisionTraining
+
+        vis = VisionTraining(raw, cfg, corpus.tokenizer, d.rank, d.world)
     start, opt_states = 0, None
     metrics_path = out / "metrics.jsonl"
     if existing and resume:
@@ -139,6 +144,8 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
     opts = build_optimizers(raw, cfg)
+    if vis is not None:
+        opts.append(vis.optimizer())
     if opt_states is not None:
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -194,7 +201,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
                 sync = micro == t.grad_accum - 1 or d.world == 1 or fsdp
                 ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, autocast:
-                    loss = fwd(batch[:, :-1], batch[:, 1:]) / t.grad_accum
+                    if vis is None:
+                        loss = fwd(batch[:, :-1], batch[:, 1:]) / t.grad_accum
+                    else:  # text rows + image-chat rows, one forward (loss on answers)
+                        loss = vis.loss(fwd, batch, step * t.grad_accum + micro) / t.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
             loss_val = d.all_sum([float(loss_sum)])[0] / d.world
@@ -223,6 +233,11 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
                 last_log_t, last_log_step = now, done
             if done % t.eval_every == 0 or done == total:
                 evals = evaluate(fwd, corpus, cfg, d, autocast)
+                if vis is not None:
+                    vis_evals = vis.evaluate()
+                    if d.is_main:
+                        metrics.write(json.dumps({"step": done, "vision_eval": vis_evals}) + "\n")
+                        log.info("vision eval @ %d: %s", done, ", ".join(f"{k} {v:.1%}" for k, v in vis_evals.items()))
                 if d.is_main:
                     metrics.write(json.dumps({"step": done, "eval": evals}) + "\n")
                     metrics.flush()
@@ -250,6 +265,8 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": cfg.to_dict(),
     }
+    if vis is not None:
+        report["vision"] = {**vis.report(), "heldout_accuracy": vis_evals}
     if d.is_main:
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
