@@ -134,8 +134,10 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
                         raise ServeError(f"{param}: an image_url part needs 'image_url': {{'url': ...}}.", param=param)
                     decode_image(p.image_url.url, param + ".image_url.url", engine.max_image)
                     if not engine.has_vision:
-                        raise ServeError(f"The model `{engine.name}` has no image input (no vision encoder); "
-                                         "send text only.", param=param, code="image_input_not_supported")
+                        why = ("its vision encoder is not yet wired into the server's engine"
+                               if engine.encoder_present else "no vision encoder")
+                        raise ServeError(f"The model `{engine.name}` has no image input ({why}); send text only.",
+                                         param=param, code="image_input_not_supported")
                     parts.append({"type": "image"})
                 else:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",

@@ -184,7 +184,10 @@ class Engine:
         self.waiting: "queue.Queue[Request]" = queue.Queue()
         self.n_waiting = 0
         self.running: list[_Seq] = []
-        self.has_vision = getattr(model, "vision", None) is not None
+        # Image prompts need the engine to splice encoder outputs in at prefill; until that is
+        # wired, a model with an encoder is served text-only and says so (never drops images).
+        self.encoder_present = getattr(model, "vision", None) is not None
+        self.has_vision = False
         special = tokenizer.special
         self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
         self._lock = threading.Lock()
