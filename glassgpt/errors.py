@@ -30,3 +30,7 @@ def closest(name: str, options) -> str:
     """' (did you mean X?)' for the closest option, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class ScalingError(GlassError):
+    """A ladder, fit or prediction that cannot be made or trusted (budgets, degenerate fits, hashes)."""

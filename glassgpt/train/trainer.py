@@ -16,6 +16,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -88,16 +89,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(cfg: Config, out: Path, resume: bool = False) -> dict:
+def train(cfg: Config, out: Path, resume: bool = False, *, init_from: Path | None = None,
+          lr_fn: Callable[[int, int], float] | None = None, save_at: Iterable[int] = ()) -> dict:
+    """Train cfg into the run directory `out`; returns the report.
+
+    For the scaling ladder's warmup-stable-decay branching (all optional, additive):
+    `init_from` starts a new run from another run's checkpoint (weights, optimizer state and
+    step; the loader continues from that step); `lr_fn(step, total)` replaces the config's
+    schedule; `save_at` adds checkpoints at these step counts.
+    """
     out = Path(out)
     d = dist_mod.setup()
     try:
-        return _train(cfg, out, resume, d)
+        return _train(cfg, out, resume, d, init_from=init_from, lr_fn=lr_fn, save_at=set(save_at))
     finally:
         dist_mod.teardown()
 
 
-def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
+def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Path | None = None,
+           lr_fn: Callable[[int, int], float] | None = None, save_at: set | None = None) -> dict:
     t, m = cfg.train, cfg.model
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -141,6 +151,15 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
         if d.is_main:
             _truncate_metrics(metrics_path, start)
         log.info("resumed from %s (step %d)", existing.name, start)
+    elif init_from is not None:  # a branch: another run's weights, optimizer state and step
+        meta, state, opt_payload = checkpoint.read(checkpoint.resolve(Path(init_from)))
+        checkpoint.check_compatible(meta, cfg.to_dict())
+        raw.load_state_dict(state)
+        opt_states = opt_payload["optimizers"] if opt_payload else None
+        start = meta["step"]
+        if d.is_main and metrics_path.exists():
+            metrics_path.unlink()
+        log.info("branched from %s (step %d)", init_from, start)
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
     opts = build_optimizers(raw, cfg)
@@ -165,6 +184,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
     total = max(1, math.ceil(t.tokens / tokens_per_step))
     loader = Loader(corpus.split("train", m.seq_len), t.batch_size, t.seed, d.rank, d.world)
+    if lr_fn is None:
+        def lr_fn(step, total):
+            return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
+    save_at = save_at or set()
     if d.is_main:
         log.info("model: %s params (%s non-embedding), %.3g FLOPs/token; %d steps × %s tokens on %d×%s",
                  f"{counts.params:,}", f"{counts.params_non_embedding:,}", counts.flops_per_token, total,
@@ -194,7 +217,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
     fwd.train()
     try:
         for step in range(start, total):
-            set_lr(opts, lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac))
+            set_lr(opts, lr_fn(step, total))
             loss_sum = torch.zeros((), device=d.device)
             for micro in range(t.grad_accum):
                 batch = torch.from_numpy(loader.batch(step * t.grad_accum + micro)).to(d.device)
@@ -221,7 +244,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
             now = time.time()
             if d.is_main:
                 metrics.write(json.dumps({"step": done, "loss": round(loss_val, 6), "grad_norm": round(gnorm, 4),
-                                          "lr_mult": round(lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac), 6),
+                                          "lr_mult": round(lr_fn(step, total), 6),
                                           "tokens": done * tokens_per_step, "flops": done * tokens_per_step * counts.flops_per_token,
                                           "time": round(now - t0, 3)}) + "\n")
                 metrics.flush()
@@ -242,7 +265,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist) -> dict:
                     metrics.write(json.dumps({"step": done, "eval": evals}) + "\n")
                     metrics.flush()
                     log.info("eval @ %d: %s", done, ", ".join(f"{k} {v['loss']:.4f} nats/tok {v['bpb']:.4f} bpb" for k, v in evals.items()))
-            if done % t.checkpoint_every == 0 or done == total:
+            if done % t.checkpoint_every == 0 or done == total or done in save_at:
                 save(done)
     finally:
         if metrics:

@@ -1,0 +1,133 @@
+"""`glassgpt ladder plan|run|fit`, `glassgpt predict`, `glassgpt verify`: parsing only;
+the work is in glassgpt.scaling."""
+
+from __future__ import annotations
+
+import json
+
+
+def _overrides(extra):
+    from glassgpt.cli import _split_overrides
+
+    return _split_overrides(extra)
+
+
+def _target(args, extra):
+    from glassgpt import config
+
+    return config.load(args.target, _overrides(extra))
+
+
+def cmd_plan(args, extra):
+    from glassgpt.scaling import ladder
+
+    p = ladder.plan(_target(args, extra), max_fraction=args.max_fraction, budget_fraction=args.budget_fraction,
+                    n_sizes=args.sizes, min_steps=args.min_steps, width_step=args.width_step,
+                    flops_per_second=args.flops_per_second)
+    print(ladder.format_plan(p))
+    if args.ladder:
+        print(f"plan written to {ladder.save_plan(p, args.ladder)}")
+
+
+def cmd_run(args):
+    from glassgpt.scaling import ladder
+
+    res = ladder.run(args.ladder, workers=args.workers, shard=args.shard, capability=not args.no_capability)
+    for name, st in res.items():
+        print(f"{name}: " + ", ".join(f"{k} steps {v}" for k, v in st.items()))
+
+
+def cmd_fit(args):
+    from glassgpt.scaling import predict
+
+    a = predict.analyse(args.ladder, n_boot=args.n_boot, llo_tolerance=args.llo_tolerance)
+    t = a["plan"]["target"]
+    if a["diverged"]:
+        print(f"excluded {len(a['diverged'])} diverged points: " +
+              "; ".join(f"{x['size']} {x['tokens']:,} tokens ({x.get('reason')})" for x in a["diverged"]))
+    for name, e in a["sets"].items():
+        print(f"== {name}")
+        for k, f in e["fits"].items():
+            if f.get("refused"):
+                print(f"  {k}: refused — {f['refused']}")
+                continue
+            llo = f.get("leave_largest_out") or {}
+            llo_s = f"{llo['relative_error']:+.2%}" if "relative_error" in llo else llo.get("refused", "n/a")
+            params = ", ".join(f"{kk}={v:.4g}" for kk, v in f["params"].items() if kk != "form")
+            print(f"  {k}: {f['params']['form']}: {params}; RMS log residual {f['rms_log_residual']:.4f}; "
+                  f"leave-largest-out {llo_s}; target ({t['flops']:.3g} FLOPs) → {f['loss']:.4f} "
+                  f"[{f['ci90'][0]:.4f}, {f['ci90'][1]:.4f}]")
+        r = e["regime"]
+        print(f"  chosen: {e['fit']}; local slopes {', '.join(f'{s:.3f}' for s in r.get('local_slopes', []))}")
+        for fl in r["flags"]:
+            print(f"  REGIME: {fl}")
+        if r.get("advice"):
+            print(f"  {r['advice']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v for k, v in a.items() if k != "plan"}, f, indent=1, default=str)
+
+
+def cmd_predict(args, extra):
+    from glassgpt.scaling import predict
+
+    doc = predict.register(_target(args, extra), args.ladder, args.out, target_dir=args.target_dir,
+                           n_boot=args.n_boot, allow_unconfident=args.allow_unconfident)
+    for k, p in doc["prediction"].items():
+        print(f"{k}: {p['loss']:.4f} nats/token [{p['ci90'][0]:.4f}, {p['ci90'][1]:.4f}] ({p['fit']})"
+              f"{'' if p['confident'] else ' — NOT CONFIDENT: regime check failed'}")
+    print(f"registered {args.out} sha256 {doc['sha256']}")
+
+
+def cmd_verify(args):
+    from glassgpt.scaling import predict
+
+    r = predict.verify(args.prediction, args.run, args.out)
+    for line in predict.headline(r):
+        print(line)
+    print(f"wrote {args.out}/report.json, report.md, scaling.png")
+
+
+def add_scaling_parser(sub) -> None:
+    lad = sub.add_parser("ladder", help="Plan, run and fit the scaling ladder.")
+    lsub = lad.add_subparsers(dest="ladder_command", required=True)
+    p = lsub.add_parser("plan", help="Choose the rungs for a target; print the table (and save it with --ladder). "
+                        "Extra --section.key=value arguments override the target config.")
+    p.add_argument("--target", required=True, help="the target: a preset name or a YAML config file")
+    p.add_argument("--ladder", default=None, help="ladder directory to write plan.json into")
+    p.add_argument("--max-fraction", type=float, default=1e-3, help="largest rung's FLOPs / the target's (default 1e-3)")
+    p.add_argument("--budget-fraction", type=float, default=1e-2, help="whole ladder's FLOPs / the target's (default 1e-2)")
+    p.add_argument("--sizes", type=int, default=6, help="model sizes (≥ 5)")
+    p.add_argument("--min-steps", type=int, default=50, help="optimizer steps of the shortest budget")
+    p.add_argument("--width-step", type=int, default=16, help="rung widths are multiples of this")
+    p.add_argument("--flops-per-second", type=float, default=None, help="for the time estimate")
+    p.set_defaults(fn=cmd_plan)
+    r = lsub.add_parser("run", help="Train the planned rungs (finished ones are skipped).")
+    r.add_argument("--ladder", required=True)
+    r.add_argument("--workers", type=int, default=1, help="parallel worker processes on this machine")
+    r.add_argument("--shard", default=None, help="i/n: train only this machine's share of the sizes")
+    r.add_argument("--no-capability", action="store_true", help="skip the capability scoring of each rung")
+    r.set_defaults(fn=cmd_run)
+    f = lsub.add_parser("fit", help="Fit L(C) and L(N, D), leave-largest-out and the regime check.")
+    f.add_argument("--ladder", required=True)
+    f.add_argument("--n-boot", type=int, default=200)
+    f.add_argument("--llo-tolerance", type=float, default=0.01)
+    f.add_argument("--json", default=None, help="also write the analysis here")
+    f.set_defaults(fn=cmd_fit)
+    pr = sub.add_parser("predict", help="Register a prediction for a target before it trains. "
+                        "Extra --section.key=value arguments override the target config.")
+    pr.add_argument("--target", required=True)
+    pr.add_argument("--ladder", required=True)
+    pr.add_argument("--out", default="prediction.json")
+    pr.add_argument("--target-dir", default=None, help="the target's run directory: refused if it has started")
+    pr.add_argument("--n-boot", type=int, default=200)
+    pr.add_argument("--allow-unconfident", action="store_true", help="register even when the regime check fails (flagged)")
+    pr.set_defaults(fn=cmd_predict)
+    v = sub.add_parser("verify", help="Compare a registered prediction with the trained target; write the report.")
+    v.add_argument("--prediction", required=True)
+    v.add_argument("--run", required=True, help="the target's run directory")
+    v.add_argument("--out", required=True, help="where report.json, report.md and scaling.png go")
+    v.set_defaults(fn=cmd_verify)
+    sr = sub.choices.get("speedrun")
+    if sr is not None:
+        sr.add_argument("--workers", type=int, default=1, help="parallel worker processes for the ladder")

@@ -1,0 +1,261 @@
+"""Fits for the ladder, the regime check and the leave-largest-out test.
+
+Two laws, both fitted in log space as a log-sum-exp (the corrected Chinchilla "approach 3",
+Besiroglu et al. 2024): Huber loss (δ = 1e-3) on log-loss residuals, summed over points,
+L-BFGS from the best starts of a grid.
+
+- `compute`:    L(C)    = exp(a)·C^(−k) + exp(e)                 on the compute frontier
+- `chinchilla`: L(N, D) = exp(e) + exp(a)/N^α + exp(b)/D^β        on every point
+
+A 90% interval comes from a bootstrap over points (all resamples optimised together as one
+batched problem). A fit is refused as degenerate when its irreducible term is at or above the
+lowest observed loss, an exponent leaves (0.01, 3), or L-BFGS did not converge.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import numpy as np
+import torch
+
+from glassgpt.errors import ScalingError
+
+log = logging.getLogger(__name__)
+
+DELTA = 1e-3
+EXP_RANGE = (0.01, 3.0)
+
+
+def _huber(r: torch.Tensor, delta: float = DELTA) -> torch.Tensor:
+    a = r.abs()
+    return torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _logpred(kind: str, th: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """th [B, P], X [n, k] (log features) → log L̂ [B, n]."""
+    if kind == "compute":
+        a, k, e = th[:, 0:1], th[:, 1:2], th[:, 2:3]
+        terms = torch.stack([a - k * X[None, :, 0], e.expand(-1, X.shape[0])], -1)
+    else:
+        a, b, e, al, be = (th[:, i : i + 1] for i in range(5))
+        terms = torch.stack([a - al * X[None, :, 0], b - be * X[None, :, 1], e.expand(-1, X.shape[0])], -1)
+    return torch.logsumexp(terms, -1)
+
+
+GRIDS = {
+    "compute": [[0.0, 5.0, 10.0, 15.0, 20.0, 25.0], [0.05, 0.1, 0.2, 0.4, 0.8], [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]],
+    "chinchilla": [[0.0, 5.0, 10.0, 15.0, 20.0, 25.0], [0.0, 5.0, 10.0, 15.0, 20.0, 25.0],
+                   [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5], [0.05, 0.2, 0.4, 0.7, 1.0], [0.05, 0.2, 0.4, 0.7, 1.0]],
+}
+
+
+def _objective(kind, th, X, logy, w):
+    return (w * _huber(_logpred(kind, th, X) - logy[None])).sum()
+
+
+def _lbfgs(kind, th0, X, logy, w, max_iter=300) -> tuple[torch.Tensor, float]:
+    th = th0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([th], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = _objective(kind, th, X, logy, w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    th.grad = None
+    loss = _objective(kind, th, X, logy, w)
+    loss.backward()
+    gnorm = float(th.grad.abs().max())
+    return th.detach(), gnorm
+
+
+def _features(kind, N=None, D=None, C=None) -> torch.Tensor:
+    if kind == "compute":
+        return torch.tensor(np.log(np.asarray(C, dtype=np.float64)))[:, None]
+    return torch.tensor(np.stack([np.log(np.asarray(N, dtype=np.float64)), np.log(np.asarray(D, dtype=np.float64))], 1))
+
+
+def params_dict(kind: str, th) -> dict:
+    th = [float(v) for v in th]
+    if kind == "compute":
+        return {"a": math.exp(th[0]), "b": -th[1], "c": math.exp(th[2]), "form": "L(C) = a·C^b + c"}
+    return {"E": math.exp(th[2]), "A": math.exp(th[0]), "alpha": th[3], "B": math.exp(th[1]), "beta": th[4],
+            "form": "L(N, D) = E + A/N^alpha + B/D^beta"}
+
+
+def degenerate(kind: str, th, min_loss: float, gnorm: float) -> str | None:
+    p = params_dict(kind, th)
+    floor = p["c"] if kind == "compute" else p["E"]
+    exps = [-p["b"]] if kind == "compute" else [p["alpha"], p["beta"]]
+    if not all(math.isfinite(v) for v in th) or not math.isfinite(gnorm) or gnorm > 0:
+        return "L-BFGS did not converge; add rungs or widen the ladder's compute span"
+    if floor >= min_loss * (1 - 1e-3):
+        return (f"irreducible term {floor:.4f} ≥ the lowest observed loss {min_loss:.4f}: the rungs sit on a plateau; "
+                "use larger rungs (raise --max-fraction)")
+    bad = [x for x in exps if not (EXP_RANGE[0] < x < EXP_RANGE[1])]
+    if bad:
+        return (f"exponent {bad[0]:.3g} outside {EXP_RANGE}: the points do not follow a power law; "
+                "use more rung sizes spanning more compute")
+    return None
+
+
+def fit(kind: str, y, N=None, D=None, C=None, n_boot: int = 100, top_k: int = 8, seed: int = 0) -> dict:
+    """Fit one law; returns params, residual RMS, the fitted theta and bootstrap thetas."""
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    n_par = 3 if kind == "compute" else 5
+    if n < n_par + 1:
+        raise ScalingError(f"{n} points are too few to fit {kind} ({n_par} parameters); the ladder needs more surviving rungs")
+    X = _features(kind, N, D, C)
+    logy = torch.tensor(np.log(y))
+    grid = torch.tensor(list(itertools.product(*GRIDS[kind])), dtype=torch.float64)
+    with torch.no_grad():
+        obj = _huber(_logpred(kind, grid, X) - logy[None]).sum(1)
+    starts = grid[torch.argsort(obj)[:top_k]]
+    # the starts are independent problems: optimise them together (their sum), then polish the best
+    ths, _ = _lbfgs(kind, starts, X, logy, torch.ones(len(starts), n, dtype=torch.float64))
+    with torch.no_grad():
+        objs = _huber(_logpred(kind, ths, X) - logy[None]).sum(1)
+    objs = torch.where(torch.isfinite(objs), objs, torch.full_like(objs, float("inf")))
+    ones = torch.ones(1, n, dtype=torch.float64)
+    best, best_g = _lbfgs(kind, ths[int(torch.argmin(objs))][None], X, logy, ones, max_iter=600)
+    best_obj = float(_objective(kind, best, X, logy, ones))
+    # converged: a further polish no longer moves the objective (the gradient can stay large in
+    # Huber's linear region, so it is not the test)
+    again, g2 = _lbfgs(kind, best, X, logy, ones, max_iter=600)
+    obj2 = float(_objective(kind, again, X, logy, ones))
+    stalled = math.isfinite(obj2) and abs(obj2 - best_obj) <= 1e-10 + 1e-4 * abs(best_obj)
+    if math.isfinite(obj2) and obj2 <= best_obj:
+        best, best_obj = again, obj2
+    best_g = 0.0 if stalled else max(g2, 1.0)
+    resid = (_logpred(kind, best, X)[0] - logy).detach().numpy()
+    out = {"kind": kind, "theta": best[0].tolist(), "params": params_dict(kind, best[0]), "objective": best_obj,
+           "converged": best_g == 0.0, "rms_log_residual": float(np.sqrt(np.mean(resid ** 2))), "n_points": n,
+           "min_loss": float(y.min())}
+    out["refused"] = degenerate(kind, best[0].tolist(), float(y.min()), best_g)
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        w = torch.tensor(np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]),
+                         dtype=torch.float64)
+        th_b, _ = _lbfgs(kind, best.expand(n_boot, -1).clone(), X, logy, w)
+        out["boot_theta"] = th_b.tolist()
+    return out
+
+
+def predict(f: dict, N=None, D=None, C=None) -> tuple[float, list[float] | None]:
+    """(point prediction, [5%, 95%] bootstrap interval) of the loss."""
+    kind = f["kind"]
+    X = _features(kind, [N] if N is not None else None, [D] if D is not None else None, [C] if C is not None else None)
+    with torch.no_grad():
+        mid = float(torch.exp(_logpred(kind, torch.tensor([f["theta"]], dtype=torch.float64), X))[0, 0])
+        ci = None
+        if f.get("boot_theta"):
+            b = torch.exp(_logpred(kind, torch.tensor(f["boot_theta"], dtype=torch.float64), X))[:, 0].numpy()
+            b = b[np.isfinite(b)]
+            ci = [float(np.percentile(b, 5)), float(np.percentile(b, 95))]
+    return mid, ci
+
+
+def frontier(points: list[dict], key) -> list[dict]:
+    """The compute frontier: points whose loss is below every point of smaller or equal compute."""
+    out, best = [], float("inf")
+    for p in sorted(points, key=lambda p: (p["flops"], key(p))):
+        if key(p) < best:
+            out.append(p)
+            best = key(p)
+    return out
+
+
+def fit_set(points: list[dict], name: str, n_boot: int = 100) -> dict:
+    """Both laws for one held-out set, plus leave-the-largest-size-out errors."""
+    loss = lambda p: p["final_loss"][name]  # noqa: E731
+    front = frontier(points, loss)
+    res = {}
+    sizes = sorted({p["params_non_embedding"] for p in points})
+    largest = sizes[-1]
+    rest = [p for p in points if p["params_non_embedding"] != largest]
+    big = max((p for p in points if p["params_non_embedding"] == largest), key=lambda p: p["flops"])
+    for kind in ("compute", "chinchilla"):
+        try:
+            if kind == "compute":
+                f = fit(kind, [loss(p) for p in front], C=[p["flops"] for p in front], n_boot=n_boot)
+            else:
+                f = fit(kind, [loss(p) for p in points], N=[p["params_non_embedding"] for p in points],
+                        D=[p["tokens"] for p in points], n_boot=n_boot)
+        except ScalingError as e:
+            res[kind] = {"kind": kind, "refused": str(e)}
+            continue
+        # leave the largest size out: fit without it, predict its largest-compute point
+        try:
+            if kind == "compute":
+                fr = frontier(rest, loss)
+                g = fit(kind, [loss(p) for p in fr], C=[p["flops"] for p in fr], n_boot=0)
+                pred, _ = predict(g, C=big["flops"])
+            else:
+                g = fit(kind, [loss(p) for p in rest], N=[p["params_non_embedding"] for p in rest],
+                        D=[p["tokens"] for p in rest], n_boot=0)
+                pred, _ = predict(g, N=big["params_non_embedding"], D=big["tokens"])
+            f["leave_largest_out"] = {"predicted": pred, "actual": loss(big), "relative_error": pred / loss(big) - 1}
+        except ScalingError as e:
+            f["leave_largest_out"] = {"refused": str(e)}
+        res[kind] = f
+    return res
+
+
+def regime(points: list[dict], name: str, target_flops: float, span_decades: float = 1.5,
+           llo_error: float | None = None, llo_tolerance: float = 0.01) -> dict:
+    """Is the ladder in the power-law regime? Local slopes d ln L / d ln C along the sizes (each
+    at its budget nearest the target's tokens-per-parameter line, ratio 1), their trend and the
+    leave-largest-out miss. A power law with an irreducible term has slopes that flatten as C
+    grows (convex in log-log); slopes that *steepen* towards the largest rung mean the ladder
+    sits on a plateau before a transition it cannot see past."""
+    by_size: dict[int, list[dict]] = {}
+    for p in points:
+        by_size.setdefault(p["params_non_embedding"], []).append(p)
+    line = []
+    for n, ps in sorted(by_size.items()):
+        ps = sorted(ps, key=lambda p: p["tokens"])
+        # the middle-high budget: ratio 1 of (¼, ½, 1, 2), else the largest
+        line.append(ps[min(len(ps) - 1, max(0, len(ps) - 2))] if len(ps) >= 3 else ps[-1])
+    x = np.log([p["flops"] for p in line])
+    y = np.log([p["final_loss"][name] for p in line])
+    out = {"set": name, "line": [{"flops": float(math.exp(a)), "loss": float(math.exp(b))} for a, b in zip(x, y)],
+           "flags": []}
+    if len(line) < 3:
+        out["flags"].append("fewer than 3 sizes survive: no regime check possible")
+        out["confident"] = False
+        return out
+    slopes = np.diff(y) / np.diff(x)
+    out["local_slopes"] = [float(s) for s in slopes]
+    h = len(line) // 2
+    lo_slope = float(np.polyfit(x[: h + 1], y[: h + 1], 1)[0])
+    hi_slope = float(np.polyfit(x[h:], y[h:], 1)[0])
+    curv = float(np.polyfit(x, y, 2)[0]) if len(line) >= 4 else 0.0
+    out.update({"slope_small": lo_slope, "slope_large": hi_slope, "curvature": curv})
+    steep = -hi_slope > 1.5 * max(-lo_slope, 0.0) + 0.01
+    if steep:
+        out["flags"].append(f"the local slope steepens from {lo_slope:.3f} (small rungs) to {hi_slope:.3f} (large): "
+                            "the rungs sit on a plateau before a transition")
+    if abs(float(np.polyfit(x, y, 1)[0])) < 0.01:
+        out["flags"].append("loss is flat across the ladder (slope > −0.01): a plateau")
+    if llo_error is not None and abs(llo_error) > llo_tolerance:
+        out["flags"].append(f"leaving the largest size out misses it by {llo_error:+.1%} (tolerance {llo_tolerance:.0%})")
+    out["confident"] = not out["flags"]
+    if out["flags"]:
+        # the bend is at or beyond the largest rung: the rungs must start there and span the decades above
+        c_top = float(math.exp(x[-1]))
+        need = c_top * 10 ** span_decades
+        out["transition_flops_at_least"] = c_top if steep else None
+        out["needed_max_run_flops"] = need
+        out["needed_max_fraction"] = need / target_flops
+        out["advice"] = (f"rungs are not in the power-law regime; make the smallest rung ≥ {c_top:.3g} FLOPs, i.e. "
+                         f"--max-fraction ≥ {need / target_flops:.3g}" +
+                         (" (above 1: no ladder smaller than this target can see the regime; use a larger target)"
+                          if need > target_flops else ""))
+    return out

@@ -1,0 +1,286 @@
+"""Registered predictions and their verification.
+
+`register` fits the ladder (never the target: it reads only the ladder directory) and writes
+prediction.json *before the target trains*, sealed with the sha256 of its own content.
+`verify` refuses a prediction whose hash no longer matches, or whose target config differs from
+the run's, then writes report.json (keys documented in the issue), report.md and scaling.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from glassgpt.config import Config
+from glassgpt.errors import ScalingError
+from glassgpt.scaling import fit as fit_mod
+from glassgpt.scaling import ladder as ladder_mod
+
+log = logging.getLogger(__name__)
+
+MIN_SIZES = 3
+MIN_POINTS = 6
+
+
+def content_sha256(d: dict) -> str:
+    body = {k: v for k, v in d.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _started(run_dir: Path) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists() or (run_dir / "report.json").exists()
+
+
+def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01) -> dict:
+    """Fits, leave-largest-out and regime for every held-out set of a finished ladder."""
+    coll = ladder_mod.collect(ladder_dir)
+    p = coll["plan"]
+    pts = coll["points"]
+    missing = [x for x in pts if x["status"] == "missing"]
+    if missing:
+        raise ScalingError(f"{len(missing)} of {len(pts)} ladder points have not run; run `glassgpt ladder run --ladder {ladder_dir}` first")
+    done = [x for x in pts if x["status"] == "done"]
+    diverged = [x for x in pts if x["status"] == "diverged"]
+    n_sizes = len({x["size"] for x in done})
+    if n_sizes < MIN_SIZES or len(done) < MIN_POINTS:
+        raise ScalingError(f"only {len(done)} ladder points in {n_sizes} sizes survived ({len(diverged)} diverged); "
+                           f"a fit needs ≥ {MIN_POINTS} points in ≥ {MIN_SIZES} sizes: lower the learning rate or re-plan")
+    sets = sorted(set.intersection(*(set(x["final_loss"]) for x in done)))
+    tgt = p["target"]
+    per_set = {}
+    for name in sets:
+        fits = fit_mod.fit_set(done, name, n_boot=n_boot)
+        ok = {k: f for k, f in fits.items() if not f.get("refused")}
+        llo = {k: f.get("leave_largest_out", {}).get("relative_error") for k, f in ok.items()}
+        chosen = min(ok, key=lambda k: (abs(llo[k]) if llo[k] is not None else float("inf"), k != "chinchilla")) if ok else None
+        reg = fit_mod.regime(done, name, tgt["flops"], llo_error=llo.get(chosen) if chosen else None,
+                             llo_tolerance=llo_tolerance)
+        entry = {"fits": {}, "regime": reg, "fit": chosen}
+        for k, f in fits.items():
+            e = {kk: f.get(kk) for kk in ("params", "rms_log_residual", "n_points", "refused", "leave_largest_out")}
+            if not f.get("refused"):
+                if k == "compute":
+                    mid, ci = fit_mod.predict(f, C=tgt["flops"])
+                else:
+                    mid, ci = fit_mod.predict(f, N=tgt["params_non_embedding"], D=tgt["tokens"])
+                e["loss"], e["ci90"] = mid, ci or [mid, mid]
+                e["theta"], e["boot_theta"] = f["theta"], f.get("boot_theta")
+            entry["fits"][k] = e
+        bpn = [x["bpb_per_nat"][name] for x in done if name in x.get("bpb_per_nat", {})]
+        entry["bpb_per_nat"] = sum(bpn) / len(bpn) if bpn else None
+        per_set[name] = entry
+    return {"plan": p, "points": pts, "done": done, "diverged": diverged, "sets": per_set,
+            "max_run_flops": coll["max_run_flops"], "total_flops": coll["total_flops"]}
+
+
+def ladder_summary(a: dict) -> dict:
+    return {"runs": [{"size": x["size"], "params": x["params"], "params_non_embedding": x["params_non_embedding"],
+                      "tokens": x["tokens"], "flops": x["flops"], "final_loss": x["final_loss"]} for x in a["done"]],
+            "diverged": [{"size": x["size"], "tokens": x["tokens"], "reason": x.get("reason")} for x in a["diverged"]],
+            "max_run_flops": a["max_run_flops"], "total_flops": a["total_flops"],
+            "max_fraction": a["max_run_flops"] / a["plan"]["target"]["flops"],
+            "total_fraction": a["total_flops"] / a["plan"]["target"]["flops"]}
+
+
+def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path | None = None, n_boot: int = 200,
+             allow_unconfident: bool = False, llo_tolerance: float = 0.01) -> dict:
+    """Write prediction.json before the target trains. Nothing is written on any error."""
+    out = Path(out)
+    if out.exists():
+        raise ScalingError(f"{out} already holds a registered prediction; predictions are never overwritten: "
+                           "verify it, or register into another --out")
+    if target_dir is not None and _started(target_dir):
+        raise ScalingError(f"the target run {target_dir} has already started; a prediction must be registered "
+                           "before the target trains (use a fresh target directory)")
+    plan = ladder_mod.load_plan(ladder_dir)
+    sha = ladder_mod.target_sha256(target_cfg.to_dict())
+    if plan["target"]["config_sha256"] != sha:
+        raise ScalingError(f"the ladder in {ladder_dir} was planned for another target config; "
+                           "re-plan it for this target (`glassgpt ladder plan`)")
+    a = analyse(ladder_dir, n_boot=n_boot, llo_tolerance=llo_tolerance)
+    prediction, regimes, refused = {}, {}, []
+    for name, e in a["sets"].items():
+        regimes[name] = e["regime"]
+        if e["fit"] is None:
+            refused.append(f"{name}: " + "; ".join(f"{k} refused ({f['refused']})" for k, f in e["fits"].items()))
+            continue
+        f = e["fits"][e["fit"]]
+        bpn = e["bpb_per_nat"]
+        prediction[name] = {"loss": f["loss"], "ci90": f["ci90"], "fit": e["fit"],
+                            "bpb": f["loss"] * bpn if bpn else None, "bpb_ci90": [v * bpn for v in f["ci90"]] if bpn else None,
+                            "confident": e["regime"]["confident"],
+                            "alternatives": {k: {kk: v.get(kk) for kk in ("loss", "ci90", "refused")} for k, v in e["fits"].items()}}
+    if refused:
+        raise ScalingError("every fit was refused as degenerate — " + " | ".join(refused))
+    confident = all(r["confident"] for r in regimes.values())
+    if not confident and not allow_unconfident:
+        advice = "; ".join(f"{k}: {r['flags'][0]}" for k, r in regimes.items() if r["flags"])
+        adv = next((r["advice"] for r in regimes.values() if r.get("advice")), "")
+        raise ScalingError(f"no confident prediction: {advice}. {adv} (or pass --allow-unconfident to register it flagged)")
+    tgt = a["plan"]["target"]
+    cap = None
+    caps = [x for x in a["done"] if x.get("capability")]
+    if caps:
+        from glassgpt.scaling import capability as cap_mod
+
+        try:
+            cap = cap_mod.fit_and_predict([x["flops"] for x in caps], [x["capability"] for x in caps], tgt["flops"])
+            cap["max_run_flops"] = max(x["flops"] for x in caps)
+        except ScalingError as e:
+            cap = {"task": cap_mod.TASK, "refused": str(e)}
+    doc = {
+        "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"config": copy.deepcopy(target_cfg.to_dict()), "config_sha256": sha, "params": tgt["params"],
+                   "params_non_embedding": tgt["params_non_embedding"], "tokens": tgt["tokens"], "flops": tgt["flops"]},
+        "prediction": prediction,
+        "confident": confident,
+        "regime": regimes,
+        "capability": cap,
+        "ladder": ladder_summary(a),
+        "fits": {name: {k: {kk: v.get(kk) for kk in ("params", "rms_log_residual", "leave_largest_out", "theta", "refused")}
+                        for k, v in e["fits"].items()} for name, e in a["sets"].items()},
+    }
+    doc["sha256"] = content_sha256(doc)
+    _atomic_json(out, doc)
+    log.info("registered %s (sha256 %s…)", out, doc["sha256"][:12])
+    return doc
+
+
+def load_registered(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ScalingError(f"no prediction at {path}; register one with `glassgpt predict` before training the target")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ScalingError(f"{path} is not valid JSON: it was edited after registration; re-register") from None
+    if doc.get("sha256") != content_sha256(doc):
+        raise ScalingError(f"{path} was edited after registration (sha256 mismatch); refusing to verify. "
+                           "Register a new prediction before training a new target")
+    return doc
+
+
+def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
+    """Compare the registered prediction with the target's actual losses; write the report."""
+    pred = load_registered(prediction_path)
+    target_dir, out_dir = Path(target_dir), Path(out_dir)
+    rep_path = target_dir / "report.json"
+    if not rep_path.exists():
+        raise ScalingError(f"{target_dir} has no report.json: train the target first (`glassgpt train --out {target_dir}`)")
+    rep = json.loads(rep_path.read_text())
+    if ladder_mod.target_sha256(rep["config"]) != pred["target"]["config_sha256"]:
+        raise ScalingError(f"the run in {target_dir} is not the registered target (config sha256 differs); "
+                           "verify the run the prediction was made for")
+    started = dt.datetime.fromtimestamp(rep_path.stat().st_mtime - rep["seconds"], dt.timezone.utc)
+    registered = dt.datetime.fromisoformat(pred["registered_at"])
+    actual = {k: {"loss": v["loss"], "bpb": v["bpb"]} for k, v in rep["heldout"].items()}
+    rel, inside = {}, {}
+    for k, p in pred["prediction"].items():
+        if k in actual:
+            rel[k] = p["loss"] / actual[k]["loss"] - 1
+            inside[k] = p["ci90"][0] <= actual[k]["loss"] <= p["ci90"][1]
+    cap = None
+    if pred.get("capability") and not pred["capability"].get("refused"):
+        from glassgpt.scaling import capability as cap_mod
+
+        cpath = target_dir / "capability.json"
+        run_cap = json.loads(cpath.read_text()) if cpath.exists() else cap_mod.evaluate_run(target_dir)
+        act = cap_mod.actual(run_cap["logp"], pred["capability"]["problems"])
+        pc = pred["capability"]
+        cap = {"task": pc["task"], "predicted": pc["predicted"], "actual": act["actual"],
+               "relative_error": pc["predicted"] / act["actual"] - 1 if act["actual"] > 0 else None,
+               "n_problems": pc["n_problems"], "predicted_neg_mean_log_pass": pc["predicted_neg_mean_log_pass"],
+               "actual_neg_mean_log_pass": act["neg_mean_log_pass"], "max_run_fraction": pc["max_run_flops"] / rep["flops"],
+               "target_greedy_accuracy": run_cap.get("greedy_accuracy")}
+    elif pred.get("capability"):
+        cap = {"task": pred["capability"]["task"], "predicted": None, "actual": None, "refused": pred["capability"]["refused"]}
+    report = {
+        "target": {"params": rep["params"], "tokens": rep["tokens"], "flops": rep["flops"]},
+        "ladder": {"runs": pred["ladder"]["runs"], "max_run_flops": pred["ladder"]["max_run_flops"],
+                   "total_flops": pred["ladder"]["total_flops"], "diverged": pred["ladder"]["diverged"]},
+        "prediction": {k: {"loss": v["loss"], "ci90": v["ci90"], "fit": v["fit"]} for k, v in pred["prediction"].items()},
+        "actual": {k: {"loss": v["loss"]} for k, v in actual.items()},
+        "relative_error": rel,
+        "capability": cap,
+        "inside_ci90": inside,
+        "confident": pred["confident"],
+        "regime": {k: {kk: r.get(kk) for kk in ("flags", "local_slopes", "advice", "needed_max_fraction")} for k, r in pred["regime"].items()},
+        "compute_fraction": {"max_run": pred["ladder"]["max_run_flops"] / rep["flops"],
+                             "ladder_total": pred["ladder"]["total_flops"] / rep["flops"]},
+        "prediction_sha256": pred["sha256"],
+        "registered_at": pred["registered_at"],
+        "target_started_at": started.isoformat(timespec="seconds"),
+        "registered_before_target": registered <= started,
+        "actual_bpb": {k: v["bpb"] for k, v in actual.items()},
+        "predicted_bpb": {k: v.get("bpb") for k, v in pred["prediction"].items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(markdown(report))
+    try:
+        from glassgpt.scaling import plot
+
+        plot.scaling_png(pred, report, out_dir / "scaling.png")
+    except ImportError:
+        log.warning("matplotlib is not installed: scaling.png skipped (pip install matplotlib)")
+    return report
+
+
+def headline(report: dict) -> list[str]:
+    lines = []
+    frac = report["compute_fraction"]
+    for k, p in report["prediction"].items():
+        if k not in report["actual"]:
+            continue
+        a = report["actual"][k]["loss"]
+        lines.append(f"{k}: predicted {p['loss']:.4f} [{p['ci90'][0]:.4f}, {p['ci90'][1]:.4f}] ({p['fit']}), actual {a:.4f} "
+                     f"nats/token, error {report['relative_error'][k]:+.2%}, "
+                     f"{'inside' if report['inside_ci90'][k] else 'outside'} the 90% interval")
+    lines.append(f"compute: largest rung 1/{1 / frac['max_run']:,.0f} of the target, whole ladder 1/{1 / frac['ladder_total']:,.0f}; "
+                 f"regime check: {'passed' if report['confident'] else 'FAILED (prediction not confident)'}")
+    c = report.get("capability")
+    if c and c.get("predicted") is not None:
+        lines.append(f"capability ({c['task']}, {c['n_problems']} problems): predicted {c['predicted']:.4f}, actual {c['actual']:.4f} "
+                     f"(geometric-mean pass rate)")
+    return lines
+
+
+def markdown(r: dict) -> str:
+    t = r["target"]
+    out = ["# Predictable scaling: verification", "",
+           f"Target: {t['params']:,} parameters, {t['tokens']:,} tokens, {t['flops']:.3g} FLOPs. "
+           f"Prediction registered {r['registered_at']} (sha256 `{r['prediction_sha256'][:16]}…`), "
+           f"target started {r['target_started_at']}"
+           f"{'' if r['registered_before_target'] else ' — WARNING: the prediction was registered after the target started'}.", "",
+           "| held-out set | fit | predicted (nats/token) | 90% interval | actual | relative error | inside |",
+           "|---|---|---|---|---|---|---|"]
+    for k, p in r["prediction"].items():
+        if k in r["actual"]:
+            out.append(f"| {k} | {p['fit']} | {p['loss']:.4f} | [{p['ci90'][0]:.4f}, {p['ci90'][1]:.4f}] | "
+                       f"{r['actual'][k]['loss']:.4f} | {r['relative_error'][k]:+.2%} | {'yes' if r['inside_ci90'][k] else 'no'} |")
+    out += ["", *[f"- {line}" for line in headline(r)], "", "## Regime check", ""]
+    for k, g in r["regime"].items():
+        slopes = ", ".join(f"{s:.3f}" for s in g.get("local_slopes") or [])
+        out.append(f"- {k}: local slopes d ln L / d ln C along the ladder: {slopes or 'n/a'}")
+        for fl in g.get("flags") or []:
+            out.append(f"  - flag: {fl}")
+        if g.get("advice"):
+            out.append(f"  - {g['advice']}")
+    out += ["", f"Ladder: {len(r['ladder']['runs'])} points, {len(r['ladder']['diverged'])} diverged (excluded).", "",
+            "![scaling](scaling.png)", ""]
+    return "\n".join(out)
