@@ -61,16 +61,19 @@ def cmd_train(args, extra):
 
 
 def cmd_speedrun(args, extra):
-    from glassgpt.train.trainer import train
+    from glassgpt.scaling import predict, speedrun
 
-    cfg = _config(args, _split_overrides(extra))
-    report = train(cfg, args.out, resume=args.resume)
+    overrides = _split_overrides(extra)
+    if args.data:
+        overrides = [f"data.paths={args.data!r}".replace("'", '"')] + overrides
+    report = speedrun.speedrun(args.preset, overrides, args.out, workers=getattr(args, "workers", 1) or 1)
     if not _is_main_process():
         return
-    print(f"speedrun ({args.preset}): {report['params']:,} params, {report['tokens']:,} tokens, "
-          f"{report['flops']:.3g} FLOPs, {report['seconds']:.0f}s")
-    for name, r in report["heldout"].items():
-        print(f"held-out {name}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte")
+    t = report["target"]
+    print(f"speedrun ({args.preset}): target {t['params']:,} params, {t['tokens']:,} tokens, {t['flops']:.3g} FLOPs")
+    for line in predict.headline(report):
+        print(line)
+    print(f"report: {args.out}/report.md, {args.out}/scaling.png")
 
 
 def cmd_prepare(args, extra):
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_parser(sub)
+    try:
+        from glassgpt.cli_scaling import add_scaling_parser
+    except ImportError:
+        pass
+    else:
+        add_scaling_parser(sub)
     try:
         from glassgpt.cli_serve import add_serve_parser
     except ImportError:
