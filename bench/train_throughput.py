@@ -25,7 +25,7 @@ from glassgpt.model.gpt import build
 from glassgpt.train.optim import build_optimizers
 
 SIZES = {  # name: (depth, width) at vocab 4096, seq 256
-    "1m": (4, 96),
+    "1m": (2, 128),
     "5m": (4, 256),
     "20m": (5, 512),
 }
@@ -92,7 +92,7 @@ def time_steps(model, opt_step, batch, steps):
     return times[len(times) // 2]  # median
 
 
-def bench_size(name, batch, steps, optimizer):
+def bench_size(name, batch, steps, optimizer, compile_too):
     depth, d = SIZES[name]
     cfg = Config()
     cfg.model = ModelConfig(depth=depth, width=d, head_dim=64, seq_len=SEQ, vocab_size=VOCAB)
@@ -112,15 +112,20 @@ def bench_size(name, batch, steps, optimizer):
         ref_opt.step()
         ref_opt.zero_grad(set_to_none=True)
 
-    # interleave the two so machine noise hits both alike
-    t_ours, t_ref = [], []
+    compiled = torch.compile(ours) if compile_too else None
+    # interleave the variants so machine noise hits them alike
+    t_ours, t_ref, t_comp = [], [], []
     for _ in range(2):
         t_ours.append(time_steps(ours, our_step, batch, steps))
         t_ref.append(time_steps(ref, ref_step, batch, steps))
-    t_o, t_r = min(t_ours), min(t_ref)
+        if compiled is not None:
+            t_comp.append(time_steps(compiled, our_step, batch, steps))
     c = count(cfg.model)
     tok = batch * SEQ
-    return c, tok / t_o, tok / t_r, tok * c.flops_per_token / t_o / 1e9, tok * c.flops_per_token / t_r / 1e9
+    rate = {"glassgpt": tok / min(t_ours), "nanoGPT": tok / min(t_ref)}
+    if t_comp:
+        rate["glassgpt+compile"] = tok / min(t_comp)
+    return c, rate
 
 
 def main():
@@ -129,19 +134,22 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {SEQ}, vocab {VOCAB}, "
           f"batch {args.batch}, glassgpt optimizer {args.optimizer}, reference AdamW")
     peak = matmul_peak()
     print(f"measured fp32 matmul peak (1024³ torch.mm, best of 10): {peak:.1f} GFLOP/s")
-    print(f"{'size':>5} {'params':>11} {'glassgpt tok/s':>15} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'nanoGPT tok/s':>14} {'GFLOP/s':>8} {'of peak':>8} {'speedup':>8}")
+    header = f"{'size':>5} {'params':>11} {'variant':>17} {'tok/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'vs nanoGPT':>10}"
+    print(header)
     for name in args.sizes.split(","):
         peak = max(peak, matmul_peak())  # re-measure: the machine is noisy
-        c, tps, rtps, gf, rgf = bench_size(name, args.batch, args.steps, args.optimizer)
-        print(f"{name:>5} {c.params:>11,} {tps:>15,.0f} {gf:>8.1f} {gf / peak:>8.1%} {rtps:>14,.0f} {rgf:>8.1f} "
-              f"{rgf / peak:>8.1%} {tps / rtps:>7.2f}x")
+        c, rate = bench_size(name, args.batch, args.steps, args.optimizer, not args.no_compile)
+        for variant, tps in rate.items():
+            gf = tps * c.flops_per_token / 1e9
+            print(f"{name:>5} {c.params:>11,} {variant:>17} {tps:>9,.0f} {gf:>8.1f} {gf / peak:>8.1%} "
+                  f"{tps / rate['nanoGPT']:>9.2f}x")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; matmul peak used: {peak:.1f} GFLOP/s")
 
 
