@@ -286,6 +286,7 @@ class VisionTraining:
                     p.requires_grad_(False)
         self.counts = count(self.vc, raw.cfg.d_model)
         self._heldout = {}
+        self.skipped_long = 0
 
     @staticmethod
     def _load_lm(raw, path):
@@ -311,7 +312,19 @@ class VisionTraining:
         """This rank's image rows of micro-batch `index` (global batch split over ranks)."""
         B = self.vc.batch_size
         first = (index * self.world + self.rank) * B
-        samples = [self.mix.sample(first + j) for j in range(B)]
+        T, n_img = self.raw.cfg.seq_len, self.vc.n_image_tokens
+        samples = []
+        for j in range(B):
+            for attempt in range(20):  # a sample too long for the context is skipped, not fatal
+                s = self.mix.sample(first + j + attempt * 1_000_003)
+                if len(sample_ids(self.tok, s, n_img)[0]) <= T + 1:
+                    break
+                self.skipped_long += 1
+                if self.skipped_long in (1, 10, 100, 1000):
+                    log.warning("skipped %d image samples longer than the %d-token context", self.skipped_long, T)
+            else:
+                raise VisionError(f"image samples do not fit the {T}-token context ({n_img} image tokens each); raise model.seq_len")
+            samples.append(s)
         return collate(self.tok, samples, self.vc.n_image_tokens, self.raw.cfg.seq_len, self.vc.image_size)
 
     def loss(self, fwd, text_batch: torch.Tensor, index: int) -> torch.Tensor:
@@ -321,7 +334,12 @@ class VisionTraining:
         x, y = x.to(dev), y.to(dev)
         emb = self.enc(px.to(dev)).reshape(-1, self.raw.cfg.d_model)
         w = self.vc.text_weight
-        if w > 0:
+        if self.world == 1:  # two forwards, image rows cut to their longest row (no padding to seq_len)
+            L = int((x != self.tok.pad_id).sum(1).max())
+            x, y = x[:, :L], y[:, :L]
+            loss = fwd(x, y, image_embeds=emb)
+            return loss + w * fwd(text_batch[:, :-1], text_batch[:, 1:]) if w > 0 else loss
+        if w > 0:  # DDP: one forward per backward, so text and image rows share one batch
             x = torch.cat([text_batch[:, :-1], x])
             y = torch.cat([text_batch[:, 1:], y])
         per = fwd(x, y, image_embeds=emb, reduction="none").view(x.size(0), -1)

@@ -1,0 +1,162 @@
+"""Image decoding/validation and the image sources (no model, no training)."""
+
+import io
+import json
+import struct
+import zlib
+
+import pytest
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from glassgpt.data import images as I  # noqa: E402
+from glassgpt.data.images import ImageError  # noqa: E402
+
+
+def _png(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _encode(im, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_with_size(w: int, h: int) -> bytes:
+    """A small valid PNG whose IHDR claims w×h (the header is all a size check needs)."""
+    data = bytearray(_png(Image.new("RGB", (8, 8), (1, 2, 3))))
+    ihdr = bytearray(data[12:29])  # b'IHDR' + 13 bytes
+    ihdr[4:12] = struct.pack(">II", w, h)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_good_images_load_as_rgb(fmt):
+    im = Image.new("RGB", (40, 30), (200, 10, 10))
+    out = I.load_image(_encode(im, fmt))
+    assert out.mode == "RGB" and out.size == (40, 30)
+
+
+def test_rgba_and_palette_are_flattened():
+    im = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    assert I.load_image(_png(im)).getpixel((0, 0)) == (255, 255, 255)  # transparent → white
+    assert I.load_image(_png(Image.new("P", (10, 10)))).mode == "RGB"
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"def f():\n    return 1\n" * 20, "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image"),
+])
+def test_non_images_are_refused(data, words):
+    with pytest.raises(ImageError, match=words):
+        I.load_image(data, name="x.png")
+
+
+def test_truncated_and_corrupt():
+    good = _png(Image.effect_noise((64, 64), 50).convert("RGB"))
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        I.load_image(good[: len(good) // 2])
+    jpg = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        I.load_image(jpg[: len(jpg) // 3])
+    bad = bytearray(good)
+    bad[60:80] = b"\xff" * 20  # scribble over compressed data
+    with pytest.raises(ImageError):
+        I.load_image(bytes(bad))
+
+
+def test_sizes():
+    with pytest.raises(ImageError, match="1×1"):
+        I.load_image(_png(Image.new("RGB", (1, 1))))
+    with pytest.raises(ImageError, match="too large"):
+        I.load_image(_png_with_size(20_000, 20_000))
+    with pytest.raises(ImageError):
+        I.load_image(_png_with_size(0, 8))
+
+
+def test_animated_gif_cmyk_16bit():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="animated"):
+        I.load_image(buf.getvalue())
+    first = I.load_image(buf.getvalue(), animated="first")
+    assert first.getpixel((0, 0))[0] > 200
+    with pytest.raises(ImageError, match="CMYK"):
+        I.load_image(_encode(Image.new("CMYK", (16, 16)), "JPEG"))
+    with pytest.raises(ImageError, match="16-bit"):
+        I.load_image(_png(Image.new("I;16", (16, 16))))
+
+
+def test_paths_and_data_urls(tmp_path):
+    p = tmp_path / "a.png"
+    p.write_bytes(_png(Image.new("RGB", (8, 8))))
+    assert I.load_image(p).size == (8, 8)
+    with pytest.raises(ImageError, match="not found"):
+        I.load_image(tmp_path / "missing.png")
+    url = I.to_data_url(Image.new("RGB", (9, 9)))
+    assert I.decode_data_url(url).size == (9, 9)
+    with pytest.raises(ImageError, match="base64"):
+        I.decode_data_url("data:image/png;base64,@@@")
+
+
+@pytest.mark.parametrize("task", ["digits", "shapes", "text", "charts"])
+def test_sources_are_deterministic(task):
+    src = I.get_source(task)
+    for split in ("train", "heldout"):
+        a, b = src(7, split, 3), src(7, split, 3)
+        assert (a.question, a.answer) == (b.question, b.answer)
+        assert a.image.tobytes() == b.image.tobytes()
+        assert a.answer and a.question.endswith("?")
+
+
+def test_heldout_is_never_trained_on():
+    images, target, train, held = I._digits()
+    assert not set(train.tolist()) & set(held.tolist()) and len(held) == I.DIGITS_HELDOUT
+    heldout_digits = {I._digit_image(images[i]).tobytes() for i in held}
+    assert heldout_digits.isdisjoint(I.digits(0, "train", k).image.tobytes() for k in range(300))
+    for task in ("text", "charts"):
+        src = I.get_source(task)
+        tr = {(s.question, s.answer, s.image.tobytes()) for s in (src(0, "train", k) for k in range(150))}
+        ho = {(s.question, s.answer, s.image.tobytes()) for s in (src(0, "heldout", k) for k in range(60))}
+        assert not tr & ho
+    tr_text = {I.text(0, "train", k).answer for k in range(300)}
+    assert all(I.is_heldout_key(f"text:{a}") is False for a in tr_text)
+    assert all(I.is_heldout_key(f"text:{I.text(0, 'heldout', k).answer}") for k in range(30))
+
+
+def test_task_contents():
+    texts = [I.text(1, "train", k).answer for k in range(50)]
+    assert all(4 <= len(t) <= 8 for t in texts)
+    counts = {I.shapes(1, "train", k).answer for k in range(200) if I.shapes(1, "train", k).question.startswith("How many")}
+    assert counts <= {str(n) for n in range(1, 7)} and len(counts) >= 4
+    qs = " ".join(I.charts(1, "train", k).question for k in range(60))
+    assert "largest" in qs and "value of bar" in qs
+
+
+def test_folder_source(tmp_path):
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    lines = [{"image": "blue.png", "caption": "a blue square"}, {"image": "broken.png", "caption": "x"}, "not json", {"nope": 1}]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines))
+    src = I.get_source(f"folder:{tmp_path}")
+    s = src(0, "train", 0)
+    assert s.answer in ("a blue square",) and s.image.size == (20, 20)
+    assert src.skipped >= 2
+    with pytest.raises(I.DataError, match="data.jsonl"):
+        I.Folder(tmp_path / "nothing")
+
+
+def test_mix_parsing():
+    assert I.parse_mix("digits:2, shapes ,folder:/a/b:3") == [("digits", 2.0), ("shapes", 1.0), ("folder:/a/b", 3.0)]
+    with pytest.raises(I.DataError):
+        I.parse_mix("digits:0")
+    with pytest.raises(I.DataError, match="did you mean 'digits'"):
+        I.get_source("digit")

@@ -1,0 +1,109 @@
+"""The encoder, projector, accounting, preprocessing, chat rows and the serve hook."""
+
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from glassgpt.config import ModelConfig, VisionConfig  # noqa: E402
+from glassgpt.data import images as I  # noqa: E402
+from glassgpt.data.tokenizer import Tokenizer  # noqa: E402
+from glassgpt.model import vision as V  # noqa: E402
+from glassgpt.model.gpt import build  # noqa: E402
+
+VC = VisionConfig(enabled=True, image_size=32, patch_size=8, width=64, depth=2, head_dim=32, shuffle=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    text = ["def f(x):\n    return x + 1\n", "Which digit is this? What does the text say? 0 1 2 3 4 5 6 7 8 9"] * 50
+    return Tokenizer.train(text, 300)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    cfg = ModelConfig(depth=2, aspect=32, head_dim=32, seq_len=64, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    m = build(cfg, seed=0)
+    V.attach(m, VC, seed=0)
+    return m.eval()
+
+
+def test_shapes_and_token_count(model):
+    px = V.preprocess([Image.new("RGB", (100, 20)), Image.new("RGB", (8, 8)), Image.new("L", (3000, 4000))], VC.image_size)
+    assert px.shape == (3, 3, 32, 32) and px.min() >= -1 and px.max() <= 1
+    out = model.vision(px)
+    assert out.shape == (3, VC.n_image_tokens, model.cfg.d_model) == (3, 4, 64)
+
+
+def test_letterbox_keeps_aspect():
+    px = V.preprocess([Image.new("RGB", (64, 16), (255, 255, 255))], 32)[0, 0]
+    assert px[16, 5] == 1.0 and px[2, 5] == -1.0  # image band in the middle, black padding above
+
+
+def test_count_matches_modules_and_flop_counter(model):
+    c = V.count(VC, model.cfg.d_model)
+    assert c.params == sum(p.numel() for p in model.vision.parameters())
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # the math kernel is counted
+        model.vision(torch.zeros(1, 3, 32, 32))
+    assert fc.get_total_flops() == c.flops_per_image_fwd
+    assert c.flops_per_image == 3 * c.flops_per_image_fwd and c.image_tokens == 4
+
+
+def test_encode_images_hook(model, tok):
+    png = I.to_data_url(Image.new("RGB", (12, 12), (0, 255, 0)))
+    emb = V.encode_images(model, [Image.new("RGB", (20, 10)), png])
+    assert emb.shape == (2 * VC.n_image_tokens, model.cfg.d_model)
+    with pytest.raises(I.ImageError, match="image 2"):
+        V.encode_images(model, [Image.new("RGB", (20, 10)), b"garbage"])
+    text_only = build(model.cfg, seed=0)
+    with pytest.raises(V.VisionError, match="no image input"):
+        V.encode_images(text_only, [Image.new("RGB", (20, 10))])
+    with pytest.raises(V.VisionError, match="no image input"):
+        V.ask(text_only, tok, [Image.new("RGB", (20, 10))], "hi")
+
+
+def test_ask_and_context_limit(model, tok):
+    ans = V.ask(model, tok, [Image.new("RGB", (20, 10))], "Which digit is this?", max_new_tokens=4)
+    assert isinstance(ans, str)
+    with pytest.raises(V.VisionError, match="fewer images"):
+        V.ask(model, tok, [Image.new("RGB", (8, 8))] * 20, "Which digit is this?")
+
+
+def test_collate_puts_loss_on_answer_only(tok):
+    s = I.digits(0, "heldout", 0)
+    x, y, px = V.collate(tok, [s, I.text(0, "train", 1)], VC.n_image_tokens, 64, VC.image_size)
+    ids, a = V.sample_ids(tok, s, VC.n_image_tokens)
+    assert (x[0] == tok.image_id).sum() == VC.n_image_tokens
+    kept = y[0][y[0] != -1].tolist()
+    assert kept == ids[a:] and tok.decode(kept[:-1]) == s.answer and kept[-1] == tok.special["<|assistant_end|>"]
+    assert px.shape == (2, 3, 32, 32)
+    with pytest.raises(V.VisionError, match="context"):
+        V.collate(tok, [s], VC.n_image_tokens, 8, VC.image_size)
+
+
+def test_teacher_forced_exact_match_equals_greedy(model, tok):
+    """A greedy decode equals the answer iff every teacher-forced argmax does."""
+    s = I.shapes(0, "heldout", 0)
+    emb = V.encode_images(model, [s.image])
+    prompt = tok.render_chat(s.messages(with_answer=False), True, VC.n_image_tokens)
+    gen = model.generate(torch.tensor([prompt]), 3, temperature=0, image_embeds=emb)[0, len(prompt):].tolist()
+    end = tok.special["<|assistant_end|>"]
+    # make the model's own greedy output the "truth": exact match must say yes
+    trick = I.Sample(s.image, s.question, tok.decode(gen[:2]), "shapes")
+    ids, a = V.sample_ids(tok, trick, VC.n_image_tokens)
+    if ids[a:-1] == gen[:2] and gen[2] == end:
+        assert V.answer_correct(model, tok, [trick], VC) == [True]
+    wrong = I.Sample(s.image, s.question, tok.decode(gen[:2]) + "zz", "shapes")
+    assert V.answer_correct(model, tok, [wrong], VC) == [False]
+
+
+def test_mix_is_deterministic():
+    m1, m2 = V.Mix("digits:1,text:2", 3), V.Mix("digits:1,text:2", 3)
+    a = [m1.sample(k).answer for k in range(20)]
+    assert a == [m2.sample(k).answer for k in range(20)]
+    tasks = {m1.sample(k).task for k in range(40)}
+    assert tasks == {"digits", "text"}

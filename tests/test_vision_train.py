@@ -1,0 +1,82 @@
+"""A vision run through the one trainer: checkpoints hold the encoder, resume matches,
+load_model gives a model with image input, text configs are unchanged."""
+
+import json
+
+import pytest
+
+pytest.importorskip("PIL")
+
+from glassgpt import config  # noqa: E402
+from glassgpt.model import vision as V  # noqa: E402
+from glassgpt.train import checkpoint  # noqa: E402
+from glassgpt.train.trainer import train  # noqa: E402
+
+from conftest import tiny_overrides  # noqa: E402
+
+VISION = dict(vision__enabled="true", vision__image_size=32, vision__patch_size=8, vision__width=32, vision__depth=1,
+              vision__head_dim=16, vision__shuffle=2, vision__batch_size=4, vision__eval_samples=8,
+              vision__mix="digits:1,shapes:1", model__seq_len=64, train__tokens=4 * 64 * 8)
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_vision_run_checkpoint_and_resume(tmp_path, corpus_dir, cache_dir):
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, **VISION))
+    rep = train(cfg, tmp_path / "full")
+    assert rep["vision"]["image_tokens"] == 4 and set(rep["vision"]["heldout_accuracy"]) == {"digits", "shapes"}
+    assert rep["vision"]["encoder_params"] == V.count(cfg.vision, cfg.model.d_model).params
+    meta, state, _ = checkpoint.read(checkpoint.latest(tmp_path / "full"))
+    assert any(k.startswith("vision.") for k in state)
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert "vision_eval" in lines
+
+    # stop after 4 steps, then resume: the same losses as never stopping
+    half = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**VISION, "train__tokens": 4 * 64 * 4}))
+    half.train.checkpoint_every = 4
+    train(half, tmp_path / "part")
+    cfg2 = config.load(None, tiny_overrides(corpus_dir, cache_dir, **VISION))
+    train(cfg2, tmp_path / "part", resume=True)
+    assert _losses(tmp_path / "part") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
+
+    model, tok, lcfg = checkpoint.load_model(tmp_path / "full")
+    assert lcfg.vision.enabled and getattr(model, "vision", None) is not None
+    from glassgpt.data import images as I
+
+    s = I.digits(0, "heldout", 0)
+    assert isinstance(V.ask(model, tok, [s.image], s.question), str)
+    png = V.render_grid(tmp_path / "full", tmp_path / "grid.png", per_task=2, tasks=("digits", "shapes"))
+    from PIL import Image
+
+    assert Image.open(png).size[0] == 2 * 128
+
+
+def test_frozen_lm_and_init_from(tmp_path, corpus_dir, cache_dir):
+    text = config.load(None, tiny_overrides(corpus_dir, cache_dir, model__seq_len=64, train__tokens=4 * 64 * 4))
+    train(text, tmp_path / "text")
+    _, text_state, _ = checkpoint.read(checkpoint.latest(tmp_path / "text"))
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**VISION, "train__tokens": 4 * 64 * 4},
+                                           vision__freeze_lm="true", vision__init_from=str(tmp_path / "text")))
+    train(cfg, tmp_path / "vis")
+    _, state, _ = checkpoint.read(checkpoint.latest(tmp_path / "vis"))
+    for k, v in text_state.items():  # the language model did not move
+        assert (state[k] == v).all(), k
+    assert any(k.startswith("vision.") for k in state)
+
+
+def test_text_configs_are_unchanged():
+    cfg = config.load("tiny")
+    assert "vision" not in cfg.to_dict()  # same dict and sha256 as before image input existed
+    v = config.load("vision")
+    assert v.vision.enabled and v.to_dict()["vision"]["enabled"]
+    with pytest.raises(config.ConfigError, match="multiple"):
+        config.load("vision", ["vision.patch_size=7"])
+
+
+def test_cli_tool_errors(tmp_path, corpus_dir, cache_dir, capsys):
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, model__seq_len=64, train__tokens=4 * 64 * 2))
+    train(cfg, tmp_path / "text")
+    assert V.main(["eval", str(tmp_path / "text")]) == 2
+    assert "text-only" in capsys.readouterr().err
