@@ -98,18 +98,16 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
     """Validate roles and content parts; returns messages for Tokenizer.render_chat."""
     if not body.messages:
         raise ServeError("'messages' must contain at least one message.", param="messages", code="empty_array")
-    out, expect_first = [], True
-    last_role = None
+    out, last_role = [], None
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
         if role not in ("system", "user", "assistant"):
             raise ServeError(f"Invalid role '{m.role}' in messages[{i}]: this server supports system, developer, "
                              "user and assistant messages (no tools).", param=f"messages[{i}].role", code="invalid_value")
-        if role == "system" and last_role not in (None, "system"):
-            raise ServeError(f"messages[{i}]: system/developer messages must come before the conversation.",
-                             param=f"messages[{i}].role", code="invalid_value")
+        # System messages may stand anywhere (openai/evals sends few-shot examples and bare
+        # prompts as system turns); user and assistant turns must alternate, user first.
         if role in ("user", "assistant"):
-            want = "user" if last_role in (None, "system", "assistant") else "assistant"
+            want = "user" if last_role in (None, "assistant") else "assistant"
             if role != want:
                 raise ServeError(f"messages[{i}]: roles out of order: expected a {want} message after "
                                  f"{last_role or 'the start'}, got {role} (turns alternate user, assistant, user, ...).",
@@ -143,11 +141,8 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
                                      param=param + ".type", code="invalid_value")
         out.append({"role": role, "content": parts})
-        last_role = role
-        expect_first = False
-    if last_role != "user":
-        raise ServeError("The last message must be a user message.", param="messages", code="invalid_value")
-    del expect_first
+        if role != "system":
+            last_role = role
     return out
 
 
