@@ -80,3 +80,23 @@ def test_cli_tool_errors(tmp_path, corpus_dir, cache_dir, capsys):
     train(cfg, tmp_path / "text")
     assert V.main(["eval", str(tmp_path / "text")]) == 2
     assert "text-only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vision_under_torchrun(tmp_path, corpus_dir, cache_dir):
+    """2 DDP processes: image rows and text rows share one forward; the run completes,
+    losses fall in line with one process (not bit-equal: answer-token counts differ per rank)."""
+    import os
+    import subprocess
+    import sys
+
+    ov = tiny_overrides(corpus_dir, cache_dir, **{**VISION, "train__batch_size": 2, "vision__batch_size": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "glassgpt.cli",
+           "train", "--out", str(tmp_path / "two")] + ["--" + o for o in ov]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, state, _ = checkpoint.read(checkpoint.latest(tmp_path / "two"))
+    assert any(k.startswith("vision.") for k in state)
+    train(config.load(None, tiny_overrides(corpus_dir, cache_dir, **VISION)), tmp_path / "one")
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) and abs(one[0] - two[0]) < 0.05 * one[0]
