@@ -22,7 +22,7 @@ def cmd_chat(args):
 
     chat(checkpoint=args.checkpoint, base_url=args.base_url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
          model=args.model, temperature=args.temperature, max_tokens=args.max_tokens, system=args.system,
-         device=args.device)
+         device=args.device, images=args.image)
 
 
 def cmd_keys(args):
@@ -92,6 +92,8 @@ def add_serve_parser(sub) -> None:
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--system", default=None, help="a system message")
     c.add_argument("--device", default=None)
+    c.add_argument("--image", action="append", metavar="PATH",
+                   help="attach an image (PNG, JPEG, WebP, GIF) to the first message (repeatable; a vision model)")
     c.set_defaults(fn=cmd_chat)
 
     k = sub.add_parser("keys", help="Create, list and revoke API keys.")

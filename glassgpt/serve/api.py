@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
-from glassgpt.serve.errors import ServeError
+from glassgpt.serve.errors import ContextLengthError, ServeError
 from glassgpt.serve.metrics import Metrics
 from glassgpt.serve.schema import ChatCompletionRequest, CompletionRequest
 from glassgpt.serve.store import DEFAULT_PRICE, KNOWN_PRICES, Store
@@ -93,9 +93,29 @@ def decode_image(url: str, param: str, max_bytes: int = MAX_IMAGE) -> tuple[str,
     return fmt, raw
 
 
+def load_images(images: list[tuple[str, bytes]]) -> list:
+    """[(param, bytes)] from decode_image → RGB PIL images, validated by the image loader
+    (size limits from the header before any pixel is decoded; animated GIF/WebP: the first
+    frame). Any bad image is a 400 that names its content part; never a 500."""
+    from glassgpt.data.images import ImageError, load_image
+
+    out = []
+    for param, raw in images:
+        try:
+            out.append(load_image(raw, name=param, animated="first"))
+        except ImageError as e:
+            raise ServeError(f"Invalid image: {e}.", param=param, code="invalid_image_format") from None
+        except Exception as e:  # a decoder bug in Pillow on hostile data is still the image's fault
+            log.warning("image decoder failed on %s: %r", param, e)
+            raise ServeError(f"Invalid image: {param}: the image could not be decoded ({type(e).__name__}).",
+                             param=param, code="invalid_image_format") from None
+    return out
+
+
 # --- request → prompt ---------------------------------------------------------------------
-def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
-    """Validate roles and content parts; returns messages for Tokenizer.render_chat."""
+def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | None = None) -> list[dict]:
+    """Validate roles and content parts; returns messages for Tokenizer.render_chat.
+    images: a list that receives (param, bytes) for every image part, in prompt order."""
     if not body.messages:
         raise ServeError("'messages' must contain at least one message.", param="messages", code="empty_array")
     out, last_role = [], None
@@ -130,12 +150,12 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine) -> list[dict]:
                         raise ServeError(f"{param}: images are only allowed in user messages.", param=param)
                     if p.image_url is None:
                         raise ServeError(f"{param}: an image_url part needs 'image_url': {{'url': ...}}.", param=param)
-                    decode_image(p.image_url.url, param + ".image_url.url", engine.max_image)
+                    _, raw = decode_image(p.image_url.url, param + ".image_url.url", engine.max_image)
                     if not engine.has_vision:
-                        why = ("its vision encoder is not yet wired into the server's engine"
-                               if engine.encoder_present else "no vision encoder")
-                        raise ServeError(f"The model `{engine.name}` has no image input ({why}); send text only.",
-                                         param=param, code="image_input_not_supported")
+                        raise ServeError(f"The model `{engine.name}` has no image input (no vision encoder); "
+                                         "send text only.", param=param, code="image_input_not_supported")
+                    if images is not None:
+                        images.append((param, raw))
                     parts.append({"type": "image"})
                 else:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
@@ -365,24 +385,36 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     async def chat_completions(body: ChatCompletionRequest, request: Request, key=Depends(require_key)):
         t0 = time.time()
         engine = srv.engine(body.model)
-        messages = chat_messages(body, engine)
+        raw_images: list[tuple[str, bytes]] = []
+        messages = chat_messages(body, engine, raw_images)
         if body.top_logprobs and not body.logprobs:
             raise ServeError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs", code="invalid_value")
         if not body.stream and body.stream_options is not None and body.stream_options.include_usage:
             raise ServeError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-        prompt = engine.tokenizer.render_chat(messages)
+        # Each image part becomes engine.image_tokens <|image|> positions (billed as prompt tokens).
+        prompt = engine.tokenizer.render_chat(messages, n_image_tokens=engine.image_tokens)
         params = SamplingParams(
             max_tokens=body.max_completion_tokens or body.max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
             stop=stop_list(body.stop), seed=body.seed, n=body.n or 1,
             logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
-        want = engine.check(len(prompt), params)
+        try:
+            want = engine.check(len(prompt), params)
+        except ContextLengthError as e:
+            if not raw_images:
+                raise
+            raise ContextLengthError(f"{e} Each image takes {engine.image_tokens} tokens; this request has "
+                                     f"{len(raw_images)} image(s) ({len(raw_images) * engine.image_tokens} tokens): "
+                                     "send fewer images.", param="messages") from None
         if srv.store is not None:
             srv.store.check_rate(key, len(prompt) + want * params.n)
+        # Decode and validate the pixels off the event loop (a large JPEG takes a while);
+        # the engine thread encodes them once, at prefill.
+        images = await asyncio.to_thread(load_images, raw_images) if raw_images else None
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
-        req, events = await engine.stream(prompt, params)
+        req, events = await engine.stream(prompt, params, images=images)
         state = {"metered": False}
 
         def finish_meter(status: str):

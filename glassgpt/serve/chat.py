@@ -2,7 +2,13 @@
 
 Multi-line input: end a line with a backslash to continue it, or wrap a block in lines of
 three double quotes. Commands: /reset (forget the conversation), /save PATH (write it as
-JSON), /help, /quit. Ctrl-C while the model answers stops that answer.
+JSON), /image PATH (attach an image to the next message), /help, /quit. Ctrl-C while the
+model answers stops that answer.
+
+Images (`glassgpt chat --image PATH`, or /image): attached to the next user message as
+`image_url` parts with a `data:` URL, as the API has them, before the text (the order the
+vision runs train on). A local checkpoint encodes them with its vision encoder; a remote
+server receives them through its API.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Callable, Iterator
 from glassgpt.serve.engine import Engine, SamplingParams
 from glassgpt.serve.errors import ServeError
 
-HELP = ("commands: /reset  forget the conversation · /save PATH  save it as JSON · /quit · /help\n"
+HELP = ("commands: /reset  forget the conversation · /save PATH  save it as JSON · /image PATH  attach an image "
+        "to the next message · /quit · /help\n"
         "multi-line: end a line with \\ to continue, or wrap text in lines of \"\"\"")
 
 
@@ -26,15 +33,35 @@ class LocalBackend:
         self.name = engine.name
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
+    @property
+    def vision(self) -> bool:
+        return self.engine.has_vision
+
     def stream(self, messages: list[dict], temperature: float, max_tokens: int | None) -> Iterator[str]:
         tok = self.engine.tokenizer
-        prompt = tok.render_chat(messages)
+        rendered, images = [], []
+        for m in messages:  # image_url parts → image placeholders + the data: URLs, in order
+            c = m["content"]
+            if isinstance(c, list):
+                parts = []
+                for p in c:
+                    if p.get("type") == "image_url":
+                        images.append(p["image_url"]["url"])
+                        parts.append({"type": "image"})
+                    else:
+                        parts.append(p)
+                c = parts
+            rendered.append({**m, "content": c})
+        if images and not self.engine.has_vision:
+            raise ServeError(f"the model {self.name} has no image input (no vision encoder); send text only")
+        prompt = tok.render_chat(rendered, n_image_tokens=self.engine.image_tokens)
         window = self.engine.context_window
         if len(prompt) >= window:
-            raise ServeError(f"the conversation ({len(prompt)} tokens) fills the {window}-token context; /reset it")
+            extra = f", {len(images)} image(s) of {self.engine.image_tokens} tokens each" if images else ""
+            raise ServeError(f"the conversation ({len(prompt)} tokens{extra}) fills the {window}-token context; /reset it")
         params = SamplingParams(max_tokens=min(max_tokens or window, window - len(prompt)), temperature=temperature)
         events: queue.Queue = queue.Queue()
-        req = self.engine.submit(prompt, params, events.put)
+        req = self.engine.submit(prompt, params, events.put, images=images or None)
         try:
             while True:
                 ev = events.get()
@@ -61,6 +88,10 @@ class RemoteBackend:
         except openai.APIError as e:
             raise ServeError(f"cannot list models at {base_url}: {e}") from None
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        try:
+            self.vision = bool(getattr(self.client.models.retrieve(self.name), "vision", True))
+        except openai.APIError:
+            self.vision = True  # not a glassgpt server, perhaps: let the server answer
 
     def stream(self, messages: list[dict], temperature: float, max_tokens: int | None) -> Iterator[str]:
         try:
@@ -106,13 +137,27 @@ def read_message(read: Callable[[str], str]) -> str | None:
     return "\n".join(lines)
 
 
+def image_part(path) -> dict:
+    """A local image file → an API `image_url` part with a data: URL (validated: a bad
+    image is one clear ImageError; an animated GIF or WebP gives its first frame)."""
+    from glassgpt.data.images import load_image, to_data_url
+
+    return {"type": "image_url", "image_url": {"url": to_data_url(load_image(path, name=str(path), animated="first"))}}
+
+
 def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature: float = 0.8,
-             max_tokens: int | None = None, system: str | None = None) -> list[dict]:
-    """The chat loop; returns the conversation at exit."""
+             max_tokens: int | None = None, system: str | None = None, images: list | None = None) -> list[dict]:
+    """The chat loop; returns the conversation at exit. images: paths attached to the first
+    user message (as /image PATH would)."""
+    from glassgpt.errors import GlassError
+
     out = out or sys.stdout
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
+    pending = [image_part(p) for p in images or []]
     out.write(f"chatting with {backend.name}. {HELP}\n")
+    if pending:
+        out.write(f"({len(pending)} image(s) attached to your first message)\n")
     while True:
         text = read_message(read)
         if text is None:
@@ -130,6 +175,19 @@ def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature:
             messages = list(start)
             out.write("(conversation reset)\n")
             continue
+        if cmd.startswith("/image"):
+            path = cmd[6:].strip()
+            if not path:
+                out.write("usage: /image PATH\n")
+            elif not getattr(backend, "vision", True):
+                out.write(f"the model {backend.name} has no image input (no vision encoder)\n")
+            else:
+                try:
+                    pending.append(image_part(path))
+                    out.write(f"({len(pending)} image(s) attached to your next message)\n")
+                except GlassError as e:
+                    out.write(f"error: {e}\n")
+            continue
         if cmd.startswith("/save"):
             path = cmd[5:].strip()
             if not path:
@@ -141,7 +199,10 @@ def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature:
             except OSError as e:
                 out.write(f"cannot save to {path}: {e.strerror or e}\n")
             continue
-        messages.append({"role": "user", "content": text})
+        if pending:
+            messages.append({"role": "user", "content": pending + [{"type": "text", "text": text}]})
+        else:
+            messages.append({"role": "user", "content": text})
         answer = ""
         out.write(f"{backend.name}> ")
         out.flush()
@@ -154,25 +215,34 @@ def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature:
             out.write(" (stopped)")
         except ServeError as e:
             out.write(f"\nerror: {e}\n")
-            messages.pop()
+            messages.pop()  # the images stay attached for the next try
             continue
+        pending = []
         out.write("\n")
         messages.append({"role": "assistant", "content": answer})
 
 
 def chat(checkpoint: str | None = None, base_url: str | None = None, api_key: str | None = None,
          model: str | None = None, temperature: float = 0.8, max_tokens: int | None = None,
-         system: str | None = None, device: str | None = None) -> None:
+         system: str | None = None, device: str | None = None, images: list | None = None) -> None:
     if bool(checkpoint) == bool(base_url):
         raise ServeError("pass either --checkpoint DIR (local) or --base-url URL (a running server)")
+    for p in images or []:  # a bad image is one clear line before any model loads
+        image_part(p)
     if checkpoint:
-        backend = LocalBackend(Engine.from_checkpoint(checkpoint, name=model, device=device, max_batch=1))
+        engine = Engine.from_checkpoint(checkpoint, name=model, device=device, max_batch=1)
+        if images and not engine.has_vision:
+            raise ServeError(f"{checkpoint} has no image input (a text-only model, no vision encoder); "
+                             "drop --image or use a vision run")
+        backend = LocalBackend(engine)
     else:
         backend = RemoteBackend(base_url, api_key, model)
+        if images and not backend.vision:
+            raise ServeError(f"the model {backend.name} at {base_url} has no image input; drop --image")
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
-    run_chat(backend, temperature=temperature, max_tokens=max_tokens, system=system)
+    run_chat(backend, temperature=temperature, max_tokens=max_tokens, system=system, images=images)
     if isinstance(backend, LocalBackend):
         backend.engine.stop()

@@ -12,6 +12,13 @@ has its own cache `[depth, slots, kv_heads, max_len, head_dim]` and its own forw
 built from the model's submodules (the same weights, the same math: embedding, RMSNorm,
 QK-norm + RoPE, grouped-query attention, MLP, LM head). Each row of a batch carries its
 own start position; the attention mask lets query i of row b see keys 0..start[b]+i.
+
+Images: a request may carry images (a model with a vision encoder, `model.vision`). Its
+prompt holds n_image_tokens(model) `<|image|>` tokens per image; at prefill the engine
+thread encodes the images once (`encode_images`) and splices the embeddings in at those
+positions (masked_scatter, as GPT.forward does). After that the sequence is an ordinary
+row of the KV cache: decode steps and the n choices (which share the one prefill) never
+see the images again.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from glassgpt.errors import GlassError
 from glassgpt.model.gpt import apply_rope, rms_norm
+from glassgpt.model.vision import encode_images, n_image_tokens
 from glassgpt.serve.errors import ContextLengthError, OverloadedError, ServeError
 
 log = logging.getLogger(__name__)
@@ -93,10 +102,15 @@ class Request:
 
     _ids = itertools.count()
 
-    def __init__(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None]):
+    def __init__(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
+                 images=None):
         self.id = next(self._ids)
         self.prompt = list(prompt)
         self.params = params
+        # images for the <|image|> positions, in order: PIL images / bytes / paths / data:
+        # URLs (encoded at prefill), or a ready [n·k, d_model] tensor of embeddings. Dropped
+        # once the prefill has used them.
+        self.images = images
         self._on_event = on_event
         self.cancelled = threading.Event()
         self.done = threading.Event()
@@ -184,10 +198,11 @@ class Engine:
         self.waiting: "queue.Queue[Request]" = queue.Queue()
         self.n_waiting = 0
         self.running: list[_Seq] = []
-        # Image prompts need the engine to splice encoder outputs in at prefill; until that is
-        # wired, a model with an encoder is served text-only and says so (never drops images).
+        # A model with an encoder takes images: their embeddings are spliced in at prefill.
         self.encoder_present = getattr(model, "vision", None) is not None
-        self.has_vision = False
+        self.has_vision = self.encoder_present
+        self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
+        self.image_id = tokenizer.image_id
         special = tokenizer.special
         self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
         self._lock = threading.Lock()
@@ -253,9 +268,34 @@ class Engine:
                 "Please reduce the length of the messages or completion.")
         return want
 
-    def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Request:
+    def check_images(self, prompt: list[int], images) -> None:
+        """A request with images: the model must take images and the prompt must hold
+        exactly n_image_tokens <|image|> positions per image."""
+        if images is None:
+            return
+        if not self.has_vision:
+            raise ServeError(f"The model `{self.name}` has no image input (no vision encoder); send text only.",
+                             code="image_input_not_supported")
+        n = int(images.size(0)) // self.image_tokens if isinstance(images, torch.Tensor) else len(images)
+        slots = sum(1 for t in prompt if t == self.image_id)
+        if isinstance(images, torch.Tensor) and (images.dim() != 2 or images.size(0) % self.image_tokens
+                                                 or images.size(1) != self.mcfg.d_model):
+            raise ServeError(f"image embeddings must be [n·{self.image_tokens}, {self.mcfg.d_model}], "
+                             f"not {list(images.shape)}")
+        if slots != n * self.image_tokens:
+            raise ServeError(f"the prompt has {slots} <|image|> positions but {n} image(s) need "
+                             f"{n * self.image_tokens} ({self.image_tokens} each); render it with "
+                             f"n_image_tokens={self.image_tokens}")
+
+    def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
+               images=None) -> Request:
+        """Queue a request. images: one per image in the prompt (see Request.images); the
+        prompt must come from render_chat(..., n_image_tokens=engine.image_tokens)."""
         params.max_tokens = self.check(len(prompt), params)
-        req = Request(prompt, params, on_event)
+        self.check_images(prompt, images)
+        if images is not None and not isinstance(images, torch.Tensor) and len(images) == 0:
+            images = None
+        req = Request(prompt, params, on_event, images=images)
         with self._lock:
             if self.n_waiting >= self.max_queue:
                 raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting); retry shortly")
@@ -264,10 +304,10 @@ class Engine:
         self._wake.set()
         return req
 
-    def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None) -> dict:
+    def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None, images=None) -> dict:
         """Blocking convenience: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}."""
         events: "queue.Queue[Event]" = queue.Queue()
-        req = self.submit(prompt, params, events.put)
+        req = self.submit(prompt, params, events.put, images=images)
         choices = [{"text": "", "tokens": [], "finish_reason": None} for _ in range(params.n)]
         prompt_lp = None
         while True:
@@ -291,12 +331,12 @@ class Engine:
         return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
                 "completion_tokens": req.completion_tokens}
 
-    async def stream(self, prompt: list[int], params: SamplingParams):
+    async def stream(self, prompt: list[int], params: SamplingParams, images=None):
         """Async iterator of Events for one request; cancelling the iteration cancels the request.
         Raises OverloadedError / ContextLengthError before the first event."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images)
         return req, self._drain(req, q)
 
     async def _drain(self, req: Request, q: asyncio.Queue):
@@ -315,10 +355,12 @@ class Engine:
     # --- the model, batched -------------------------------------------------------------
     @torch.no_grad()
     def _forward(self, tokens: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, all_logits: bool = False,
-                 first_slot: int | None = None):
+                 first_slot: int | None = None, image_embeds: torch.Tensor | None = None):
         """tokens [B, T] at positions starts[b]..starts[b]+T-1 of cache slots[b] → logits
         [B, T, V] (all_logits) or [B, V] for the last position. Writes K/V into the cache.
-        first_slot: the slots are first_slot..first_slot+B-1, so attention reads a slice."""
+        first_slot: the slots are first_slot..first_slot+B-1, so attention reads a slice.
+        image_embeds [n, d_model]: replace the embeddings at the n <|image|> positions of
+        tokens, in order (row-major), as GPT.forward does."""
         m = self.model
         B, T = tokens.shape
         pos = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
@@ -326,7 +368,11 @@ class Engine:
         cos, sin = m.cos[pos][:, None].to(self.dtype), m.sin[pos][:, None].to(self.dtype)  # [B, 1, T, D/2]
         keypos = torch.arange(L, device=tokens.device)
         mask = (keypos[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, T, L]
-        x = rms_norm(m.wte(tokens).to(self.dtype))
+        x = m.wte(tokens)
+        if image_embeds is not None:
+            where = (tokens == self.image_id).unsqueeze(-1)
+            x = x.masked_scatter(where, image_embeds.to(x.dtype))
+        x = rms_norm(x.to(self.dtype))
         rows = slots[:, None]
         for i, block in enumerate(m.blocks):
             a = block.attn
@@ -423,21 +469,41 @@ class Engine:
                 self.n_waiting -= 1
             try:
                 self._prefill(req)
+            except GlassError as e:  # e.g. an image the encoder refused: the request's fault
+                log.warning("request %d: %s", req.id, e)
+                req.done.set()
+                req.emit(Event("error", message=str(e)))
             except Exception as e:
                 log.exception("prefill failed")
                 req.done.set()
                 req.emit(Event("error", message=f"internal engine error: {e}"))
             admitted += 1
 
+    def _image_embeds(self, req: Request) -> torch.Tensor | None:
+        """Encode the request's images once (on the engine thread, which owns the model)."""
+        images, req.images = req.images, None
+        if images is None:
+            return None
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device)
+        return encode_images(self.model, images)
+
     def _prefill(self, req: Request) -> None:
         p = req.params
+        emb = self._image_embeds(req)  # before taking slots: a failure here leaks nothing
         slots = [heapq.heappop(self.free_slots) for _ in range(p.n)]
         seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(slots)]
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-        with self._autocast():
-            logits = self._forward(ids, torch.tensor(slots[:1], device=self.device),
-                                   torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs,
-                                   first_slot=slots[0])
+        try:
+            with self._autocast():
+                logits = self._forward(ids, torch.tensor(slots[:1], device=self.device),
+                                       torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs,
+                                       first_slot=slots[0], image_embeds=emb)
+        except BaseException:
+            for s in slots:  # give the slots back: the request never ran
+                heapq.heappush(self.free_slots, s)
+            raise
+        del emb
         if p.echo_logprobs:
             lp = F.log_softmax(logits[0], dim=-1)  # [T, V]: position t predicts token t+1
             infos = [TokenInfo(req.prompt[0], None, [])]

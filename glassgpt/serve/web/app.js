@@ -71,6 +71,7 @@ function modelChanged() {
   const vision = !!(m && m.vision);
   $("attach").disabled = !vision;
   $("attach").title = vision ? "attach an image" : "this model has no image input";
+  if (!vision && state.images.length) { state.images = []; showAttachments(); }  // would only earn a 400
   localStorage.setItem("glassgpt.model", $("model").value);
 }
 
@@ -95,8 +96,9 @@ async function send() {
   const text = $("input").value;
   if (!text.trim() && !state.images.length) return;
   if (state.controller) return;
+  // Images first, then the question: the order glassgpt's vision runs are trained on.
   const content = state.images.length
-    ? [{ type: "text", text }, ...state.images.map((url) => ({ type: "image_url", image_url: { url } }))]
+    ? [...state.images.map((url) => ({ type: "image_url", image_url: { url } })), { type: "text", text }]
     : text;
   const userMsg = { role: "user", content };
   bubble("user", text, state.images);
