@@ -25,8 +25,19 @@ log = logging.getLogger(__name__)
 TASK = "humaneval-next-line (sampled pass rate, T=1)"
 
 
+_CACHE: dict = {}
+
+
 def problems(tokenizer, seq_len: int, max_problems: int = 256) -> list[dict]:
-    """Deterministic problems: (token ids of context + line, index where the line starts)."""
+    """Deterministic problems: (token ids of context + line, index where the line starts).
+    Cached per (tokenizer, seq_len) within a process: every rung of a ladder shares them."""
+    key = (tokenizer.hf.to_str() if hasattr(tokenizer, "hf") else id(tokenizer), seq_len, max_problems)
+    if key not in _CACHE:
+        _CACHE[key] = _problems(tokenizer, seq_len, max_problems)
+    return _CACHE[key]
+
+
+def _problems(tokenizer, seq_len: int, max_problems: int) -> list[dict]:
     from glassgpt.data.sources import humaneval_problems
 
     out = []

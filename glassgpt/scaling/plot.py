@@ -31,7 +31,7 @@ def scaling_png(pred: dict, report: dict, path: Path) -> Path:
             curve = [fit_mod.predict({"kind": "compute", "theta": f["theta"]}, C=g)[0] for g in grid]
             ax.plot(grid / tc, curve, "--", color="tab:blue", label="L(C) = a·C^b + c fit")
         lo, hi = p["ci90"]
-        ax.errorbar([1.0], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o", color="tab:blue",
+        ax.errorbar([1.0], [p["loss"]], yerr=[[max(0.0, p["loss"] - lo)], [max(0.0, hi - p["loss"])]], fmt="o", color="tab:blue",
                     capsize=4, label=f"prediction ({p['fit']}, 90% CI)")
         ax.scatter([1.0], [report["actual"][name]["loss"]], marker="*", s=160, color="tab:green", zorder=5,
                    label=f"actual ({report['relative_error'][name]:+.1%})")

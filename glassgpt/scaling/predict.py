@@ -78,7 +78,9 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01) ->
                     mid, ci = fit_mod.predict(f, C=tgt["flops"])
                 else:
                     mid, ci = fit_mod.predict(f, N=tgt["params_non_embedding"], D=tgt["tokens"])
-                e["loss"], e["ci90"] = mid, ci or [mid, mid]
+                ci = ci or [mid, mid]
+                # a percentile interval of refits need not hold the full-data fit; widen it to include it
+                e["loss"], e["ci90"] = mid, [min(ci[0], mid), max(ci[1], mid)]
                 e["theta"], e["boot_theta"] = f["theta"], f.get("boot_theta")
             entry["fits"][k] = e
         bpn = [x["bpb_per_nat"][name] for x in done if name in x.get("bpb_per_nat", {})]

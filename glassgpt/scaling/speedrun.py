@@ -4,7 +4,7 @@ Ladder budgets per preset (the YAML presets hold only model/data/train):
 - tiny: the tests' preset; the target is too small for a ladder at 1/1,000, so the rungs go to
   0.8 of it — a mechanics check, not a prediction to trust (the regime check says so).
 - cpu: 2 CPU cores, ≤ 30 minutes: the CPU cannot reach the power-law regime at 1/1,000 (see the
-  README), so the rungs go to 1/30 and the regime check reports what that means.
+  README), so the rungs go to 1/10 and the regime check reports what that means.
 - gpu: one H100-class GPU: rungs ≤ 1/1,000, the ladder ≤ 1/100 of the target.
 """
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "tiny": {"max_fraction": 0.8, "budget_fraction": 2.0, "n_sizes": 5, "min_steps": 10, "width_step": 8, "n_boot": 50},
-    "cpu": {"max_fraction": 1 / 30, "budget_fraction": 0.6, "n_sizes": 6, "min_steps": 50, "width_step": 16, "n_boot": 200},
+    "cpu": {"max_fraction": 0.1, "budget_fraction": 0.6, "n_sizes": 5, "min_steps": 20, "width_step": 8, "n_boot": 200},
     "gpu": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 6, "min_steps": 100, "width_step": 64, "n_boot": 200},
 }
 

@@ -1,0 +1,111 @@
+"""Fits, bootstrap, leave-largest-out and the regime check on synthetic points from known laws."""
+
+import math
+
+import numpy as np
+import pytest
+
+from glassgpt.errors import ScalingError
+from glassgpt.scaling import capability, fit
+
+E, A, ALPHA, B, BETA = 1.7, 400.0, 0.34, 410.0, 0.28
+
+
+def law(N, D):
+    return E + A / N ** ALPHA + B / D ** BETA
+
+
+def chinchilla_points(noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    pts = []
+    for N in np.geomspace(1e5, 3e6, 6):
+        for r in (5, 10, 20, 40):
+            D = N * r
+            pts.append({"params_non_embedding": N, "tokens": D, "flops": 6 * N * D,
+                        "final_loss": {"v": law(N, D) * (1 + noise * rng.standard_normal())}})
+    return pts
+
+
+def test_chinchilla_fit_recovers_known_law():
+    pts = chinchilla_points()
+    f = fit.fit("chinchilla", [p["final_loss"]["v"] for p in pts], N=[p["params_non_embedding"] for p in pts],
+                D=[p["tokens"] for p in pts], n_boot=10)
+    p = f["params"]
+    assert f["refused"] is None
+    assert p["E"] == pytest.approx(E, rel=1e-3) and p["alpha"] == pytest.approx(ALPHA, rel=1e-3)
+    assert p["beta"] == pytest.approx(BETA, rel=1e-3) and p["A"] == pytest.approx(A, rel=1e-2)
+    mid, ci = fit.predict(f, N=1e8, D=2e9)
+    assert mid == pytest.approx(law(1e8, 2e9), rel=1e-4) and ci[0] <= mid * (1 + 1e-6) and ci[1] >= mid * (1 - 1e-6)
+
+
+def test_compute_fit_recovers_known_law():
+    a, b, c = 2e3, -0.2, 1.5
+    C = np.geomspace(1e10, 1e14, 12)
+    f = fit.fit("compute", a * C ** b + c, C=C, n_boot=10)
+    assert f["refused"] is None
+    assert f["params"]["b"] == pytest.approx(b, rel=1e-3) and f["params"]["c"] == pytest.approx(c, rel=1e-3)
+    assert fit.predict(f, C=1e17)[0] == pytest.approx(a * 1e17 ** b + c, rel=1e-4)
+
+
+def test_bootstrap_interval_widens_with_noise_and_covers():
+    pts = chinchilla_points(noise=0.01, seed=1)
+    res = fit.fit_set(pts, "v", n_boot=20)
+    f = res["chinchilla"]
+    mid, (lo, hi) = fit.predict(f, N=1e7, D=2e8)
+    assert lo < mid < hi and hi - lo > 1e-3
+    assert "relative_error" in f["leave_largest_out"]
+
+
+def test_regime_check_passes_a_power_law():
+    reg = fit.regime(chinchilla_points(), "v", target_flops=1e20)
+    assert reg["confident"] and not reg["flags"]
+    # slopes flatten as compute grows (convex in log-log)
+    assert reg["local_slopes"][-1] > reg["local_slopes"][0]
+
+
+def test_regime_check_flags_plateau_then_drop():
+    pts = []
+    for N in np.geomspace(1e4, 3e5, 6):
+        for r in (5, 10, 20, 40):
+            L = 2.6 - 0.02 * math.log(N / 1e4) - 0.5 * max(0.0, math.log(N / 8e4)) ** 1.5 - 0.01 * math.log(r)
+            pts.append({"params_non_embedding": N, "tokens": N * r, "flops": 6 * N * N * r, "final_loss": {"v": L}})
+    target = 1e17
+    reg = fit.regime(pts, "v", target_flops=target)
+    assert not reg["confident"]
+    assert any("steepens" in f for f in reg["flags"])
+    top = max(p["flops"] for p in pts if p["tokens"] == p["params_non_embedding"] * 20)
+    assert reg["needed_max_run_flops"] == pytest.approx(top * 10 ** 1.5, rel=1e-6)
+    assert "--max-fraction ≥" in reg["advice"]
+
+
+def test_leave_largest_out_miss_is_flagged():
+    reg = fit.regime(chinchilla_points(), "v", target_flops=1e20, llo_error=0.05, llo_tolerance=0.01)
+    assert not reg["confident"] and any("leaving the largest size out" in f for f in reg["flags"])
+
+
+def test_plateau_fit_is_refused_as_degenerate():
+    # a flat plateau: the irreducible term ends at (or above) the lowest loss, or the exponent collapses
+    N = np.geomspace(1e4, 1e5, 5).repeat(2)
+    D = N * np.tile([10, 20], 5)
+    y = 2.5 + 0.001 * np.sin(np.arange(10))
+    f = fit.fit("chinchilla", y, N=N, D=D, n_boot=0)
+    assert f["refused"] and ("irreducible" in f["refused"] or "exponent" in f["refused"] or "converge" in f["refused"])
+
+
+def test_too_few_points_refused():
+    with pytest.raises(ScalingError, match="too few"):
+        fit.fit("chinchilla", [3.0, 2.9, 2.8], N=[1, 2, 3], D=[1, 2, 3])
+
+
+def test_capability_fit_recovers_the_gpt4_form():
+    rng = np.random.default_rng(0)
+    alpha, k = 20.0, 0.1  # every problem solvable (pass rate ≥ 5% at the largest rung)
+    flops = list(np.geomspace(1e10, 1e12, 6))
+    difficulty = rng.uniform(0.5, 1.5, 40)
+    rungs = [list(-difficulty * alpha * c ** -k) for c in flops]  # log pass rates
+    out = capability.fit_and_predict(flops, rungs, 1e15)
+    assert out["k"] == pytest.approx(k, rel=1e-6)
+    m = float(np.mean(difficulty)) * alpha * 1e15 ** -k
+    assert out["predicted"] == pytest.approx(math.exp(-m), rel=1e-6)
+    with pytest.raises(ScalingError, match="capability problems"):
+        capability.fit_and_predict(flops, [[-20.0] * 5 for _ in flops], 1e15)

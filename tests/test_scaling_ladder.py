@@ -1,0 +1,214 @@
+"""Ladder mechanics: plan budgets, resume, divergence, registered prediction and verify.
+
+Most tests swap the trainer for a stand-in that writes a report whose losses follow a known
+law (fast, exact); one test trains a real tiny ladder end to end through the CLI."""
+
+import json
+import math
+
+import pytest
+
+from glassgpt import cli, config
+from glassgpt.errors import ScalingError, TrainingError
+from glassgpt.model import flops
+from glassgpt.scaling import ladder, predict
+from glassgpt.train import trainer
+
+from conftest import tiny_overrides
+
+E, A, ALPHA, B, BETA = 1.6, 300.0, 0.3, 350.0, 0.28
+
+
+def law(N, D):
+    return E + A / N ** ALPHA + B / D ** BETA
+
+
+def fake_report(cfg, out, loss=None):
+    m = cfg.model
+    m.vocab_size = m.vocab_size or cfg.data.vocab_size
+    c = flops.count(m)
+    tokens = cfg.train.tokens
+    L = law(c.params_non_embedding, tokens) if loss is None else loss
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 100.0}) + "\n")
+    rep = {"params": c.params, "params_non_embedding": c.params_non_embedding, "tokens": tokens,
+           "flops": float(tokens * c.flops_per_token), "seconds": 0.01, "config": cfg.to_dict(),
+           "heldout": {"val": {"loss": L, "bpb": L * 0.6, "tokens": 100}}}
+    (out / "report.json").write_text(json.dumps(rep))
+    return rep
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    calls = []
+
+    def train(cfg, out, resume=False, init_from=None, lr_fn=None, save_at=()):
+        calls.append((str(out), init_from))
+        return fake_report(cfg, out)
+
+    monkeypatch.setattr(trainer, "train", train)
+    return calls
+
+
+def big_target():
+    return config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"])
+
+
+def test_plan_respects_budgets_and_shape_family():
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    tgt = p["target"]["flops"]
+    sizes = p["sizes"]
+    assert len(sizes) >= 5
+    assert p["max_run_flops"] <= 1e-2 * tgt and p["total_flops"] <= 5e-2 * tgt
+    assert max(s["flops"][-1] for s in sizes) / min(s["flops"][-1] for s in sizes) >= 10 ** 1.5 * 0.999
+    for s in sizes:
+        rc = s["config"]
+        assert rc["model"]["seq_len"] == cfg.model.seq_len and rc["data"] == cfg.to_dict()["data"]
+        assert rc["train"]["optimizer"] == cfg.train.optimizer and rc["model"]["mlp"] == cfg.model.mlp
+        assert rc["model"]["width"] % rc["model"]["head_dim"] == 0 and 2 <= rc["model"]["depth"] <= cfg.model.depth
+        assert len(s["budgets"]) == 4 and s["budgets"] == sorted(s["budgets"]) and s["budgets"][0] >= 50
+        assert all(st < b for st, b in zip(s["decay_starts"], s["budgets"]))
+        assert s["spent_flops"] < sum(s["flops"])  # branching is cheaper than separate runs
+    text = ladder.format_plan(p)
+    assert "fraction" in text and "est. time" in text
+
+
+def test_infeasible_budgets_name_the_smallest_feasible_one():
+    cfg = big_target()
+    with pytest.raises(ScalingError, match=r"smallest feasible --max-fraction is [0-9.e-]+"):
+        ladder.plan(cfg, max_fraction=1e-6, budget_fraction=1e-2)
+    with pytest.raises(ScalingError, match=r"smallest feasible --budget-fraction is [0-9.e-]+"):
+        ladder.plan(cfg, max_fraction=1e-2, budget_fraction=1.1e-2)
+    small = config.load("tiny")
+    with pytest.raises(ScalingError, match="max-fraction"):
+        ladder.plan(small)
+
+
+def test_run_resume_skips_finished_rungs_and_shards(tmp_path, fake_train):
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    ladder.save_plan(p, tmp_path)
+    ladder.run(tmp_path, shard="0/2", capability=False)
+    first = len(fake_train)
+    coll = ladder.collect(tmp_path)
+    assert 0 < sum(x["status"] == "done" for x in coll["points"]) < len(coll["points"])
+    ladder.run(tmp_path, shard="1/2", capability=False)
+    n_total = len(p["sizes"]) * 5  # a stable run + 4 branches per size
+    assert len(fake_train) == n_total and first < n_total
+    ladder.run(tmp_path, capability=False)  # everything finished: nothing re-runs
+    assert len(fake_train) == n_total
+    branch_calls = [c for c in fake_train if c[1] is not None]
+    assert all("stable/checkpoints/step_" in str(c[1]) for c in branch_calls)
+    with pytest.raises(ScalingError, match="i/n"):
+        ladder.run(tmp_path, shard="3")
+
+
+def test_prediction_registered_before_target_and_verified(tmp_path, fake_train):
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    lad = tmp_path / "ladder"
+    ladder.save_plan(p, lad)
+    ladder.run(lad, capability=False)
+    target_dir = tmp_path / "target"
+    doc = predict.register(cfg, lad, tmp_path / "prediction.json", target_dir=target_dir, n_boot=5)
+    assert doc["sha256"] == predict.content_sha256(doc) and doc["confident"]
+    with pytest.raises(ScalingError, match="never overwritten"):
+        predict.register(cfg, lad, tmp_path / "prediction.json", n_boot=0)
+    # the target trains only now
+    rep = fake_report(config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"]), target_dir)
+    with pytest.raises(ScalingError, match="already started"):
+        predict.register(cfg, lad, tmp_path / "p2.json", target_dir=target_dir, n_boot=0)
+    r = predict.verify(tmp_path / "prediction.json", target_dir, tmp_path / "out")
+    assert abs(r["relative_error"]["val"]) < 1e-3  # the fake ladder follows the law exactly
+    assert r["actual"]["val"]["loss"] == pytest.approx(rep["heldout"]["val"]["loss"])
+    for key in ("target", "ladder", "prediction", "actual", "relative_error", "capability"):
+        assert key in r
+    assert set(r["ladder"]) >= {"runs", "max_run_flops", "total_flops"}
+    assert set(r["prediction"]["val"]) == {"loss", "ci90", "fit"}
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "scaling.png").stat().st_size > 1000
+    # an edited prediction is refused
+    d = json.loads((tmp_path / "prediction.json").read_text())
+    d["prediction"]["val"]["loss"] *= 0.99
+    (tmp_path / "prediction.json").write_text(json.dumps(d))
+    with pytest.raises(ScalingError, match="sha256 mismatch"):
+        predict.verify(tmp_path / "prediction.json", target_dir, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_diverged_rungs_excluded_and_too_few_refused(tmp_path, monkeypatch):
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    ladder.save_plan(p, tmp_path)
+    names = [s["name"] for s in p["sizes"]]
+    bad = set(names[:3])  # three sizes diverge: too few survive
+
+    def train(cfg_, out, resume=False, init_from=None, lr_fn=None, save_at=()):
+        size = out.parent.name
+        if size == names[3] and "stable" not in str(out):
+            return fake_report(cfg_, out, loss=150.0)  # final loss above the start (100): diverged
+        if size in bad:
+            raise TrainingError("loss became nan at step 3")
+        return fake_report(cfg_, out)
+
+    monkeypatch.setattr(trainer, "train", train)
+    ladder.run(tmp_path, capability=False)
+    coll = ladder.collect(tmp_path)
+    div = [x for x in coll["points"] if x["status"] == "diverged"]
+    assert len(div) == 4 * 4 and all(x.get("reason") for x in div)
+    with pytest.raises(ScalingError, match="survived"):
+        predict.register(cfg, tmp_path, tmp_path / "prediction.json", n_boot=0)
+    assert not (tmp_path / "prediction.json").exists()
+
+
+def test_unconfident_prediction_refused_without_flag(tmp_path, monkeypatch):
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    ladder.save_plan(p, tmp_path)
+
+    def train(cfg_, out, resume=False, init_from=None, lr_fn=None, save_at=()):  # a plateau, then a drop
+        c = flops.count(cfg_.model if cfg_.model.vocab_size else config.load(None, []).model)
+        n = cfg_.model.width
+        L = 3.0 - 0.01 * math.log(n) - (0.3 * math.log(n / 40) ** 2 if n > 40 else 0) - 1e-9 * cfg_.train.tokens
+        return fake_report(cfg_, out, loss=L)
+
+    monkeypatch.setattr(trainer, "train", train)
+    ladder.run(tmp_path, capability=False)
+    with pytest.raises(ScalingError, match="no confident prediction"):
+        predict.register(cfg, tmp_path, tmp_path / "prediction.json", n_boot=0)
+    assert not (tmp_path / "prediction.json").exists()
+
+
+def test_cli_plan_and_errors(capsys, tmp_path):
+    rc = cli.main(["ladder", "plan", "--target", "cpu", "--data.vocab_size=1024", "--train.tokens=20000000",
+                   "--model.depth=6", "--max-fraction", "1e-2", "--budget-fraction", "5e-2", "--ladder", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "largest rung" in out and (tmp_path / "plan.json").exists()
+    rc = cli.main(["ladder", "plan", "--target", "tiny"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "larger target" in err and "Traceback" not in err
+    rc = cli.main(["verify", "--prediction", str(tmp_path / "nope.json"), "--run", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no prediction" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_tiny_ladder_end_to_end(tmp_path, corpus_dir, cache_dir):
+    """Train a real (tiny) ladder, register, train the target, verify: the same code path as speedrun."""
+    ov = tiny_overrides(corpus_dir, cache_dir, train__tokens=60000, model__seq_len=32)
+    cfg = config.load(None, ov)
+    p = ladder.plan(cfg, max_fraction=0.9, budget_fraction=3.0, n_sizes=5, ratios=(0.5, 1.0), min_steps=5, width_step=8)
+    lad = tmp_path / "ladder"
+    ladder.save_plan(p, lad)
+    ladder.run(lad, capability=True)
+    coll = ladder.collect(lad)
+    assert all(x["status"] == "done" for x in coll["points"]) and all("capability" in x for x in coll["points"])
+    stable = lad / "rungs" / p["sizes"][0]["name"] / "stable"
+    assert sorted(c.name for c in (stable / "checkpoints").glob("step_*")) == \
+        [f"step_{s:07d}" for s in p["sizes"][0]["decay_starts"]]
+    doc = predict.register(cfg, lad, tmp_path / "prediction.json", target_dir=tmp_path / "target", n_boot=5,
+                           allow_unconfident=True)
+    assert set(doc["prediction"]) == {"val", "humaneval"}
+    trainer.train(cfg, tmp_path / "target")
+    r = predict.verify(tmp_path / "prediction.json", tmp_path / "target", tmp_path / "out")
+    assert r["registered_before_target"] and set(r["relative_error"]) == {"val", "humaneval"}
+    assert all(abs(e) < 0.5 for e in r["relative_error"].values())
