@@ -46,11 +46,17 @@ def _started(run_dir: Path) -> bool:
     return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists() or (run_dir / "report.json").exists()
 
 
-def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01) -> dict:
-    """Fits, leave-largest-out and regime for every held-out set of a finished ladder."""
+def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, max_flops: float | None = None) -> dict:
+    """Fits, leave-largest-out and regime for every held-out set of a finished ladder
+    (only the points of at most `max_flops` each, when given: a smaller ladder inside it)."""
     coll = ladder_mod.collect(ladder_dir)
     p = coll["plan"]
     pts = coll["points"]
+    if max_flops is not None:
+        pts = [x for x in pts if x["flops"] <= max_flops * (1 + 1e-9)]
+        coll["max_run_flops"] = max((x["flops"] for x in pts), default=0.0)
+        kept = {x["size"] for x in pts}
+        coll["total_flops"] = sum(s["spent_flops"] for s in p["sizes"] if s["name"] in kept)
     missing = [x for x in pts if x["status"] == "missing"]
     if missing:
         raise ScalingError(f"{len(missing)} of {len(pts)} ladder points have not run; run `glassgpt ladder run --ladder {ladder_dir}` first")

@@ -1,0 +1,103 @@
+"""Prediction error against the compute fraction of the largest rung, over seeds.
+
+For each seed: one ladder up to the largest fraction asked for, one target run; then, for each
+fraction f, the fits use only the ladder points of ≤ f of the target's FLOPs (a smaller ladder
+inside the big one) and predict the target. Prints, per held-out set and fraction: relative
+error per seed, mean |error|, how often the actual lies inside the 90% interval, and what the
+regime check said. Nothing of a target feeds its fits (the target trains after its ladder).
+
+    python bench/predict_accuracy.py --preset tiny --seeds 3
+    python bench/predict_accuracy.py --preset cpu --seeds 3 --fractions 0.3,0.1,0.03 -- --train.tokens=1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from glassgpt import config
+from glassgpt.errors import ScalingError
+from glassgpt.scaling import ladder, predict, speedrun
+from glassgpt.train import checkpoint
+from glassgpt.train.trainer import train
+
+log = logging.getLogger("bench")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--fractions", default=None, help="comma-separated compute fractions of the largest rung")
+    ap.add_argument("--out", default="runs/bench_predict")
+    ap.add_argument("--n-boot", type=int, default=50)
+    ap.add_argument("overrides", nargs="*", help="--section.key=value overrides of the target (after --)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    opts = speedrun.defaults_for(args.preset)
+    fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
+                       [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
+    rows = []
+    for seed in range(args.seeds):
+        ov = [o.lstrip("-") for o in args.overrides] + [f"train.seed={1337 + seed}"]
+        cfg = config.load(args.preset, ov)
+        root = Path(args.out) / f"seed{seed}"
+        lad = root / "ladder"
+        plan = ladder.plan(cfg, max_fraction=fractions[0], budget_fraction=max(opts["budget_fraction"], 3 * fractions[0]),
+                           n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"])
+        ladder.save_plan(plan, lad)
+        ladder.run(lad, capability=False)
+        # predictions at every fraction are computed (and kept) before the target trains
+        preds = {}
+        for f in fractions:
+            try:
+                a = predict.analyse(lad, n_boot=args.n_boot, max_flops=f * plan["target"]["flops"])
+                preds[f] = {name: {"fit": e["fit"], "loss": e["fits"][e["fit"]]["loss"] if e["fit"] else None,
+                                   "ci90": e["fits"][e["fit"]]["ci90"] if e["fit"] else None,
+                                   "confident": e["regime"]["confident"], "flags": e["regime"]["flags"],
+                                   "max_run_fraction": a["max_run_flops"] / plan["target"]["flops"]}
+                            for name, e in a["sets"].items()}
+            except ScalingError as e:
+                preds[f] = {"error": str(e)}
+        (root / "predictions.json").write_text(json.dumps(preds, indent=1))
+        target = root / "target"
+        rep = json.loads((target / "report.json").read_text()) if (target / "report.json").exists() else \
+            train(cfg, target, resume=checkpoint.latest(target) is not None)
+        for f, per in preds.items():
+            if "error" in per:
+                rows.append({"seed": seed, "fraction": f, "error": per["error"]})
+                continue
+            for name, p in per.items():
+                act = rep["heldout"].get(name, {}).get("loss")
+                if act is None or p["loss"] is None:
+                    continue
+                rows.append({"seed": seed, "fraction": f, "set": name, "fit": p["fit"], "predicted": p["loss"], "actual": act,
+                             "relative_error": p["loss"] / act - 1, "inside": p["ci90"][0] <= act <= p["ci90"][1],
+                             "confident": p["confident"], "flags": p["flags"], "max_run_fraction": p["max_run_fraction"]})
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    print(f"preset {args.preset} {' '.join(args.overrides)}: {args.seeds} seeds")
+    print(f"{'set':>13} {'fraction':>9} {'errors per seed':>32} {'mean |err|':>10} {'inside 90%':>10}  regime check")
+    sets = sorted({r["set"] for r in rows if "set" in r})
+    for name in sets:
+        for f in fractions:
+            rs = [r for r in rows if r.get("set") == name and r["fraction"] == f]
+            if not rs:
+                print(f"{name:>13} {'1/%.0f' % (1 / f):>9}  no prediction: " +
+                      next((r["error"] for r in rows if r["fraction"] == f and "error" in r), "n/a"))
+                continue
+            errs = " ".join(f"{r['relative_error']:+.2%}" for r in rs)
+            mean = sum(abs(r["relative_error"]) for r in rs) / len(rs)
+            inside = sum(r["inside"] for r in rs)
+            conf = sum(r["confident"] for r in rs)
+            flag = next((r["flags"][0] for r in rs if r["flags"]), "")
+            print(f"{name:>13} {'1/%.0f' % (1 / f):>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)}  "
+                  f"confident {conf}/{len(rs)}{'; ' + flag[:70] if flag else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
