@@ -10,7 +10,8 @@ from glassgpt import cli
 @pytest.mark.slow
 def test_tiny_speedrun_end_to_end(tmp_path, cache_dir, capsys):
     out = tmp_path / "sr"
-    rc = cli.main(["speedrun", "--preset", "tiny", "--out", str(out), f"--data.cache_dir={cache_dir}", "--train.threads=1"])
+    args = ["speedrun", "--preset", "tiny", "--out", str(out), f"--data.cache_dir={cache_dir}", "--train.threads=1"]
+    rc = cli.main(args)
     assert rc == 0
     text = capsys.readouterr().out
     assert "predicted" in text and "actual" in text and "compute: largest rung" in text
@@ -20,5 +21,5 @@ def test_tiny_speedrun_end_to_end(tmp_path, cache_dir, capsys):
     pred = json.loads((out / "prediction.json").read_text())
     assert pred["sha256"] and (out / "scaling.png").exists() and (out / "report.md").exists()
     # a second call resumes: nothing re-trains, the registered prediction is reused unchanged
-    assert cli.main(["speedrun", "--preset", "tiny", "--out", str(out), f"--data.cache_dir={cache_dir}"]) == 0
+    assert cli.main(args) == 0
     assert json.loads((out / "prediction.json").read_text())["sha256"] == pred["sha256"]
