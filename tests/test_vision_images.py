@@ -160,3 +160,15 @@ def test_mix_parsing():
         I.parse_mix("digits:0")
     with pytest.raises(I.DataError, match="did you mean 'digits'"):
         I.get_source("digit")
+
+
+def test_crowded_scenes_terminate():
+    """Regression: rejection placement once looped forever when 6 shapes left no room."""
+    import random
+
+    for s in range(400):
+        objs = I._scene(random.Random(s), 6)
+        assert len(objs) == 6
+    mix = __import__("glassgpt.model.vision", fromlist=["Mix"]).Mix("digits:1,shapes:1.5,text:1.5,charts:1", 1337)
+    for k in range(202 * 32 + 16, 202 * 32 + 24):  # the samples that hung the first vision run
+        mix.sample(k)

@@ -272,13 +272,20 @@ def _draw_shape(draw, shape, colour, cx, cy, r):
 
 
 def _scene(rng: random.Random, n: int):
-    objs = []
-    while len(objs) < n:
-        r = rng.choice((5, 8))
-        cx, cy = rng.randint(r + 1, RENDER - r - 2), rng.randint(r + 1, RENDER - r - 2)
-        if all(abs(cx - o[2]) > r + o[4] + 2 or abs(cy - o[3]) > r + o[4] + 2 for o in objs):
-            objs.append((rng.choice(SHAPES), rng.choice(list(COLOURS)), cx, cy, r))
-    return objs
+    """n non-overlapping shapes; placement by rejection, bounded (a crowded layout can leave
+    no room for the next shape: start the scene over rather than loop forever)."""
+    for _ in range(100):
+        objs = []
+        for _ in range(200):
+            if len(objs) == n:
+                break
+            r = rng.choice((5, 8))
+            cx, cy = rng.randint(r + 1, RENDER - r - 2), rng.randint(r + 1, RENDER - r - 2)
+            if all(abs(cx - o[2]) > r + o[4] + 2 or abs(cy - o[3]) > r + o[4] + 2 for o in objs):
+                objs.append((rng.choice(SHAPES), rng.choice(list(COLOURS)), cx, cy, r))
+        if len(objs) == n:
+            return objs
+    raise DataError(f"could not place {n} shapes on a {RENDER}×{RENDER} canvas")
 
 
 def _render_scene(objs):

@@ -451,6 +451,7 @@ def main(argv=None) -> int:
     e = sub.add_parser("eval", help="held-out exact-match accuracy per task")
     e.add_argument("run")
     e.add_argument("--n", type=int, default=300)
+    e.add_argument("--greedy", action="store_true", help="score real greedy chat answers (the registry evals' rule; slower)")
     g = sub.add_parser("grid", help="PNG grid of held-out images with the model's answers")
     g.add_argument("run")
     g.add_argument("--out", default="docs/vision_grid.png")
@@ -463,7 +464,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.cmd == "eval":
-            table = heldout_table(args.run, args.n)
+            if args.greedy:
+                from glassgpt.evals.elsuite.vision import accuracy_table
+
+                table = {t: {"accuracy": a, "n": min(args.n, img_mod.DIGITS_HELDOUT) if t == "digits" else args.n}
+                         for t, a in accuracy_table(args.run, args.n).items()}
+            else:
+                table = heldout_table(args.run, args.n)
             for t, r in table.items():
                 print(f"{t:8s} {r['accuracy'] * 100:6.1f}%  (n={r['n']})")
             print(json.dumps(table))

@@ -96,9 +96,10 @@ class VisionLocalFn(CompletionFn):
 def accuracy_table(run_dir, n: int = 200) -> dict:
     """Every vision eval against a local run, through the registry classes' scoring rule."""
     fn = VisionLocalFn(run_dir)
+    seed = fn.cfg.train.seed
     out = {}
     for task in ("digits", "shapes", "text", "charts"):
-        samples = heldout_samples(task, n)
+        samples = heldout_samples(task, n, seed)
         ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
         out[task] = float(np.mean(ok))
     return out
