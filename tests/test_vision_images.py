@@ -170,5 +170,5 @@ def test_crowded_scenes_terminate():
         objs = I._scene(random.Random(s), 6)
         assert len(objs) == 6
     mix = __import__("glassgpt.model.vision", fromlist=["Mix"]).Mix("digits:1,shapes:1.5,text:1.5,charts:1", 1337)
-    for k in range(202 * 32 + 16, 202 * 32 + 24):  # the samples that hung the first vision run
+    for k in range(202 * 32 + 16, 202 * 32 + 24):  # from the step (203) that hung the first vision run
         mix.sample(k)
