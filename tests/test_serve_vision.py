@@ -238,6 +238,31 @@ def test_bad_images_are_400s(vis):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def test_mutated_images_never_500(vis):
+    """Random byte damage inside otherwise well-framed PNG, JPEG, GIF and WebP files: each is
+    a 200 (a decoder that tolerates the damage) or a 400, never a 500; the engine lives on."""
+    import random
+
+    rng = random.Random(0)
+    im = I.shapes(0, "heldout", 5).image.convert("RGB")
+    from PIL import features
+
+    originals = [("image/png", encode(im)), ("image/jpeg", encode(im, "JPEG")), ("image/gif", encode(im, "GIF"))]
+    if features.check("webp"):
+        originals.append(("image/webp", encode(im, "WEBP")))
+    seen = set()
+    for k in range(24):
+        mime, data = originals[k % len(originals)]
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 8)):  # keep the signature and the last bytes (the trailer)
+            b[rng.randrange(8, len(b) - 12)] = rng.randrange(256)
+        r = httpx.post(vis["url"] + "/v1/chat/completions", timeout=60,
+                       json={"model": VIS, "messages": msg(url(bytes(b), mime)), "max_tokens": 1})
+        assert r.status_code in (200, 400), (mime, r.status_code, r.text)
+        seen.add(r.status_code)
+    assert vis["engine"].alive and 400 in seen
+
+
 def test_too_many_images(vis):
     client, u = vis["client"], url(encode(digit(0).image))
     with pytest.raises(openai.BadRequestError) as e:  # 16 images × 4 tokens fill the 64-token context
