@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 DEFAULTS = {
     "tiny": {"max_fraction": 0.8, "budget_fraction": 2.0, "n_sizes": 5, "min_steps": 10, "width_step": 8, "n_boot": 50},
     "cpu": {"max_fraction": 0.1, "budget_fraction": 0.6, "n_sizes": 5, "min_steps": 20, "width_step": 8, "n_boot": 200},
-    "gpu": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 6, "min_steps": 100, "width_step": 64, "n_boot": 200},
+    "gpu": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 5, "min_steps": 50, "width_step": 16, "n_boot": 200},
+    "gpu_large": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 6, "min_steps": 100, "width_step": 32, "n_boot": 200},
 }
 
 
