@@ -85,8 +85,9 @@ def main(argv=None):
     for name in sets:
         for f in fractions:
             rs = [r for r in rows if r.get("set") == name and r["fraction"] == f]
+            label = f"{f:.3g}" if f > 0.3 else "1/%.0f" % (1 / f)
             if not rs:
-                print(f"{name:>13} {'1/%.0f' % (1 / f):>9}  no prediction: " +
+                print(f"{name:>13} {label:>9}  no prediction: " +
                       next((r["error"] for r in rows if r["fraction"] == f and "error" in r), "n/a"))
                 continue
             errs = " ".join(f"{r['relative_error']:+.2%}" for r in rs)
@@ -94,7 +95,7 @@ def main(argv=None):
             inside = sum(r["inside"] for r in rs)
             conf = sum(r["confident"] for r in rs)
             flag = next((r["flags"][0] for r in rs if r["flags"]), "")
-            print(f"{name:>13} {'1/%.0f' % (1 / f):>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)}  "
+            print(f"{name:>13} {label:>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)}  "
                   f"confident {conf}/{len(rs)}{'; ' + flag[:70] if flag else ''}")
     return 0
 
