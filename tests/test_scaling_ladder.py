@@ -199,7 +199,7 @@ def test_real_tiny_ladder_end_to_end(tmp_path, corpus_dir, cache_dir):
     p = ladder.plan(cfg, max_fraction=0.9, budget_fraction=3.0, n_sizes=5, ratios=(0.5, 1.0), min_steps=5, width_step=8)
     lad = tmp_path / "ladder"
     ladder.save_plan(p, lad)
-    ladder.run(lad, capability=True)
+    ladder.run(lad, workers=2, capability=True)  # two worker processes
     coll = ladder.collect(lad)
     assert all(x["status"] == "done" for x in coll["points"]) and all("capability" in x for x in coll["points"])
     stable = lad / "rungs" / p["sizes"][0]["name"] / "stable"
