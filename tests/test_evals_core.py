@@ -283,3 +283,15 @@ def test_main_cli_dispatches_eval(tmp_path, capsys):
     rc = cli.main(["eval", "scripted:echo", "capitals", "--registry_path", str(tmp_path / "reg"),
                    "--record_path", str(tmp_path / "r.jsonl"), "--no-progress", "--no-cache"])
     assert rc == 0 and read_record(tmp_path / "r.jsonl").final_report is not None
+
+
+def test_scripted_fn_handles_image_content_parts():
+    """Vision eval prompts carry content parts; text-only completion fns must not crash on them."""
+    from glassgpt.evals.completion_fns.base import ScriptedCompletionFn
+    from glassgpt.evals.prompt import chat_to_text
+
+    prompt = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                           {"type": "text", "text": "Which digit is this?"}]}]
+    assert chat_to_text(prompt) == "<image>Which digit is this?"
+    fn = ScriptedCompletionFn(echo=True)
+    assert fn(prompt).get_completions() == ["<image>Which digit is this?"]

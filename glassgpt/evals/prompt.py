@@ -17,17 +17,25 @@ def is_chat_prompt(prompt: Any) -> bool:
 _PREFIXES = {"system": "", "example_user": "User: ", "example_assistant": "Assistant: "}
 
 
+def content_text(content) -> str:
+    """A message's content as text: string content as is; content parts (text and
+    image_url, as in vision evals) with each image shown as "<image>"."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") if p.get("type") == "text" else "<image>" for p in content or [])
+
+
 def chat_to_text(prompt: list[dict], for_completion: bool = True) -> str:
     """Render chat messages as text: "Role: content" lines, ending in "Assistant:".
 
     A single message is returned as its bare content (as the reference does)."""
     if len(prompt) == 1:
-        return prompt[0]["content"]
+        return content_text(prompt[0]["content"])
     text = ""
     for msg in prompt:
         role = msg.get("name", msg.get("role", "user"))
         prefix = _PREFIXES.get(role, role.capitalize() + ": ")
-        text += f"{prefix}{msg['content']}\n"
+        text += f"{prefix}{content_text(msg['content'])}\n"
     if for_completion:
         text += "Assistant:"
     return text.lstrip()
@@ -50,8 +58,12 @@ def scrub_braces(prompt):
     prompt = copy.deepcopy(prompt)
     if is_chat_prompt(prompt):
         for msg in prompt:
-            if "content" in msg:
+            if isinstance(msg.get("content"), str):
                 msg["content"] = msg["content"].replace("{", "{{").replace("}", "}}")
+            elif isinstance(msg.get("content"), list):
+                for part in msg["content"]:
+                    if part.get("type") == "text":
+                        part["text"] = part.get("text", "").replace("{", "{{").replace("}", "}}")
         return prompt
     return prompt.replace("{", "{{").replace("}", "}}")
 

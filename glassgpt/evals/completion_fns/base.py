@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import EvalError
-from ..prompt import is_chat_prompt, to_text
+from ..prompt import content_text, is_chat_prompt, to_text
 from ..record import record_sampling
 
 
@@ -84,7 +84,7 @@ class ScriptedCompletionFn(CompletionFn):
         if self.fn is not None:
             return self.fn(prompt, **kwargs)
         if self.echo:
-            return prompt[-1]["content"] if is_chat_prompt(prompt) else text
+            return content_text(prompt[-1]["content"]) if is_chat_prompt(prompt) else text
         return self.default
 
     def __call__(self, prompt, **kwargs) -> CompletionResult:
