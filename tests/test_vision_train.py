@@ -52,6 +52,15 @@ def test_vision_run_checkpoint_and_resume(tmp_path, corpus_dir, cache_dir):
 
     assert Image.open(png).size[0] == 2 * 128
 
+    # `glassgpt eval local:RUN` on a vision run answers image-chat prompts through the encoder
+    from glassgpt.cli_evals import main as eval_main
+
+    rec = tmp_path / "digits.jsonl"
+    assert eval_main([f"local:{tmp_path / 'full'}", "glassgpt-vision-digits", "--max_samples", "3", "--no-cache",
+                      "--no-progress", "--record_path", str(rec)]) == 0
+    records = [json.loads(line) for line in rec.read_text().splitlines()]
+    assert sum(r.get("type") == "match" for r in records) == 3 and not any(r.get("type") == "error" for r in records)
+
 
 def test_frozen_lm_and_init_from(tmp_path, corpus_dir, cache_dir):
     text = config.load(None, tiny_overrides(corpus_dir, cache_dir, model__seq_len=64, train__tokens=4 * 64 * 4))

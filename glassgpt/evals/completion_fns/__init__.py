@@ -52,6 +52,17 @@ def parse_kv(text: str) -> dict:
     return out
 
 
+def _has_vision(run_dir) -> bool:
+    import yaml
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    except yaml.YAMLError:
+        return False
+    return bool(((cfg or {}).get("vision") or {}).get("enabled"))
+
+
 def make_completion_fn(name: str, registry=None, base_url: Optional[str] = None, limiter: Optional[RateLimiter] = None,
                        cache_dir: Optional[os.PathLike] = None, **kwargs) -> CompletionFn:
     name = name.strip()
@@ -69,7 +80,12 @@ def make_completion_fn(name: str, registry=None, base_url: Optional[str] = None,
         run_dir = name.split(":", 1)[1] if name.startswith("local:") else name
         if not Path(run_dir).exists():
             raise EvalError(f"local run directory not found: {run_dir}")
-        fn = LocalModelFn.from_run_dir(run_dir, **kwargs)
+        if _has_vision(run_dir):  # image-chat prompts need the run's encoder
+            from ..elsuite.vision import VisionLocalFn
+
+            fn = VisionLocalFn(run_dir, **{k: v for k, v in kwargs.items() if k in ("max_tokens", "name")})
+        else:
+            fn = LocalModelFn.from_run_dir(run_dir, **kwargs)
     elif registry is not None and registry.get_completion_fn_spec(name) is not None:
         spec = registry.get_completion_fn_spec(name)
         from ..registry import load_class
