@@ -23,6 +23,7 @@ from glassgpt.errors import ScalingError
 log = logging.getLogger(__name__)
 
 TASK = "humaneval-next-line (sampled pass rate, T=1)"
+MAX_LINE_TOKENS = 8  # short lines (e.g. `return result`): small models solve some of them sometimes
 
 
 _CACHE: dict = {}
@@ -49,7 +50,8 @@ def _problems(tokenizer, seq_len: int, max_problems: int) -> list[dict]:
             context = prob["prompt"] + "\n".join(sol_lines[:k]) + ("\n" if k else "")
             ctx_ids = [tokenizer.bos_id] + tokenizer.encode(context)
             full_ids = [tokenizer.bos_id] + tokenizer.encode(context + line + "\n")
-            if full_ids[: len(ctx_ids)] != ctx_ids or len(full_ids) - len(ctx_ids) > seq_len // 2:
+            n_line = len(full_ids) - len(ctx_ids)
+            if full_ids[: len(ctx_ids)] != ctx_ids or n_line > min(MAX_LINE_TOKENS, seq_len // 2):
                 continue  # the tokenization merges across the boundary, or the line is too long
             keep = full_ids[-(seq_len + 1):] if len(full_ids) > seq_len + 1 else full_ids
             start = len(ctx_ids) - (len(full_ids) - len(keep))
