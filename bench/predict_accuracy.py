@@ -35,8 +35,12 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/bench_predict")
     ap.add_argument("--n-boot", type=int, default=50)
     ap.add_argument("overrides", nargs="*", help="--section.key=value overrides of the target (after --)")
+    ap.add_argument("--replot", action="store_true", help="only redraw error_vs_fraction.png from --out/results.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.replot:
+        print(plot(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out) / "error_vs_fraction.png"))
+        return 0
     opts = speedrun.defaults_for(args.preset)
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
                        [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
@@ -79,6 +83,7 @@ def main(argv=None):
                              "confident": p["confident"], "flags": p["flags"], "max_run_fraction": p["max_run_fraction"]})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, Path(args.out) / "error_vs_fraction.png")
     print(f"preset {args.preset} {' '.join(args.overrides)}: {args.seeds} seeds")
     print(f"{'set':>13} {'fraction':>9} {'errors per seed':>32} {'mean |err|':>10} {'inside 90%':>10}  regime check")
     sets = sorted({r["set"] for r in rows if "set" in r})
@@ -98,6 +103,34 @@ def main(argv=None):
             print(f"{name:>13} {label:>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)}  "
                   f"confident {conf}/{len(rs)}{'; ' + flag[:70] if flag else ''}")
     return 0
+
+
+def plot(rows, path: Path) -> Path:
+    """Relative error of each seed's prediction against the largest rung's compute fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, color in zip(sorted({r["set"] for r in rows if "set" in r}), ("tab:blue", "tab:orange", "tab:green")):
+        rs = [r for r in rows if r.get("set") == name]
+        ax.scatter([r["max_run_fraction"] for r in rs], [100 * r["relative_error"] for r in rs], color=color,
+                   marker="o", label=name, alpha=0.8)
+        for r in rs:
+            if not r["confident"]:
+                ax.scatter([r["max_run_fraction"]], [100 * r["relative_error"]], s=120, facecolors="none", edgecolors="red")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.axhspan(-1, 1, color="0.9", zorder=0, label="±1% goal")
+    ax.set_xscale("log")
+    ax.set_xlabel("largest rung / target compute")
+    ax.set_ylabel("relative error of predicted loss (%)")
+    ax.set_title("prediction error vs compute fraction (red ring: regime check failed)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
