@@ -130,4 +130,7 @@ def add_scaling_parser(sub) -> None:
     v.set_defaults(fn=cmd_verify)
     sr = sub.choices.get("speedrun")
     if sr is not None:
+        sr.description = ("The main job: data, tokenizer, scaling ladder, registered prediction, target training and "
+                          "verification (report.json, report.md, scaling.png). Resumable. Extra --section.key=value "
+                          "arguments override the preset.")
         sr.add_argument("--workers", type=int, default=1, help="parallel worker processes for the ladder")
