@@ -207,8 +207,17 @@ def test_real_tiny_ladder_end_to_end(tmp_path, corpus_dir, cache_dir):
         [f"step_{s:07d}" for s in p["sizes"][0]["decay_starts"]]
     doc = predict.register(cfg, lad, tmp_path / "prediction.json", target_dir=tmp_path / "target", n_boot=5,
                            allow_unconfident=True)
-    assert set(doc["prediction"]) == {"val", "humaneval"}
+    assert "humaneval" in doc["prediction"] and set(doc["prediction"]) <= {"val", "humaneval"}
     trainer.train(cfg, tmp_path / "target")
     r = predict.verify(tmp_path / "prediction.json", tmp_path / "target", tmp_path / "out")
-    assert r["registered_before_target"] and set(r["relative_error"]) == {"val", "humaneval"}
+    assert r["registered_before_target"] and set(r["relative_error"]) == set(doc["prediction"])
     assert all(abs(e) < 0.5 for e in r["relative_error"].values())
+
+
+def test_saving_the_same_plan_again_is_a_no_op(tmp_path):
+    cfg = big_target()
+    p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    ladder.save_plan(p, tmp_path)
+    ladder.save_plan(ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2), tmp_path)  # a resumed speedrun
+    with pytest.raises(ScalingError, match="another plan"):
+        ladder.save_plan(ladder.plan(cfg, max_fraction=5e-3, budget_fraction=5e-2), tmp_path)

@@ -249,7 +249,8 @@ def save_plan(p: dict, ladder_dir: Path) -> Path:
     path = ladder_dir / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old["target"]["config_sha256"] != p["target"]["config_sha256"] or old["sizes"] != p["sizes"]:
+        same = json.loads(json.dumps(p["sizes"])) == old["sizes"]  # through JSON: tuples become lists
+        if old["target"]["config_sha256"] != p["target"]["config_sha256"] or not same:
             raise ScalingError(f"{path} holds another plan; use a new ladder directory or delete it")
         return path
     tmp = path.with_suffix(".tmp")
