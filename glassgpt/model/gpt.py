@@ -26,8 +26,27 @@ import torch.nn.functional as F
 from glassgpt.config import ModelConfig
 
 
+class RMSNorm(torch.autograd.Function):
+    """x / rms(x), without gain. Hand-written backward: on CPU, torch's F.rms_norm runs as a
+    chain of small kernels and measured ~3x slower than this (bench: docs/devlog.md)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(torch.finfo(x.dtype).eps))
+        y = x * rstd
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, rstd = ctx.saved_tensors
+        return (grad - y * (grad * y).mean(-1, keepdim=True)).mul_(rstd)
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    if x.is_cuda:  # fused kernels there
+        return F.rms_norm(x, (x.size(-1),))
+    return RMSNorm.apply(x)
 
 
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
