@@ -36,6 +36,26 @@ class Dist:
         return t.tolist()
 
 
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the heap instead of returning them to the OS.
+
+    glibc hands large blocks (≥ 32 MB at most) back with munmap, so every training step
+    page-faults its activations in again. Raising the mmap/trim thresholds keeps them;
+    measured ~10-25% faster steps for a 5M model on 2 cores (docs/devlog.md). glibc only."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
+    return bool(ok and libc.mallopt(M_TOP_PAD, 1 << 28))
+
+
 def auto_device(local_rank: int = 0) -> str:
     if torch.cuda.is_available():
         return f"cuda:{local_rank}"
@@ -45,6 +65,7 @@ def auto_device(local_rank: int = 0) -> str:
 
 
 def setup() -> Dist:
+    tune_cpu_allocator()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=auto_device())
