@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= cpu
 OUT ?= runs/speedrun
+WORKERS ?= 2
 
 .PHONY: speedrun test test-slow bench install clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 speedrun: $(STAMP)
-	$(BIN)/glassgpt speedrun --preset $(PRESET) --out $(OUT)
+	$(BIN)/glassgpt speedrun --preset $(PRESET) --out $(OUT) --workers $(WORKERS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
