@@ -68,7 +68,7 @@ def test_prepare_manifest_split_and_cache(corpus_dir, tmp_path):
     assert prepare(cfg) == root  # cached
     corpus = Corpus(root)
     # deterministic document-level split: val documents are exactly those the hash picks
-    n_val = sum(is_val(str(p), 0.2) for p in sorted(corpus_dir.iterdir()))
+    n_val = sum(is_val(p.name, 0.2) for p in sorted(corpus_dir.iterdir()))
     assert m["splits"]["val"]["documents"] == n_val
     # shards decode back to the source text
     tr = np.fromfile(root / "train_00000.bin", dtype=np.uint16)
@@ -104,3 +104,13 @@ def test_corpus_smaller_than_one_batch(tmp_path):
     corpus = Corpus(prepare(_cfg(tmp_path, [tmp_path / "small.txt"], **{"data.val_fraction": "0"})))
     with pytest.raises(DataError, match="fewer than one global batch"):
         Loader(corpus.split("train", 64), 64, seed=0)
+
+
+def test_split_does_not_depend_on_where_the_corpus_lives(tmp_path, corpus_dir):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.copytree(corpus_dir, moved)
+    names = lambda pat: [d.name for d in sources.file_documents([pat], sources.SourceStats("x"))]  # noqa: E731
+    assert names(str(corpus_dir)) == names(str(moved)) == names(str(moved / "*.py")) == sorted(p.name for p in corpus_dir.iterdir())
+    assert names(str(moved / "heapq.py")) == ["heapq.py"]

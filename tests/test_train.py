@@ -28,7 +28,8 @@ def test_tiny_run_learns_and_writes_run_dir(tiny_cfg, tmp_path):
         assert (run / f).exists(), f
     losses = _losses(run)
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
-    assert set(report["heldout"]) == {"val", "humaneval"} and all(v["bpb"] > 0 for v in report["heldout"].values())
+    assert set(report["heldout"]) == {"val", "humaneval"}, report["heldout"]
+    assert all(v["bpb"] > 0 for v in report["heldout"].values())
     assert report["flops"] == report["tokens"] * report["flops_per_token"]
     model, tok, cfg = checkpoint.load_model(run)
     out = model.generate(torch.tensor([tok.encode("def ")]), 5, temperature=0)

@@ -139,23 +139,45 @@ def expand_paths(patterns: list[str]) -> list[Path]:
     return files
 
 
+def _stable_name(path: Path, pattern: str) -> str:
+    """A document name that does not depend on where the corpus lives (the train/val split
+    hashes it): the path relative to the --data directory, or to a glob's fixed prefix."""
+    base = Path(pattern)
+    if any(c in pattern for c in "*?["):
+        fixed = [part for part in Path(pattern).parts]
+        cut = next(i for i, part in enumerate(fixed) if any(c in part for c in "*?["))
+        base = Path(*fixed[:cut]) if cut else Path(".")
+    elif base.is_file():
+        base = base.parent
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path.name
+
+
 def file_documents(patterns: list[str], stats: SourceStats) -> Iterator[Document]:
-    for path in expand_paths(patterns):
+    for pattern in patterns:
+        yield from _pattern_documents(pattern, stats)
+
+
+def _pattern_documents(pattern: str, stats: SourceStats) -> Iterator[Document]:
+    for path in expand_paths([pattern]):
+        name = _stable_name(path, pattern)
         stats.files += 1
         suffix = path.suffix.lower()
         if suffix in (".jsonl", ".json"):
-            yield from _jsonl_documents(path, stats)
+            yield from _jsonl_documents(path, name, stats)
         elif suffix == ".parquet":
-            yield from _parquet_documents(path, stats)
+            yield from _parquet_documents(path, name, stats)
         else:
             text = _read_text(path, stats)
             if text:
                 stats.documents += 1
                 stats.bytes += len(text.encode("utf-8"))
-                yield Document(str(path), text)
+                yield Document(name, text)
 
 
-def _jsonl_documents(path: Path, stats: SourceStats) -> Iterator[Document]:
+def _jsonl_documents(path: Path, name: str, stats: SourceStats) -> Iterator[Document]:
     text = _read_text(path, stats)
     if text is None:
         return
@@ -174,10 +196,10 @@ def _jsonl_documents(path: Path, stats: SourceStats) -> Iterator[Document]:
         if value:
             stats.documents += 1
             stats.bytes += len(value.encode("utf-8"))
-            yield Document(f"{path}:{i}", value)
+            yield Document(f"{name}:{i}", value)
 
 
-def _parquet_documents(path: Path, stats: SourceStats) -> Iterator[Document]:
+def _parquet_documents(path: Path, name: str, stats: SourceStats) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
@@ -194,7 +216,7 @@ def _parquet_documents(path: Path, stats: SourceStats) -> Iterator[Document]:
             if isinstance(value, str) and value:
                 stats.documents += 1
                 stats.bytes += len(value.encode("utf-8"))
-                yield Document(f"{path}:{row}", value)
+                yield Document(f"{name}:{row}", value)
 
 
 def training_documents(paths: list[str], stats: SourceStats) -> Iterator[Document]:
