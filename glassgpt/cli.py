@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,12 +20,16 @@ def _setup_logging(verbose: bool = False) -> None:
                         datefmt="[%X]", handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
 
 
-def _config(args, overrides: list[str]):
+def _overrides(args, extra: list[str]) -> list[str]:
+    """--data paths and --section.key=value arguments as config overrides."""
+    data = [f"data.paths={json.dumps(args.data)}"] if args.data else []
+    return data + _split_overrides(extra)
+
+
+def _config(args, extra: list[str]):
     from glassgpt import config
 
-    if args.data:
-        overrides = [f"data.paths={args.data!r}".replace("'", '"')] + overrides
-    return config.load(args.preset, overrides)
+    return config.load(args.preset, _overrides(args, extra))
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
@@ -52,7 +57,7 @@ def _is_main_process() -> bool:
 def cmd_train(args, extra):
     from glassgpt.train.trainer import train
 
-    cfg = _config(args, _split_overrides(extra))
+    cfg = _config(args, extra)
     report = train(cfg, args.out, resume=args.resume)
     if not _is_main_process():
         return
@@ -63,10 +68,7 @@ def cmd_train(args, extra):
 def cmd_speedrun(args, extra):
     from glassgpt.scaling import predict, speedrun
 
-    overrides = _split_overrides(extra)
-    if args.data:
-        overrides = [f"data.paths={args.data!r}".replace("'", '"')] + overrides
-    report = speedrun.speedrun(args.preset, overrides, args.out, workers=getattr(args, "workers", 1) or 1)
+    report = speedrun.speedrun(args.preset, _overrides(args, extra), args.out, workers=getattr(args, "workers", 1) or 1)
     if not _is_main_process():
         return
     t = report["target"]
@@ -79,7 +81,7 @@ def cmd_speedrun(args, extra):
 def cmd_prepare(args, extra):
     from glassgpt.data.shards import prepare
 
-    cfg = _config(args, _split_overrides(extra))
+    cfg = _config(args, extra)
     print(prepare(cfg.data))
 
 

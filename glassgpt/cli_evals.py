@@ -16,7 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-from glassgpt.errors import GlassError
 
 SUBCOMMANDS = ("list", "report", "fetch-registry")
 
@@ -166,7 +165,11 @@ def dispatch(argv: list[str]) -> int:
 
 
 def _handle(args, extra=None) -> int:
-    return dispatch(list(args.eval_argv) + list(extra or []))
+    try:
+        return dispatch(list(args.eval_argv) + list(extra or []))
+    except KeyboardInterrupt:
+        print("interrupted (finished samples are in the record; continue with --resume)", file=sys.stderr)
+        return 130
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -179,17 +182,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
+    """`python -m glassgpt.cli_evals ARGS` is `glassgpt eval ARGS` (one error handler, in cli.py)."""
+    from glassgpt.cli import main as cli_main
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return dispatch(list(sys.argv[1:] if argv is None else argv))
-    except GlassError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (finished samples are in the record; continue with --resume)", file=sys.stderr)
-        return 130
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

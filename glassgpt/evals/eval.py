@@ -8,6 +8,7 @@ shuffled multiple-choice prompt is the same in both tools.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import random
@@ -41,7 +42,7 @@ def index_samples(samples: list, max_samples: Optional[int]) -> list[tuple[Any, 
     return [(samples[i], i) for i in idx]
 
 
-class Eval:
+class Eval(abc.ABC):
     def __init__(self, completion_fns: list, eval_registry_path: Path, seed: int = 20220722,
                  name: str = "no_name_eval.default", registry=None, samples_jsonl: Optional[str] = None,
                  options: Optional[RunOptions] = None, **unused):
@@ -79,12 +80,14 @@ class Eval:
         return read_jsonl(self._prefix_registry_path(self.samples_jsonl), skip_bad=self.options.skip_bad_samples,
                           bad=self.bad_samples)
 
-    # --- to override ------------------------------------------------------------------
+    # --- what each eval class defines -------------------------------------------------
+    @abc.abstractmethod
     def eval_sample(self, sample: Any, rng: random.Random):
-        raise NotImplementedError
+        """Score one sample (records its events)."""
 
+    @abc.abstractmethod
     def run(self, recorder: Recorder) -> dict:
-        raise NotImplementedError
+        """Evaluate all samples and return the final report."""
 
     # --- the loop ---------------------------------------------------------------------
     def sample_id(self, idx: int) -> str:

@@ -12,6 +12,7 @@ Optional extras glassgpt uses when present:
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import time
@@ -34,13 +35,14 @@ class CompletionResult:
         return self.completions
 
 
-class CompletionFn:
+class CompletionFn(abc.ABC):
     name: str = "completion_fn"
     cache_id: Optional[str] = None
     price: Optional[dict] = None  # {"prompt": usd_per_1k, "completion": usd_per_1k}
 
-    def __call__(self, prompt, **kwargs) -> CompletionResult:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, prompt, **kwargs) -> CompletionResult:
+        """Complete `prompt` (text or chat messages)."""
 
 
 def prompt_key(prompt) -> str:
