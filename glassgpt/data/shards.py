@@ -105,7 +105,7 @@ def _capped(docs, max_bytes: int):
         yield d
 
 
-def _tokenize_into(writers, docs, tok: Tokenizer, pick, batch_docs: int = 64):
+def _tokenize_into(docs, tok: Tokenizer, pick, batch_docs: int = 64):
     batch = []
 
     def flush():
@@ -160,7 +160,7 @@ def _build(cfg: DataConfig, root: Path) -> None:
     train_w = _ShardWriter(root, "train", dtype, cfg.shard_tokens)
     val_w = _ShardWriter(root, "val", dtype, cfg.shard_tokens)
     docs = _capped(sources.training_documents(cfg.paths, stats), cfg.max_bytes)
-    _tokenize_into(None, docs, tok, lambda d: val_w if is_val(d.name, cfg.val_fraction) else train_w)
+    _tokenize_into(docs, tok, lambda d: val_w if is_val(d.name, cfg.val_fraction) else train_w)
     splits["train"], splits["val"] = train_w.finish(), val_w.finish()
     source_stats.append(asdict(stats))
     if splits["train"]["tokens"] == 0:
@@ -174,7 +174,7 @@ def _build(cfg: DataConfig, root: Path) -> None:
             continue
         hstats = sources.SourceStats(name)
         w = _ShardWriter(root, name, dtype, cfg.shard_tokens)
-        _tokenize_into(None, _capped(sources.HELDOUT_SETS[name](hstats), cfg.max_bytes), tok, lambda d: w)
+        _tokenize_into(_capped(sources.HELDOUT_SETS[name](hstats), cfg.max_bytes), tok, lambda d: w)
         splits[name] = w.finish()
         source_stats.append(asdict(hstats))
 
