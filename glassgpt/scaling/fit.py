@@ -4,8 +4,9 @@ Two laws, both fitted in log space as a log-sum-exp (the corrected Chinchilla "a
 Besiroglu et al. 2024): Huber loss (δ = 1e-3) on log-loss residuals, summed over points,
 L-BFGS from the best starts of a grid.
 
-- `compute`:    L(C)    = exp(a)·C^(−k) + exp(e)                 on the compute frontier
-- `chinchilla`: L(N, D) = exp(e) + exp(a)/N^α + exp(b)/D^β        on every point
+- `line`:       L(C)    = exp(a)·C^(−k) + exp(e)         on the target's tokens-per-parameter line
+- `frontier`:   L(C), the same law                        on the compute frontier (reported only)
+- `chinchilla`: L(N, D) = exp(e) + exp(a)/N^α + exp(b)/D^β  on every point
 
 A 90% interval comes from a bootstrap over points (all resamples optimised together as one
 batched problem). A fit is refused as degenerate when its irreducible term is at or above the
@@ -174,36 +175,68 @@ def frontier(points: list[dict], key) -> list[dict]:
     return out
 
 
-def fit_set(points: list[dict], name: str, n_boot: int = 100) -> dict:
-    """Both laws for one held-out set, plus leave-the-largest-size-out errors."""
-    loss = lambda p: p["final_loss"][name]  # noqa: E731
-    front = frontier(points, loss)
+def on_line(points: list[dict], ratio: float | None = None) -> list[dict]:
+    """Each size's point nearest the target's tokens-per-parameter line (D = ratio·N): the runs
+    made "with the same methodology" as the target, one per size, by compute. Without a ratio,
+    the second-largest budget of each size (the planner's ratio 1 of ¼, ½, 1, 2)."""
+    groups: dict[int, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p["params_non_embedding"], []).append(p)
+    line = []
+    for n, ps in sorted(groups.items()):
+        ps = sorted(ps, key=lambda p: p["tokens"])
+        if ratio:
+            line.append(min(ps, key=lambda p: abs(math.log(p["tokens"] / (ratio * n)))))
+        else:
+            line.append(ps[min(len(ps) - 1, max(0, len(ps) - 2))] if len(ps) >= 3 else ps[-1])
+    return sorted(line, key=lambda p: p["flops"])
+
+
+# The fits: "line" and "frontier" are L(C); "chinchilla" is L(N, D). The line fit predicts a target
+# trained like its rungs (GPT-4's "same methodology"); the frontier fit predicts the best loss any
+# size reaches at that compute, which is the target's only when the target is compute-optimal.
+FITS = ("line", "chinchilla", "frontier")
+CHOOSABLE = ("line", "chinchilla")
+
+
+def _fit_points(kind: str, pts: list[dict], name: str, n_boot: int) -> dict:
+    loss = [p["final_loss"][name] for p in pts]
+    if kind == "chinchilla":
+        return fit("chinchilla", loss, N=[p["params_non_embedding"] for p in pts], D=[p["tokens"] for p in pts], n_boot=n_boot)
+    return fit("compute", loss, C=[p["flops"] for p in pts], n_boot=n_boot)
+
+
+def select(kind: str, points: list[dict], name: str, ratio: float | None) -> list[dict]:
+    """The points a fit uses: the line, the frontier, or all of them."""
+    if kind == "line":
+        return on_line(points, ratio)
+    if kind == "frontier":
+        return frontier(points, lambda p: p["final_loss"][name])
+    return points
+
+
+def predict_at(f: dict, kind: str, N: float, D: float, C: float):
+    return predict(f, N=N, D=D) if kind == "chinchilla" else predict(f, C=C)
+
+
+def fit_set(points: list[dict], name: str, n_boot: int = 100, ratio: float | None = None) -> dict:
+    """The three fits for one held-out set, each with its leave-the-largest-size-out error
+    (fitted without the largest size, predicting that size's point on the line)."""
     res = {}
     sizes = sorted({p["params_non_embedding"] for p in points})
-    largest = sizes[-1]
-    rest = [p for p in points if p["params_non_embedding"] != largest]
-    big = max((p for p in points if p["params_non_embedding"] == largest), key=lambda p: p["flops"])
-    for kind in ("compute", "chinchilla"):
+    rest = [p for p in points if p["params_non_embedding"] != sizes[-1]]
+    big = on_line(points, ratio)[-1]
+    for kind in FITS:
         try:
-            if kind == "compute":
-                f = fit(kind, [loss(p) for p in front], C=[p["flops"] for p in front], n_boot=n_boot)
-            else:
-                f = fit(kind, [loss(p) for p in points], N=[p["params_non_embedding"] for p in points],
-                        D=[p["tokens"] for p in points], n_boot=n_boot)
+            f = _fit_points(kind, select(kind, points, name, ratio), name, n_boot)
         except ScalingError as e:
             res[kind] = {"kind": kind, "refused": str(e)}
             continue
-        # leave the largest size out: fit without it, predict its largest-compute point
         try:
-            if kind == "compute":
-                fr = frontier(rest, loss)
-                g = fit(kind, [loss(p) for p in fr], C=[p["flops"] for p in fr], n_boot=0)
-                pred, _ = predict(g, C=big["flops"])
-            else:
-                g = fit(kind, [loss(p) for p in rest], N=[p["params_non_embedding"] for p in rest],
-                        D=[p["tokens"] for p in rest], n_boot=0)
-                pred, _ = predict(g, N=big["params_non_embedding"], D=big["tokens"])
-            f["leave_largest_out"] = {"predicted": pred, "actual": loss(big), "relative_error": pred / loss(big) - 1}
+            g = _fit_points(kind, select(kind, rest, name, ratio), name, 0)
+            pred, _ = predict_at(g, kind, big["params_non_embedding"], big["tokens"], big["flops"])
+            f["leave_largest_out"] = {"predicted": pred, "actual": big["final_loss"][name],
+                                      "relative_error": pred / big["final_loss"][name] - 1}
         except ScalingError as e:
             f["leave_largest_out"] = {"refused": str(e)}
         res[kind] = f
@@ -211,20 +244,13 @@ def fit_set(points: list[dict], name: str, n_boot: int = 100) -> dict:
 
 
 def regime(points: list[dict], name: str, target_flops: float, span_decades: float = 1.5,
-           llo_error: float | None = None, llo_tolerance: float = 0.01) -> dict:
+           llo_error: float | None = None, llo_tolerance: float = 0.01, ratio: float | None = None) -> dict:
     """Is the ladder in the power-law regime? Local slopes d ln L / d ln C along the sizes (each
-    at its budget nearest the target's tokens-per-parameter line, ratio 1), their trend and the
+    at its budget nearest the target's tokens-per-parameter line), their trend and the
     leave-largest-out miss. A power law with an irreducible term has slopes that flatten as C
     grows (convex in log-log); slopes that *steepen* towards the largest rung mean the ladder
     sits on a plateau before a transition it cannot see past."""
-    by_size: dict[int, list[dict]] = {}
-    for p in points:
-        by_size.setdefault(p["params_non_embedding"], []).append(p)
-    line = []
-    for n, ps in sorted(by_size.items()):
-        ps = sorted(ps, key=lambda p: p["tokens"])
-        # the middle-high budget: ratio 1 of (¼, ½, 1, 2), else the largest
-        line.append(ps[min(len(ps) - 1, max(0, len(ps) - 2))] if len(ps) >= 3 else ps[-1])
+    line = on_line(points, ratio)
     x = np.log([p["flops"] for p in line])
     y = np.log([p["final_loss"][name] for p in line])
     out = {"set": name, "line": [{"flops": float(math.exp(a)), "loss": float(math.exp(b))} for a, b in zip(x, y)],

@@ -23,13 +23,16 @@ def scaling_png(pred: dict, report: dict, path: Path) -> Path:
         runs = pred["ladder"]["runs"]
         c = np.array([r["flops"] for r in runs])
         y = np.array([r["final_loss"][name] for r in runs])
-        ax.scatter(c / tc, y, s=14, color="0.45", label="ladder runs")
+        ax.scatter(c / tc, y, s=14, color="0.65", label="ladder runs")
+        line = fit_mod.on_line(runs, pred["target"]["tokens"] / pred["target"]["params_non_embedding"])
+        ax.scatter([r["flops"] / tc for r in line], [r["final_loss"][name] for r in line], s=22, color="0.2",
+                   label="runs on the target's tokens/param line")
         p = pred["prediction"][name]
         grid = np.geomspace(c.min(), tc * 1.5, 200)
-        f = pred["fits"][name].get("compute") or {}
+        f = pred["fits"][name].get("line") or {}
         if f.get("theta") and not f.get("refused"):
             curve = [fit_mod.predict({"kind": "compute", "theta": f["theta"]}, C=g)[0] for g in grid]
-            ax.plot(grid / tc, curve, "--", color="tab:blue", label="L(C) = a·C^b + c fit")
+            ax.plot(grid / tc, curve, "--", color="tab:blue", label="L(C) = a·C^b + c on the line")
         lo, hi = p["ci90"]
         ax.errorbar([1.0], [p["loss"]], yerr=[[max(0.0, p["loss"] - lo)], [max(0.0, hi - p["loss"])]], fmt="o", color="tab:blue",
                     capsize=4, label=f"prediction ({p['fit']}, 90% CI)")

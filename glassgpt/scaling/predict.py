@@ -69,21 +69,20 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
     sets = sorted(set.intersection(*(set(x["final_loss"]) for x in done)))
     tgt = p["target"]
     per_set = {}
+    ratio = tgt["tokens"] / tgt["params_non_embedding"]
     for name in sets:
-        fits = fit_mod.fit_set(done, name, n_boot=n_boot)
-        ok = {k: f for k, f in fits.items() if not f.get("refused")}
+        fits = fit_mod.fit_set(done, name, n_boot=n_boot, ratio=ratio)
+        ok = {k: f for k, f in fits.items() if not f.get("refused") and k in fit_mod.CHOOSABLE}
         llo = {k: f.get("leave_largest_out", {}).get("relative_error") for k, f in ok.items()}
-        chosen = min(ok, key=lambda k: (abs(llo[k]) if llo[k] is not None else float("inf"), k != "chinchilla")) if ok else None
+        # the fit that best predicted the largest rung from the others (ties: the line fit)
+        chosen = min(ok, key=lambda k: (abs(llo[k]) if llo[k] is not None else float("inf"), k != "line")) if ok else None
         reg = fit_mod.regime(done, name, tgt["flops"], llo_error=llo.get(chosen) if chosen else None,
-                             llo_tolerance=llo_tolerance)
+                             llo_tolerance=llo_tolerance, ratio=ratio)
         entry = {"fits": {}, "regime": reg, "fit": chosen}
         for k, f in fits.items():
             e = {kk: f.get(kk) for kk in ("params", "rms_log_residual", "n_points", "refused", "leave_largest_out")}
             if not f.get("refused"):
-                if k == "compute":
-                    mid, ci = fit_mod.predict(f, C=tgt["flops"])
-                else:
-                    mid, ci = fit_mod.predict(f, N=tgt["params_non_embedding"], D=tgt["tokens"])
+                mid, ci = fit_mod.predict_at(f, k, tgt["params_non_embedding"], tgt["tokens"], tgt["flops"])
                 ci = ci or [mid, mid]
                 # a percentile interval of refits need not hold the full-data fit; widen it to include it
                 e["loss"], e["ci90"] = mid, [min(ci[0], mid), max(ci[1], mid)]
