@@ -18,12 +18,24 @@ def _target(args, extra):
     return config.load(args.target, _overrides(extra))
 
 
+def _ratios(text: str) -> tuple[float, ...]:
+    from glassgpt.errors import ScalingError
+
+    try:
+        r = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ScalingError(f"--ratios must be comma-separated numbers like 0.25,0.5,1,2, not {text!r}") from None
+    if len(r) < 2 or any(x <= 0 for x in r):
+        raise ScalingError(f"--ratios needs at least two positive numbers, got {text!r}")
+    return r
+
+
 def cmd_plan(args, extra):
     from glassgpt.scaling import ladder
 
     p = ladder.plan(_target(args, extra), max_fraction=args.max_fraction, budget_fraction=args.budget_fraction,
                     n_sizes=args.sizes, min_steps=args.min_steps, width_step=args.width_step,
-                    flops_per_second=args.flops_per_second)
+                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios))
     print(ladder.format_plan(p))
     if args.ladder:
         print(f"plan written to {ladder.save_plan(p, args.ladder)}")
@@ -58,6 +70,8 @@ def cmd_fit(args):
                   f"leave-largest-out {llo_s}; target ({t['flops']:.3g} FLOPs) → {f['loss']:.4f} "
                   f"[{f['ci90'][0]:.4f}, {f['ci90'][1]:.4f}]")
         r = e["regime"]
+        print("  on the target's tokens-per-parameter line (FLOPs → loss): " +
+              ", ".join(f"{q['flops']:.3g} → {q['loss']:.4f}" for q in r["line"]))
         print(f"  chosen: {e['fit']}; local slopes {', '.join(f'{s:.3f}' for s in r.get('local_slopes', []))}")
         for fl in r["flags"]:
             print(f"  REGIME: {fl}")
@@ -101,6 +115,8 @@ def add_scaling_parser(sub) -> None:
     p.add_argument("--min-steps", type=int, default=50, help="optimizer steps of the shortest budget")
     p.add_argument("--width-step", type=int, default=16, help="rung widths are multiples of this")
     p.add_argument("--flops-per-second", type=float, default=None, help="for the time estimate")
+    p.add_argument("--ratios", default="0.25,0.5,1,2",
+                   help="token budgets of each size, as multiples of the target's tokens per parameter")
     p.set_defaults(fn=cmd_plan)
     r = lsub.add_parser("run", help="Train the planned rungs (finished ones are skipped).")
     r.add_argument("--ladder", required=True)

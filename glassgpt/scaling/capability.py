@@ -2,10 +2,11 @@
 
 Task: for a line of a HumanEval canonical solution, given the prompt and the solution's lines
 before it, produce the line exactly. A problem's *pass rate* is the probability that sampling
-at temperature 1 reproduces the line token by token: p = exp(Σ log p(token)), computed exactly
-in one forward pass (no sampling noise), so small models score strictly between 0 and 1 and the
-GPT-4 form −E[log pass_rate(C)] = α·C^(−k) can be fitted over the problems the rungs solve at
-least sometimes. Greedy exact match is recorded too.
+at temperature T = 0.2 (Codex's temperature for pass@1) reproduces the line token by token:
+p = exp(Σ log softmax(logits / T)[token]), computed exactly in one forward pass (no sampling
+noise), so small models score strictly between 0 and 1 and the GPT-4 form
+−E[log pass_rate(C)] = α·C^(−k) can be fitted over the problems the rungs solve at least
+sometimes. Greedy exact match (T → 0) is recorded too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from glassgpt.errors import ScalingError
 
 log = logging.getLogger(__name__)
 
-TASK = "humaneval-next-line (sampled pass rate, T=1)"
+TEMPERATURE = 0.2
+TASK = f"humaneval-next-line (sampled pass rate, T={TEMPERATURE})"
 MAX_LINE_TOKENS = 8  # short lines (e.g. `return result`): small models solve some of them sometimes
 
 
@@ -64,7 +66,7 @@ def _problems(tokenizer, seq_len: int, max_problems: int) -> list[dict]:
 
 
 @torch.no_grad()
-def score(model, probs: list[dict], batch: int = 16) -> tuple[list[float], list[bool]]:
+def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPERATURE) -> tuple[list[float], list[bool]]:
     """(log pass rate, greedy exact) for each problem."""
     logps, greedy = [], []
     dev = next(model.parameters()).device
@@ -78,7 +80,7 @@ def score(model, probs: list[dict], batch: int = 16) -> tuple[list[float], list[
             x[j, : len(ids) - 1] = ids[:-1]
             y[j, p["start"] - 1 : len(ids) - 1] = ids[p["start"]:]
         logits = model(x.to(dev)).float()
-        lp = torch.log_softmax(logits, -1).cpu()
+        lp = torch.log_softmax(logits / temperature, -1).cpu()
         mask = y >= 0
         tok_lp = lp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
         hit = (lp.argmax(-1) == y) | ~mask

@@ -141,7 +141,8 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
         raise ScalingError(f"no confident prediction: {advice}. {adv} (or pass --allow-unconfident to register it flagged)")
     tgt = a["plan"]["target"]
     cap = None
-    caps = [x for x in a["done"] if x.get("capability")]
+    # the GPT-4 form over the runs made like the target: each size's point on its tokens/param line
+    caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], tgt["tokens"] / tgt["params_non_embedding"])
     if caps:
         from glassgpt.scaling import capability as cap_mod
 

@@ -48,7 +48,8 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **k
     log.info("speedrun 2/5: ladder plan and runs")
     ladder_dir = out / "ladder"
     plan = ladder_mod.plan(cfg, max_fraction=opts["max_fraction"], budget_fraction=opts["budget_fraction"],
-                           n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"])
+                           n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
+                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))))
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
