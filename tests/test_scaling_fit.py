@@ -109,3 +109,21 @@ def test_capability_fit_recovers_the_gpt4_form():
     assert out["predicted"] == pytest.approx(math.exp(-m), rel=1e-6)
     with pytest.raises(ScalingError, match="capability problems"):
         capability.fit_and_predict(flops, [[-20.0] * 5 for _ in flops], 1e15)
+
+
+def test_line_fit_predicts_an_undertrained_target_the_frontier_does_not():
+    # the target trains at 2 tokens per parameter, far from compute-optimal: the compute frontier
+    # (the best any size reaches at that compute) lies below it; the target's own line does not
+    R, pts = 2.0, []
+    for N in np.geomspace(1e5, 3e6, 6):
+        for r in (0.25, 0.5, 1, 2):
+            D = R * r * N
+            pts.append({"params_non_embedding": N, "tokens": D, "flops": 6 * N * D, "final_loss": {"v": law(N, D)}})
+    res = fit.fit_set(pts, "v", n_boot=0, ratio=R)
+    Nt = 3e7
+    true = law(Nt, R * Nt)
+    err = {k: fit.predict_at(f, k, Nt, R * Nt, 6 * Nt * R * Nt)[0] / true - 1 for k, f in res.items()}
+    assert abs(err["line"]) < 0.01 and abs(err["chinchilla"]) < 1e-4
+    assert err["frontier"] < -0.03
+    line = fit.on_line(pts, R)
+    assert len(line) == 6 and all(p["tokens"] == pytest.approx(R * p["params_non_embedding"]) for p in line)

@@ -189,6 +189,10 @@ def test_cli_plan_and_errors(capsys, tmp_path):
     assert rc == 2 and "larger target" in err and "Traceback" not in err
     rc = cli.main(["verify", "--prediction", str(tmp_path / "nope.json"), "--run", str(tmp_path), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no prediction" in capsys.readouterr().err
+    for bad in ("1,x", "1", "0,1"):
+        rc = cli.main(["ladder", "plan", "--target", "cpu", "--ratios", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--ratios" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
