@@ -35,7 +35,7 @@ def cmd_plan(args, extra):
 
     p = ladder.plan(_target(args, extra), max_fraction=args.max_fraction, budget_fraction=args.budget_fraction,
                     n_sizes=args.sizes, min_steps=args.min_steps, width_step=args.width_step,
-                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios))
+                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios), line=args.line)
     print(ladder.format_plan(p))
     if args.ladder:
         print(f"plan written to {ladder.save_plan(p, args.ladder)}")
@@ -117,6 +117,9 @@ def add_scaling_parser(sub) -> None:
     p.add_argument("--flops-per-second", type=float, default=None, help="for the time estimate")
     p.add_argument("--ratios", default="0.25,0.5,1,2",
                    help="token budgets of each size, as multiples of the target's tokens per parameter")
+    p.add_argument("--line", default="ratio", choices=("ratio", "tokens"),
+                   help="ratio: each size at the target's tokens per parameter; tokens: each size on the target's "
+                        "own tokens and schedule (iso-token), only the width differs")
     p.set_defaults(fn=cmd_plan)
     r = lsub.add_parser("run", help="Train the planned rungs (finished ones are skipped).")
     r.add_argument("--ladder", required=True)

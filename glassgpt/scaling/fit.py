@@ -175,17 +175,20 @@ def frontier(points: list[dict], key) -> list[dict]:
     return out
 
 
-def on_line(points: list[dict], ratio: float | None = None) -> list[dict]:
-    """Each size's point nearest the target's tokens-per-parameter line (D = ratio·N): the runs
-    made "with the same methodology" as the target, one per size, by compute. Without a ratio,
-    the second-largest budget of each size (the planner's ratio 1 of ¼, ½, 1, 2)."""
+def on_line(points: list[dict], ratio: float | None = None, tokens: float | None = None) -> list[dict]:
+    """Each size's point made "with the same methodology" as the target, by compute: the one
+    nearest the target's tokens-per-parameter line (D = ratio·N), or with `tokens`, the one nearest
+    the target's own token count (an iso-token ladder). With neither, the second-largest budget
+    of each size (the planner's ratio 1 of ¼, ½, 1, 2)."""
     groups: dict[int, list[dict]] = {}
     for p in points:
         groups.setdefault(p["params_non_embedding"], []).append(p)
     line = []
     for n, ps in sorted(groups.items()):
         ps = sorted(ps, key=lambda p: p["tokens"])
-        if ratio:
+        if tokens:
+            line.append(min(ps, key=lambda p: abs(math.log(p["tokens"] / tokens))))
+        elif ratio:
             line.append(min(ps, key=lambda p: abs(math.log(p["tokens"] / (ratio * n)))))
         else:
             line.append(ps[min(len(ps) - 1, max(0, len(ps) - 2))] if len(ps) >= 3 else ps[-1])
@@ -206,10 +209,10 @@ def _fit_points(kind: str, pts: list[dict], name: str, n_boot: int) -> dict:
     return fit("compute", loss, C=[p["flops"] for p in pts], n_boot=n_boot)
 
 
-def select(kind: str, points: list[dict], name: str, ratio: float | None) -> list[dict]:
+def select(kind: str, points: list[dict], name: str, ratio: float | None, tokens: float | None = None) -> list[dict]:
     """The points a fit uses: the line, the frontier, or all of them."""
     if kind == "line":
-        return on_line(points, ratio)
+        return on_line(points, ratio, tokens)
     if kind == "frontier":
         return frontier(points, lambda p: p["final_loss"][name])
     return points
@@ -219,21 +222,22 @@ def predict_at(f: dict, kind: str, N: float, D: float, C: float):
     return predict(f, N=N, D=D) if kind == "chinchilla" else predict(f, C=C)
 
 
-def fit_set(points: list[dict], name: str, n_boot: int = 100, ratio: float | None = None) -> dict:
+def fit_set(points: list[dict], name: str, n_boot: int = 100, ratio: float | None = None,
+            tokens: float | None = None) -> dict:
     """The three fits for one held-out set, each with its leave-the-largest-size-out error
     (fitted without the largest size, predicting that size's point on the line)."""
     res = {}
     sizes = sorted({p["params_non_embedding"] for p in points})
     rest = [p for p in points if p["params_non_embedding"] != sizes[-1]]
-    big = on_line(points, ratio)[-1]
+    big = on_line(points, ratio, tokens)[-1]
     for kind in FITS:
         try:
-            f = _fit_points(kind, select(kind, points, name, ratio), name, n_boot)
+            f = _fit_points(kind, select(kind, points, name, ratio, tokens), name, n_boot)
         except ScalingError as e:
             res[kind] = {"kind": kind, "refused": str(e)}
             continue
         try:
-            g = _fit_points(kind, select(kind, rest, name, ratio), name, 0)
+            g = _fit_points(kind, select(kind, rest, name, ratio, tokens), name, 0)
             pred, _ = predict_at(g, kind, big["params_non_embedding"], big["tokens"], big["flops"])
             f["leave_largest_out"] = {"predicted": pred, "actual": big["final_loss"][name],
                                       "relative_error": pred / big["final_loss"][name] - 1}
@@ -244,13 +248,14 @@ def fit_set(points: list[dict], name: str, n_boot: int = 100, ratio: float | Non
 
 
 def regime(points: list[dict], name: str, target_flops: float, span_decades: float = 1.5,
-           llo_error: float | None = None, llo_tolerance: float = 0.01, ratio: float | None = None) -> dict:
+           llo_error: float | None = None, llo_tolerance: float = 0.01, ratio: float | None = None,
+           tokens: float | None = None) -> dict:
     """Is the ladder in the power-law regime? Local slopes d ln L / d ln C along the sizes (each
     at its budget nearest the target's tokens-per-parameter line), their trend and the
     leave-largest-out miss. A power law with an irreducible term has slopes that flatten as C
     grows (convex in log-log); slopes that *steepen* towards the largest rung mean the ladder
     sits on a plateau before a transition it cannot see past."""
-    line = on_line(points, ratio)
+    line = on_line(points, ratio, tokens)
     x = np.log([p["flops"] for p in line])
     y = np.log([p["final_loss"][name] for p in line])
     out = {"set": name, "line": [{"flops": float(math.exp(a)), "loss": float(math.exp(b))} for a, b in zip(x, y)],

@@ -3,8 +3,9 @@
 Transfer rule (written once; `rung_config` is the only place it lives):
 - **shape**: a rung of width w keeps the target's aspect ratio (width / depth):
   depth = clamp(round(w / aspect), min_depth, target depth), with min_depth = 2 (1 only when
-  the target itself has one block); head_dim = the largest of target head_dim, /2, /4 ... ≥ 8
-  that divides w. Tokenizer, data, sequence length, optimizer, MLP kind and seed are the target's.
+  the target itself has one block); the target's number of heads, fewer only where a head would
+  be narrower than 8 (head_dim = w / heads). Tokenizer, data, sequence length, optimizer, MLP
+  kind and seed are the target's.
 - **learning rate**: the trainer's own rule (`train.optim.lr_scale`: AdamW rates ∝ d^-1/2,
   Muon's rate fixed) — the rung and the target go through the same code path.
 - **batch**: the target's batch in sequences, halved until the shortest token budget of the
@@ -67,16 +68,18 @@ def target_summary(cfg: Config) -> dict:
 
 
 def rung_shape(target: ModelConfig, width: int) -> ModelConfig:
-    """The transfer rule's shape: same aspect ratio, head_dim shrunk to divide the width."""
+    """The transfer rule's shape: same aspect ratio, and the target's number of heads where the
+    width allows (fewer when a head would be narrower than 8 or odd, as RoPE needs pairs), so
+    attention keeps one structure across the ladder instead of head widths jumping 8 ↔ 64."""
     aspect = target.d_model / target.depth
     min_depth = 1 if target.depth == 1 else 2
     depth = int(min(target.depth, max(min_depth, round(width / aspect))))
-    hd = target.head_dim
-    while hd > 8 and (width % hd or width < hd):
-        hd //= 2
-    if width % hd:
-        raise ScalingError(f"rung width {width} has no head_dim ≥ 8 dividing it; use widths that are multiples of 8")
-    m = dataclasses.replace(target, width=width, depth=depth, head_dim=hd)
+    heads = target.n_heads
+    while heads > 1 and (width % heads or width // heads < 8 or (width // heads) % 2):
+        heads -= 1
+    if width % heads or (width // heads) % 2:
+        raise ScalingError(f"rung width {width} cannot be split into even-width heads; use widths that are multiples of 8")
+    m = dataclasses.replace(target, width=width, depth=depth, head_dim=width // heads)
     if m.n_heads % m.kv_groups:
         m.kv_groups = 1
     return m
@@ -112,15 +115,18 @@ class Size:
 
 
 def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldown_frac: float,
-          warmup_frac: float, min_steps: int) -> Size:
+          warmup_frac: float, min_steps: int, line: str = "ratio") -> Size:
     m = rung_shape(target_cfg.model, width)
     c = flops_mod.count(dataclasses.replace(m, vocab_size=_vocab(target_cfg)))
     R = tgt["tokens"] / tgt["params_non_embedding"]
     T = m.seq_len
     b = target_cfg.train.batch_size * target_cfg.train.grad_accum
-    want = [R * r * c.params_non_embedding for r in ratios]
-    while b > 1 and want[0] / (b * T) < min_steps:
-        b //= 2
+    if line == "tokens":  # iso-token: the target's own schedule, only the width differs
+        want = [tgt["tokens"] * r for r in ratios]
+    else:
+        want = [R * r * c.params_non_embedding for r in ratios]
+        while b > 1 and want[0] / (b * T) < min_steps:
+            b //= 2
     tps = b * T
     budgets = [max(1, round(w / tps)) for w in want]
     starts = [max(1, round((1 - cooldown_frac) * s)) for s in budgets]
@@ -131,8 +137,16 @@ def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldo
 
 def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float = 1e-2, n_sizes: int = 6,
          min_sizes: int = 5, span_decades: float = 1.5, ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
-         min_steps: int = 50, width_step: int = 16, flops_per_second: float | None = None) -> dict:
-    """Choose the rungs; raise ScalingError naming the smallest feasible budget when none fit."""
+         min_steps: int = 50, width_step: int = 16, flops_per_second: float | None = None, line: str = "ratio") -> dict:
+    """Choose the rungs; raise ScalingError naming the smallest feasible budget when none fit.
+
+    line="ratio": each size trains on the target's tokens per parameter × `ratios`;
+    line="tokens": each size trains on the target's tokens × `ratios` (ratios ≤ 1) with the target's
+    batch, so the rung on the line runs the target's exact schedule and differs only in width."""
+    if line not in ("ratio", "tokens"):
+        raise ScalingError(f"--line must be 'ratio' or 'tokens', not {line!r}")
+    if line == "tokens" and max(ratios) > 1:
+        raise ScalingError(f"an iso-token ladder trains each size on at most the target's tokens; ratios {tuple(ratios)} exceed 1")
     if not (0 < max_fraction <= budget_fraction):
         raise ScalingError(f"need 0 < --max-fraction ({max_fraction}) ≤ --budget-fraction ({budget_fraction})")
     if n_sizes < min_sizes:
@@ -143,7 +157,7 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
     ratios = sorted(ratios)
 
     def make(w):
-        return _size(target_cfg, w, tgt, list(ratios), cool, t.warmup_frac, min_steps)
+        return _size(target_cfg, w, tgt, list(ratios), cool, t.warmup_frac, min_steps, line)
 
     # every candidate width in the family, below the target's width
     cands, w = [], width_step
@@ -195,7 +209,7 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
     return {
         "version": PLAN_VERSION,
         "target": {**tgt, "config": target_cfg.to_dict(), "config_sha256": target_sha256(target_cfg.to_dict())},
-        "max_fraction": max_fraction, "budget_fraction": budget_fraction, "ratios": ratios, "cooldown_frac": cool,
+        "max_fraction": max_fraction, "budget_fraction": budget_fraction, "ratios": ratios, "line": line, "cooldown_frac": cool,
         "sizes": rungs,
         "max_run_flops": max(s.flops[-1] for s in chosen),
         "total_flops": total,

@@ -46,6 +46,14 @@ def _started(run_dir: Path) -> bool:
     return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists() or (run_dir / "report.json").exists()
 
 
+def line_of(plan: dict) -> dict:
+    """The target's recipe line in a plan: its tokens per parameter, or (iso-token ladders) its tokens."""
+    t = plan["target"]
+    if plan.get("line") == "tokens":
+        return {"tokens": t["tokens"]}
+    return {"ratio": t["tokens"] / t["params_non_embedding"]}
+
+
 def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, max_flops: float | None = None) -> dict:
     """Fits, leave-largest-out and regime for every held-out set of a finished ladder
     (only the points of at most `max_flops` each, when given: a smaller ladder inside it)."""
@@ -69,15 +77,15 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
     sets = sorted(set.intersection(*(set(x["final_loss"]) for x in done)))
     tgt = p["target"]
     per_set = {}
-    ratio = tgt["tokens"] / tgt["params_non_embedding"]
+    line = line_of(p)
     for name in sets:
-        fits = fit_mod.fit_set(done, name, n_boot=n_boot, ratio=ratio)
+        fits = fit_mod.fit_set(done, name, n_boot=n_boot, **line)
         ok = {k: f for k, f in fits.items() if not f.get("refused") and k in fit_mod.CHOOSABLE}
         llo = {k: f.get("leave_largest_out", {}).get("relative_error") for k, f in ok.items()}
         # the fit that best predicted the largest rung from the others (ties: the line fit)
         chosen = min(ok, key=lambda k: (abs(llo[k]) if llo[k] is not None else float("inf"), k != "line")) if ok else None
         reg = fit_mod.regime(done, name, tgt["flops"], llo_error=llo.get(chosen) if chosen else None,
-                             llo_tolerance=llo_tolerance, ratio=ratio)
+                             llo_tolerance=llo_tolerance, **line)
         entry = {"fits": {}, "regime": reg, "fit": chosen}
         for k, f in fits.items():
             e = {kk: f.get(kk) for kk in ("params", "rms_log_residual", "n_points", "refused", "leave_largest_out")}
@@ -99,7 +107,7 @@ def ladder_summary(a: dict) -> dict:
     return {"runs": [{"size": x["size"], "params": x["params"], "params_non_embedding": x["params_non_embedding"],
                       "tokens": x["tokens"], "flops": x["flops"], "final_loss": x["final_loss"]} for x in a["done"]],
             "diverged": [{"size": x["size"], "tokens": x["tokens"], "reason": x.get("reason")} for x in a["diverged"]],
-            "max_run_flops": a["max_run_flops"], "total_flops": a["total_flops"],
+            "max_run_flops": a["max_run_flops"], "total_flops": a["total_flops"], "line": a["plan"].get("line", "ratio"),
             "max_fraction": a["max_run_flops"] / a["plan"]["target"]["flops"],
             "total_fraction": a["total_flops"] / a["plan"]["target"]["flops"]}
 
@@ -142,7 +150,7 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
     tgt = a["plan"]["target"]
     cap = None
     # the GPT-4 form over the runs made like the target: each size's point on its tokens/param line
-    caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], tgt["tokens"] / tgt["params_non_embedding"])
+    caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], **line_of(plan))
     if caps:
         from glassgpt.scaling import capability as cap_mod
 

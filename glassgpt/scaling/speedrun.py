@@ -3,8 +3,10 @@
 Ladder budgets per preset (the YAML presets hold only model/data/train):
 - tiny: the tests' preset; the target is too small for a ladder at 1/1,000, so the rungs go to
   0.8 of it — a mechanics check, not a prediction to trust (the regime check says so).
-- cpu: 2 CPU cores, ≤ 30 minutes: the CPU cannot reach the power-law regime at 1/1,000 (see the
-  README), so the rungs go to 1/10 and the regime check reports what that means.
+- cpu: 2 CPU cores, ≤ 30 minutes: an iso-token ladder (every rung runs the target's own
+  schedule, 1.2M tokens; only the width differs, so the early-training transient that all of
+  them share cancels); 7 sizes from width 8, the largest at ~1/3 of the target — on this corpus
+  the smallest fraction at which 5 sizes span 1.5 decades (README: what smaller fractions give).
 - gpu: one H100-class GPU: rungs ≤ 1/1,000, the ladder ≤ 1/100 of the target.
 """
 
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "tiny": {"max_fraction": 0.8, "budget_fraction": 2.0, "n_sizes": 5, "min_steps": 10, "width_step": 8, "n_boot": 50},
-    "cpu": {"max_fraction": 0.1, "budget_fraction": 0.6, "n_sizes": 5, "min_steps": 20, "width_step": 8, "n_boot": 200},
+    "cpu": {"max_fraction": 0.34, "budget_fraction": 1.0, "n_sizes": 7, "min_steps": 20, "width_step": 8, "n_boot": 200,
+            "line": "tokens", "ratios": (0.125, 0.25, 0.5, 1.0)},
     "gpu": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 5, "min_steps": 50, "width_step": 16, "n_boot": 200},
     "gpu_large": {"max_fraction": 1e-3, "budget_fraction": 1e-2, "n_sizes": 6, "min_steps": 100, "width_step": 32, "n_boot": 200},
 }
@@ -49,7 +52,7 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **k
     ladder_dir = out / "ladder"
     plan = ladder_mod.plan(cfg, max_fraction=opts["max_fraction"], budget_fraction=opts["budget_fraction"],
                            n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
-                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))))
+                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"))
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
