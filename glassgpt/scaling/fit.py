@@ -186,10 +186,11 @@ def on_line(points: list[dict], ratio: float | None = None, tokens: float | None
     line = []
     for n, ps in sorted(groups.items()):
         ps = sorted(ps, key=lambda p: p["tokens"])
-        if tokens:
-            line.append(min(ps, key=lambda p: abs(math.log(p["tokens"] / tokens))))
-        elif ratio:
-            line.append(min(ps, key=lambda p: abs(math.log(p["tokens"] / (ratio * n)))))
+        if tokens or ratio:
+            want = tokens or ratio * n
+            best = min(ps, key=lambda p: abs(math.log(p["tokens"] / want)))
+            if abs(math.log(best["tokens"] / want)) <= math.log(1.5):  # a size with no run near the line has none on it
+                line.append(best)
         else:
             line.append(ps[min(len(ps) - 1, max(0, len(ps) - 2))] if len(ps) >= 3 else ps[-1])
     return sorted(line, key=lambda p: p["flops"])

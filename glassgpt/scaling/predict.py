@@ -56,12 +56,15 @@ def line_of(plan: dict) -> dict:
 
 def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, max_flops: float | None = None) -> dict:
     """Fits, leave-largest-out and regime for every held-out set of a finished ladder
-    (only the points of at most `max_flops` each, when given: a smaller ladder inside it)."""
+    (only the sizes whose every point is at most `max_flops`, when given: a smaller ladder inside it)."""
     coll = ladder_mod.collect(ladder_dir)
     p = coll["plan"]
     pts = coll["points"]
-    if max_flops is not None:
-        pts = [x for x in pts if x["flops"] <= max_flops * (1 + 1e-9)]
+    if max_flops is not None:  # whole sizes only: a size cut to its short budgets would sit off the line
+        top = {}
+        for x in pts:
+            top[x["size"]] = max(top.get(x["size"], 0.0), x["flops"])
+        pts = [x for x in pts if top[x["size"]] <= max_flops * (1 + 1e-9)]
         coll["max_run_flops"] = max((x["flops"] for x in pts), default=0.0)
         kept = {x["size"] for x in pts}
         coll["total_flops"] = sum(s["spent_flops"] for s in p["sizes"] if s["name"] in kept)
