@@ -127,3 +127,14 @@ def test_line_fit_predicts_an_undertrained_target_the_frontier_does_not():
     assert err["frontier"] < -0.03
     line = fit.on_line(pts, R)
     assert len(line) == 6 and all(p["tokens"] == pytest.approx(R * p["params_non_embedding"]) for p in line)
+
+
+def test_iso_token_line_leaves_out_a_size_without_a_run_at_the_target_tokens():
+    D = 1e6
+    pts = [{"params_non_embedding": N, "tokens": D * r, "flops": 6 * N * D * r, "final_loss": {"v": law(N, D * r)}}
+           for N in (1e4, 3e4, 1e5) for r in (0.125, 0.25, 0.5, 1.0)]
+    pts += [{"params_non_embedding": 3e5, "tokens": D * r, "flops": 6 * 3e5 * D * r, "final_loss": {"v": 3.0}}
+            for r in (0.125, 0.25)]  # a size cut short: nothing near D
+    line = fit.on_line(pts, tokens=D)
+    assert [p["params_non_embedding"] for p in line] == [1e4, 3e4, 1e5]
+    assert all(p["tokens"] == D for p in line)
