@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TEMPERATURE = 0.2
 TASK = f"humaneval-next-line (sampled pass rate, T={TEMPERATURE})"
+MIN_PROBLEMS = 20  # solvable problems a capability fit needs
 MAX_LINE_TOKENS = 8  # short lines (e.g. `return result`): small models solve some of them sometimes
 
 
@@ -115,9 +116,11 @@ def solvable(rung_logps: list[list[float]], threshold: float = math.log(0.05)) -
 def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float) -> dict:
     """Fit −E[log pass_rate](C) = α·C^(−k) over solvable problems (least squares in log-log)."""
     S = solvable(rung_logps)
-    if len(S) < 3:
-        raise ScalingError(f"only {len(S)} capability problems are solved at least sometimes by the rungs; "
-                           "the capability prediction needs larger rungs")
+    if len(S) < MIN_PROBLEMS:
+        # with a handful of problems, picking them by the rungs' best pass rate picks lucky ones
+        # (a CPU ladder's 3–5 such problems gave predictions off by 10–100×): refuse instead
+        raise ScalingError(f"only {len(S)} capability problems are solved at least sometimes by the rungs "
+                           f"(need {MIN_PROBLEMS}); the capability prediction needs larger rungs")
     arr = np.asarray(rung_logps)[:, S]
     m = -arr.mean(1)  # −E[log pass rate] per rung
     x, y = np.log(np.asarray(flops)), np.log(np.maximum(m, 1e-9))
