@@ -172,3 +172,14 @@ def test_crowded_scenes_terminate():
     mix = __import__("glassgpt.model.vision", fromlist=["Mix"]).Mix("digits:1,shapes:1.5,text:1.5,charts:1", 1337)
     for k in range(202 * 32 + 16, 202 * 32 + 24):  # from the step (203) that hung the first vision run
         mix.sample(k)
+
+
+def test_digit_epoch_order_is_the_seeded_shuffle():
+    import random
+    import zlib
+
+    train = I._digits()[2]
+    for seed, epoch in ((0, 0), (1337, 3)):
+        want = random.Random(zlib.crc32(repr((seed, "digits-epoch", epoch)).encode())).sample(list(train), len(train))
+        assert list(I._digits_epoch_order(seed, epoch)) == want
+    assert sorted(I._digits_epoch_order(5, 1)) == sorted(train.tolist())

@@ -107,3 +107,21 @@ def test_mix_is_deterministic():
     assert a == [m2.sample(k).answer for k in range(20)]
     tasks = {m1.sample(k).task for k in range(40)}
     assert tasks == {"digits", "text"}
+
+
+def test_read_text_answers_are_spelled_one_character_a_token(tok):
+    for k in range(20):
+        s = I.text(0, "train", k)
+        ids = V.answer_ids(tok, s)
+        assert tok.decode(ids) == s.answer and len(ids) == len(s.answer)
+        turn, a = V.sample_ids(tok, s, VC.n_image_tokens)
+        assert turn[a : a + len(ids)] == ids and turn[-1] == tok.special["<|assistant_end|>"]
+    d = I.digits(0, "train", 0)  # other tasks keep the tokenizer's own encoding
+    assert V.answer_ids(tok, d) == tok.encode(d.answer)
+
+
+def test_question_types_cover_every_procedural_question():
+    kinds = {V.question_type(src(0, "heldout", k)) for src in (I.shapes, I.charts) for k in range(120)}
+    assert kinds == {"count", "colour", "shape", "left/right", "above/below", "largest bar", "bar value", "highest point"}
+    assert V.question_type(I.text(0, "heldout", 0)).startswith("text ")
+    assert V.question_type(I.digits(0, "heldout", 0)) == "digits"

@@ -224,10 +224,22 @@ def ask(model, tokenizer, images, question: str, max_new_tokens: int = 16) -> st
 
 
 # --- training rows ----------------------------------------------------------------------------
+def answer_ids(tok, s: Sample) -> list[int]:
+    """The answer's tokens. Read text is spelled one character a token: BPE would merge some
+    letter pairs ('ER', 'ST', ...) and the model would have to learn the merges of random
+    strings as well as read them; greedy chat decodes either spelling to the same text."""
+    if s.task == "text":
+        out = []
+        for ch in s.answer:
+            out += tok.encode(ch)
+        return out
+    return tok.encode(s.answer)
+
+
 def sample_ids(tok, s: Sample, n_img: int) -> tuple[list[int], int]:
     """(ids of the whole turn, index where the answer starts)."""
     prompt = tok.render_chat(s.messages(with_answer=False), True, n_img)
-    return prompt + tok.encode(s.answer) + [tok.special["<|assistant_end|>"]], len(prompt)
+    return prompt + answer_ids(tok, s) + [tok.special["<|assistant_end|>"]], len(prompt)
 
 
 def collate(tok, samples: list[Sample], n_img: int, T: int, image_size: int):
@@ -391,6 +403,54 @@ def exact_match(model, tok, samples: list[Sample], vc: VisionConfig, batch: int 
     return sum(ok) / max(1, len(ok))
 
 
+def question_type(s: Sample) -> str:
+    """A coarse kind of question, for the per-type breakdown (`eval --by-type`)."""
+    q = s.question
+    if s.task == "text":
+        return f"text {len(s.answer)} chars"
+    for key, name in (("How many", "count"), ("What colour", "colour"), ("What shape", "shape"),
+                      ("left or right", "left/right"), ("above or below", "above/below"),
+                      ("Which bar", "largest bar"), ("value of bar", "bar value"), ("Which point", "highest point")):
+        if key in q:
+            return name
+    return s.task
+
+
+@torch.no_grad()
+def token_scores(model, tok, samples: list[Sample], vc: VisionConfig) -> list[tuple[bool, float, float]]:
+    """Per sample: (exact match, fraction of answer tokens and <|assistant_end|> whose
+    teacher-forced argmax is right, mean cross-entropy of those tokens in nats) — partial
+    credit and a smooth measure, to see progress before answers come out exactly right."""
+    dev = model.wte.weight.device
+    was = model.training
+    model.eval()
+    x, y, px = collate(tok, samples, vc.n_image_tokens, model.cfg.seq_len, vc.image_size)
+    emb = model.vision(px.to(dev)).reshape(-1, model.cfg.d_model)
+    logits = model(x.to(dev), image_embeds=emb).float().cpu()
+    model.train(was)
+    pred = logits.argmax(-1)
+    ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")
+    mask = y != -1
+    return [(bool((pred[i][mask[i]] == y[i][mask[i]]).all()), float((pred[i][mask[i]] == y[i][mask[i]]).float().mean()),
+             float(ce[i][mask[i]].mean())) for i in range(len(samples))]
+
+
+def by_type_table(run_dir, n: int = 300, tasks=EVAL_TASKS, batch: int = 64) -> dict:
+    """Held-out exact match and token accuracy per question type."""
+    model, tok, cfg = load(run_dir)
+    groups: dict[str, list[tuple[bool, float, float]]] = {}
+    for t in tasks:
+        src = img_mod.get_source(t)
+        n_t = min(n, img_mod.DIGITS_HELDOUT) if t == "digits" else n
+        samples = [src(cfg.train.seed, "heldout", i) for i in range(n_t)]
+        for i in range(0, n_t, batch):
+            chunk = samples[i : i + batch]
+            for s, r in zip(chunk, token_scores(model, tok, chunk, cfg.vision)):
+                groups.setdefault(f"{t}: {question_type(s)}", []).append(r)
+    return {k: {"accuracy": sum(r[0] for r in v) / len(v), "token_accuracy": sum(r[1] for r in v) / len(v),
+                "answer_loss": sum(r[2] for r in v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
+
+
 # --- commands: held-out table, answer grid, one question -----------------------------------------
 def load(run_dir, device: str = "cpu"):
     from glassgpt.train.checkpoint import load_model
@@ -452,6 +512,7 @@ def main(argv=None) -> int:
     e.add_argument("run")
     e.add_argument("--n", type=int, default=300)
     e.add_argument("--greedy", action="store_true", help="score real greedy chat answers (the registry evals' rule; slower)")
+    e.add_argument("--by-type", action="store_true", help="also break accuracy down by question type (with token accuracy)")
     g = sub.add_parser("grid", help="PNG grid of held-out images with the model's answers")
     g.add_argument("run")
     g.add_argument("--out", default="docs/vision_grid.png")
@@ -474,6 +535,10 @@ def main(argv=None) -> int:
             for t, r in table.items():
                 print(f"{t:8s} {r['accuracy'] * 100:6.1f}%  (n={r['n']})")
             print(json.dumps(table))
+            if args.by_type:
+                for k, r in by_type_table(args.run, args.n).items():
+                    print(f"  {k:22s} {r['accuracy'] * 100:6.1f}%  tokens {r['token_accuracy'] * 100:5.1f}%  "
+                          f"loss {r['answer_loss']:.3f}  (n={r['n']})")
         elif args.cmd == "grid":
             print(render_grid(args.run, args.out, args.per_task))
         else:
