@@ -138,3 +138,9 @@ def test_iso_token_line_leaves_out_a_size_without_a_run_at_the_target_tokens():
     line = fit.on_line(pts, tokens=D)
     assert [p["params_non_embedding"] for p in line] == [1e4, 3e4, 1e5]
     assert all(p["tokens"] == D for p in line)
+
+
+def test_regime_check_needs_five_sizes_on_the_line():
+    pts = [p for p in chinchilla_points() if p["params_non_embedding"] < 1e6]  # 4 sizes
+    reg = fit.regime(pts, "v", target_flops=1e20)
+    assert not reg["confident"] and any("only 4 sizes" in f for f in reg["flags"])
