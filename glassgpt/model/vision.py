@@ -383,17 +383,29 @@ class VisionTraining:
 
 
 @torch.no_grad()
-def answer_correct(model, tok, samples: list[Sample], vc: VisionConfig) -> list[bool]:
-    """Greedy exact match, by teacher forcing (see the module docstring)."""
+def token_scores(model, tok, samples: list[Sample], vc: VisionConfig) -> list[tuple[bool, float, float]]:
+    """Per sample, by teacher forcing (see the module docstring): (greedy exact match, fraction of
+    answer tokens and <|assistant_end|> whose argmax is right, their mean cross-entropy in nats) —
+    partial credit and a smooth measure, to see progress before answers come out exactly right."""
     dev = model.wte.weight.device
     was = model.training
     model.eval()
     x, y, px = collate(tok, samples, vc.n_image_tokens, model.cfg.seq_len, vc.image_size)
     emb = model.vision(px.to(dev)).reshape(-1, model.cfg.d_model)
-    pred = model(x.to(dev), image_embeds=emb).argmax(-1).cpu()
+    logits = model(x.to(dev), image_embeds=emb).float()
     model.train(was)
+    y = y.to(dev)
     mask = y != -1
-    return [bool((pred[i][mask[i]] == y[i][mask[i]]).all()) for i in range(len(samples))]
+    hit = (logits.argmax(-1) == y) & mask
+    ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")
+    n = mask.sum(1).clamp(min=1)
+    exact = (hit.sum(1) == mask.sum(1)).tolist()
+    return list(zip(exact, (hit.sum(1) / n).tolist(), ((ce * mask).sum(1) / n).tolist()))
+
+
+def answer_correct(model, tok, samples: list[Sample], vc: VisionConfig) -> list[bool]:
+    """Greedy exact match, by teacher forcing."""
+    return [r[0] for r in token_scores(model, tok, samples, vc)]
 
 
 def exact_match(model, tok, samples: list[Sample], vc: VisionConfig, batch: int = 64) -> float:
@@ -416,41 +428,6 @@ def question_type(s: Sample) -> str:
     return s.task
 
 
-@torch.no_grad()
-def token_scores(model, tok, samples: list[Sample], vc: VisionConfig) -> list[tuple[bool, float, float]]:
-    """Per sample: (exact match, fraction of answer tokens and <|assistant_end|> whose
-    teacher-forced argmax is right, mean cross-entropy of those tokens in nats) — partial
-    credit and a smooth measure, to see progress before answers come out exactly right."""
-    dev = model.wte.weight.device
-    was = model.training
-    model.eval()
-    x, y, px = collate(tok, samples, vc.n_image_tokens, model.cfg.seq_len, vc.image_size)
-    emb = model.vision(px.to(dev)).reshape(-1, model.cfg.d_model)
-    logits = model(x.to(dev), image_embeds=emb).float().cpu()
-    model.train(was)
-    pred = logits.argmax(-1)
-    ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")
-    mask = y != -1
-    return [(bool((pred[i][mask[i]] == y[i][mask[i]]).all()), float((pred[i][mask[i]] == y[i][mask[i]]).float().mean()),
-             float(ce[i][mask[i]].mean())) for i in range(len(samples))]
-
-
-def by_type_table(run_dir, n: int = 300, tasks=EVAL_TASKS, batch: int = 64) -> dict:
-    """Held-out exact match and token accuracy per question type."""
-    model, tok, cfg = load(run_dir)
-    groups: dict[str, list[tuple[bool, float, float]]] = {}
-    for t in tasks:
-        src = img_mod.get_source(t)
-        n_t = min(n, img_mod.DIGITS_HELDOUT) if t == "digits" else n
-        samples = [src(cfg.train.seed, "heldout", i) for i in range(n_t)]
-        for i in range(0, n_t, batch):
-            chunk = samples[i : i + batch]
-            for s, r in zip(chunk, token_scores(model, tok, chunk, cfg.vision)):
-                groups.setdefault(f"{t}: {question_type(s)}", []).append(r)
-    return {k: {"accuracy": sum(r[0] for r in v) / len(v), "token_accuracy": sum(r[1] for r in v) / len(v),
-                "answer_loss": sum(r[2] for r in v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
-
-
 # --- commands: held-out table, answer grid, one question -----------------------------------------
 def load(run_dir, device: str = "cpu"):
     from glassgpt.train.checkpoint import load_model
@@ -461,15 +438,39 @@ def load(run_dir, device: str = "cpu"):
     return model, tok, cfg
 
 
-def heldout_table(run_dir, n: int = 300, tasks=EVAL_TASKS) -> dict:
-    model, tok, cfg = load(run_dir)
+def heldout_samples(seed: int, task: str, n: int) -> list[Sample]:
+    """The first n held-out samples of a task (digits: at most the 300 held out)."""
+    src = img_mod.get_source(task)
+    n = min(n, img_mod.DIGITS_HELDOUT) if task == "digits" else n
+    return [src(seed, "heldout", i) for i in range(n)]
+
+
+def heldout_scores(model, tok, cfg, n: int = 300, tasks=EVAL_TASKS, batch: int = 64) -> dict:
+    """{task: [(sample, token_scores row)]} over the held-out samples, in one pass."""
     out = {}
     for t in tasks:
-        src = img_mod.get_source(t)
-        n_t = min(n, img_mod.DIGITS_HELDOUT) if t == "digits" else n
-        samples = [src(cfg.train.seed, "heldout", i) for i in range(n_t)]
-        out[t] = {"accuracy": exact_match(model, tok, samples, cfg.vision), "n": n_t}
+        samples = heldout_samples(cfg.train.seed, t, n)
+        rows = []
+        for i in range(0, len(samples), batch):
+            chunk = samples[i : i + batch]
+            rows += zip(chunk, token_scores(model, tok, chunk, cfg.vision))
+        out[t] = rows
     return out
+
+
+def heldout_table(scores: dict) -> dict:
+    """Held-out exact match per task, from `heldout_scores`."""
+    return {t: {"accuracy": sum(r[0] for _, r in rows) / max(1, len(rows)), "n": len(rows)} for t, rows in scores.items()}
+
+
+def by_type_table(scores: dict) -> dict:
+    """Held-out exact match, token accuracy and answer loss per question type, from `heldout_scores`."""
+    groups: dict[str, list[tuple[bool, float, float]]] = {}
+    for t, rows in scores.items():
+        for s, r in rows:
+            groups.setdefault(f"{t}: {question_type(s)}", []).append(r)
+    return {k: {"accuracy": sum(r[0] for r in v) / len(v), "token_accuracy": sum(r[1] for r in v) / len(v),
+                "answer_loss": sum(r[2] for r in v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
 
 
 def render_grid(run_dir, out_png, per_task: int = 6, tasks=EVAL_TASKS, seed_offset: int = 0) -> Path:
@@ -531,12 +532,15 @@ def main(argv=None) -> int:
                 table = {t: {"accuracy": a, "n": min(args.n, img_mod.DIGITS_HELDOUT) if t == "digits" else args.n}
                          for t, a in accuracy_table(args.run, args.n).items()}
             else:
-                table = heldout_table(args.run, args.n)
+                scores = heldout_scores(*load(args.run), n=args.n)
+                table = heldout_table(scores)
             for t, r in table.items():
                 print(f"{t:8s} {r['accuracy'] * 100:6.1f}%  (n={r['n']})")
             print(json.dumps(table))
             if args.by_type:
-                for k, r in by_type_table(args.run, args.n).items():
+                if args.greedy:  # the teacher-forced scores the breakdown needs
+                    scores = heldout_scores(*load(args.run), n=args.n)
+                for k, r in by_type_table(scores).items():
                     print(f"  {k:22s} {r['accuracy'] * 100:6.1f}%  tokens {r['token_accuracy'] * 100:5.1f}%  "
                           f"loss {r['answer_loss']:.3f}  (n={r['n']})")
         elif args.cmd == "grid":
