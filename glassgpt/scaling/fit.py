@@ -197,6 +197,14 @@ def on_line(points: list[dict], ratio: float | None = None, tokens: float | None
     return sorted(line, key=lambda p: p["flops"])
 
 
+def line_of(target: dict, kind: str | None) -> dict:
+    """`on_line`'s arguments for a target (params_non_embedding, tokens) and a ladder's line kind:
+    its tokens per parameter ("ratio", the default) or its own tokens ("tokens", iso-token)."""
+    if kind == "tokens":
+        return {"tokens": target["tokens"]}
+    return {"ratio": target["tokens"] / target["params_non_embedding"]}
+
+
 # The fits: "line" and "frontier" are L(C); "chinchilla" is L(N, D). The line fit predicts a target
 # trained like its rungs (GPT-4's "same methodology"); the frontier fit predicts the best loss any
 # size reaches at that compute, which is the target's only when the target is compute-optimal.

@@ -24,9 +24,7 @@ def scaling_png(pred: dict, report: dict, path: Path) -> Path:
         c = np.array([r["flops"] for r in runs])
         y = np.array([r["final_loss"][name] for r in runs])
         ax.scatter(c / tc, y, s=14, color="0.65", label="ladder runs")
-        t = pred["target"]
-        line = fit_mod.on_line(runs, **({"tokens": t["tokens"]} if pred["ladder"].get("line") == "tokens"
-                                        else {"ratio": t["tokens"] / t["params_non_embedding"]}))
+        line = fit_mod.on_line(runs, **fit_mod.line_of(pred["target"], pred["ladder"].get("line")))
         ax.scatter([r["flops"] / tc for r in line], [r["final_loss"][name] for r in line], s=22, color="0.2",
                    label="runs made like the target (its line)")
         p = pred["prediction"][name]

@@ -46,14 +46,6 @@ def _started(run_dir: Path) -> bool:
     return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists() or (run_dir / "report.json").exists()
 
 
-def line_of(plan: dict) -> dict:
-    """The target's recipe line in a plan: its tokens per parameter, or (iso-token ladders) its tokens."""
-    t = plan["target"]
-    if plan.get("line") == "tokens":
-        return {"tokens": t["tokens"]}
-    return {"ratio": t["tokens"] / t["params_non_embedding"]}
-
-
 def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, max_flops: float | None = None) -> dict:
     """Fits, leave-largest-out and regime for every held-out set of a finished ladder
     (only the sizes whose every point is at most `max_flops`, when given: a smaller ladder inside it)."""
@@ -80,7 +72,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
     sets = sorted(set.intersection(*(set(x["final_loss"]) for x in done)))
     tgt = p["target"]
     per_set = {}
-    line = line_of(p)
+    line = fit_mod.line_of(tgt, p.get("line"))
     for name in sets:
         fits = fit_mod.fit_set(done, name, n_boot=n_boot, **line)
         ok = {k: f for k, f in fits.items() if not f.get("refused") and k in fit_mod.CHOOSABLE}
@@ -153,7 +145,7 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
     tgt = a["plan"]["target"]
     cap = None
     # the GPT-4 form over the runs made like the target: each size's point on its tokens/param line
-    caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], **line_of(plan))
+    caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], **fit_mod.line_of(tgt, plan.get("line")))
     if caps:
         from glassgpt.scaling import capability as cap_mod
 
