@@ -102,6 +102,7 @@ class VisionConfig:
     enabled: bool = False
     image_size: int = 64  # images are letterboxed to image_size × image_size
     patch_size: int = 8
+    stem: str = "linear"  # "linear": one matmul per patch (ViT); "conv": stride-2 3×3 convs (learns faster)
     width: int = 128  # ViT width
     depth: int = 3
     head_dim: int = 32
@@ -258,6 +259,11 @@ def validate(cfg: Config) -> None:
         if v.image_size % v.patch_size or v.grid % v.shuffle:
             raise ConfigError(f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}, "
                               f"and the {v.grid}-patch grid a multiple of vision.shuffle={v.shuffle}")
+        if v.stem not in ("linear", "conv"):
+            raise ConfigError(f"vision.stem must be 'linear' or 'conv', not '{v.stem}'")
+        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1) or v.width % (v.patch_size // 2)):
+            raise ConfigError(f"vision.stem=conv needs a power-of-two patch_size (not {v.patch_size}) and a width "
+                              f"divisible by patch_size/2")
         if v.width % v.head_dim:
             raise ConfigError(f"vision.width={v.width} must be a multiple of vision.head_dim={v.head_dim}")
         if v.batch_size <= 0 or v.text_weight < 0:

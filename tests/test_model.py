@@ -76,3 +76,20 @@ def test_context_overflow_is_an_error():
     m = _random_model()
     with pytest.raises(ValueError, match="context window"):
         m(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_loss_scores_only_target_positions_like_full_logits():
+    # The head runs only where targets are not -1 (image rows score just their answers); the
+    # loss must equal cross-entropy over the full logits, for both reductions, with gradients.
+    m = _random_model()
+    idx = torch.randint(0, 300, (3, 20))
+    y = torch.randint(0, 300, (3, 20))
+    y[0, :15] = -1
+    y[2, 5:9] = -1
+    full = torch.nn.functional.cross_entropy(m(idx).flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none").view(3, 20)
+    per = m(idx, y, reduction="none")
+    assert per.shape == (3, 20) and torch.allclose(per, full, atol=1e-5) and (per[y == -1] == 0).all()
+    mean = m(idx, y)
+    assert torch.allclose(mean, full[y != -1].mean(), atol=1e-5)
+    mean.backward()
+    assert m.lm_head.weight.grad is not None and torch.isfinite(m.lm_head.weight.grad).all()

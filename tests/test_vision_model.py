@@ -1,5 +1,7 @@
 """The encoder, projector, accounting, preprocessing, chat rows and the serve hook."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -41,14 +43,19 @@ def test_letterbox_keeps_aspect():
     assert px[16, 5] == 1.0 and px[2, 5] == -1.0  # image band in the middle, black padding above
 
 
-def test_count_matches_modules_and_flop_counter(model):
-    c = V.count(VC, model.cfg.d_model)
-    assert c.params == sum(p.numel() for p in model.vision.parameters())
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_count_matches_modules_and_flop_counter(stem):
+    vc = dataclasses.replace(VC, stem=stem)
+    enc = V.VisionEncoder(vc, 64)
+    enc.init_weights(0)
+    c = V.count(vc, 64)
+    assert c.params == sum(p.numel() for p in enc.parameters())
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # the math kernel is counted
-        model.vision(torch.zeros(1, 3, 32, 32))
+        out = enc(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 4, 64)
     assert fc.get_total_flops() == c.flops_per_image_fwd
     assert c.flops_per_image == 3 * c.flops_per_image_fwd and c.image_tokens == 4
 

@@ -202,10 +202,18 @@ class GPT(nn.Module):
             x = block(x, cos, sin, cache)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(rms_norm(x))
+        x = rms_norm(x)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+            return self.lm_head(x)
+        if torch.compiler.is_compiling():  # a data-dependent shape would break the graph: head everywhere
+            loss = F.cross_entropy(self.lm_head(x).float().flatten(0, 1), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+            return loss.view(targets.shape) if reduction == "none" else loss
+        # The head only where there is a target: image-chat rows score just their answers.
+        keep = targets != -1
+        loss = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep], reduction=reduction)
+        if reduction != "none":
+            return loss
+        return torch.zeros(targets.shape, dtype=loss.dtype, device=loss.device).masked_scatter(keep, loss)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -71,7 +71,14 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.vc = vc
         g = vc.grid
-        self.patch = nn.Linear(3 * vc.patch_size ** 2, vc.width)
+        if vc.stem == "conv":  # stride-2 3×3 convs down to the patch grid (Xiao et al. 2021: ViTs train faster)
+            ch = stem_channels(vc)
+            layers = []
+            for a, b in zip(ch, ch[1:]):
+                layers += [nn.Conv2d(a, b, 3, 2, 1), nn.GELU()]
+            self.patch = nn.Sequential(*layers[:-1])
+        else:
+            self.patch = nn.Linear(3 * vc.patch_size ** 2, vc.width)
         # 2-D position: a learned row embedding plus a learned column embedding (separable).
         self.pos_row = nn.Parameter(torch.zeros(g, vc.width))
         self.pos_col = nn.Parameter(torch.zeros(g, vc.width))
@@ -84,12 +91,12 @@ class VisionEncoder(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        gen = torch.Generator(device=self.patch.weight.device)
+        gen = torch.Generator(device=self.pos_row.device)
         if seed is not None:
             gen.manual_seed(seed)
         for mod in self.modules():
-            if isinstance(mod, nn.Linear):
-                bound = math.sqrt(3.0 / mod.in_features)
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                bound = math.sqrt(3.0 / (mod.weight[0].numel()))  # 1/sqrt(fan_in) spread
                 mod.weight.uniform_(-bound, bound, generator=gen)
                 mod.bias.zero_()
             elif isinstance(mod, nn.LayerNorm):
@@ -105,10 +112,12 @@ class VisionEncoder(nn.Module):
         """pixels [B, 3, S, S] (normalised) → [B, n_image_tokens, d_model]."""
         vc = self.vc
         B, P, g, s = pixels.size(0), vc.patch_size, vc.grid, vc.shuffle
-        x = pixels.unfold(2, P, P).unfold(3, P, P)  # [B, 3, g, g, P, P]
-        x = x.permute(0, 2, 3, 1, 4, 5).reshape(B, g * g, 3 * P * P)
-        pos = (self.pos_row[:, None, :] + self.pos_col[None, :, :]).reshape(g * g, -1)
-        x = self.patch(x) + pos
+        if vc.stem == "conv":
+            x = self.patch(pixels).flatten(2).transpose(1, 2)  # [B, g·g, width], row-major like the patches
+        else:
+            x = pixels.unfold(2, P, P).unfold(3, P, P)  # [B, 3, g, g, P, P]
+            x = self.patch(x.permute(0, 2, 3, 1, 4, 5).reshape(B, g * g, 3 * P * P))
+        x = x + (self.pos_row[:, None, :] + self.pos_col[None, :, :]).reshape(g * g, -1)
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x)
@@ -126,6 +135,12 @@ class VisionCounts:
     image_tokens: int  # LM positions per image (the LM's per-token FLOPs apply to these)
 
 
+def stem_channels(vc: VisionConfig) -> list[int]:
+    """Channels of the conv stem: 3 → width/2^(k-1) → … → width, k = log2(patch_size) convs."""
+    k = vc.patch_size.bit_length() - 1
+    return [3] + [vc.width >> (k - 1 - i) for i in range(k)]
+
+
 def count(vc: VisionConfig, d_model: int) -> VisionCounts:
     """Exact parameter and FLOP counts of the encoder and projector (same convention as
     glassgpt.model.flops: 2 FLOPs per matmul weight per token, attention's QKᵀ and AV
@@ -136,8 +151,14 @@ def count(vc: VisionConfig, d_model: int) -> VisionCounts:
     block_mm = W * 3 * W + W * W + W * H + H * W
     block_params = block_mm + 3 * W + W + H + W + 4 * W  # + biases + two LayerNorms
     proj_in = W * vc.shuffle ** 2
-    params = (patch_in * W + W) + 2 * vc.grid * W + vc.depth * block_params + 2 * W + (proj_in * d_model + d_model)
-    fwd = 2 * N * (patch_in * W + vc.depth * block_mm) + vc.depth * 2 * (2 * N * N * W) \
+    if vc.stem == "conv":
+        ch = stem_channels(vc)
+        stem_params = sum(9 * a * b + b for a, b in zip(ch, ch[1:]))
+        stem_flops = sum(2 * (vc.image_size >> (i + 1)) ** 2 * 9 * a * b for i, (a, b) in enumerate(zip(ch, ch[1:])))
+    else:
+        stem_params, stem_flops = patch_in * W + W, 2 * N * patch_in * W
+    params = stem_params + 2 * vc.grid * W + vc.depth * block_params + 2 * W + (proj_in * d_model + d_model)
+    fwd = stem_flops + 2 * N * vc.depth * block_mm + vc.depth * 2 * (2 * N * N * W) \
         + 2 * vc.n_image_tokens * proj_in * d_model
     return VisionCounts(params, fwd, 3 * fwd, vc.n_image_tokens)
 
@@ -195,8 +216,8 @@ def encode_images(model, images, *, name: str = "image") -> torch.Tensor:
         else:
             pil.append(img_mod.load_image(im, name=label, animated="first"))
     if not pil:
-        return torch.zeros(0, model.cfg.d_model, device=enc.patch.weight.device)
-    px = preprocess(pil, enc.vc.image_size).to(enc.patch.weight.device)
+        return torch.zeros(0, model.cfg.d_model, device=enc.pos_row.device)
+    px = preprocess(pil, enc.vc.image_size).to(enc.pos_row.device)
     return enc(px).reshape(-1, model.cfg.d_model)
 
 
