@@ -8,6 +8,11 @@ regime check said. Nothing of a target feeds its fits (the target trains after i
 
     python bench/predict_accuracy.py --preset tiny --seeds 3
     python bench/predict_accuracy.py --preset cpu --seeds 3 --fractions 0.3,0.1,0.03 -- --train.tokens=1000000
+
+`--refit` trains nothing: it refits the finished ladders under --out with the current code,
+scores the predictions against the targets' report.json already there and prints the same table
+(and writes refit.json, seed*/predictions_refit.json); `--drift-correction` applies an optional
+correction of the point prediction (see predict.analyse; off by default; files refit_drift-*.json).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def main(argv=None):
     ap.add_argument("--n-boot", type=int, default=50)
     ap.add_argument("overrides", nargs="*", help="--section.key=value overrides of the target (after --)")
     ap.add_argument("--replot", action="store_true", help="only redraw error_vs_fraction.png from --out/results.json")
+    ap.add_argument("--refit", action="store_true",
+                    help="train nothing: refit the finished ladders under --out with the current code and score them "
+                         "against the finished targets")
+    ap.add_argument("--drift-correction", choices=predict.DRIFT_CORRECTIONS, default=None,
+                    help="with --refit: correct each point prediction by the ladder's own extrapolation bias (off by default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.replot:
@@ -44,6 +54,8 @@ def main(argv=None):
     opts = speedrun.defaults_for(args.preset)
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
                        [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
+    if args.refit:
+        return refit(args, fractions)
     rows = []
     for seed in range(args.seeds):
         ov = [o.lstrip("-") for o in args.overrides] + [f"train.seed={1337 + seed}"]
@@ -56,54 +68,103 @@ def main(argv=None):
         ladder.save_plan(plan, lad)
         ladder.run(lad, capability=False)
         # predictions at every fraction are computed (and kept) before the target trains
-        preds = {}
-        for f in fractions:
-            try:
-                a = predict.analyse(lad, n_boot=args.n_boot, max_flops=f * plan["target"]["flops"])
-                preds[f] = {name: {"fit": e["fit"], "loss": e["fits"][e["fit"]]["loss"] if e["fit"] else None,
-                                   "ci90": e["fits"][e["fit"]]["ci90"] if e["fit"] else None,
-                                   "confident": e["regime"]["confident"], "flags": e["regime"]["flags"],
-                                   "max_run_fraction": a["max_run_flops"] / plan["target"]["flops"]}
-                            for name, e in a["sets"].items()}
-            except ScalingError as e:
-                preds[f] = {"error": str(e)}
+        preds = predictions(lad, plan, fractions, args.n_boot)
         (root / "predictions.json").write_text(json.dumps(preds, indent=1))
         target = root / "target"
         rep = json.loads((target / "report.json").read_text()) if (target / "report.json").exists() else \
             train(cfg, target, resume=checkpoint.latest(target) is not None)
-        for f, per in preds.items():
-            if "error" in per:
-                rows.append({"seed": seed, "fraction": f, "error": per["error"]})
-                continue
-            for name, p in per.items():
-                act = rep["heldout"].get(name, {}).get("loss")
-                if act is None or p["loss"] is None:
-                    continue
-                rows.append({"seed": seed, "fraction": f, "set": name, "fit": p["fit"], "predicted": p["loss"], "actual": act,
-                             "relative_error": p["loss"] / act - 1, "inside": p["ci90"][0] <= act <= p["ci90"][1],
-                             "confident": p["confident"], "flags": p["flags"], "max_run_fraction": p["max_run_fraction"]})
+        rows += score(seed, preds, rep)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
     plot(rows, Path(args.out) / "error_vs_fraction.png")
     print(f"preset {args.preset} {' '.join(args.overrides)}: {args.seeds} seeds")
-    print(f"{'set':>13} {'fraction':>9} {'errors per seed':>32} {'mean |err|':>10} {'inside 90%':>10}  regime check")
+    print(table(rows, fractions))
+    return 0
+
+
+def refit(args, fractions) -> int:
+    """Predictions from the finished ladders under --out with the current code; nothing trains."""
+    rows, out = [], Path(args.out)
+    tag = f"refit_drift-{args.drift_correction}" if args.drift_correction else "refit"
+    for seed in range(args.seeds):
+        root = out / f"seed{seed}"
+        lad, rep_path = root / "ladder", root / "target" / "report.json"
+        if not (lad / "plan.json").exists() or not rep_path.exists():
+            raise SystemExit(f"{root} holds no finished ladder and target: run the bench without --refit first")
+        plan = json.loads((lad / "plan.json").read_text())
+        preds = predictions(lad, plan, fractions, args.n_boot, args.drift_correction)
+        (root / f"predictions_{tag}.json").write_text(json.dumps(preds, indent=1))
+        rows += score(seed, preds, json.loads(rep_path.read_text()))
+    (out / f"{tag}.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / f"error_vs_fraction_{tag}.png")
+    print(f"preset {args.preset}: {args.seeds} seeds, refitted with the current code"
+          f"{', drift correction ' + args.drift_correction if args.drift_correction else ''}")
+    print(table(rows, fractions))
+    return 0
+
+
+def predictions(lad: Path, plan: dict, fractions, n_boot: int, drift_correction: str | None = None) -> dict:
+    """For each fraction f, the prediction from the ladder's sizes of ≤ f of the target's FLOPs."""
+    preds = {}
+    for f in fractions:
+        try:
+            a = predict.analyse(lad, n_boot=n_boot, max_flops=f * plan["target"]["flops"], drift_correction=drift_correction)
+            preds[f] = {name: {"fit": e["fit"], "loss": e["fits"][e["fit"]]["loss"] if e["fit"] else None,
+                               "ci90": e["fits"][e["fit"]]["ci90"] if e["fit"] else None,
+                               "ci90_bootstrap": e["fits"][e["fit"]]["ci90_bootstrap"] if e["fit"] else None,
+                               "interval": e["fits"][e["fit"]]["interval"] if e["fit"] else None,
+                               "confident": e["regime"]["confident"], "flags": e["regime"]["flags"],
+                               "max_run_fraction": a["max_run_flops"] / plan["target"]["flops"]}
+                        for name, e in a["sets"].items()}
+        except ScalingError as e:
+            preds[f] = {"error": str(e)}
+    return preds
+
+
+def score(seed: int, preds: dict, rep: dict) -> list[dict]:
+    rows = []
+    for f, per in preds.items():
+        if "error" in per:
+            rows.append({"seed": seed, "fraction": f, "error": per["error"]})
+            continue
+        for name, p in per.items():
+            act = rep["heldout"].get(name, {}).get("loss")
+            if act is None or p["loss"] is None:
+                continue
+            rows.append({"seed": seed, "fraction": f, "set": name, "fit": p["fit"], "predicted": p["loss"], "actual": act,
+                         "relative_error": p["loss"] / act - 1, "inside": p["ci90"][0] <= act <= p["ci90"][1],
+                         "ci90": p["ci90"], "confident": p["confident"], "flags": p["flags"],
+                         "max_run_fraction": p["max_run_fraction"]})
+    return rows
+
+
+def table(rows: list[dict], fractions) -> str:
+    """Per set and fraction: errors per seed, mean |error|, coverage, median 90% width (relative), regime."""
+    out = [f"{'set':>13} {'fraction':>9} {'errors per seed':>32} {'mean |err|':>10} {'inside 90%':>10} "
+           f"{'90% width':>9}  regime check"]
     sets = sorted({r["set"] for r in rows if "set" in r})
     for name in sets:
         for f in fractions:
             rs = [r for r in rows if r.get("set") == name and r["fraction"] == f]
             label = f"{f:.3g}" if f > 0.3 else "1/%.0f" % (1 / f)
             if not rs:
-                print(f"{name:>13} {label:>9}  no prediction: " +
-                      next((r["error"] for r in rows if r["fraction"] == f and "error" in r), "n/a"))
+                out.append(f"{name:>13} {label:>9}  no prediction: " +
+                           next((r["error"] for r in rows if r["fraction"] == f and "error" in r), "n/a"))
                 continue
             errs = " ".join(f"{r['relative_error']:+.2%}" for r in rs)
             mean = sum(abs(r["relative_error"]) for r in rs) / len(rs)
             inside = sum(r["inside"] for r in rs)
             conf = sum(r["confident"] for r in rs)
             flag = next((r["flags"][0] for r in rs if r["flags"]), "")
-            print(f"{name:>13} {label:>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)}  "
-                  f"confident {conf}/{len(rs)}{'; ' + flag[:70] if flag else ''}")
-    return 0
+            widths = sorted((r["ci90"][1] - r["ci90"][0]) / r["predicted"] for r in rs if r.get("ci90"))
+            width = f"±{widths[len(widths) // 2] / 2:.1%}" if widths else "n/a"
+            out.append(f"{name:>13} {label:>9} {errs:>32} {mean:>10.2%} {inside:>7}/{len(rs)} {width:>9}  "
+                       f"confident {conf}/{len(rs)}{'; ' + flag[:70] if flag else ''}")
+    scored = [r for r in rows if "set" in r]
+    if scored:
+        out.append(f"all: mean |err| {sum(abs(r['relative_error']) for r in scored) / len(scored):.2%}, "
+                   f"inside the 90% interval {sum(r['inside'] for r in scored)}/{len(scored)}")
+    return "\n".join(out)
 
 
 def plot(rows, path: Path) -> Path:

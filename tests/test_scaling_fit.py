@@ -144,3 +144,62 @@ def test_regime_check_needs_five_sizes_on_the_line():
     pts = [p for p in chinchilla_points() if p["params_non_embedding"] < 1e6]  # 4 sizes
     reg = fit.regime(pts, "v", target_flops=1e20)
     assert not reg["confident"] and any("only 4 sizes" in f for f in reg["flags"])
+
+
+def line_points(bend=0.0, noise=0.0, seed=0, n=7):
+    """One point per size on a tokens-per-parameter line (D = 20·N), from L(C) = 40·C^−0.1 + 1.5;
+    with `bend`, the sizes past the third fall below the law by `bend` per e-fold of compute (a
+    law that stops holding inside the ladder)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.geomspace(1e4, 1e6, n)
+    pts = []
+    for N in sizes:
+        C = 6 * N * 20 * N
+        L = (40 * C ** -0.1 + 1.5) * math.exp(-bend * max(0.0, 2 * math.log(N / sizes[2])) + noise * rng.standard_normal())
+        pts.append({"params_non_embedding": N, "tokens": 20 * N, "flops": C, "final_loss": {"v": L}})
+    return pts
+
+
+def line_interval(pts, C_target, n_boot=20):
+    f = fit.fit("compute", [p["final_loss"]["v"] for p in pts], C=[p["flops"] for p in pts], n_boot=n_boot)
+    f["backtest"] = fit.backtest(pts, "v", "line", ratio=20)
+    mid, ci = fit.predict(f, C=C_target)
+    return mid, fit.interval(f, mid, ci, math.log(C_target / pts[-1]["flops"])), f
+
+
+def test_interval_covers_a_known_law_with_seed_noise():
+    N_t = 1e6 * 100 ** (1 / 6)  # the next size past the ladder: ≈ 1.5 e-folds of compute, as on the cpu bench
+    C_t = 6 * N_t * 20 * N_t
+    true = 40 * C_t ** -0.1 + 1.5
+    mid, iv, _ = line_interval(line_points(noise=0.005, seed=0), C_t)  # seed noise ≈ the cpu bench's rungs
+    lo, hi = iv["ci90"]
+    assert lo < true < hi
+    # it holds the bootstrap interval and adds to it the backtest's model error and the seed noise
+    b_lo, b_hi = iv["ci90_bootstrap"]
+    assert lo < b_lo and hi > b_hi and (hi - lo) > 2 * (b_hi - b_lo)
+    assert iv["dof"] == 3 and iv["n_backtests"] == 6 and iv["t_model"] == fit.t95(3)
+    assert 0.002 < iv["sigma_noise"] < 0.015 and (hi - lo) / mid < 0.15  # honest, but not unbounded
+
+
+def test_interval_is_wider_when_the_ladder_misses_its_own_largest_rungs():
+    C_t = 6 * 2e6 * 4e7
+    _, ok, _ = line_interval(line_points(noise=0.001, n=6), C_t, n_boot=0)
+    _, bent, f = line_interval(line_points(bend=0.03, noise=0.001, n=6), C_t, n_boot=0)
+    assert bent["sigma_model"] > 4 * ok["sigma_model"]
+    w = lambda iv: math.log(iv["ci90"][1] / iv["ci90"][0])  # noqa: E731
+    assert w(bent) > 2 * w(ok)
+    # the bend pulls the larger rungs below every backtest's law: its misses are over-predictions,
+    # and the (optional, not default) drift corrections move the point prediction down
+    assert f["backtest"] and all(b["log_error"] > 0 for b in f["backtest"])
+    mid = fit.predict(f, C=C_t)[0]
+    assert bent["drift"]["llo"] < mid and bent["drift"]["backtest"] < mid
+
+
+def test_interval_without_backtest_says_so_and_t_quantiles():
+    pts = line_points()[:4]  # 4 sizes: the law fits, but not without its largest size
+    mid, iv, _ = line_interval(pts, 1e15, n_boot=5)
+    assert iv["n_backtests"] == 0 and iv["sigma_model"] is None and "no backtest" in iv["note"]
+    assert iv["ci90"][0] <= mid <= iv["ci90"][1]
+    assert fit.t95(1) == pytest.approx(6.314) and fit.t95(2) == pytest.approx(2.920) and fit.t95(0) == math.inf
+    assert fit.t95(11) == fit.t95(10) and fit.t95(500) == pytest.approx(1.658)
+    assert [fit.t95(k) for k in range(1, 40)] == sorted([fit.t95(k) for k in range(1, 40)], reverse=True)

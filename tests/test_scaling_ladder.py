@@ -113,6 +113,12 @@ def test_prediction_registered_before_target_and_verified(tmp_path, fake_train):
     target_dir = tmp_path / "target"
     doc = predict.register(cfg, lad, tmp_path / "prediction.json", target_dir=target_dir, n_boot=5)
     assert doc["sha256"] == predict.content_sha256(doc) and doc["confident"]
+    pv = doc["prediction"]["val"]
+    # the 90% interval: the bootstrap's, widened by the backtest's model error and the seed noise
+    assert pv["ci90"][0] <= pv["ci90_bootstrap"][0] <= pv["loss"] <= pv["ci90_bootstrap"][1] <= pv["ci90"][1]
+    # an exact L(N, D) ladder: the chinchilla law backtests to round-off, so the interval stays tight
+    assert pv["fit"] == "chinchilla" and pv["interval"]["dof"] >= 1 and pv["interval"]["reach"] > 0
+    assert pv["interval"]["sigma_model"] < 1e-6 and pv["ci90"][1] - pv["ci90"][0] < 1e-5 * pv["loss"]
     with pytest.raises(ScalingError, match="never overwritten"):
         predict.register(cfg, lad, tmp_path / "prediction.json", n_boot=0)
     # the target trains only now
