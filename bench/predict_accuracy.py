@@ -109,13 +109,12 @@ def predictions(lad: Path, plan: dict, fractions, n_boot: int, drift_correction:
     for f in fractions:
         try:
             a = predict.analyse(lad, n_boot=n_boot, max_flops=f * plan["target"]["flops"], drift_correction=drift_correction)
-            preds[f] = {name: {"fit": e["fit"], "loss": e["fits"][e["fit"]]["loss"] if e["fit"] else None,
-                               "ci90": e["fits"][e["fit"]]["ci90"] if e["fit"] else None,
-                               "ci90_bootstrap": e["fits"][e["fit"]]["ci90_bootstrap"] if e["fit"] else None,
-                               "interval": e["fits"][e["fit"]]["interval"] if e["fit"] else None,
-                               "confident": e["regime"]["confident"], "flags": e["regime"]["flags"],
-                               "max_run_fraction": a["max_run_flops"] / plan["target"]["flops"]}
-                        for name, e in a["sets"].items()}
+            preds[f] = {}
+            for name, e in a["sets"].items():
+                chosen = e["fits"][e["fit"]] if e["fit"] else {}
+                preds[f][name] = {"fit": e["fit"], **{k: chosen.get(k) for k in ("loss", "ci90", "ci90_bootstrap", "interval")},
+                                  "confident": e["regime"]["confident"], "flags": e["regime"]["flags"],
+                                  "max_run_fraction": a["max_run_flops"] / plan["target"]["flops"]}
         except ScalingError as e:
             preds[f] = {"error": str(e)}
     return preds
