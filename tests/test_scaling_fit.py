@@ -107,6 +107,15 @@ def test_capability_fit_recovers_the_gpt4_form():
     assert out["k"] == pytest.approx(k, rel=1e-6)
     m = float(np.mean(difficulty)) * alpha * 1e15 ** -k
     assert out["predicted"] == pytest.approx(math.exp(-m), rel=1e-6)
+    # an exact law backtests to round-off (3 origins of 4–6 rungs); the interval is the problems' bootstrap only
+    iv = out["interval"]
+    assert iv["dof"] == 2 and iv["n_backtests"] == 3 and iv["error_per_efold"] < 1e-9
+    assert out["ci90"][0] < out["predicted"] < out["ci90"][1] < 1
+    # a law that bends (the last two rungs stall): the backtest sees the miss and the interval widens
+    bent = [list(-difficulty * alpha * min(c, 3e11) ** -k) for c in flops]
+    wide = capability.fit_and_predict(flops, bent, 1e15)
+    assert wide["interval"]["error_per_efold"] > 0.01
+    assert wide["ci90"][1] - wide["ci90"][0] > 3 * (out["ci90"][1] - out["ci90"][0])
     with pytest.raises(ScalingError, match="capability problems"):
         capability.fit_and_predict(flops, [[-20.0] * 5 for _ in flops], 1e15)
 
@@ -203,3 +212,27 @@ def test_interval_without_backtest_says_so_and_t_quantiles():
     assert fit.t95(1) == pytest.approx(6.314) and fit.t95(2) == pytest.approx(2.920) and fit.t95(0) == math.inf
     assert fit.t95(11) == fit.t95(10) and fit.t95(500) == pytest.approx(1.658)
     assert [fit.t95(k) for k in range(1, 40)] == sorted([fit.t95(k) for k in range(1, 40)], reverse=True)
+
+
+@pytest.fixture(scope="module")
+def code_tokenizer():
+    from glassgpt.data.sources import SourceStats, stdlib_documents
+    from glassgpt.data.tokenizer import Tokenizer
+
+    docs = [d.text for _, d in zip(range(40), stdlib_documents(SourceStats("stdlib")))]
+    return Tokenizer.train(docs, 512)
+
+
+@pytest.mark.parametrize("task", capability.TASKS)
+def test_capability_problems_are_line_ends(code_tokenizer, task):
+    tok, seq_len = code_tokenizer, 64
+    probs = capability.problems(tok, seq_len, task, max_problems=50)
+    assert len(probs) == 50 and len({p["id"] for p in probs}) == 50
+    for p in probs:
+        span = p["ids"][p["start"]:]
+        assert 1 <= len(span) <= capability.SPAN_TOKENS and len(p["ids"]) <= seq_len + 1
+        assert tok.decode(span).endswith("\n") and "\n" not in tok.decode(span)[:-1]  # the end of one line
+    capability._CACHE.clear()
+    assert [p["ids"] for p in capability.problems(tok, seq_len, task, max_problems=50)] == [p["ids"] for p in probs]
+    with pytest.raises(ScalingError, match="unknown capability task"):
+        capability.problems(tok, seq_len, "mmlu")

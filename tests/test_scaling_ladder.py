@@ -231,3 +231,41 @@ def test_saving_the_same_plan_again_is_a_no_op(tmp_path):
     ladder.save_plan(ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2), tmp_path)  # a resumed speedrun
     with pytest.raises(ScalingError, match="another plan"):
         ladder.save_plan(ladder.plan(cfg, max_fraction=5e-3, budget_fraction=5e-2), tmp_path)
+
+
+def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
+    """Rungs whose pass rates follow the GPT-4 form exactly: the registered capability prediction
+    matches the target's; a capability.json of the first task version is ignored, not fitted."""
+    import numpy as np
+    from pathlib import Path
+
+    from glassgpt.scaling import capability
+
+    cfg = big_target()
+    lad = tmp_path / "ladder"
+    ladder.save_plan(ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2), lad)
+    ladder.run(lad, capability=False)
+    difficulty = np.random.default_rng(0).uniform(0.5, 1.5, 30)
+
+    def score(run_dir, C):  # log pass rates = −difficulty · α · C^(−k)
+        doc = {"version": 2, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * 20 * C ** -0.1)}}}
+        (Path(run_dir) / "capability.json").write_text(json.dumps(doc))
+
+    pts = ladder.collect(lad)["points"]
+    for pt in pts:
+        score(pt["dir"], pt["flops"])
+    (Path(pts[0]["dir"]) / "capability.json").write_text(json.dumps({"task": "old", "logp": [0.0] * 30}))
+    assert capability.load(pts[0]["dir"]) is None
+    target_dir = tmp_path / "target"
+    rc = cli.main(["predict", "--target", "cpu", "--ladder", str(lad), "--out", str(tmp_path / "prediction.json"),
+                   "--n-boot", "0", "--data.vocab_size=1024", "--train.tokens=20000000", "--model.depth=6"])
+    assert rc == 0 and "geometric-mean pass rate" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "prediction.json").read_text())
+    assert doc["capability"]["n_problems"] == 30 and doc["capability"]["k"] == pytest.approx(0.1, rel=1e-6)
+    rep = fake_report(config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"]), target_dir)
+    score(target_dir, rep["flops"])
+    r = predict.verify(tmp_path / "prediction.json", target_dir, tmp_path / "out")
+    c = r["capabilities"]["stdlib_tests"]
+    assert r["capability"] == c and c["actual"] == pytest.approx(c["predicted"], rel=1e-4)
+    assert abs(c["neg_mean_log_pass_error"]) < 1e-4 and 0 < c["max_run_fraction"] <= 1e-2
+    assert any(line.startswith("capability stdlib_tests") for line in predict.headline(r))

@@ -1,12 +1,17 @@
-"""Capability for the ladder: completing the next line of held-out HumanEval solutions.
+"""Capability for the ladder: completing the end of a line of held-out code.
 
-Task: for a line of a HumanEval canonical solution, given the prompt and the solution's lines
-before it, produce the line exactly. A problem's *pass rate* is the probability that sampling
-at temperature T = 0.2 (Codex's temperature for pass@1) reproduces the line token by token:
-p = exp(Σ log softmax(logits / T)[token]), computed exactly in one forward pass (no sampling
-noise), so small models score strictly between 0 and 1 and the GPT-4 form
-−E[log pass_rate(C)] = α·C^(−k) can be fitted over the problems the rungs solve at least
-sometimes. Greedy exact match (T → 0) is recorded too.
+A *problem* is one line of held-out code (the stdlib's test files, or HumanEval's canonical
+solutions): given the file before the line and the line's start, produce the line's last
+SPAN_TOKENS tokens and its newline exactly. A problem's *pass rate* is the probability that
+sampling at temperature T reproduces them token by token, p = exp(Σ log softmax(logits / T)[token]),
+computed exactly in one forward pass (no sampling noise). Small models score strictly between 0
+and 1 on it, so the GPT-4 form −E[log pass_rate(C)] = α·C^(−k) can be fitted over the problems
+the rungs solve at least sometimes. Greedy exact match (T → 0) is recorded too.
+
+Why this task and not whole lines at T = 0.2 (the first version): on the cpu ladder (loss ≈ 3.4
+nats/token) the best rung solved 4 of 256 HumanEval lines that way, and 2 of 384 stdlib-test lines,
+so every capability prediction was refused. Line endings at T = 1 give the rungs 20–50 solvable
+problems (docs/devlog.md, fourth session).
 """
 
 from __future__ import annotations
@@ -15,54 +20,101 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from glassgpt.errors import ScalingError
+from glassgpt.scaling import fit as fit_mod
 
 log = logging.getLogger(__name__)
 
-TEMPERATURE = 0.2
-TASK = f"humaneval-next-line (sampled pass rate, T={TEMPERATURE})"
+TEMPERATURE = 1.0
+SPAN_TOKENS = 3  # the line's last tokens to produce (its newline included)
+MAX_LINE_TOKENS = 8  # lines at most this long, whole lines kept short enough to be code, not prose
 MIN_PROBLEMS = 20  # solvable problems a capability fit needs
-MAX_LINE_TOKENS = 8  # short lines (e.g. `return result`): small models solve some of them sometimes
+TASKS = ("stdlib_tests", "humaneval")  # the first is the headline task
+
+
+def task_label(task: str) -> str:
+    return f"{task}-line-end (last {SPAN_TOKENS} tokens, sampled pass rate, T={TEMPERATURE:g})"
 
 
 _CACHE: dict = {}
 
 
-def problems(tokenizer, seq_len: int, max_problems: int = 256) -> list[dict]:
-    """Deterministic problems: (token ids of context + line, index where the line starts).
-    Cached per (tokenizer, seq_len) within a process: every rung of a ladder shares them."""
-    key = (tokenizer.hf.to_str() if hasattr(tokenizer, "hf") else id(tokenizer), seq_len, max_problems)
+def problems(tokenizer, seq_len: int, task: str = TASKS[0], max_problems: int = 512) -> list[dict]:
+    """Deterministic problems: token ids of context + line, and the index where the span starts.
+    Cached per (task, tokenizer, seq_len) within a process: every rung of a ladder shares them."""
+    if task not in TASKS:
+        raise ScalingError(f"unknown capability task {task!r}; choose one of {', '.join(TASKS)}")
+    key = (task, tokenizer.hf.to_str() if hasattr(tokenizer, "hf") else id(tokenizer), seq_len, max_problems)
     if key not in _CACHE:
-        _CACHE[key] = _problems(tokenizer, seq_len, max_problems)
+        _CACHE[key] = _problems(_ITEMS[task](seq_len), tokenizer, seq_len, max_problems)
     return _CACHE[key]
 
 
-def _problems(tokenizer, seq_len: int, max_problems: int) -> list[dict]:
+def _humaneval_items(seq_len: int) -> list[tuple[str, Callable]]:
     from glassgpt.data.sources import humaneval_problems
 
     out = []
     for prob in humaneval_problems():
         sol_lines = prob["canonical_solution"].split("\n")
         for k, line in enumerate(sol_lines):
-            if len(line.strip()) < 6:
-                continue
-            context = prob["prompt"] + "\n".join(sol_lines[:k]) + ("\n" if k else "")
-            ctx_ids = [tokenizer.bos_id] + tokenizer.encode(context)
-            full_ids = [tokenizer.bos_id] + tokenizer.encode(context + line + "\n")
-            n_line = len(full_ids) - len(ctx_ids)
-            if full_ids[: len(ctx_ids)] != ctx_ids or n_line > min(MAX_LINE_TOKENS, seq_len // 2):
-                continue  # the tokenization merges across the boundary, or the line is too long
-            keep = full_ids[-(seq_len + 1):] if len(full_ids) > seq_len + 1 else full_ids
-            start = len(ctx_ids) - (len(full_ids) - len(keep))
-            out.append({"id": f"{prob['task_id']}:{k}", "ids": keep, "start": start})
-    # an evenly spread, fixed subset
-    if len(out) > max_problems:
-        idx = np.linspace(0, len(out) - 1, max_problems).round().astype(int)
-        out = [out[i] for i in idx]
+            if len(line.strip()) >= 6:
+                context = prob["prompt"] + "\n".join(sol_lines[:k]) + ("\n" if k else "")
+                out.append((f"{prob['task_id']}:{k}", lambda c=context, ln=line: (c, ln)))
+    return out
+
+
+def _stdlib_tests_items(seq_len: int) -> list[tuple[str, Callable]]:
+    """Short code lines (not comments) of the held-out stdlib test files."""
+    from glassgpt.data.sources import _stdlib_files, stdlib_root
+
+    root, out = stdlib_root(), []
+    for p in _stdlib_files(heldout=True):
+        try:
+            text = p.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        off = 0
+        for k, line in enumerate(text.split("\n")):
+            s = line.strip()
+            if len(s) >= 6 and len(line) <= 48 and not s.startswith("#"):
+                # 8 characters per position is more context than seq_len tokens ever hold
+                out.append((f"{p.relative_to(root)}:{k}",
+                            lambda t=text, a=max(0, off - 8 * seq_len), b=off, n=len(line): (t[a:b], t[b : b + n])))
+            off += len(line) + 1
+    return out
+
+
+_ITEMS = {"stdlib_tests": _stdlib_tests_items, "humaneval": _humaneval_items}
+
+
+def _spread_order(n: int) -> Iterator[int]:
+    """0..n-1 in a golden-ratio stride: any prefix is spread evenly over the whole list."""
+    step = max(1, round(n * 0.6180339887))
+    while math.gcd(step, n) != 1:
+        step += 1
+    return ((k * step) % n for k in range(n))
+
+
+def _problems(items, tokenizer, seq_len: int, max_problems: int) -> list[dict]:
+    """The first max_problems candidates, in spread order, whose line is short and tokenizes on its own."""
+    out = []
+    for i in _spread_order(len(items)):
+        pid, get = items[i]
+        context, line = get()
+        ctx_ids = [tokenizer.bos_id] + tokenizer.encode(context)
+        full_ids = [tokenizer.bos_id] + tokenizer.encode(context + line + "\n")
+        n_line = len(full_ids) - len(ctx_ids)
+        if full_ids[: len(ctx_ids)] != ctx_ids or n_line > min(MAX_LINE_TOKENS, seq_len // 2):
+            continue  # the tokenization merges across the boundary, or the line is too long
+        keep = full_ids[-(seq_len + 1):]
+        out.append({"id": pid, "ids": keep, "start": len(keep) - min(SPAN_TOKENS, n_line)})
+        if len(out) == max_problems:
+            break
     return out
 
 
@@ -90,21 +142,38 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
     return logps, greedy
 
 
-def evaluate_run(run_dir: Path, max_problems: int = 256) -> dict:
-    """Score a run's final checkpoint; writes capability.json beside its report."""
+def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
+    """Score a run's final checkpoint on each task; writes capability.json beside its report."""
     from glassgpt.train import checkpoint
 
     run_dir = Path(run_dir)
     model, tok, cfg = checkpoint.load_model(run_dir)
-    probs = problems(tok, cfg.model.seq_len, max_problems)
-    if not probs:
+    out = {"version": 2, "tasks": {}}
+    for task in tasks:
+        probs = problems(tok, cfg.model.seq_len, task)
+        if not probs:
+            log.warning("no %s capability problems fit this tokenizer and sequence length %d", task, cfg.model.seq_len)
+            continue
+        logps, greedy = score(model, probs)
+        out["tasks"][task] = {"task": task_label(task), "ids": [p["id"] for p in probs], "logp": logps, "greedy": greedy,
+                              "greedy_accuracy": sum(greedy) / len(greedy),
+                              "mean_pass_rate": float(np.mean(np.exp(logps)))}
+    if not out["tasks"]:
         raise ScalingError("no capability problems fit this tokenizer and sequence length; raise model.seq_len")
-    logps, greedy = score(model, probs)
-    out = {"task": TASK, "ids": [p["id"] for p in probs], "logp": logps, "greedy": greedy,
-           "greedy_accuracy": sum(greedy) / len(greedy),
-           "mean_pass_rate": float(np.mean(np.exp(logps)))}
     (run_dir / "capability.json").write_text(json.dumps(out))
     return out
+
+
+def load(run_dir: Path) -> dict | None:
+    """{task: per-problem log pass rates} of a scored run; None where it is unscored or was scored
+    by the first version of the task (whole lines at T = 0.2: other problems, not comparable)."""
+    path = Path(run_dir) / "capability.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("version") != 2:
+        return None
+    return {k: v["logp"] for k, v in doc["tasks"].items()}
 
 
 def solvable(rung_logps: list[list[float]], threshold: float = math.log(0.05)) -> list[int]:
@@ -113,8 +182,37 @@ def solvable(rung_logps: list[list[float]], threshold: float = math.log(0.05)) -
     return [int(i) for i in np.nonzero(arr.max(0) >= threshold)[0]]
 
 
-def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float) -> dict:
-    """Fit −E[log pass_rate](C) = α·C^(−k) over solvable problems (least squares in log-log)."""
+def _gpt4_fit(flops, arr: np.ndarray) -> tuple[float, float]:
+    """(k, ln α) of −E[log pass rate] = α·C^(−k): least squares in log-log over the rungs."""
+    m = -arr.mean(1)
+    slope, log_a = np.polyfit(np.log(np.asarray(flops, dtype=float)), np.log(np.maximum(m, 1e-9)), 1)
+    return float(-slope), float(log_a)
+
+
+def backtest(flops: list[float], rung_logps: list[list[float]]) -> list[dict]:
+    """Rolling origin, as for the loss (fit.backtest): every prefix of ≥ fit.MIN_ORIGIN_SIZES rungs picks
+    its own solvable problems, fits the GPT-4 form and predicts each larger rung's −E[log pass rate]
+    on those problems. Each miss keeps its reach, ln(compute predicted / the prefix's largest)."""
+    order = np.argsort(flops)
+    C, arr = np.asarray(flops, dtype=float)[order], np.asarray(rung_logps)[order]
+    out = []
+    for m in range(fit_mod.MIN_ORIGIN_SIZES, len(C)):
+        S = solvable(arr[:m])
+        if len(S) < MIN_PROBLEMS:
+            continue
+        k, log_a = _gpt4_fit(C[:m], arr[:m, S])
+        for q in range(m, len(C)):
+            pred, act = math.exp(log_a - k * math.log(C[q])), -float(arr[q, S].mean())
+            out.append({"origin": m, "reach": math.log(C[q] / C[m - 1]), "log_error": math.log(pred / act)})
+    return out
+
+
+def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float, task: str = TASKS[0],
+                    n_boot: int = 200) -> dict:
+    """Fit −E[log pass_rate](C) = α·C^(−k) over solvable problems (least squares in log-log), with
+    a 90% interval on the predicted geometric-mean pass rate: the bootstrap over problems and the
+    backtest's model error (per e-fold of compute × the target's reach, Student's t over the
+    origins), added in quadrature on log(−E[log pass rate]), as fit.interval does for the loss."""
     S = solvable(rung_logps)
     if len(S) < MIN_PROBLEMS:
         # with a handful of problems, picking them by the rungs' best pass rate picks lucky ones
@@ -122,14 +220,47 @@ def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_fl
         raise ScalingError(f"only {len(S)} capability problems are solved at least sometimes by the rungs "
                            f"(need {MIN_PROBLEMS}); the capability prediction needs larger rungs")
     arr = np.asarray(rung_logps)[:, S]
-    m = -arr.mean(1)  # −E[log pass rate] per rung
-    x, y = np.log(np.asarray(flops)), np.log(np.maximum(m, 1e-9))
-    k, log_a = np.polyfit(x, y, 1)
-    k = -k
+    k, log_a = _gpt4_fit(flops, arr)
     pred_m = float(math.exp(log_a - k * math.log(target_flops)))
-    return {"task": TASK, "problems": S, "n_problems": len(S), "alpha": float(math.exp(log_a)), "k": float(k),
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(n_boot):
+        kb, lab = _gpt4_fit(flops, arr[:, rng.integers(0, len(S), len(S))])
+        boot.append(lab - kb * math.log(target_flops))
+    b_lo, b_hi = (math.log(pred_m) - np.percentile(boot, 5), np.percentile(boot, 95) - math.log(pred_m)) if boot else (0, 0)
+    bt = backtest(flops, rung_logps)
+    reach = math.log(target_flops / max(flops))
+    iv = {"reach": reach, "n_backtests": len(bt), "bootstrap_half_widths": [float(b_lo), float(b_hi)]}
+    extra = 0.0
+    if bt:
+        rate = math.sqrt(sum((b["log_error"] / b["reach"]) ** 2 for b in bt) / len(bt))
+        dof = len({b["origin"] for b in bt})
+        iv.update({"error_per_efold": rate, "mean_log_error_per_efold": sum(b["log_error"] / b["reach"] for b in bt) / len(bt),
+                   "dof": dof, "t_model": fit_mod.t95(dof)})
+        extra = (fit_mod.t95(dof) * rate * reach) ** 2
+    else:
+        iv["note"] = (f"no backtest possible (no prefix of ≥ {fit_mod.MIN_ORIGIN_SIZES} rungs solves {MIN_PROBLEMS} problems): "
+                      "the interval holds the problems' bootstrap only, not the law's own error; not confident")
+    m_lo, m_hi = pred_m * math.exp(-math.sqrt(max(b_lo, 0) ** 2 + extra)), pred_m * math.exp(math.sqrt(max(b_hi, 0) ** 2 + extra))
+    return {"task": task_label(task), "problems": S, "n_problems": len(S), "alpha": float(math.exp(log_a)), "k": k,
             "predicted_neg_mean_log_pass": pred_m, "predicted": math.exp(-pred_m),
-            "rungs": [{"flops": f, "neg_mean_log_pass": float(v)} for f, v in zip(flops, m)]}
+            "ci90": [math.exp(-m_hi), math.exp(-m_lo)], "interval": iv, "confident": bool(bt),
+            "rungs": [{"flops": f, "neg_mean_log_pass": float(v)} for f, v in zip(flops, -arr.mean(1))]}
+
+
+def predict_all(points: list[dict], target_flops: float) -> dict:
+    """{task: prediction or {"task", "refused"}} from ladder points carrying `capability`."""
+    out = {}
+    for task in TASKS:
+        pts = [p for p in points if task in (p.get("capability") or {})]
+        if not pts:
+            continue
+        try:
+            out[task] = fit_and_predict([p["flops"] for p in pts], [p["capability"][task] for p in pts], target_flops, task)
+            out[task]["max_run_flops"] = max(p["flops"] for p in pts)
+        except ScalingError as e:
+            out[task] = {"task": task_label(task), "refused": str(e)}
+    return out
 
 
 def actual(run_logps: list[float], problems_idx: list[int]) -> dict:

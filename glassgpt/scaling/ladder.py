@@ -447,9 +447,11 @@ def collect(ladder_dir: Path) -> dict:
                 pt["final_loss"] = {k: v["loss"] for k, v in rep["heldout"].items()}
                 pt["bpb_per_nat"] = {k: v["bpb"] / v["loss"] for k, v in rep["heldout"].items() if v["loss"] > 0}
                 pt["seconds"] = rep["seconds"]
-                cap = run_dir / "capability.json"
-                if cap.exists():
-                    pt["capability"] = json.loads(cap.read_text())["logp"]
+                from glassgpt.scaling import capability as cap_mod
+
+                scored = cap_mod.load(run_dir)
+                if scored:
+                    pt["capability"] = scored
             elif st == "diverged":
                 pt["reason"] = json.loads((run_dir / "diverged.json").read_text())["reason"]
             points.append(pt)

@@ -163,17 +163,11 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
         adv = next((r["advice"] for r in regimes.values() if r.get("advice")), "")
         raise ScalingError(f"no confident prediction: {advice}. {adv} (or pass --allow-unconfident to register it flagged)")
     tgt = a["plan"]["target"]
-    cap = None
     # the GPT-4 form over the runs made like the target: each size's point on its tokens/param line
     caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], **fit_mod.line_of(tgt, plan.get("line")))
-    if caps:
-        from glassgpt.scaling import capability as cap_mod
+    from glassgpt.scaling import capability as cap_mod
 
-        try:
-            cap = cap_mod.fit_and_predict([x["flops"] for x in caps], [x["capability"] for x in caps], tgt["flops"])
-            cap["max_run_flops"] = max(x["flops"] for x in caps)
-        except ScalingError as e:
-            cap = {"task": cap_mod.TASK, "refused": str(e)}
+    cap_tasks = cap_mod.predict_all(caps, tgt["flops"]) if caps else {}
     doc = {
         "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"config": copy.deepcopy(target_cfg.to_dict()), "config_sha256": sha, "params": tgt["params"],
@@ -181,7 +175,8 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
         "prediction": prediction,
         "confident": confident,
         "regime": regimes,
-        "capability": cap,
+        "capability": next(iter(cap_tasks.values()), None),  # the headline task
+        "capability_tasks": cap_tasks,
         "ladder": ladder_summary(a),
         "fits": {name: {k: {kk: v.get(kk) for kk in ("params", "rms_log_residual", "leave_largest_out", "theta", "refused")}
                         for k, v in e["fits"].items()} for name, e in a["sets"].items()},
@@ -225,21 +220,28 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
         if k in actual:
             rel[k] = p["loss"] / actual[k]["loss"] - 1
             inside[k] = p["ci90"][0] <= actual[k]["loss"] <= p["ci90"][1]
-    cap = None
-    if pred.get("capability") and not pred["capability"].get("refused"):
-        from glassgpt.scaling import capability as cap_mod
+    from glassgpt.scaling import capability as cap_mod
 
-        cpath = target_dir / "capability.json"
-        run_cap = json.loads(cpath.read_text()) if cpath.exists() else cap_mod.evaluate_run(target_dir)
-        act = cap_mod.actual(run_cap["logp"], pred["capability"]["problems"])
-        pc = pred["capability"]
-        cap = {"task": pc["task"], "predicted": pc["predicted"], "actual": act["actual"],
-               "relative_error": pc["predicted"] / act["actual"] - 1 if act["actual"] > 0 else None,
-               "n_problems": pc["n_problems"], "predicted_neg_mean_log_pass": pc["predicted_neg_mean_log_pass"],
-               "actual_neg_mean_log_pass": act["neg_mean_log_pass"], "max_run_fraction": pc["max_run_flops"] / rep["flops"],
-               "target_greedy_accuracy": run_cap.get("greedy_accuracy")}
-    elif pred.get("capability"):
-        cap = {"task": pred["capability"]["task"], "predicted": None, "actual": None, "refused": pred["capability"]["refused"]}
+    caps, run_cap = {}, None
+    for task, pc in (pred.get("capability_tasks") or {}).items():
+        if pc.get("refused"):
+            caps[task] = {"task": pc["task"], "predicted": None, "actual": None, "refused": pc["refused"]}
+            continue
+        if run_cap is None:
+            run_cap = cap_mod.load(target_dir)
+            if run_cap is None:
+                cap_mod.evaluate_run(target_dir)
+                run_cap = cap_mod.load(target_dir)
+        act = cap_mod.actual(run_cap[task], pc["problems"])
+        caps[task] = {"task": pc["task"], "predicted": pc["predicted"], "actual": act["actual"], "ci90": pc.get("ci90"),
+                      "inside_ci90": pc["ci90"][0] <= act["actual"] <= pc["ci90"][1] if pc.get("ci90") else None,
+                      "confident": pc.get("confident"),
+                      "relative_error": pc["predicted"] / act["actual"] - 1 if act["actual"] > 0 else None,
+                      "n_problems": pc["n_problems"], "predicted_neg_mean_log_pass": pc["predicted_neg_mean_log_pass"],
+                      "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
+                      "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
+                      "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
+    cap = next(iter(caps.values()), None)
     report = {
         "target": {"params": rep["params"], "tokens": rep["tokens"], "flops": rep["flops"]},
         "ladder": {"runs": pred["ladder"]["runs"], "max_run_flops": pred["ladder"]["max_run_flops"],
@@ -248,6 +250,7 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
         "actual": {k: {"loss": v["loss"]} for k, v in actual.items()},
         "relative_error": rel,
         "capability": cap,
+        "capabilities": caps,
         "inside_ci90": inside,
         "confident": pred["confident"],
         "regime": {k: {kk: r.get(kk) for kk in ("flags", "local_slopes", "advice", "needed_max_fraction")} for k, r in pred["regime"].items()},
@@ -284,10 +287,18 @@ def headline(report: dict) -> list[str]:
                      f"{'inside' if report['inside_ci90'][k] else 'outside'} the 90% interval")
     lines.append(f"compute: largest rung 1/{1 / frac['max_run']:,.0f} of the target, whole ladder 1/{1 / frac['ladder_total']:,.0f}; "
                  f"regime check: {'passed' if report['confident'] else 'FAILED (prediction not confident)'}")
-    c = report.get("capability")
-    if c and c.get("predicted") is not None:
-        lines.append(f"capability ({c['task']}, {c['n_problems']} problems): predicted {c['predicted']:.4f}, actual {c['actual']:.4f} "
-                     f"(geometric-mean pass rate)")
+    caps = report.get("capabilities") or ({"": report["capability"]} if report.get("capability") else {})
+    for c in caps.values():
+        if c.get("predicted") is not None:
+            err = c.get("neg_mean_log_pass_error")
+            ci = f" [{c['ci90'][0]:.4f}, {c['ci90'][1]:.4f}]" if c.get("ci90") else ""
+            inside = "" if c.get("inside_ci90") is None else f", {'inside' if c['inside_ci90'] else 'outside'} the 90% interval"
+            lines.append(f"capability {c['task']}, {c['n_problems']} problems: geometric-mean pass rate predicted "
+                         f"{c['predicted']:.4f}{ci}, actual {c['actual']:.4f}"
+                         + (f" (−E[log pass rate] error {err:+.2%}{inside})" if err is not None else "")
+                         + ("" if c.get("confident", True) else "; NOT CONFIDENT: no backtest inside the ladder"))
+        elif c.get("refused"):
+            lines.append(f"capability {c['task']}: refused ({c['refused']})")
     return lines
 
 

@@ -1,0 +1,104 @@
+"""Capability prediction error against the compute fraction of the largest rung, over seeds.
+
+Reads the finished ladders and targets of a `bench/predict_accuracy.py` run (--out), scores every
+run on the target's line that has no current capability.json (glassgpt.scaling.capability: the
+last tokens of held-out code lines, sampled pass rate at T = 1), then for each fraction f fits the
+GPT-4 form −E[log pass rate](C) = α·C^(−k) on the line points of ≤ f of the target's FLOPs, over
+the problems they solve at least sometimes, and compares with the target. The reference, from the
+same runs: predicting that the target scores what the largest rung scored (no scaling law at all).
+It also prints how often the actual lies inside the prediction's 90% interval (cN: N of them
+confident, i.e. with a backtest inside the ladder).
+
+    python bench/capability_accuracy.py --out runs/bench_predict --fractions 0.34,0.2,0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from glassgpt.errors import ScalingError
+from glassgpt.scaling import capability, fit, ladder
+
+
+def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
+    lad, target = root / "ladder", root / "target"
+    plan = json.loads((lad / "plan.json").read_text())
+    T = plan["target"]["flops"]
+    pts = [p for p in ladder.collect(lad)["points"] if p["status"] == "done"]
+    line = fit.on_line(pts, **fit.line_of(plan["target"], plan.get("line")))
+    for p in line + [{"dir": str(target)}]:
+        if capability.load(p["dir"]) is None:
+            logging.info("scoring %s", p["dir"])
+            capability.evaluate_run(Path(p["dir"]))
+        p["capability"] = capability.load(p["dir"])
+    tgt = capability.load(target)
+    rows = []
+    for task in capability.TASKS:
+        for f in fractions:
+            use = sorted((p for p in line if p["flops"] <= f * T * (1 + 1e-9)), key=lambda p: p["flops"])
+            row = {"seed": root.name, "task": task, "fraction": f, "max_run_fraction": use[-1]["flops"] / T if use else None}
+            try:
+                pr = capability.fit_and_predict([p["flops"] for p in use], [p["capability"][task] for p in use], T, task)
+            except (ScalingError, IndexError, TypeError) as e:
+                rows.append({**row, "refused": str(e)})
+                continue
+            S = pr["problems"]
+            act = capability.actual(tgt[task], S)
+            largest = -float(np.mean(np.asarray(use[-1]["capability"][task])[S]))
+            rows.append({**row, "n_problems": len(S), "k": pr["k"],
+                         "predicted": pr["predicted_neg_mean_log_pass"], "actual": act["neg_mean_log_pass"],
+                         "error": pr["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
+                         "largest_rung_error": largest / act["neg_mean_log_pass"] - 1,
+                         "pass_predicted": pr["predicted"], "pass_actual": act["actual"], "ci90": pr["ci90"],
+                         "inside": pr["ci90"][0] <= act["actual"] <= pr["ci90"][1], "confident": pr["confident"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = [f"{'task':>13} {'fraction':>9} {'problems':>9} {'−E[log p] error per seed':>28} {'mean |err|':>10} "
+           f"{'largest rung as the prediction':>31} {'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
+    keys = sorted({(r["task"], r["fraction"]) for r in rows}, key=lambda k: (capability.TASKS.index(k[0]), -k[1]))
+    for task, f in keys:
+        rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
+        ok = [r for r in rs if "error" in r]
+        if not ok:
+            out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
+            continue
+        frac = np.median([r["max_run_fraction"] for r in ok])
+        label = f"{frac:.2f}" if frac > 0.3 else f"1/{1 / frac:.0f}"
+        errs = " ".join(f"{r['error']:+7.1%}" for r in ok) + "".join("   refused" for r in rs if "error" not in r)
+        ref = " ".join(f"{r['largest_rung_error']:+7.1%}" for r in ok)
+        passes = "  ".join(f"{r['pass_predicted']:.3f} [{r['ci90'][0]:.3f}, {r['ci90'][1]:.3f}] / {r['pass_actual']:.3f}"
+                           for r in ok)
+        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)}"
+        inside += f" c{sum(r['confident'] for r in ok)}"
+        out.append(f"{task:>13} {label:>9} {'/'.join(str(r['n_problems']) for r in ok):>9} {errs:>28} "
+                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {ref:>31} {inside:>10}   {passes}")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench_predict", help="a finished bench/predict_accuracy.py output folder")
+    ap.add_argument("--fractions", default="0.34,0.2,0.1", help="comma-separated compute fractions of the largest rung")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    fractions = sorted((float(f) for f in args.fractions.split(",")), reverse=True)
+    seeds = sorted(p for p in Path(args.out).glob("seed*") if (p / "target" / "report.json").exists())
+    if not seeds:
+        raise SystemExit(f"{args.out} holds no finished seed*/ladder and target: run bench/predict_accuracy.py first")
+    rows = [r for s in seeds for r in rows_for_seed(s, fractions)]
+    (Path(args.out) / "capability.json").write_text(json.dumps(rows, indent=1))
+    print(f"{args.out}: {len(seeds)} seeds; task: {capability.task_label('<set>')}")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
