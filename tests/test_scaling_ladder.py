@@ -211,7 +211,13 @@ def test_real_tiny_ladder_end_to_end(tmp_path, corpus_dir, cache_dir):
     ladder.save_plan(p, lad)
     ladder.run(lad, workers=2, capability=True)  # two worker processes
     coll = ladder.collect(lad)
-    assert all(x["status"] == "done" for x in coll["points"]) and all("capability" in x for x in coll["points"])
+    assert all(x["status"] == "done" for x in coll["points"])
+    # only each size's point on the target's line is scored for capability: the fit reads no other
+    scored = {(x["size"], x["tokens"]) for x in coll["points"] if "capability" in x}
+    line = ladder.line_budgets(p)
+    assert scored == {(x["size"], x["tokens"]) for x in coll["points"]
+                      if x["tokens"] == next(s for s in p["sizes"] if s["name"] == x["size"])["tokens_per_step"] * line[x["size"]]}
+    assert len(scored) == len(line) >= 1
     stable = lad / "rungs" / p["sizes"][0]["name"] / "stable"
     assert sorted(c.name for c in (stable / "checkpoints").glob("step_*")) == \
         [f"step_{s:07d}" for s in p["sizes"][0]["decay_starts"]]

@@ -312,9 +312,20 @@ def _first_loss(run: Path) -> float | None:
     return None
 
 
-def run_size(ladder_dir: str, size: dict, threads: int = 0, capability: bool = True) -> dict:
+def line_budgets(p: dict) -> dict[str, int]:
+    """{size name: the budget (steps) of its point on the target's line}: the only points the
+    capability fit reads, so the only ones worth scoring."""
+    from glassgpt.scaling import fit
+
+    pts = [{"params_non_embedding": s["params_non_embedding"], "tokens": t, "flops": f, "size": s["name"], "steps": b}
+           for s in p["sizes"] for b, t, f in zip(s["budgets"], s["tokens"], s["flops"])]
+    return {q["size"]: q["steps"] for q in fit.on_line(pts, **fit.line_of(p["target"], p.get("line")))}
+
+
+def run_size(ladder_dir: str, size: dict, threads: int = 0, capability_steps: int | None = None) -> dict:
     """Train one size: the stable run, then each cooldown branched from it. Finished branches are
-    skipped; a diverged run is recorded and excluded. Returns {steps: status}."""
+    skipped; a diverged run is recorded and excluded. The branch of `capability_steps` (its point on
+    the target's line) is scored for capability too. Returns {steps: status}."""
     from glassgpt.train.trainer import train
 
     ladder_dir = Path(ladder_dir)
@@ -381,7 +392,7 @@ def run_size(ladder_dir: str, size: dict, threads: int = 0, capability: bool = T
             _mark_diverged(run, f"final held-out loss {max(finals):.3f} above the starting loss {start:.3f}")
             status[b] = "diverged"
             continue
-        if capability:
+        if b == capability_steps:
             from glassgpt.scaling import capability as cap
 
             cap.evaluate_run(run)
@@ -414,17 +425,18 @@ def run(ladder_dir: Path, workers: int = 1, shard: str | None = None, capability
     prepare(config_mod.from_dict(p["target"]["config"]).data)  # once, before the workers
     t0 = time.time()
     results = {}
+    cap_steps = line_budgets(p) if capability else {}
     if workers <= 1:
         for k, s in enumerate(sizes):
             log.info("ladder: size %d/%d %s (%s params)", k + 1, len(sizes), s["name"], f"{s['params']:,}")
-            results[s["name"]] = run_size(str(ladder_dir), s, 0, capability)
+            results[s["name"]] = run_size(str(ladder_dir), s, 0, cap_steps.get(s["name"]))
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(run_size, str(ladder_dir), s, threads, capability): s["name"] for s in sizes}
+            futs = {ex.submit(run_size, str(ladder_dir), s, threads, cap_steps.get(s["name"])): s["name"] for s in sizes}
             for k, f in enumerate(cf.as_completed(futs)):
                 results[futs[f]] = f.result()
                 log.info("ladder: %d/%d sizes done (%s), %.0fs", k + 1, len(sizes), futs[f], time.time() - t0)
