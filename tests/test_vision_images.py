@@ -183,3 +183,22 @@ def test_digit_epoch_order_is_the_seeded_shuffle():
         want = random.Random(zlib.crc32(repr((seed, "digits-epoch", epoch)).encode())).sample(list(train), len(train))
         assert list(I._digits_epoch_order(seed, epoch)) == want
     assert sorted(I._digits_epoch_order(5, 1)) == sorted(train.tolist())
+
+
+def test_training_scenes_add_large_objects_held_out_scenes_do_not(monkeypatch):
+    drawn = []
+    real = I._scene
+
+    def spy(rng, n, radii=I.RADII):
+        objs = real(rng, n, radii)
+        drawn.append({o[4] for o in objs})
+        return objs
+
+    monkeypatch.setattr(I, "_scene", spy)
+    for k in range(200):
+        I.shapes(0, "heldout", k)
+    assert set().union(*drawn) == set(I.RADII)
+    drawn.clear()
+    for k in range(200):
+        I.shapes(0, "train", k)
+    assert set().union(*drawn) == set(I.TRAIN_RADII) and max(I.TRAIN_RADII) > max(I.RADII)
