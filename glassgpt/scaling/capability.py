@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TEMPERATURE = 1.0
 SPAN_TOKENS = 3  # the line's last tokens to produce (its newline included)
-MAX_LINE_TOKENS = 8  # lines at most this long, whole lines kept short enough to be code, not prose
+MAX_LINE_TOKENS = 8  # only short lines (in tokens), so the span is a good part of its line
 MIN_PROBLEMS = 20  # solvable problems a capability fit needs
 TASKS = ("stdlib_tests", "humaneval")  # the first is the headline task
 
