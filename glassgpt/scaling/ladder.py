@@ -440,6 +440,14 @@ def run(ladder_dir: Path, workers: int = 1, shard: str | None = None, capability
             for k, f in enumerate(cf.as_completed(futs)):
                 results[futs[f]] = f.result()
                 log.info("ladder: %d/%d sizes done (%s), %.0fs", k + 1, len(sizes), futs[f], time.time() - t0)
+    if capability:  # a line point finished by an earlier run but unscored (a crash, or an older task version)
+        from glassgpt.scaling import capability as cap
+
+        for s in sizes:
+            run_dir = branch_dir(ladder_dir, s, cap_steps[s["name"]]) if s["name"] in cap_steps else None
+            if run_dir is not None and _status(run_dir) == "done" and cap.load(run_dir) is None:
+                log.info("ladder: scoring capability of %s", run_dir)
+                cap.evaluate_run(run_dir)
     return results
 
 
