@@ -241,6 +241,10 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
                       "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
                       "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
                       "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
+    if pred.get("capability") and "capability_tasks" not in pred:  # registered by the first task version
+        caps["humaneval"] = {"task": pred["capability"]["task"], "predicted": None, "actual": None,
+                             "refused": "registered with the first capability task (whole lines at T = 0.2), "
+                                        "which this version no longer scores"}
     cap = next(iter(caps.values()), None)
     report = {
         "target": {"params": rep["params"], "tokens": rep["tokens"], "flops": rep["flops"]},
