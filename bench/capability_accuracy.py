@@ -32,12 +32,14 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
     T = plan["target"]["flops"]
     pts = [p for p in ladder.collect(lad)["points"] if p["status"] == "done"]
     line = fit.on_line(pts, **fit.line_of(plan["target"], plan.get("line")))
-    for p in line + [{"dir": str(target)}]:
-        if capability.load(p["dir"]) is None:
+    tgt = {"dir": str(target)}
+    for p in line + [tgt]:
+        p["capability"] = capability.load(p["dir"])
+        if p["capability"] is None:
             logging.info("scoring %s", p["dir"])
             capability.evaluate_run(Path(p["dir"]))
-        p["capability"] = capability.load(p["dir"])
-    tgt = capability.load(target)
+            p["capability"] = capability.load(p["dir"])
+    tgt = tgt["capability"]
     rows = []
     for task in capability.TASKS:
         for f in fractions:

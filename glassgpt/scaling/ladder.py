@@ -323,9 +323,22 @@ def line_budgets(p: dict) -> dict[str, int]:
 
 
 def run_size(ladder_dir: str, size: dict, threads: int = 0, capability_steps: int | None = None) -> dict:
+    """Train one size (`train_size`), then score the branch of `capability_steps` (its point on the
+    target's line) for capability if it is done and unscored: just trained, or finished unscored by
+    an earlier run (a crash, an older task version). Returns {steps: status}."""
+    status = train_size(ladder_dir, size, threads)
+    if capability_steps is not None and status.get(capability_steps) == "done":
+        from glassgpt.scaling import capability as cap
+
+        run = branch_dir(Path(ladder_dir), size, capability_steps)
+        if cap.load(run) is None:
+            cap.evaluate_run(run)
+    return status
+
+
+def train_size(ladder_dir: str, size: dict, threads: int = 0) -> dict:
     """Train one size: the stable run, then each cooldown branched from it. Finished branches are
-    skipped; a diverged run is recorded and excluded. The branch of `capability_steps` (its point on
-    the target's line) is scored for capability too. Returns {steps: status}."""
+    skipped; a diverged run is recorded and excluded. Returns {steps: status}."""
     from glassgpt.train.trainer import train
 
     ladder_dir = Path(ladder_dir)
@@ -392,10 +405,6 @@ def run_size(ladder_dir: str, size: dict, threads: int = 0, capability_steps: in
             _mark_diverged(run, f"final held-out loss {max(finals):.3f} above the starting loss {start:.3f}")
             status[b] = "diverged"
             continue
-        if b == capability_steps:
-            from glassgpt.scaling import capability as cap
-
-            cap.evaluate_run(run)
         status[b] = "done"
         log.info("rung %s %s tokens: %s", size["name"], f"{b * size['tokens_per_step']:,}",
                  ", ".join(f"{k} {v['loss']:.4f}" for k, v in rep["heldout"].items()))
@@ -440,14 +449,6 @@ def run(ladder_dir: Path, workers: int = 1, shard: str | None = None, capability
             for k, f in enumerate(cf.as_completed(futs)):
                 results[futs[f]] = f.result()
                 log.info("ladder: %d/%d sizes done (%s), %.0fs", k + 1, len(sizes), futs[f], time.time() - t0)
-    if capability:  # a line point finished by an earlier run but unscored (a crash, or an older task version)
-        from glassgpt.scaling import capability as cap
-
-        for s in sizes:
-            run_dir = branch_dir(ladder_dir, s, cap_steps[s["name"]]) if s["name"] in cap_steps else None
-            if run_dir is not None and _status(run_dir) == "done" and cap.load(run_dir) is None:
-                log.info("ladder: scoring capability of %s", run_dir)
-                cap.evaluate_run(run_dir)
     return results
 
 
