@@ -66,6 +66,9 @@ class DataConfig:
     val_fraction: float = 0.02  # documents, by a hash of their name
     max_bytes: int = 0  # 0: no cap; else stop reading sources after this many bytes
     tokenizer_bytes: int = 20_000_000  # train the BPE on at most this much text
+    # An image mix (vision.mix syntax) whose training questions and answers join the BPE's text, so a
+    # vision run's task words ("circle", "colour") are single tokens; see shards._build.
+    tokenizer_extra: str = ""
     cache_dir: str = "runs/cache"
     shard_tokens: int = 50_000_000
 

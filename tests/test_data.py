@@ -114,3 +114,39 @@ def test_split_does_not_depend_on_where_the_corpus_lives(tmp_path, corpus_dir):
     names = lambda pat: [d.name for d in sources.file_documents([pat], sources.SourceStats("x"))]  # noqa: E731
     assert names(str(corpus_dir)) == names(str(moved)) == names(str(moved / "*.py")) == sorted(p.name for p in corpus_dir.iterdir())
     assert names(str(moved / "heapq.py")) == ["heapq.py"]
+
+
+def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path):
+    from glassgpt.data import images
+    from glassgpt.data.shards import cache_key
+
+    plain = _cfg(tmp_path, [corpus_dir], **{"data.vocab_size": "400"})
+    with_extra = _cfg(tmp_path, [corpus_dir], **{"data.vocab_size": "400", "data.tokenizer_extra": "shapes"})
+    assert cache_key(plain) != cache_key(with_extra)
+    texts = list(images.task_texts("shapes", per_source=50))
+    assert len(texts) == 1 and texts[0].count("\n") == 50 and "?" in texts[0]
+    tok_plain = Corpus(prepare(plain)).tokenizer
+    tok_extra = Corpus(prepare(with_extra)).tokenizer
+    q = "What colour is the circle?"
+    assert len(tok_extra.encode(q)) < len(tok_plain.encode(q))
+    assert [tok_extra.decode([i]) for i in tok_extra.encode(" circle")] == [" circle"]
+
+
+def test_empty_tokenizer_extra_keeps_older_cache_keys(tmp_path, corpus_dir):
+    """Corpora prepared before data.tokenizer_extra existed keep their key (and their cache)."""
+    import dataclasses
+    import hashlib
+    import sys
+
+    from glassgpt.data.shards import cache_key
+
+    cfg = _cfg(tmp_path, [corpus_dir])
+    d = dataclasses.asdict(cfg)
+    d.pop("cache_dir")
+    d.pop("tokenizer_extra")
+    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+    h.update(sys.version.encode())
+    for p in sources.expand_paths(cfg.paths):
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    assert cache_key(cfg) == h.hexdigest()[:16]

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from glassgpt.errors import DataError
 
@@ -538,6 +538,15 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
 
         raise DataError(f"unknown image source '{name}'{closest(name, SOURCES)}; known: {', '.join(SOURCES)}, folder:PATH")
     return SOURCES[name]
+
+
+def task_texts(mix: str, per_source: int = 4000, seed: int = 0) -> Iterator[str]:
+    """The questions and answers of the first `per_source` training samples of each source in
+    `mix` (vision.mix syntax; weights ignored), one "question answer" line each: text for the
+    tokenizer (data.tokenizer_extra). Training split only."""
+    for name, _ in parse_mix(mix):
+        src = get_source(name)
+        yield "".join(f"{s.question} {s.answer}\n" for s in (src(seed, "train", k) for k in range(per_source)))
 
 
 def parse_mix(mix: str) -> list[tuple[str, float]]:

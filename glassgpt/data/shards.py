@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from glassgpt.config import DataConfig
-from glassgpt.data import sources
+from glassgpt.data import images, sources
 from glassgpt.data.tokenizer import Tokenizer, train_from_documents
 from glassgpt.errors import DataError
 
@@ -46,6 +46,8 @@ def cache_key(cfg: DataConfig) -> str:
     """Everything that determines the prepared corpus: config and the input files' identity."""
     d = asdict(cfg)
     d.pop("cache_dir")
+    if not d["tokenizer_extra"]:
+        d.pop("tokenizer_extra")  # so corpora prepared before the field existed stay valid
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
     h.update(sys.version.encode())
     if cfg.paths:
@@ -148,7 +150,12 @@ def _build(cfg: DataConfig, root: Path) -> None:
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
     train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats), cfg.max_bytes)
                    if not is_val(d.name, cfg.val_fraction))
-    tok = train_from_documents(train_texts, cfg.vocab_size, cfg.tokenizer_bytes)
+    # A 2-layer LM cannot bind "the circle" to an image token when "circle" is 4 code-BPE pieces
+    # (' c', 'ir', 'c', 'le'): gathering the pieces is a hop of its own. The image tasks' text is most
+    # of a vision run's stream, so the tokenizer learns it too (4,000 samples a source: every task word
+    # one token at vocab 1,024).
+    extra = images.task_texts(cfg.tokenizer_extra) if cfg.tokenizer_extra else ()
+    tok = train_from_documents(train_texts, cfg.vocab_size, cfg.tokenizer_bytes, extra=extra)
     if tok_stats.documents == 0:
         raise DataError(f"no usable text in {' '.join(cfg.paths) or 'the standard library'} "
                         f"(skipped: {tok_stats.skipped or 'none'})")

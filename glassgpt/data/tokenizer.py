@@ -8,6 +8,7 @@ lossy UTF-8 decoder), so `decode_bytes(encode_bytes(b)) == b` for every b.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -167,8 +168,8 @@ class Tokenizer:
         return loss_nats_sum / (max(n_bytes, 1) * math.log(2))
 
 
-def train_from_documents(docs: Iterator[str], vocab_size: int, max_bytes: int) -> Tokenizer:
-    """Train on the first max_bytes of the documents (enough for a small vocab)."""
+def train_from_documents(docs: Iterator[str], vocab_size: int, max_bytes: int, extra=()) -> Tokenizer:
+    """Train on the first max_bytes of the documents (enough for a small vocab), plus `extra` texts."""
 
     def limited():
         seen = 0
@@ -178,4 +179,4 @@ def train_from_documents(docs: Iterator[str], vocab_size: int, max_bytes: int) -
             if seen >= max_bytes:
                 return
 
-    return Tokenizer.train(limited(), vocab_size)
+    return Tokenizer.train(itertools.chain(extra, limited()), vocab_size)
