@@ -37,3 +37,10 @@ def test_config_file_roundtrip(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     again = config.load(str(tmp_path / "c.yaml"))
     assert again.to_dict() == cfg.to_dict() and again.sha256() == cfg.sha256()
+
+
+@pytest.mark.parametrize("key,value,msg", [("vision.projector", "conv", "vision.projector must be"),
+                                           ("vision.stem", "mlp", "vision.stem must be")])
+def test_bad_vision_choices_are_one_line_errors(key, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        config.load("vision", [f"{key}={value}"])

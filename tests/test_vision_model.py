@@ -43,9 +43,9 @@ def test_letterbox_keeps_aspect():
     assert px[16, 5] == 1.0 and px[2, 5] == -1.0  # image band in the middle, black padding above
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
-def test_count_matches_modules_and_flop_counter(stem):
-    vc = dataclasses.replace(VC, stem=stem)
+@pytest.mark.parametrize("stem,projector", [("linear", "linear"), ("conv", "linear"), ("conv", "mlp")])
+def test_count_matches_modules_and_flop_counter(stem, projector):
+    vc = dataclasses.replace(VC, stem=stem, projector=projector)
     enc = V.VisionEncoder(vc, 64)
     enc.init_weights(0)
     c = V.count(vc, 64)

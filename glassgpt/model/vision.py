@@ -88,6 +88,8 @@ class VisionEncoder(nn.Module):
         # Projector: pixel shuffle (s×s neighbouring patches → one token with s²·width
         # channels; nanoVLM) then a linear map into the LM's embedding space.
         self.proj = nn.Linear(vc.width * vc.shuffle ** 2, d_model)
+        if vc.projector == "mlp":
+            self.proj = nn.Sequential(self.proj, nn.GELU(), nn.Linear(d_model, d_model))
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
@@ -157,9 +159,10 @@ def count(vc: VisionConfig, d_model: int) -> VisionCounts:
         stem_flops = sum(2 * (vc.image_size >> (i + 1)) ** 2 * 9 * a * b for i, (a, b) in enumerate(zip(ch, ch[1:])))
     else:
         stem_params, stem_flops = patch_in * W + W, 2 * N * patch_in * W
-    params = stem_params + 2 * vc.grid * W + vc.depth * block_params + 2 * W + (proj_in * d_model + d_model)
-    fwd = stem_flops + 2 * N * vc.depth * block_mm + vc.depth * 2 * (2 * N * N * W) \
-        + 2 * vc.n_image_tokens * proj_in * d_model
+    proj_mm = proj_in * d_model + (d_model * d_model if vc.projector == "mlp" else 0)
+    proj_params = proj_mm + d_model * (2 if vc.projector == "mlp" else 1)
+    params = stem_params + 2 * vc.grid * W + vc.depth * block_params + 2 * W + proj_params
+    fwd = stem_flops + 2 * N * vc.depth * block_mm + vc.depth * 2 * (2 * N * N * W) + 2 * vc.n_image_tokens * proj_mm
     return VisionCounts(params, fwd, 3 * fwd, vc.n_image_tokens)
 
 
