@@ -259,7 +259,7 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     difficulty = np.random.default_rng(0).uniform(0.5, 1.5, 30)
 
     def score(run_dir, C):  # log pass rates = −difficulty · α · C^(−k)
-        doc = {"version": 2, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * 20 * C ** -0.1)}}}
+        doc = {"version": capability.VERSION, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * 20 * C ** -0.1)}}}
         (Path(run_dir) / "capability.json").write_text(json.dumps(doc))
 
     pts = ladder.collect(lad)["points"]
@@ -267,6 +267,10 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
         score(pt["dir"], pt["flops"])
     (Path(pts[0]["dir"]) / "capability.json").write_text(json.dumps({"task": "old", "logp": [0.0] * 30}))
     assert capability.load(pts[0]["dir"]) is None
+    older = tmp_path / "scored_by_v2"  # 512 problems a task: other problem lists, re-scored not mixed
+    older.mkdir()
+    (older / "capability.json").write_text(json.dumps({"version": 2, "tasks": {"stdlib_tests": {"logp": [0.0]}}}))
+    assert capability.load(older) is None
     target_dir = tmp_path / "target"
     rc = cli.main(["predict", "--target", "cpu", "--ladder", str(lad), "--out", str(tmp_path / "prediction.json"),
                    "--n-boot", "0", "--data.vocab_size=1024", "--train.tokens=20000000", "--model.depth=6"])

@@ -11,7 +11,9 @@ the rungs solve at least sometimes. Greedy exact match (T → 0) is recorded too
 Why this task and not whole lines at T = 0.2 (the first version): on the cpu ladder (loss ≈ 3.4
 nats/token) the best rung solved 4 of 256 HumanEval lines that way, and 2 of 384 stdlib-test lines,
 so every capability prediction was refused. Line endings at T = 1 give the rungs 20–50 solvable
-problems (docs/devlog.md, fourth session).
+problems (docs/devlog.md, fourth session). Version 3 draws up to 2,048 problems a task instead of
+512 (HumanEval has 368 in all): smaller rungs then still solve the 20 a fit needs, and fewer lucky
+lines move the mean.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ TEMPERATURE = 1.0
 SPAN_TOKENS = 3  # the line's last tokens to produce (its newline included)
 MAX_LINE_TOKENS = 8  # only short lines (in tokens), so the span is a good part of its line
 MIN_PROBLEMS = 20  # solvable problems a capability fit needs
+MAX_PROBLEMS = 2048  # problems drawn per task
+VERSION = 3  # of the task: a capability.json of another version is re-scored, never fitted beside this one
 TASKS = ("stdlib_tests", "humaneval")  # the first is the headline task
 
 
@@ -44,7 +48,7 @@ def task_label(task: str) -> str:
 _CACHE: dict = {}
 
 
-def problems(tokenizer, seq_len: int, task: str = TASKS[0], max_problems: int = 512) -> list[dict]:
+def problems(tokenizer, seq_len: int, task: str = TASKS[0], max_problems: int = MAX_PROBLEMS) -> list[dict]:
     """Deterministic problems: token ids of context + line, and the index where the span starts.
     Cached per (task, tokenizer, seq_len) within a process: every rung of a ladder shares them."""
     if task not in TASKS:
@@ -148,7 +152,7 @@ def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
 
     run_dir = Path(run_dir)
     model, tok, cfg = checkpoint.load_model(run_dir)
-    out = {"version": 2, "tasks": {}}
+    out = {"version": VERSION, "tasks": {}}
     for task in tasks:
         probs = problems(tok, cfg.model.seq_len, task)
         if not probs:
@@ -166,12 +170,12 @@ def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
 
 def load(run_dir: Path) -> dict | None:
     """{task: per-problem log pass rates} of a scored run; None where it is unscored or was scored
-    by the first version of the task (whole lines at T = 0.2: other problems, not comparable)."""
+    by another version of the task (other problems: not comparable)."""
     path = Path(run_dir) / "capability.json"
     if not path.exists():
         return None
     doc = json.loads(path.read_text())
-    if doc.get("version") != 2:
+    if doc.get("version") != VERSION:
         return None
     return {k: v["logp"] for k, v in doc["tasks"].items()}
 
