@@ -130,6 +130,9 @@ def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path):
     q = "What colour is the circle?"
     assert len(tok_extra.encode(q)) < len(tok_plain.encode(q))
     assert [tok_extra.decode([i]) for i in tok_extra.encode(" circle")] == [" circle"]
+    with pytest.raises(DataError, match="unknown image source 'shapez'"):
+        prepare(_cfg(tmp_path, [corpus_dir], **{"data.tokenizer_extra": "shapez"}))
+    assert not list((tmp_path / "cache").glob(".*tmp*"))  # nothing half-written left behind
 
 
 def test_empty_tokenizer_extra_keeps_older_cache_keys(tmp_path, corpus_dir):

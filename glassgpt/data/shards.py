@@ -150,10 +150,10 @@ def _build(cfg: DataConfig, root: Path) -> None:
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
     train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats), cfg.max_bytes)
                    if not is_val(d.name, cfg.val_fraction))
-    # A 2-layer LM cannot bind "the circle" to an image token when "circle" is 4 code-BPE pieces
-    # (' c', 'ir', 'c', 'le'): gathering the pieces is a hop of its own. The image tasks' text is most
-    # of a vision run's stream, so the tokenizer learns it too (4,000 samples a source: every task word
-    # one token at vocab 1,024).
+    # A code BPE cuts task words into pieces (" circle" = ' c' 'ir' 'c' 'le'), and gathering them is a
+    # hop a 2-layer LM must spend before it can look the object up in the image. The image tasks' text
+    # is most of a vision run's stream, so the tokenizer learns it too (4,000 samples a source: every
+    # task word one token at vocab 1,024). It did not fix shapes' binding on its own (docs/devlog.md).
     extra = images.task_texts(cfg.tokenizer_extra) if cfg.tokenizer_extra else ()
     tok = train_from_documents(train_texts, cfg.vocab_size, cfg.tokenizer_bytes, extra=extra)
     if tok_stats.documents == 0:
