@@ -55,11 +55,8 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
             S = pr["problems"]
             act = capability.actual(tgt[task], S)
             largest = -float(np.mean(np.asarray(use[-1]["capability"][task])[S]))
-            # Diagnostic: the same power law on every problem (no solvable filter). GPT-4 filtered
-            # because a sampled pass rate of 0 has no log; ours is exact, so every problem has one.
-            all_y = [-float(np.mean(p["capability"][task])) for p in use]
-            k_all, a_all = np.polyfit(np.log([p["flops"] for p in use]), np.log(all_y), 1)
-            all_error = math.exp(a_all + k_all * math.log(T)) / -float(np.mean(tgt[task])) - 1
+            # the same law on every problem, no solvable filter (capability.fit_and_predict: a diagnostic)
+            all_error = pr["unfiltered"]["predicted_neg_mean_log_pass"] / -float(np.mean(tgt[task])) - 1
             rows.append({**row, "n_problems": len(S), "k": pr["k"],
                          "predicted": pr["predicted_neg_mean_log_pass"], "actual": act["neg_mean_log_pass"],
                          "error": pr["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,

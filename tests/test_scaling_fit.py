@@ -107,6 +107,10 @@ def test_capability_fit_recovers_the_gpt4_form():
     assert out["k"] == pytest.approx(k, rel=1e-6)
     m = float(np.mean(difficulty)) * alpha * 1e15 ** -k
     assert out["predicted"] == pytest.approx(math.exp(-m), rel=1e-6)
+    # the unfiltered diagnostic: the same law over every problem, here the same problems
+    u = out["unfiltered"]
+    assert u["n_problems"] == 40 and u["k"] == pytest.approx(k, rel=1e-6)
+    assert u["predicted_neg_mean_log_pass"] == pytest.approx(m, rel=1e-6)
     # an exact law backtests to round-off (3 origins of 4–6 rungs); the interval is the problems' bootstrap only
     iv = out["interval"]
     assert iv["dof"] == 2 and iv["n_backtests"] == 3 and iv["error_per_efold"] < 1e-9

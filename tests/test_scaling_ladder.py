@@ -283,7 +283,8 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     c = r["capabilities"]["stdlib_tests"]
     assert r["capability"] == c and c["actual"] == pytest.approx(c["predicted"], rel=1e-4)
     assert abs(c["neg_mean_log_pass_error"]) < 1e-4 and 0 < c["max_run_fraction"] <= 1e-2
-    assert any(line.startswith("capability stdlib_tests") for line in predict.headline(r))
+    assert abs(c["unfiltered"]["neg_mean_log_pass_error"]) < 1e-4 and c["unfiltered"]["n_problems"] == 30
+    assert any(line.startswith("capability stdlib_tests") and "no filter" in line for line in predict.headline(r))
     # a prediction registered by the first task version is reported as such, not silently dropped
     old = {k: v for k, v in doc.items() if k not in ("capability_tasks", "sha256")}
     old["sha256"] = predict.content_sha256(old)

@@ -241,6 +241,10 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
                       "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
                       "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
                       "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
+        if pc.get("unfiltered"):  # every problem, no solvable filter (registered since capability version 3)
+            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task], list(range(len(run_cap[task]))))["neg_mean_log_pass"]
+            caps[task]["unfiltered"] = {**u, "actual_neg_mean_log_pass": act_all,
+                                        "neg_mean_log_pass_error": u["predicted_neg_mean_log_pass"] / act_all - 1}
     if pred.get("capability") and "capability_tasks" not in pred:  # registered by the first task version
         caps["humaneval"] = {"task": pred["capability"]["task"], "predicted": None, "actual": None,
                              "refused": "registered with the first capability task (whole lines at T = 0.2), "
@@ -300,7 +304,9 @@ def headline(report: dict) -> list[str]:
             lines.append(f"capability {c['task']}, {c['n_problems']} problems: geometric-mean pass rate predicted "
                          f"{c['predicted']:.4f}{ci}, actual {c['actual']:.4f}"
                          + (f" (−E[log pass rate] error {err:+.2%}{inside})" if err is not None else "")
-                         + ("" if c.get("confident", True) else "; NOT CONFIDENT: no backtest inside the ladder"))
+                         + ("" if c.get("confident", True) else "; NOT CONFIDENT: no backtest inside the ladder")
+                         + (f"; all {c['unfiltered']['n_problems']} problems, no filter: −E[log pass rate] error "
+                            f"{c['unfiltered']['neg_mean_log_pass_error']:+.2%}" if c.get("unfiltered") else ""))
         elif c.get("refused"):
             lines.append(f"capability {c['task']}: refused ({c['refused']})")
     return lines
