@@ -56,7 +56,7 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
             act = capability.actual(tgt[task], S)
             largest = -float(np.mean(np.asarray(use[-1]["capability"][task])[S]))
             # the same law on every problem, no solvable filter (capability.fit_and_predict: a diagnostic)
-            all_error = pr["unfiltered"]["predicted_neg_mean_log_pass"] / -float(np.mean(tgt[task])) - 1
+            all_error = pr["unfiltered"]["predicted_neg_mean_log_pass"] / capability.actual(tgt[task])["neg_mean_log_pass"] - 1
             rows.append({**row, "n_problems": len(S), "k": pr["k"],
                          "predicted": pr["predicted_neg_mean_log_pass"], "actual": act["neg_mean_log_pass"],
                          "error": pr["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,

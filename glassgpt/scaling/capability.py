@@ -274,6 +274,8 @@ def predict_all(points: list[dict], target_flops: float) -> dict:
     return out
 
 
-def actual(run_logps: list[float], problems_idx: list[int]) -> dict:
-    m = -float(np.mean(np.asarray(run_logps)[problems_idx]))
+def actual(run_logps: list[float], problems_idx: list[int] | None = None) -> dict:
+    """A run's −E[log pass rate] and geometric-mean pass rate over the given problems (all: None)."""
+    lp = np.asarray(run_logps)
+    m = -float(np.mean(lp if problems_idx is None else lp[problems_idx]))
     return {"neg_mean_log_pass": m, "actual": math.exp(-m)}

@@ -242,7 +242,7 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
                       "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
                       "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
         if pc.get("unfiltered"):  # every problem, no solvable filter (registered since capability version 3)
-            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task], list(range(len(run_cap[task]))))["neg_mean_log_pass"]
+            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task])["neg_mean_log_pass"]
             caps[task]["unfiltered"] = {**u, "actual_neg_mean_log_pass": act_all,
                                         "neg_mean_log_pass_error": u["predicted_neg_mean_log_pass"] / act_all - 1}
     if pred.get("capability") and "capability_tasks" not in pred:  # registered by the first task version
