@@ -7,9 +7,10 @@ GPT-4 form −E[log pass rate](C) = α·C^(−k) on the line points of ≤ f of 
 the problems they solve at least sometimes, and compares with the target. The reference, from the
 same runs: predicting that the target scores what the largest rung scored (no scaling law at all).
 It also prints how often the actual lies inside the prediction's 90% interval (cN: N of them
-confident, i.e. with a backtest inside the ladder), and, as a diagnostic, the error of the same power
-law fitted to the mean over every problem (no solvable filter: our pass rates are exact, so none is
-−∞) against the target's mean over every problem.
+confident, i.e. with a backtest inside the ladder). A second table fits the same power law to the mean
+over every problem (no solvable filter: our pass rates are exact, so none is −∞), with its own 90%
+interval, against the target's mean over every problem; it still predicts where too few problems are
+solvable for the GPT-4 form.
 
     python bench/capability_accuracy.py --out runs/bench_predict --fractions 0.34,0.2,0.1
 """
@@ -49,26 +50,44 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
             row = {"seed": root.name, "task": task, "fraction": f, "max_run_fraction": use[-1]["flops"] / T if use else None}
             try:
                 pr = capability.fit_and_predict([p["flops"] for p in use], [p["capability"][task] for p in use], T, task)
-            except (ScalingError, IndexError, TypeError) as e:
+            except (ScalingError, IndexError, TypeError, ValueError) as e:  # no rung at this fraction
                 rows.append({**row, "refused": str(e)})
+                continue
+            u, act_all = pr["unfiltered"], capability.actual(tgt[task])
+            # the same law on every problem, no solvable filter (capability.fit_and_predict)
+            row["unfiltered"] = {"n_problems": u["n_problems"], "pass_predicted": u["predicted"], "ci90": u["ci90"],
+                                 "pass_actual": act_all["actual"], "confident": u["confident"],
+                                 "error": u["predicted_neg_mean_log_pass"] / act_all["neg_mean_log_pass"] - 1,
+                                 "inside": u["ci90"][0] <= act_all["actual"] <= u["ci90"][1]}
+            if pr.get("refused"):
+                rows.append({**row, "refused": pr["refused"]})
                 continue
             S = pr["problems"]
             act = capability.actual(tgt[task], S)
             largest = -float(np.mean(np.asarray(use[-1]["capability"][task])[S]))
-            # the same law on every problem, no solvable filter (capability.fit_and_predict: a diagnostic)
-            all_error = pr["unfiltered"]["predicted_neg_mean_log_pass"] / capability.actual(tgt[task])["neg_mean_log_pass"] - 1
             rows.append({**row, "n_problems": len(S), "k": pr["k"],
                          "predicted": pr["predicted_neg_mean_log_pass"], "actual": act["neg_mean_log_pass"],
                          "error": pr["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
-                         "largest_rung_error": largest / act["neg_mean_log_pass"] - 1, "all_problems_error": all_error,
+                         "largest_rung_error": largest / act["neg_mean_log_pass"] - 1,
                          "pass_predicted": pr["predicted"], "pass_actual": act["actual"], "ci90": pr["ci90"],
                          "inside": pr["ci90"][0] <= act["actual"] <= pr["ci90"][1], "confident": pr["confident"]})
     return rows
 
 
+def _label(rs: list[dict]) -> str:
+    frac = np.median([r["max_run_fraction"] for r in rs])
+    return f"{frac:.2f}" if frac > 0.3 else f"1/{1 / frac:.0f}"
+
+
+def _passes(rs: list[dict]) -> str:
+    return "  ".join(f"{r['pass_predicted']:.3g} [{r['ci90'][0]:.3g}, {r['ci90'][1]:.3g}] / {r['pass_actual']:.3g}" for r in rs)
+
+
 def table(rows: list[dict]) -> str:
-    out = [f"{'task':>13} {'fraction':>9} {'problems':>9} {'−E[log p] error per seed':>28} {'mean |err|':>10} "
-           f"{'largest rung as the prediction':>31} {'no filter (all problems)':>26} {'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
+    """Two tables: the GPT-4 form over the solvable problems, then the same law over every problem."""
+    head = (f"{'task':>13} {'fraction':>9} {'problems':>11} {'−E[log p] error per seed':>28} {'mean |err|':>10} ")
+    out = ["the GPT-4 form, over the problems the rungs solve at least sometimes:",
+           head + f"{'largest rung as the prediction':>31} {'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
     keys = sorted({(r["task"], r["fraction"]) for r in rows}, key=lambda k: (capability.TASKS.index(k[0]), -k[1]))
     for task, f in keys:
         rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
@@ -76,17 +95,23 @@ def table(rows: list[dict]) -> str:
         if not ok:
             out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
             continue
-        frac = np.median([r["max_run_fraction"] for r in ok])
-        label = f"{frac:.2f}" if frac > 0.3 else f"1/{1 / frac:.0f}"
         errs = " ".join(f"{r['error']:+7.1%}" for r in ok) + "".join("   refused" for r in rs if "error" not in r)
         ref = " ".join(f"{r['largest_rung_error']:+7.1%}" for r in ok)
-        nofilter = " ".join(f"{r['all_problems_error']:+7.1%}" for r in ok)
-        passes = "  ".join(f"{r['pass_predicted']:.3f} [{r['ci90'][0]:.3f}, {r['ci90'][1]:.3f}] / {r['pass_actual']:.3f}"
-                           for r in ok)
-        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)}"
-        inside += f" c{sum(r['confident'] for r in ok)}"
-        out.append(f"{task:>13} {label:>9} {'/'.join(str(r['n_problems']) for r in ok):>9} {errs:>28} "
-                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {ref:>31} {nofilter:>26} {inside:>10}   {passes}")
+        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)} c{sum(r['confident'] for r in ok)}"
+        out.append(f"{task:>13} {_label(ok):>9} {'/'.join(str(r['n_problems']) for r in ok):>11} {errs:>28} "
+                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {ref:>31} {inside:>10}   {_passes(ok)}")
+    out += ["", "the same law over every problem (no solvable filter):",
+            head + f"{'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
+    for task, f in keys:
+        rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
+        ok = [r["unfiltered"] | {"max_run_fraction": r["max_run_fraction"]} for r in rs if "unfiltered" in r]
+        if not ok:
+            out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
+            continue
+        errs = " ".join(f"{r['error']:+7.1%}" for r in ok)
+        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)} c{sum(r['confident'] for r in ok)}"
+        out.append(f"{task:>13} {_label(ok):>9} {'/'.join(str(r['n_problems']) for r in ok):>11} {errs:>28} "
+                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {inside:>10}   {_passes(ok)}")
     return "\n".join(out)
 
 

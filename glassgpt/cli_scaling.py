@@ -90,10 +90,13 @@ def cmd_predict(args, extra):
     for k, p in doc["prediction"].items():
         print(f"{k}: {p['loss']:.4f} nats/token [{p['ci90'][0]:.4f}, {p['ci90'][1]:.4f}] ({p['fit']})"
               f"{'' if p['confident'] else ' — NOT CONFIDENT: regime check failed'}")
+    def rate(c):
+        return (f"geometric-mean pass rate {c['predicted']:.4g} [{c['ci90'][0]:.4g}, {c['ci90'][1]:.4g}] "
+                f"over {c['n_problems']} problems" + ("" if c.get("confident") else " — NOT CONFIDENT: no backtest"))
+
     for c in (doc.get("capability_tasks") or {}).values():
-        print(f"capability {c['task']}: " + (f"refused ({c['refused']})" if c.get("refused") else
-              f"geometric-mean pass rate {c['predicted']:.4f} [{c['ci90'][0]:.4f}, {c['ci90'][1]:.4f}] "
-              f"over {c['n_problems']} problems" + ("" if c.get("confident") else " — NOT CONFIDENT: no backtest")))
+        print(f"capability {c['task']}: " + (f"refused ({c['refused']})" if c.get("refused") else rate(c))
+              + (f"; unfiltered: {rate(c['unfiltered'])}" if c.get("unfiltered") else ""))
     print(f"registered {args.out} sha256 {doc['sha256']}")
 
 

@@ -111,6 +111,7 @@ def test_capability_fit_recovers_the_gpt4_form():
     u = out["unfiltered"]
     assert u["n_problems"] == 40 and u["k"] == pytest.approx(k, rel=1e-6)
     assert u["predicted_neg_mean_log_pass"] == pytest.approx(m, rel=1e-6)
+    assert u["confident"] and u["ci90"][0] < u["predicted"] < u["ci90"][1]  # its own interval and backtest
     # an exact law backtests to round-off (3 origins of 4–6 rungs); the interval is the problems' bootstrap only
     iv = out["interval"]
     assert iv["dof"] == 2 and iv["n_backtests"] == 3 and iv["error_per_efold"] < 1e-9
@@ -120,8 +121,12 @@ def test_capability_fit_recovers_the_gpt4_form():
     wide = capability.fit_and_predict(flops, bent, 1e15)
     assert wide["interval"]["error_per_efold"] > 0.01
     assert wide["ci90"][1] - wide["ci90"][0] > 3 * (out["ci90"][1] - out["ci90"][0])
-    with pytest.raises(ScalingError, match="capability problems"):
-        capability.fit_and_predict(flops, [[-20.0] * 5 for _ in flops], 1e15)
+    # too few solvable problems: the GPT-4 form is refused, the unfiltered fit still predicts
+    hard = capability.fit_and_predict(flops, [list(-30 * difficulty * alpha * c ** -k) for c in flops], 1e15)
+    assert "only 0 capability problems" in hard["refused"] and "predicted" not in hard
+    assert hard["unfiltered"]["k"] == pytest.approx(k, rel=1e-6) and hard["unfiltered"]["confident"]
+    with pytest.raises(ScalingError, match="at least 3 compute budgets"):
+        capability.fit_and_predict(flops[:2], rungs[:2], 1e15)
 
 
 def test_line_fit_predicts_an_undertrained_target_the_frontier_does_not():

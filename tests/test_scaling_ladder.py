@@ -258,8 +258,8 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     ladder.run(lad, capability=False)
     difficulty = np.random.default_rng(0).uniform(0.5, 1.5, 30)
 
-    def score(run_dir, C):  # log pass rates = −difficulty · α · C^(−k)
-        doc = {"version": capability.VERSION, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * 20 * C ** -0.1)}}}
+    def score(run_dir, C, alpha=20):  # log pass rates = −difficulty · α · C^(−k)
+        doc = {"version": capability.VERSION, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * alpha * C ** -0.1)}}}
         (Path(run_dir) / "capability.json").write_text(json.dumps(doc))
 
     pts = ladder.collect(lad)["points"]
@@ -291,3 +291,15 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     (tmp_path / "old.json").write_text(json.dumps(old))
     r_old = predict.verify(tmp_path / "old.json", target_dir, tmp_path / "out_old")
     assert r_old["capability"]["predicted"] is None and "first capability task" in r_old["capability"]["refused"]
+    # problems no rung solves: the GPT-4 form is refused, the unfiltered law is registered and verified
+    for pt in pts:
+        score(pt["dir"], pt["flops"], alpha=600)
+    score(target_dir, rep["flops"], alpha=600)
+    cli.main(["predict", "--target", "cpu", "--ladder", str(lad), "--out", str(tmp_path / "hard.json"),
+              "--n-boot", "0", "--data.vocab_size=1024", "--train.tokens=20000000", "--model.depth=6"])
+    assert "unfiltered: geometric-mean pass rate" in capsys.readouterr().out
+    r_hard = predict.verify(tmp_path / "hard.json", target_dir, tmp_path / "out_hard")
+    c = r_hard["capability"]
+    assert c["predicted"] is None and "only 0 capability problems" in c["refused"]
+    assert abs(c["unfiltered"]["neg_mean_log_pass_error"]) < 1e-4 and c["unfiltered"]["inside_ci90"]
+    assert any("refused" in line and "no filter" in line for line in predict.headline(r_hard))

@@ -4,9 +4,10 @@ Sources yield `Sample(image, question, answer, task)`: one chat turn with one im
 - `digits`: scikit-learn's bundled handwritten digits (1,797 labelled 8×8 images, shipped
   inside the PyPI package: no network). A fixed, seeded 300-image held-out split.
 - `photos`: scikit-learn's two sample photographs (random crops, captioned).
-- `shapes`, `text`, `charts`: procedural, unlimited, deterministic by (seed, split, index),
+- `shapes`, `scenes`, `text`, `charts`: procedural, unlimited, deterministic by (seed, split, index),
   rendered with Pillow. Held-out and train samples are disjoint by construction: each
   sample's content key is hashed, and a hash bucket decides which split may use it.
+  `scenes` captions the shapes scenes ("red circle, blue square", left to right).
 - `folder`: a folder of images with a JSONL of captions or question/answer pairs.
 
 `load_image` turns user bytes (API, chat, folders) into an RGB image or raises one
@@ -355,6 +356,20 @@ def shapes(seed: int, split: str, index: int) -> Sample:
     return _draw_split(lambda rng: _shapes_make(rng, radii), seed, "shapes", split, index)
 
 
+def _scenes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
+    """A dense caption of a shapes scene: every object's colour and shape, left to right. One
+    answer trains every object's binding at once (and the order, left/right); the VQA answers
+    name one object each."""
+    objs = sorted(_scene(rng, rng.randint(1, 6), radii), key=lambda o: (o[2], o[3]))
+    a = ", ".join(f"{o[1]} {o[0]}" for o in objs)
+    return f"{objs}|caption", lambda: Sample(_render_scene(objs), "Describe the image.", a, "scenes")
+
+
+def scenes(seed: int, split: str, index: int) -> Sample:
+    radii = TRAIN_RADII if split == "train" else RADII
+    return _draw_split(lambda rng: _scenes_make(rng, radii), seed, "scenes", split, index)
+
+
 # --- procedural: rendered text -------------------------------------------------------------
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: they are ambiguous in many fonts
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/System/Library/Fonts", "C:/Windows/Fonts")
@@ -525,7 +540,7 @@ class Folder:
 
 
 SOURCES: dict[str, Callable[[int, str, int], Sample]] = {
-    "digits": digits, "shapes": shapes, "text": text, "charts": charts, "photos": photos,
+    "digits": digits, "shapes": shapes, "scenes": scenes, "text": text, "charts": charts, "photos": photos,
 }
 
 

@@ -36,6 +36,7 @@ TEMPERATURE = 1.0
 SPAN_TOKENS = 3  # the line's last tokens to produce (its newline included)
 MAX_LINE_TOKENS = 8  # only short lines (in tokens), so the span is a good part of its line
 MIN_PROBLEMS = 20  # solvable problems a capability fit needs
+MIN_RUNGS = 3
 MAX_PROBLEMS = 2048  # problems drawn per task
 VERSION = 3  # of the task: a capability.json of another version is re-scored, never fitted beside this one
 TASKS = ("stdlib_tests", "humaneval")  # the first is the headline task
@@ -193,15 +194,20 @@ def _gpt4_fit(flops, arr: np.ndarray) -> tuple[float, float]:
     return float(-slope), float(log_a)
 
 
-def backtest(flops: list[float], rung_logps: list[list[float]]) -> list[dict]:
+def every(arr: np.ndarray) -> list[int]:
+    """Every problem: the unfiltered selection."""
+    return list(range(np.asarray(arr).shape[1]))
+
+
+def backtest(flops: list[float], rung_logps: list[list[float]], select: Callable = solvable) -> list[dict]:
     """Rolling origin, as for the loss (fit.backtest): every prefix of ≥ fit.MIN_ORIGIN_SIZES rungs picks
-    its own solvable problems, fits the GPT-4 form and predicts each larger rung's −E[log pass rate]
+    its own problems (`select`), fits the GPT-4 form and predicts each larger rung's −E[log pass rate]
     on those problems. Each miss keeps its reach, ln(compute predicted / the prefix's largest)."""
     order = np.argsort(flops)
     C, arr = np.asarray(flops, dtype=float)[order], np.asarray(rung_logps)[order]
     out = []
     for m in range(fit_mod.MIN_ORIGIN_SIZES, len(C)):
-        S = solvable(arr[:m])
+        S = select(arr[:m])
         if len(S) < MIN_PROBLEMS:
             continue
         k, log_a = _gpt4_fit(C[:m], arr[:m, S])
@@ -211,28 +217,22 @@ def backtest(flops: list[float], rung_logps: list[list[float]]) -> list[dict]:
     return out
 
 
-def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float, task: str = TASKS[0],
-                    n_boot: int = 200) -> dict:
-    """Fit −E[log pass_rate](C) = α·C^(−k) over solvable problems (least squares in log-log), with
-    a 90% interval on the predicted geometric-mean pass rate: the bootstrap over problems and the
-    backtest's model error (per e-fold of compute × the target's reach, Student's t over the
+def _law(flops: list[float], arr: np.ndarray, target_flops: float, select: Callable, n_boot: int) -> dict:
+    """−E[log pass_rate](C) = α·C^(−k) over the problems `select` picks from the rungs (least squares in
+    log-log), with a 90% interval on the predicted geometric-mean pass rate: the bootstrap over problems
+    and the backtest's model error (per e-fold of compute × the target's reach, Student's t over the
     origins), added in quadrature on log(−E[log pass rate]), as fit.interval does for the loss."""
-    S = solvable(rung_logps)
-    if len(S) < MIN_PROBLEMS:
-        # with a handful of problems, picking them by the rungs' best pass rate picks lucky ones
-        # (a CPU ladder's 3–5 such problems gave predictions off by 10–100×): refuse instead
-        raise ScalingError(f"only {len(S)} capability problems are solved at least sometimes by the rungs "
-                           f"(need {MIN_PROBLEMS}); the capability prediction needs larger rungs")
-    arr = np.asarray(rung_logps)[:, S]
-    k, log_a = _gpt4_fit(flops, arr)
+    S = select(arr)
+    sub = arr[:, S]
+    k, log_a = _gpt4_fit(flops, sub)
     pred_m = float(math.exp(log_a - k * math.log(target_flops)))
     rng = np.random.default_rng(0)
     boot = []
     for _ in range(n_boot):
-        kb, lab = _gpt4_fit(flops, arr[:, rng.integers(0, len(S), len(S))])
+        kb, lab = _gpt4_fit(flops, sub[:, rng.integers(0, len(S), len(S))])
         boot.append(lab - kb * math.log(target_flops))
     b_lo, b_hi = (math.log(pred_m) - np.percentile(boot, 5), np.percentile(boot, 95) - math.log(pred_m)) if boot else (0, 0)
-    bt = backtest(flops, rung_logps)
+    bt = backtest(flops, arr, select)
     reach = math.log(target_flops / max(flops))
     iv = {"reach": reach, "n_backtests": len(bt), "bootstrap_half_widths": [float(b_lo), float(b_hi)]}
     extra = 0.0
@@ -243,24 +243,39 @@ def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_fl
                    "dof": dof, "t_model": fit_mod.t95(dof)})
         extra = (fit_mod.t95(dof) * rate * reach) ** 2
     else:
-        iv["note"] = (f"no backtest possible (no prefix of ≥ {fit_mod.MIN_ORIGIN_SIZES} rungs solves {MIN_PROBLEMS} problems): "
+        iv["note"] = (f"no backtest possible (no prefix of ≥ {fit_mod.MIN_ORIGIN_SIZES} rungs has {MIN_PROBLEMS} problems): "
                       "the interval holds the problems' bootstrap only, not the law's own error; not confident")
     m_lo, m_hi = pred_m * math.exp(-math.sqrt(max(b_lo, 0) ** 2 + extra)), pred_m * math.exp(math.sqrt(max(b_hi, 0) ** 2 + extra))
-    k_all, log_a_all = _gpt4_fit(flops, np.asarray(rung_logps))
-    # The same law over every problem, no solvable filter (GPT-4 filtered because a sampled pass rate
-    # of 0 has no log; ours are exact). Choosing problems by the rungs being fitted biases the filtered
-    # fit: on the cpu bench −17 to −59% against −3 to −8% for this one. A diagnostic beside the GPT-4 form.
-    unfiltered = {"n_problems": len(rung_logps[0]), "k": k_all,
-                  "predicted_neg_mean_log_pass": float(math.exp(log_a_all - k_all * math.log(target_flops)))}
-    return {"task": task_label(task), "problems": S, "n_problems": len(S), "alpha": float(math.exp(log_a)), "k": k,
-            "unfiltered": unfiltered,
+    return {"problems": S, "n_problems": len(S), "alpha": float(math.exp(log_a)), "k": k,
             "predicted_neg_mean_log_pass": pred_m, "predicted": math.exp(-pred_m),
             "ci90": [math.exp(-m_hi), math.exp(-m_lo)], "interval": iv, "confident": bool(bt),
-            "rungs": [{"flops": f, "neg_mean_log_pass": float(v)} for f, v in zip(flops, -arr.mean(1))]}
+            "rungs": [{"flops": f, "neg_mean_log_pass": float(v)} for f, v in zip(flops, -sub.mean(1))]}
+
+
+def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float, task: str = TASKS[0],
+                    n_boot: int = 200) -> dict:
+    """The GPT-4 form over the solvable problems (the headline), and beside it the same law over every
+    problem (`unfiltered`). GPT-4 filtered because a sampled pass rate of 0 has no log; ours are exact.
+    Choosing the problems by the rungs being fitted biases the filtered fit (cpu bench: −17 to −59%
+    against −3 to −8% unfiltered), and with fewer than MIN_PROBLEMS solvable it is refused while the
+    unfiltered one still predicts: then the result is {"task", "refused", "unfiltered"}."""
+    if len(set(flops)) < MIN_RUNGS:  # a line through two points has no residual to judge it by
+        raise ScalingError(f"a capability fit needs rungs of at least {MIN_RUNGS} compute budgets; got {len(set(flops))}")
+    arr = np.asarray(rung_logps, dtype=float)
+    unfiltered = _law(flops, arr, target_flops, every, n_boot)
+    del unfiltered["problems"]  # all of them
+    S = solvable(arr)
+    if len(S) < MIN_PROBLEMS:
+        # with a handful of problems, picking them by the rungs' best pass rate picks lucky ones
+        # (a CPU ladder's 3–5 such problems gave predictions off by 10–100×): refuse instead
+        return {"task": task_label(task), "unfiltered": unfiltered,
+                "refused": f"only {len(S)} capability problems are solved at least sometimes by the rungs "
+                           f"(need {MIN_PROBLEMS}); the GPT-4 form needs larger rungs (the unfiltered fit stands)"}
+    return {"task": task_label(task), **_law(flops, arr, target_flops, solvable, n_boot), "unfiltered": unfiltered}
 
 
 def predict_all(points: list[dict], target_flops: float) -> dict:
-    """{task: prediction or {"task", "refused"}} from ladder points carrying `capability`."""
+    """{task: fit_and_predict's result, or {"task", "refused"}} from ladder points carrying `capability`."""
     out = {}
     for task in TASKS:
         pts = [p for p in points if task in (p.get("capability") or {})]
@@ -269,7 +284,7 @@ def predict_all(points: list[dict], target_flops: float) -> dict:
         try:
             out[task] = fit_and_predict([p["flops"] for p in pts], [p["capability"][task] for p in pts], target_flops, task)
             out[task]["max_run_flops"] = max(p["flops"] for p in pts)
-        except ScalingError as e:
+        except ScalingError as e:  # too few rungs
             out[task] = {"task": task_label(task), "refused": str(e)}
     return out
 

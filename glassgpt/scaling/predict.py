@@ -224,7 +224,7 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
 
     caps, run_cap = {}, None
     for task, pc in (pred.get("capability_tasks") or {}).items():
-        if pc.get("refused"):
+        if pc.get("refused") and not pc.get("unfiltered"):
             caps[task] = {"task": pc["task"], "predicted": None, "actual": None, "refused": pc["refused"]}
             continue
         if run_cap is None:
@@ -232,6 +232,15 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
             if run_cap is None:
                 cap_mod.evaluate_run(target_dir)
                 run_cap = cap_mod.load(target_dir)
+        if pc.get("unfiltered"):  # every problem, no solvable filter (registered since capability version 3)
+            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task])
+            unf = {**u, "actual": act_all["actual"], "actual_neg_mean_log_pass": act_all["neg_mean_log_pass"],
+                   "neg_mean_log_pass_error": u["predicted_neg_mean_log_pass"] / act_all["neg_mean_log_pass"] - 1}
+            if u.get("ci90"):  # registered with its interval since the sixth session
+                unf["inside_ci90"] = u["ci90"][0] <= act_all["actual"] <= u["ci90"][1]
+        if pc.get("refused"):
+            caps[task] = {"task": pc["task"], "predicted": None, "actual": None, "refused": pc["refused"], "unfiltered": unf}
+            continue
         act = cap_mod.actual(run_cap[task], pc["problems"])
         caps[task] = {"task": pc["task"], "predicted": pc["predicted"], "actual": act["actual"], "ci90": pc.get("ci90"),
                       "inside_ci90": pc["ci90"][0] <= act["actual"] <= pc["ci90"][1] if pc.get("ci90") else None,
@@ -241,10 +250,8 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
                       "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
                       "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
                       "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
-        if pc.get("unfiltered"):  # every problem, no solvable filter (registered since capability version 3)
-            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task])["neg_mean_log_pass"]
-            caps[task]["unfiltered"] = {**u, "actual_neg_mean_log_pass": act_all,
-                                        "neg_mean_log_pass_error": u["predicted_neg_mean_log_pass"] / act_all - 1}
+        if pc.get("unfiltered"):
+            caps[task]["unfiltered"] = unf
     if pred.get("capability") and "capability_tasks" not in pred:  # registered by the first task version
         caps["humaneval"] = {"task": pred["capability"]["task"], "predicted": None, "actual": None,
                              "refused": "registered with the first capability task (whole lines at T = 0.2), "
@@ -305,11 +312,19 @@ def headline(report: dict) -> list[str]:
                          f"{c['predicted']:.4f}{ci}, actual {c['actual']:.4f}"
                          + (f" (−E[log pass rate] error {err:+.2%}{inside})" if err is not None else "")
                          + ("" if c.get("confident", True) else "; NOT CONFIDENT: no backtest inside the ladder")
-                         + (f"; all {c['unfiltered']['n_problems']} problems, no filter: −E[log pass rate] error "
-                            f"{c['unfiltered']['neg_mean_log_pass_error']:+.2%}" if c.get("unfiltered") else ""))
+                         + _unfiltered_line(c))
         elif c.get("refused"):
-            lines.append(f"capability {c['task']}: refused ({c['refused']})")
+            lines.append(f"capability {c['task']}: refused ({c['refused']})" + _unfiltered_line(c))
     return lines
+
+
+def _unfiltered_line(c: dict) -> str:
+    u = c.get("unfiltered")
+    if not u:
+        return ""
+    inside = "" if u.get("inside_ci90") is None else f", {'inside' if u['inside_ci90'] else 'outside'} its 90% interval"
+    return (f"; all {u['n_problems']} problems, no filter: −E[log pass rate] error {u['neg_mean_log_pass_error']:+.2%}"
+            + inside)
 
 
 def markdown(r: dict) -> str:
