@@ -122,7 +122,7 @@ def test_heldout_is_never_trained_on():
     assert not set(train.tolist()) & set(held.tolist()) and len(held) == I.DIGITS_HELDOUT
     heldout_digits = {I._digit_image(images[i]).tobytes() for i in held}
     assert heldout_digits.isdisjoint(I.digits(0, "train", k).image.tobytes() for k in range(300))
-    for task in ("text", "charts"):
+    for task in ("text", "charts", "scenes"):
         src = I.get_source(task)
         tr = {(s.question, s.answer, s.image.tobytes()) for s in (src(0, "train", k) for k in range(150))}
         ho = {(s.question, s.answer, s.image.tobytes()) for s in (src(0, "heldout", k) for k in range(60))}
@@ -139,6 +139,17 @@ def test_task_contents():
     assert counts <= {str(n) for n in range(1, 7)} and len(counts) >= 4
     qs = " ".join(I.charts(1, "train", k).question for k in range(60))
     assert "largest" in qs and "value of bar" in qs
+
+
+def test_scene_captions_name_every_object_left_to_right(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(I, "_render_scene", lambda objs: drawn.append(objs) or Image.new("RGB", (4, 4)))
+    for k in range(40):
+        s = I.scenes(2, "train", k)
+        objs = drawn[-1]
+        assert s.question == "Describe the image." and s.task == "scenes"
+        assert s.answer == ", ".join(f"{c} {sh}" for sh, c, *_ in objs) and 1 <= len(objs) <= 6
+        assert [o[2] for o in objs] == sorted(o[2] for o in objs)
 
 
 def test_folder_source(tmp_path):
