@@ -50,28 +50,28 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
             row = {"seed": root.name, "task": task, "fraction": f, "max_run_fraction": use[-1]["flops"] / T if use else None}
             try:
                 pr = capability.fit_and_predict([p["flops"] for p in use], [p["capability"][task] for p in use], T, task)
-            except (ScalingError, IndexError, TypeError, ValueError) as e:  # no rung at this fraction
+            except ScalingError as e:  # too few rungs at this fraction
                 rows.append({**row, "refused": str(e)})
                 continue
-            u, act_all = pr["unfiltered"], capability.actual(tgt[task])
             # the same law on every problem, no solvable filter (capability.fit_and_predict)
-            row["unfiltered"] = {"n_problems": u["n_problems"], "pass_predicted": u["predicted"], "ci90": u["ci90"],
-                                 "pass_actual": act_all["actual"], "confident": u["confident"],
-                                 "error": u["predicted_neg_mean_log_pass"] / act_all["neg_mean_log_pass"] - 1,
-                                 "inside": u["ci90"][0] <= act_all["actual"] <= u["ci90"][1]}
+            row["unfiltered"] = _versus(pr["unfiltered"], capability.compare(pr["unfiltered"], tgt[task]))
             if pr.get("refused"):
                 rows.append({**row, "refused": pr["refused"]})
                 continue
             S = pr["problems"]
-            act = capability.actual(tgt[task], S)
+            c = capability.compare(pr, tgt[task], S)
             largest = -float(np.mean(np.asarray(use[-1]["capability"][task])[S]))
-            rows.append({**row, "n_problems": len(S), "k": pr["k"],
-                         "predicted": pr["predicted_neg_mean_log_pass"], "actual": act["neg_mean_log_pass"],
-                         "error": pr["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
-                         "largest_rung_error": largest / act["neg_mean_log_pass"] - 1,
-                         "pass_predicted": pr["predicted"], "pass_actual": act["actual"], "ci90": pr["ci90"],
-                         "inside": pr["ci90"][0] <= act["actual"] <= pr["ci90"][1], "confident": pr["confident"]})
+            rows.append({**row, **_versus(pr, c), "k": pr["k"], "predicted": pr["predicted_neg_mean_log_pass"],
+                         "actual": c["actual_neg_mean_log_pass"],
+                         "largest_rung_error": largest / c["actual_neg_mean_log_pass"] - 1})
     return rows
+
+
+def _versus(pr: dict, c: dict) -> dict:
+    """A bench row's view of a prediction compared with the target (capability.compare)."""
+    return {"n_problems": pr["n_problems"], "pass_predicted": pr["predicted"], "pass_actual": c["actual"],
+            "ci90": pr["ci90"], "confident": pr["confident"], "error": c["neg_mean_log_pass_error"],
+            "inside": c["inside_ci90"]}
 
 
 def _label(rs: list[dict]) -> str:
@@ -85,34 +85,31 @@ def _passes(rs: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     """Two tables: the GPT-4 form over the solvable problems, then the same law over every problem."""
-    head = (f"{'task':>13} {'fraction':>9} {'problems':>11} {'−E[log p] error per seed':>28} {'mean |err|':>10} ")
-    out = ["the GPT-4 form, over the problems the rungs solve at least sometimes:",
-           head + f"{'largest rung as the prediction':>31} {'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
     keys = sorted({(r["task"], r["fraction"]) for r in rows}, key=lambda k: (capability.TASKS.index(k[0]), -k[1]))
-    for task, f in keys:
-        rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
-        ok = [r for r in rs if "error" in r]
-        if not ok:
-            out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
-            continue
-        errs = " ".join(f"{r['error']:+7.1%}" for r in ok) + "".join("   refused" for r in rs if "error" not in r)
-        ref = " ".join(f"{r['largest_rung_error']:+7.1%}" for r in ok)
-        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)} c{sum(r['confident'] for r in ok)}"
-        out.append(f"{task:>13} {_label(ok):>9} {'/'.join(str(r['n_problems']) for r in ok):>11} {errs:>28} "
-                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {ref:>31} {inside:>10}   {_passes(ok)}")
-    out += ["", "the same law over every problem (no solvable filter):",
-            head + f"{'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"]
-    for task, f in keys:
-        rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
-        ok = [r["unfiltered"] | {"max_run_fraction": r["max_run_fraction"]} for r in rs if "unfiltered" in r]
-        if not ok:
-            out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
-            continue
-        errs = " ".join(f"{r['error']:+7.1%}" for r in ok)
-        inside = f"{sum(r['inside'] for r in ok)}/{len(ok)} c{sum(r['confident'] for r in ok)}"
-        out.append(f"{task:>13} {_label(ok):>9} {'/'.join(str(r['n_problems']) for r in ok):>11} {errs:>28} "
-                   f"{np.mean([abs(r['error']) for r in ok]):>10.1%} {inside:>10}   {_passes(ok)}")
-    return "\n".join(out)
+    head = f"{'task':>13} {'fraction':>9} {'problems':>11} {'−E[log p] error per seed':>28} {'mean |err|':>10} "
+    tail = f"{'inside 90%':>10}   geometric-mean pass rate: predicted [90% interval] / actual"
+
+    def section(title, pick, with_ref):
+        out = [title, head + (f"{'largest rung as the prediction':>31} " if with_ref else "") + tail]
+        for task, f in keys:
+            rs = [r for r in rows if r["task"] == task and r["fraction"] == f]
+            ok = [pick(r) for r in rs if pick(r)]
+            if not ok:
+                out.append(f"{task:>13} {f:>9.3g}  refused: {rs[0]['refused']}")
+                continue
+            errs = " ".join(f"{r['error']:+7.1%}" for r in ok) + "".join("   refused" for r in rs if not pick(r))
+            ref = " ".join(f"{r['largest_rung_error']:+7.1%}" for r in ok) if with_ref else ""
+            inside = f"{sum(r['inside'] for r in ok)}/{len(ok)} c{sum(r['confident'] for r in ok)}"
+            out.append(f"{task:>13} {_label(ok):>9} {'/'.join(str(r['n_problems']) for r in ok):>11} {errs:>28} "
+                       f"{np.mean([abs(r['error']) for r in ok]):>10.1%} " + (f"{ref:>31} " if with_ref else "")
+                       + f"{inside:>10}   {_passes(ok)}")
+        return out
+
+    return "\n".join(section("the GPT-4 form, over the problems the rungs solve at least sometimes:",
+                             lambda r: r if "error" in r else None, True) + [""]
+                     + section("the same law over every problem (no solvable filter):",
+                               lambda r: r.get("unfiltered") and r["unfiltered"] | {"max_run_fraction": r["max_run_fraction"]},
+                               False))
 
 
 def main(argv=None) -> int:

@@ -232,26 +232,17 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
             if run_cap is None:
                 cap_mod.evaluate_run(target_dir)
                 run_cap = cap_mod.load(target_dir)
+        if pc.get("refused"):  # the GPT-4 form refused, the unfiltered law registered
+            caps[task] = {"task": pc["task"], "predicted": None, "actual": None, "refused": pc["refused"]}
+        else:
+            c = cap_mod.compare(pc, run_cap[task], pc["problems"])
+            caps[task] = {"task": pc["task"], "predicted": pc["predicted"], **c, "ci90": pc.get("ci90"),
+                          "confident": pc.get("confident"),
+                          "relative_error": pc["predicted"] / c["actual"] - 1 if c["actual"] > 0 else None,
+                          "n_problems": pc["n_problems"], "predicted_neg_mean_log_pass": pc["predicted_neg_mean_log_pass"],
+                          "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
         if pc.get("unfiltered"):  # every problem, no solvable filter (registered since capability version 3)
-            u, act_all = pc["unfiltered"], cap_mod.actual(run_cap[task])
-            unf = {**u, "actual": act_all["actual"], "actual_neg_mean_log_pass": act_all["neg_mean_log_pass"],
-                   "neg_mean_log_pass_error": u["predicted_neg_mean_log_pass"] / act_all["neg_mean_log_pass"] - 1}
-            if u.get("ci90"):  # registered with its interval since the sixth session
-                unf["inside_ci90"] = u["ci90"][0] <= act_all["actual"] <= u["ci90"][1]
-        if pc.get("refused"):
-            caps[task] = {"task": pc["task"], "predicted": None, "actual": None, "refused": pc["refused"], "unfiltered": unf}
-            continue
-        act = cap_mod.actual(run_cap[task], pc["problems"])
-        caps[task] = {"task": pc["task"], "predicted": pc["predicted"], "actual": act["actual"], "ci90": pc.get("ci90"),
-                      "inside_ci90": pc["ci90"][0] <= act["actual"] <= pc["ci90"][1] if pc.get("ci90") else None,
-                      "confident": pc.get("confident"),
-                      "relative_error": pc["predicted"] / act["actual"] - 1 if act["actual"] > 0 else None,
-                      "n_problems": pc["n_problems"], "predicted_neg_mean_log_pass": pc["predicted_neg_mean_log_pass"],
-                      "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
-                      "neg_mean_log_pass_error": pc["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
-                      "max_run_fraction": pc["max_run_flops"] / rep["flops"]}
-        if pc.get("unfiltered"):
-            caps[task]["unfiltered"] = unf
+            caps[task]["unfiltered"] = {**pc["unfiltered"], **cap_mod.compare(pc["unfiltered"], run_cap[task])}
     if pred.get("capability") and "capability_tasks" not in pred:  # registered by the first task version
         caps["humaneval"] = {"task": pred["capability"]["task"], "predicted": None, "actual": None,
                              "refused": "registered with the first capability task (whole lines at T = 0.2), "
