@@ -1,5 +1,6 @@
 """One vision training step (32 image-chat rows + 4 text rows, forward + backward) on 1 thread:
-the LM head over every position vs only where there is a target, and the linear vs the conv stem.
+the LM head over every position vs only where there is a target, the linear vs the conv stem, and
+the image rows in one forward (cut to the batch's longest row) vs sorted into length groups.
 
 Prints median ms per step and each variant's speed as a ratio to the reference (linear stem,
 head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
@@ -14,17 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from glassgpt import config
-from glassgpt.data import sources
+from glassgpt.data import images, sources
 from glassgpt.data.tokenizer import train_from_documents
 from glassgpt.model import vision as V
 from glassgpt.model.gpt import build
 
 
-def main(repeats: int = 15) -> None:
+BATCHES = 4  # rows differ from batch to batch: every variant steps through the same 4
+
+
+def main(repeats: int = 16) -> None:
     torch.set_num_threads(1)
     cfg = config.load("vision", [])
     docs = (d.text for d in sources.stdlib_documents(sources.SourceStats("stdlib")))
-    tok = train_from_documents(docs, cfg.data.vocab_size, 300_000)
+    extra = images.task_texts(cfg.data.tokenizer_extra, per_source=1000)  # the task words, as in a run
+    tok = train_from_documents(docs, cfg.data.vocab_size, 300_000, extra=extra)
     mc = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
     steps = {}
     for stem in ("linear", "conv"):
@@ -32,32 +37,40 @@ def main(repeats: int = 15) -> None:
         m = build(mc, seed=0)
         V.attach(m, vc, seed=0)
         mix = V.Mix(vc.mix, 0)
-        x, y, px = V.collate(tok, [mix.sample(k) for k in range(vc.batch_size)], vc.n_image_tokens, mc.seq_len, vc.image_size)
-        L = int((x != tok.pad_id).sum(1).max())
-        x, y = x[:, :L], y[:, :L]
+        batches = [V.collate(tok, [mix.sample(b * vc.batch_size + k) for k in range(vc.batch_size)],
+                             vc.n_image_tokens, mc.seq_len, vc.image_size) for b in range(BATCHES)]
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, mc.seq_len + 1))
-        for head in ("everywhere", "at targets"):
-            def step(m=m, vc=vc, x=x, y=y, px=px, text=text, head=head):
+        variants = [("everywhere", 0), ("at targets", 0)] + ([("at targets", g) for g in (16, 8, 4)] if stem == "conv" else [])
+        for head, group in variants:
+            def step(r, m=m, vc=vc, text=text, head=head, group=group):
+                x0, y0, px = batches[r % BATCHES]  # padded to seq_len; answer_loss cuts each group itself
+                L = int((x0 != tok.pad_id).sum(1).max())
+                x, y = x0[:, :L], y0[:, :L]
                 emb = m.vision(px).reshape(-1, mc.d_model)
                 if head == "everywhere":  # what the model did before: full logits, ignore_index
                     img = F.cross_entropy(m(x, image_embeds=emb).float().flatten(0, 1), y.flatten(), ignore_index=-1)
                     txt = F.cross_entropy(m(text[:, :-1]).float().flatten(0, 1), text[:, 1:].flatten())
+                elif group:
+                    img, txt = V.answer_loss(m, x0, y0, emb, tok.pad_id, group), m(text[:, :-1], text[:, 1:])
                 else:
                     img, txt = m(x, y, image_embeds=emb), m(text[:, :-1], text[:, 1:])
                 (img + vc.text_weight * txt).backward()
 
-            steps[(stem, head)] = step
+            steps[(stem, head, group)] = step
     times = {k: [] for k in steps}
-    for r in range(repeats + 3):  # round robin, so a change in machine load hits every variant alike
+    for r in range(repeats + BATCHES):  # round robin, so a change in machine load hits every variant alike
         for k, step in steps.items():
             t0 = time.perf_counter()
-            step()
-            if r >= 3:  # warm-up
+            step(r)
+            if r >= BATCHES:  # warm-up: one pass over the batches
                 times[k].append(time.perf_counter() - t0)
-    res = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    ref = res[("linear", "everywhere")]
-    for (stem, head), t in res.items():
-        print(f"stem {stem:6s} head {head:10s}: {1000 * t:7.1f} ms/step  {ref / t:.2f}x the reference (linear, everywhere)")
+    # median over the repeats of each batch (noise), then the mean over the batches (each counts the same)
+    res = {k: sum(sorted(v[b::BATCHES])[len(v[b::BATCHES]) // 2] for b in range(BATCHES)) / BATCHES for k, v in times.items()}
+    ref = res[("linear", "everywhere", 0)]
+    for (stem, head, group), t in res.items():
+        rows = f"groups of {group:2d}" if group else "one forward"
+        print(f"stem {stem:6s} head {head:10s} image rows {rows:12s}: {1000 * t:7.1f} ms/step  "
+              f"{ref / t:.2f}x the reference (linear, everywhere, one forward)")
 
 
 if __name__ == "__main__":
