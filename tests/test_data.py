@@ -116,7 +116,7 @@ def test_split_does_not_depend_on_where_the_corpus_lives(tmp_path, corpus_dir):
     assert names(str(moved / "heapq.py")) == ["heapq.py"]
 
 
-def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path):
+def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path, monkeypatch):
     from glassgpt.data import images
     from glassgpt.data.shards import cache_key
 
@@ -124,12 +124,17 @@ def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path):
     with_extra = _cfg(tmp_path, [corpus_dir], **{"data.vocab_size": "400", "data.tokenizer_extra": "shapes"})
     assert cache_key(plain) != cache_key(with_extra)
     texts = list(images.task_texts("shapes", per_source=50))
-    assert len(texts) == 1 and texts[0].count("\n") == 50 and "?" in texts[0]
+    assert len(texts) == 1 and texts[0].count("\n") == 100 and "?\n" in texts[0]  # question, answer: a line each
     tok_plain = Corpus(prepare(plain)).tokenizer
     tok_extra = Corpus(prepare(with_extra)).tokenizer
     q = "What colour is the circle?"
     assert len(tok_extra.encode(q)) < len(tok_plain.encode(q))
     assert [tok_extra.decode([i]) for i in tok_extra.encode(" circle")] == [" circle"]
+    assert len(tok_extra.encode("circle")) < len(tok_plain.encode("circle"))  # an answer starts its turn: no space
+    # the texts' version is in the key (only when set): changed answers never reuse an old tokenizer
+    key, key_plain = cache_key(with_extra), cache_key(plain)
+    monkeypatch.setattr(images, "TASK_TEXTS_VERSION", images.TASK_TEXTS_VERSION + 1)
+    assert cache_key(with_extra) != key and cache_key(plain) == key_plain
     with pytest.raises(DataError, match="unknown image source 'shapez'"):
         prepare(_cfg(tmp_path, [corpus_dir], **{"data.tokenizer_extra": "shapez"}))
     assert not list((tmp_path / "cache").glob(".*tmp*"))  # nothing half-written left behind

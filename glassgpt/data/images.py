@@ -341,12 +341,17 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
             (s1, c1, x1, y1, _), (s2, c2, x2, y2, _) = objs
             if (s1, c1) != (s2, c2):
                 break
-        if rng.random() < 0.5 and abs(x1 - x2) > 4:
-            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if x1 < x2 else "right"
-        elif abs(y1 - y2) > 4:
-            q, a = f"Is the {c1} {s1} above or below the {c2} {s2}?", "above" if y1 < y2 else "below"
+        if rng.random() < 0.5 and abs(x1 - x2) > 4 or abs(y1 - y2) <= 4:
+            first = x1 < x2
+            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if first else "right"
         else:
-            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if x1 < x2 else "right"
+            first = y1 < y2
+            q, a = f"Is the {c1} {s1} above or below the {c2} {s2}?", "above" if first else "below"
+        # The answer first names both objects in the asked order (left to right, top to bottom),
+        # then the word: a 2-layer LM could not compare two positions in one step (relations sat
+        # at chance); naming them in order is the caption skill, and the word is then a lookup.
+        pair = [f"{c1} {s1}", f"{c2} {s2}"]
+        a = f"{', '.join(pair if first else pair[::-1])}: {a}"
     key = f"{objs}|{q}"
     return key, lambda: Sample(_render_scene(objs), q, a, "shapes")
 
@@ -555,13 +560,20 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
     return SOURCES[name]
 
 
+# Part of the corpus cache key when data.tokenizer_extra is set: bump it when a source's questions or
+# answers change, so a tokenizer learnt from the old texts is not reused.
+TASK_TEXTS_VERSION = 2
+
+
 def task_texts(mix: str, per_source: int = 4000, seed: int = 0) -> Iterator[str]:
     """The questions and answers of the first `per_source` training samples of each source in
-    `mix` (vision.mix syntax; weights ignored), one "question answer" line each: text for the
-    tokenizer (data.tokenizer_extra). Training split only."""
+    `mix` (vision.mix syntax; weights ignored), each on its own line: text for the tokenizer
+    (data.tokenizer_extra). Training split only. The answer starts a line because in a chat row
+    it starts the assistant's turn, with no space before it: "purple" must become a token as
+    well as " purple" (version 1 joined them with a space, and answers were 'p' 'ur' 'ple')."""
     for name, _ in parse_mix(mix):
         src = get_source(name)
-        yield "".join(f"{s.question} {s.answer}\n" for s in (src(seed, "train", k) for k in range(per_source)))
+        yield "".join(f"{s.question}\n{s.answer}\n" for s in (src(seed, "train", k) for k in range(per_source)))
 
 
 def parse_mix(mix: str) -> list[tuple[str, float]]:

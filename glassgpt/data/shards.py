@@ -50,6 +50,8 @@ def cache_key(cfg: DataConfig) -> str:
         d.pop("tokenizer_extra")  # so corpora prepared before the field existed stay valid
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
     h.update(sys.version.encode())
+    if cfg.tokenizer_extra:
+        h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())
     if cfg.paths:
         for p in sources.expand_paths(cfg.paths):
             st = p.stat()
