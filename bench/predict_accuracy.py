@@ -163,7 +163,22 @@ def table(rows: list[dict], fractions) -> str:
     if scored:
         out.append(f"all: mean |err| {sum(abs(r['relative_error']) for r in scored) / len(scored):.2%}, "
                    f"inside the 90% interval {sum(r['inside'] for r in scored)}/{len(scored)}")
+        out.append(regime_calibration(scored))
     return "\n".join(out)
+
+
+def regime_calibration(rows: list[dict], big: float = 0.04) -> str:
+    """How well the regime check sorts the predictions: the errors of those it calls confident
+    against those it does not, and how many misses larger than `big` it caught."""
+    def summary(rs):
+        errs = [abs(r["relative_error"]) for r in rs]
+        return f"{len(rs)} (mean |err| {sum(errs) / len(errs):.2%}, largest {max(errs):.2%})" if rs else "0"
+
+    conf = [r for r in rows if r["confident"]]
+    refused = [r for r in rows if not r["confident"]]
+    misses = [r for r in rows if abs(r["relative_error"]) > big]
+    return (f"regime check: confident {summary(conf)}; not confident {summary(refused)}; "
+            f"misses over {big:.0%}: {sum(not r['confident'] for r in misses)}/{len(misses)} not called confident")
 
 
 def plot(rows, path: Path) -> Path:

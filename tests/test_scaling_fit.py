@@ -1,6 +1,7 @@
 """Fits, bootstrap, leave-largest-out and the regime check on synthetic points from known laws."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,17 @@ def test_capability_problems_are_line_ends(code_tokenizer, task):
     assert [p["ids"] for p in capability.problems(tok, seq_len, task, max_problems=50)] == [p["ids"] for p in probs]
     with pytest.raises(ScalingError, match="unknown capability task"):
         capability.problems(tok, seq_len, "mmlu")
+
+
+def test_bench_regime_calibration_line():
+    """The predict bench says how the regime check sorted its predictions (errors of the
+    confident vs the rest, and how many large misses it refused to call confident)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_accuracy", Path(__file__).parents[1] / "bench" / "predict_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"relative_error": e, "confident": c} for e, c in ((0.01, True), (-0.03, True), (0.02, False), (0.09, False), (-0.05, True))]
+    line = bench.regime_calibration(rows)
+    assert line == ("regime check: confident 3 (mean |err| 3.00%, largest 5.00%); not confident 2 (mean |err| 5.50%, "
+                    "largest 9.00%); misses over 4%: 1/2 not called confident")
