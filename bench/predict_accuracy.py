@@ -40,7 +40,8 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/bench_predict")
     ap.add_argument("--n-boot", type=int, default=50)
     ap.add_argument("overrides", nargs="*", help="--section.key=value overrides of the target (after --)")
-    ap.add_argument("--replot", action="store_true", help="only redraw error_vs_fraction.png from --out/results.json")
+    ap.add_argument("--replot", action="store_true",
+                    help="train and fit nothing: reprint the table and redraw error_vs_fraction.png from --out/results.json")
     ap.add_argument("--refit", action="store_true",
                     help="train nothing: refit the finished ladders under --out with the current code and score them "
                          "against the finished targets")
@@ -49,7 +50,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.replot:
-        print(plot(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out) / "error_vs_fraction.png"))
+        rows = json.loads((Path(args.out) / "results.json").read_text())
+        print(table(rows, sorted({r["fraction"] for r in rows}, reverse=True)))
+        print(plot(rows, Path(args.out) / "error_vs_fraction.png"))
         return 0
     opts = speedrun.defaults_for(args.preset)
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
