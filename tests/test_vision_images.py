@@ -152,23 +152,22 @@ def test_scene_captions_name_every_object_left_to_right(monkeypatch):
         assert [o[2] for o in objs] == sorted(o[2] for o in objs)
 
 
-def test_relation_answers_name_both_objects_in_the_asked_order(monkeypatch):
+def test_relation_questions_ask_which_of_two_objects(monkeypatch):
     drawn = []
     monkeypatch.setattr(I, "_render_scene", lambda objs: drawn.append(objs) or Image.new("RGB", (4, 4)))
     seen = set()
     for k in range(200):
         s = I.shapes(3, "train", k)
-        if "left or right" not in s.question and "above or below" not in s.question:
+        if not s.question.startswith("Which is "):
             continue
         (s1, c1, x1, y1, _), (s2, c2, x2, y2, _) = drawn[-1]
-        horizontal = "left or right" in s.question
-        first = x1 < x2 if horizontal else y1 < y2
-        word = ("left" if first else "right") if horizontal else ("above" if first else "below")
-        pair = [f"{c1} {s1}", f"{c2} {s2}"]
-        assert s.question.startswith(f"Is the {c1} {s1} ")
-        assert s.answer == f"{', '.join(pair if first else pair[::-1])}: {word}"  # left to right / top to bottom
+        word = s.question[len("Which is "):].split(",")[0]
+        assert s.question == f"Which is {word}, the {c1} {s1} or the {c2} {s2}?"
+        key = {"further left": x1, "further right": -x1, "higher": y1, "lower": -y1}[word]
+        other = {"further left": x2, "further right": -x2, "higher": y2, "lower": -y2}[word]
+        assert s.answer == (f"{c1} {s1}" if key < other else f"{c2} {s2}") and abs(key - other) > 4
         seen.add(word)
-    assert seen == {"left", "right", "above", "below"}
+    assert seen == {"further left", "further right", "higher", "lower"}
 
 
 def test_folder_source(tmp_path):

@@ -341,17 +341,18 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
             (s1, c1, x1, y1, _), (s2, c2, x2, y2, _) = objs
             if (s1, c1) != (s2, c2):
                 break
+        # "Which is further left, the A or the B?" → the one that is. The earlier form, "Is A left or
+        # right of B?", stayed at chance (48-59%), even when the answer first listed both objects in
+        # order (right 92%): the 2-layer LM sees which object is further left, but could not then
+        # compare that name with the question's (docs/devlog.md, seventh session).
         if rng.random() < 0.5 and abs(x1 - x2) > 4 or abs(y1 - y2) <= 4:
-            first = x1 < x2
-            q, a = f"Is the {c1} {s1} left or right of the {c2} {s2}?", "left" if first else "right"
+            word = rng.choice(("further left", "further right"))
+            first = (x1 < x2) == (word == "further left")
         else:
-            first = y1 < y2
-            q, a = f"Is the {c1} {s1} above or below the {c2} {s2}?", "above" if first else "below"
-        # The answer first names both objects in the asked order (left to right, top to bottom),
-        # then the word: a 2-layer LM could not compare two positions in one step (relations sat
-        # at chance); naming them in order is the caption skill, and the word is then a lookup.
-        pair = [f"{c1} {s1}", f"{c2} {s2}"]
-        a = f"{', '.join(pair if first else pair[::-1])}: {a}"
+            word = rng.choice(("higher", "lower"))
+            first = (y1 < y2) == (word == "higher")  # image y grows downwards
+        q = f"Which is {word}, the {c1} {s1} or the {c2} {s2}?"
+        a = f"{c1} {s1}" if first else f"{c2} {s2}"
     key = f"{objs}|{q}"
     return key, lambda: Sample(_render_scene(objs), q, a, "shapes")
 

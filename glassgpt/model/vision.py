@@ -462,7 +462,8 @@ def question_type(s: Sample) -> str:
     if s.task == "text":
         return f"text {len(s.answer)} chars"
     for key, name in (("How many", "count"), ("What colour", "colour"), ("What shape", "shape"),
-                      ("left or right", "left/right"), ("above or below", "above/below"),
+                      ("further left", "left/right"), ("further right", "left/right"),
+                      ("higher", "above/below"), ("lower", "above/below"),
                       ("Which bar", "largest bar"), ("value of bar", "bar value"), ("Which point", "highest point")):
         if key in q:
             return name
