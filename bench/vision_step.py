@@ -1,6 +1,6 @@
 """One vision training step (32 image-chat rows + 4 text rows, forward + backward) on 1 thread:
-the LM head over every position vs only where there is a target, the linear vs the conv stem, and
-the image rows in one forward (cut to the batch's longest row) vs sorted into length groups.
+the LM head over every position vs only where there is a target, and the linear vs the conv stem.
+BENCH_THREADS=2 for two threads (the vision preset's setting).
 
 Prints median ms per step and each variant's speed as a ratio to the reference (linear stem,
 head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
@@ -8,6 +8,7 @@ slice of the default corpus. Usage: python bench/vision_step.py [REPEATS]
 """
 
 import dataclasses
+import os
 import sys
 import time
 
@@ -21,11 +22,12 @@ from glassgpt.model import vision as V
 from glassgpt.model.gpt import build
 
 
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 BATCHES = 4  # rows differ from batch to batch: every variant steps through the same 4
 
 
 def main(repeats: int = 16) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     cfg = config.load("vision", [])
     docs = (d.text for d in sources.stdlib_documents(sources.SourceStats("stdlib")))
     extra = images.task_texts(cfg.data.tokenizer_extra, per_source=1000)  # the task words, as in a run
@@ -40,23 +42,20 @@ def main(repeats: int = 16) -> None:
         batches = [V.collate(tok, [mix.sample(b * vc.batch_size + k) for k in range(vc.batch_size)],
                              vc.n_image_tokens, mc.seq_len, vc.image_size) for b in range(BATCHES)]
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, mc.seq_len + 1))
-        variants = [("everywhere", 0), ("at targets", 0)] + ([("at targets", g) for g in (16, 8, 4)] if stem == "conv" else [])
-        for head, group in variants:
-            def step(r, m=m, vc=vc, text=text, head=head, group=group):
-                x0, y0, px = batches[r % BATCHES]  # padded to seq_len; answer_loss cuts each group itself
+        for head in ("everywhere", "at targets"):
+            def step(r, m=m, vc=vc, text=text, head=head):
+                x0, y0, px = batches[r % BATCHES]
                 L = int((x0 != tok.pad_id).sum(1).max())
                 x, y = x0[:, :L], y0[:, :L]
                 emb = m.vision(px).reshape(-1, mc.d_model)
                 if head == "everywhere":  # what the model did before: full logits, ignore_index
                     img = F.cross_entropy(m(x, image_embeds=emb).float().flatten(0, 1), y.flatten(), ignore_index=-1)
                     txt = F.cross_entropy(m(text[:, :-1]).float().flatten(0, 1), text[:, 1:].flatten())
-                elif group:
-                    img, txt = V.answer_loss(m, x0, y0, emb, tok.pad_id, group), m(text[:, :-1], text[:, 1:])
                 else:
                     img, txt = m(x, y, image_embeds=emb), m(text[:, :-1], text[:, 1:])
                 (img + vc.text_weight * txt).backward()
 
-            steps[(stem, head, group)] = step
+            steps[(stem, head)] = step
     times = {k: [] for k in steps}
     for r in range(repeats + BATCHES):  # round robin, so a change in machine load hits every variant alike
         for k, step in steps.items():
@@ -66,11 +65,9 @@ def main(repeats: int = 16) -> None:
                 times[k].append(time.perf_counter() - t0)
     # median over the repeats of each batch (noise), then the mean over the batches (each counts the same)
     res = {k: sum(sorted(v[b::BATCHES])[len(v[b::BATCHES]) // 2] for b in range(BATCHES)) / BATCHES for k, v in times.items()}
-    ref = res[("linear", "everywhere", 0)]
-    for (stem, head, group), t in res.items():
-        rows = f"groups of {group:2d}" if group else "one forward"
-        print(f"stem {stem:6s} head {head:10s} image rows {rows:12s}: {1000 * t:7.1f} ms/step  "
-              f"{ref / t:.2f}x the reference (linear, everywhere, one forward)")
+    ref = res[("linear", "everywhere")]
+    for (stem, head), t in res.items():
+        print(f"stem {stem:6s} head {head:10s}: {1000 * t:7.1f} ms/step  {ref / t:.2f}x the reference (linear, everywhere)")
 
 
 if __name__ == "__main__":

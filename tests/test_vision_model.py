@@ -92,29 +92,6 @@ def test_collate_puts_loss_on_answer_only(tok):
         V.collate(tok, [s], VC.n_image_tokens, 8, VC.image_size)
 
 
-def test_answer_loss_in_length_groups_equals_one_forward(model, tok):
-    """Rows sorted by length and run a few at a time: the same mean answer loss and the same
-    gradients as one forward over the whole batch (padding never enters either)."""
-    samples = [I.digits(0, "train", 0), I.scenes(0, "train", 1), I.text(0, "train", 2), I.shapes(0, "train", 3),
-               I.scenes(0, "train", 4)]
-    x, y, px = V.collate(tok, samples, VC.n_image_tokens, 64, VC.image_size)
-    assert len({int(n) for n in (x != tok.pad_id).sum(1)}) > 1  # rows of different lengths
-
-    def run(group):
-        model.zero_grad()
-        emb = model.vision(px).reshape(-1, model.cfg.d_model)
-        loss = model(x, y, image_embeds=emb) if group is None else V.answer_loss(model, x, y, emb, tok.pad_id, group)
-        loss.backward()
-        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    ref, g_ref = run(None)
-    for group in (1, 2, 8):
-        got, g = run(group)
-        assert got == pytest.approx(ref, rel=1e-5)
-        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g, g_ref))
-    model.zero_grad()
-
-
 def test_teacher_forced_exact_match_equals_greedy(model, tok):
     """A greedy decode equals the answer iff every teacher-forced argmax does."""
     s = I.shapes(0, "heldout", 0)

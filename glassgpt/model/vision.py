@@ -280,25 +280,6 @@ def collate(tok, samples: list[Sample], n_img: int, T: int, image_size: int):
     return x, y, preprocess([s.image for s in samples], image_size)
 
 
-ROW_GROUP = 16  # bench/vision_step.py: two groups of 16 beat one forward; 8 and 4 did not
-
-
-def answer_loss(fwd, x, y, emb, pad_id: int, group: int = ROW_GROUP) -> torch.Tensor:
-    """Mean loss over the answer tokens of image rows x/y (emb: their image embeddings, row by
-    row). The rows run sorted by length, `group` at a time, each group cut to its longest row:
-    rows differ by up to ~20 tokens (a digit's answer against a caption), and padding every row
-    to the batch's longest cost a third more LM tokens than the rows hold."""
-    n = (x != pad_id).sum(1)
-    order = n.argsort()
-    emb = emb.view(x.size(0), -1, emb.size(-1))
-    total = 0
-    for i in range(0, x.size(0), group):
-        rows = order[i : i + group]
-        L = int(n[rows].max())
-        total = total + fwd(x[rows, :L], y[rows, :L], image_embeds=emb[rows].flatten(0, 1), reduction="sum")
-    return total / (y != -1).sum().clamp(min=1)
-
-
 class Mix:
     """A deterministic image-text stream: sample k of the training mix is a pure function
     of (seed, k), so resuming needs only the step."""
@@ -389,8 +370,10 @@ class VisionTraining:
         x, y = x.to(dev), y.to(dev)
         emb = self.enc(px.to(dev)).reshape(-1, self.raw.cfg.d_model)
         w = self.vc.text_weight
-        if self.world == 1:  # separate forwards: image rows in length groups, then the text rows
-            loss = answer_loss(fwd, x, y, emb, self.tok.pad_id)
+        if self.world == 1:  # two forwards, image rows cut to their longest row (no padding to seq_len)
+            L = int((x != self.tok.pad_id).sum(1).max())
+            x, y = x[:, :L], y[:, :L]
+            loss = fwd(x, y, image_embeds=emb)
             return loss + w * fwd(text_batch[:, :-1], text_batch[:, 1:]) if w > 0 else loss
         if w > 0:  # DDP: one forward per backward, so text and image rows share one batch
             x = torch.cat([text_batch[:, :-1], x])
