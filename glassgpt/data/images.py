@@ -563,7 +563,7 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
 
 # Part of the corpus cache key when data.tokenizer_extra is set: bump it when a source's questions or
 # answers change, so a tokenizer learnt from the old texts is not reused.
-TASK_TEXTS_VERSION = 2
+TASK_TEXTS_VERSION = 3  # 2: answers on their own line; 3: "Which is further left, the A or the B?"
 
 
 def task_texts(mix: str, per_source: int = 4000, seed: int = 0) -> Iterator[str]:
