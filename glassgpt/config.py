@@ -65,6 +65,7 @@ class DataConfig:
     vocab_size: int = 4096
     val_fraction: float = 0.02  # documents, by a hash of their name
     max_bytes: int = 0  # 0: no cap; else stop reading sources after this many bytes
+    site_packages: bool = False  # without paths: the installed packages' .py files after the stdlib's
     tokenizer_bytes: int = 20_000_000  # train the BPE on at most this much text
     # An image mix (vision.mix syntax) whose training questions and answers join the BPE's text, so a
     # vision run's task words ("circle", "colour") are single tokens; see shards._build.

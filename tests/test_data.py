@@ -141,7 +141,7 @@ def test_tokenizer_extra_makes_task_words_single_tokens(corpus_dir, tmp_path, mo
 
 
 def test_empty_tokenizer_extra_keeps_older_cache_keys(tmp_path, corpus_dir):
-    """Corpora prepared before data.tokenizer_extra existed keep their key (and their cache)."""
+    """Corpora prepared before data.tokenizer_extra and data.site_packages existed keep their key (and cache)."""
     import dataclasses
     import hashlib
     import sys
@@ -152,9 +152,41 @@ def test_empty_tokenizer_extra_keeps_older_cache_keys(tmp_path, corpus_dir):
     d = dataclasses.asdict(cfg)
     d.pop("cache_dir")
     d.pop("tokenizer_extra")
+    d.pop("site_packages")
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
     h.update(sys.version.encode())
     for p in sources.expand_paths(cfg.paths):
         st = p.stat()
         h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     assert cache_key(cfg) == h.hexdigest()[:16]
+
+
+def test_site_packages_follow_the_stdlib_and_skip_heldout_copies(tmp_path, monkeypatch):
+    """data.site_packages: the installed packages' .py files after the stdlib's, named apart from
+    them, a copy of a held-out stdlib test skipped; the installed files join the cache key."""
+    from glassgpt.data.shards import cache_key
+
+    site = tmp_path / "site"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (site / "pkg" / "data.bin").write_bytes(b"\x00\x01")
+    heldout = sources._stdlib_files(heldout=True)
+    if heldout:
+        (site / "pkg" / "copied_test.py").write_bytes(heldout[0].read_bytes())
+    monkeypatch.setattr(sources, "site_packages_root", lambda: site)
+    stats = sources.SourceStats("s")
+    docs = list(sources.training_documents([], stats, site_packages=True))
+    names = [d.name for d in docs]
+    site_names = [n for n in names if n.startswith("site-packages/")]
+    assert site_names == ["site-packages/pkg/mod.py"]
+    assert names.index(site_names[0]) == len(names) - 1  # after every stdlib file
+    assert len(names) == len(list(sources.training_documents([], sources.SourceStats("t")))) + 1
+    if heldout:
+        assert stats.skipped.get("identical to a held-out stdlib test") == 1
+
+    cfg = config.load(None, [f"data.cache_dir={tmp_path / 'cache'}"]).data
+    plain = cache_key(cfg)
+    cfg.site_packages = True
+    with_site = cache_key(cfg)
+    (site / "pkg" / "new.py").write_text("x = 2\n")
+    assert len({plain, with_site, cache_key(cfg)}) == 3

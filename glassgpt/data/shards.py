@@ -46,8 +46,9 @@ def cache_key(cfg: DataConfig) -> str:
     """Everything that determines the prepared corpus: config and the input files' identity."""
     d = asdict(cfg)
     d.pop("cache_dir")
-    if not d["tokenizer_extra"]:
-        d.pop("tokenizer_extra")  # so corpora prepared before the field existed stay valid
+    for k in ("tokenizer_extra", "site_packages"):
+        if not d[k]:
+            d.pop(k)  # so corpora prepared before the field existed stay valid
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
@@ -58,6 +59,9 @@ def cache_key(cfg: DataConfig) -> str:
             h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
         h.update(str(sources.stdlib_root()).encode())
+        if cfg.site_packages:  # the installed packages' identity: their files' count and sizes
+            files = sorted(sources.site_packages_root().rglob("*.py"))
+            h.update(f"{sources.site_packages_root()}:{len(files)}:{sum(p.stat().st_size for p in files if p.is_file())}".encode())
     return h.hexdigest()[:16]
 
 
@@ -109,7 +113,7 @@ def _capped(docs, max_bytes: int):
         yield d
 
 
-def _tokenize_into(docs, tok: Tokenizer, pick, batch_docs: int = 64):
+def _tokenize_into(docs, tok: Tokenizer, pick, batch_docs: int = 256):
     batch = []
 
     def flush():
@@ -150,7 +154,7 @@ def _build(cfg: DataConfig, root: Path) -> None:
     t0 = time.time()
     tok_stats = sources.SourceStats("tokenizer")
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
-    train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats), cfg.max_bytes)
+    train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats, cfg.site_packages), cfg.max_bytes)
                    if not is_val(d.name, cfg.val_fraction))
     # A code BPE cuts task words into pieces (" circle" = ' c' 'ir' 'c' 'le'), and gathering them is a
     # hop a 2-layer LM must spend before it can look the object up in the image. The image tasks' text
@@ -165,10 +169,10 @@ def _build(cfg: DataConfig, root: Path) -> None:
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
 
     splits, source_stats = {}, []
-    stats = sources.SourceStats("stdlib" if not cfg.paths else "files")
+    stats = sources.SourceStats("files" if cfg.paths else "stdlib+site-packages" if cfg.site_packages else "stdlib")
     train_w = _ShardWriter(root, "train", dtype, cfg.shard_tokens)
     val_w = _ShardWriter(root, "val", dtype, cfg.shard_tokens)
-    docs = _capped(sources.training_documents(cfg.paths, stats), cfg.max_bytes)
+    docs = _capped(sources.training_documents(cfg.paths, stats, cfg.site_packages), cfg.max_bytes)
     _tokenize_into(docs, tok, lambda d: val_w if is_val(d.name, cfg.val_fraction) else train_w)
     splits["train"], splits["val"] = train_w.finish(), val_w.finish()
     source_stats.append(asdict(stats))

