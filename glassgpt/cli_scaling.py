@@ -72,7 +72,8 @@ def cmd_fit(args):
         r = e["regime"]
         print("  on the target's tokens-per-parameter line (FLOPs → loss): " +
               ", ".join(f"{q['flops']:.3g} → {q['loss']:.4f}" for q in r["line"]))
-        print(f"  chosen: {e['fit']}; local slopes {', '.join(f'{s:.3f}' for s in r.get('local_slopes', []))}")
+        print(f"  chosen: {e['fit']}; local slopes {', '.join(f'{s:.3f}' for s in r.get('local_slopes', []))}; "
+              f"{predict.shape_words(r)}")
         for fl in r["flags"]:
             print(f"  REGIME: {fl}")
         if r.get("advice"):

@@ -190,3 +190,28 @@ def test_site_packages_follow_the_stdlib_and_skip_heldout_copies(tmp_path, monke
     with_site = cache_key(cfg)
     (site / "pkg" / "new.py").write_text("x = 2\n")
     assert len({plain, with_site, cache_key(cfg)}) == 3
+
+
+def test_bigram_reference_matches_counting_by_hand(corpus_dir, tmp_path):
+    """shards.bigram_losses: the held-out loss of the train split's bigram counts interpolated with
+    its unigram (the best of a few weights), as a direct count gives it; cached beside the corpus."""
+    import math
+
+    from glassgpt.data.shards import bigram_losses
+
+    root = prepare(_cfg(tmp_path, [corpus_dir]))
+    got = bigram_losses(root)
+    corpus = Corpus(root)
+    train = np.concatenate([corpus.split("train", 1).shards[0]]).astype(int).tolist()
+    V = corpus.tokenizer.vocab_size
+    uni = np.bincount(train, minlength=V) + 0.5
+    uni = uni / uni.sum()
+    pair, ctx = {}, {}
+    for a, b in zip(train, train[1:]):
+        pair[a, b] = pair.get((a, b), 0) + 1
+        ctx[a] = ctx.get(a, 0) + 1
+    held = np.asarray(corpus.split("humaneval", 1).shards[0]).astype(int).tolist()
+    want = min(-sum(math.log(lam * pair.get((a, b), 0) / max(ctx.get(a, 0), 1) + (1 - lam) * uni[b])
+                    for a, b in zip(held, held[1:])) / (len(held) - 1) for lam in (0.5, 0.7, 0.8, 0.9, 0.95))
+    assert got["humaneval"] == pytest.approx(want, rel=1e-9)
+    assert (root / "bigram.json").exists() and bigram_losses(root) == got

@@ -79,6 +79,21 @@ def test_regime_check_flags_plateau_then_drop():
     assert "--max-fraction ≥" in reg["advice"]
 
 
+def test_regime_check_flags_a_gradual_steepening():
+    """Slopes that steepen steadily but too little for the half-against-half test (as the GPU
+    ladders did, -0.05 to -0.08): concave in log-log, so not confident; the bend lies past the top."""
+    pts = []
+    for N in np.geomspace(1e5, 3e6, 6):
+        for r in (5, 10, 20, 40):
+            lnC = math.log(6 * N * N * r / 1e12)
+            pts.append({"params_non_embedding": N, "tokens": N * r, "flops": 6 * N * N * r,
+                        "final_loss": {"v": 5.0 * math.exp(-0.05 * lnC - 0.003 * lnC ** 2)}})
+    reg = fit.regime(pts, "v", target_flops=1e20)
+    assert reg["curvature"] < 0 and not any("steepens" in f for f in reg["flags"])
+    assert not reg["confident"] and any("concave" in f for f in reg["flags"])
+    assert reg["transition_flops_at_least"] == pytest.approx(reg["line"][-1]["flops"])
+
+
 def test_leave_largest_out_miss_is_flagged():
     reg = fit.regime(chinchilla_points(), "v", target_flops=1e20, llo_error=0.05, llo_tolerance=0.01)
     assert not reg["confident"] and any("leaving the largest size out" in f for f in reg["flags"])
@@ -260,3 +275,15 @@ def test_bench_regime_calibration_line():
     line = bench.regime_calibration(rows)
     assert line == ("regime check: confident 3 (mean |err| 3.00%, largest 5.00%); not confident 2 (mean |err| 5.50%, "
                     "largest 9.00%); misses over 4%: 1/2 not called confident")
+
+
+def test_regime_check_flags_a_ladder_near_the_bigram_model():
+    """A ladder whose largest rung barely beats a count-based bigram model of the corpus is on the
+    plateau whatever its curve looks like; one well below it is not flagged for that."""
+    pts = chinchilla_points()
+    top = fit.regime(pts, "v", target_flops=1e20)["line"][-1]["loss"]
+    near = fit.regime(pts, "v", target_flops=1e20, reference=top * 1.02)
+    assert not near["confident"] and any("bigram" in f for f in near["flags"])
+    assert near["bigram_margin"] == pytest.approx(1 - 1 / 1.02)
+    far = fit.regime(pts, "v", target_flops=1e20, reference=top * 1.2)
+    assert far["confident"] and far["bigram_margin"] > 0.05

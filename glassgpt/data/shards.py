@@ -211,6 +211,44 @@ def _build(cfg: DataConfig, root: Path) -> None:
              f"{splits['val']['tokens']:,}", time.time() - t0)
 
 
+def bigram_losses(root: Path, max_tokens: int = 50_000_000) -> dict[str, float]:
+    """Held-out loss (nats/token) of a count-based bigram model of the train split (interpolated
+    with the unigram, the best of a few weights): the regime check's reference — a rung that barely
+    beats it has learned token-pair statistics only. Cached in the corpus directory."""
+    root = Path(root)
+    cache = root / "bigram.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    m = json.loads((root / "manifest.json").read_text())
+    V, dtype = m["tokenizer"]["vocab_size"], np.dtype(m["dtype"])
+
+    def tokens(split: str, cap: int) -> np.ndarray:
+        parts, n = [], 0
+        for f in m["splits"][split]["files"]:
+            if n >= cap:
+                break
+            parts.append(np.fromfile(root / f["bin"], dtype=dtype, count=cap - n).astype(np.int64))
+            n += len(parts[-1])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    train = tokens("train", max_tokens)
+    unigram = np.bincount(train, minlength=V) + 0.5
+    unigram = unigram / unigram.sum()
+    pairs, counts = np.unique(train[:-1] * V + train[1:], return_counts=True)
+    context = np.bincount(train[:-1], minlength=V)
+    out = {}
+    for split in m["splits"]:
+        x = tokens(split, max_tokens)
+        if split == "train" or len(x) < 2:
+            continue
+        q = x[:-1] * V + x[1:]
+        i = np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)
+        p_pair = np.where(pairs[i] == q, counts[i], 0) / np.maximum(context[x[:-1]], 1)
+        out[split] = min(float(-np.log(lam * p_pair + (1 - lam) * unigram[x[1:]]).mean()) for lam in (0.5, 0.7, 0.8, 0.9, 0.95))
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
 class Corpus:
     """A prepared corpus directory: its tokenizer, manifest and token splits."""
 

@@ -88,6 +88,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
     line = fit_mod.line_of(tgt, p.get("line"))
     line_pts = fit_mod.on_line(done, **line)
     reach = math.log(tgt["flops"] / line_pts[-1]["flops"]) if line_pts else 0.0
+    references = bigram_references(p)
     for name in sets:
         fits = fit_mod.fit_set(done, name, n_boot=n_boot, **line)
         ok = {k: f for k, f in fits.items() if not f.get("refused") and k in fit_mod.CHOOSABLE}
@@ -95,6 +96,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
         # the fit that best predicted the largest rung from the others (ties: the line fit)
         chosen = min(ok, key=lambda k: (abs(llo[k]) if llo[k] is not None else float("inf"), k != "line")) if ok else None
         reg = fit_mod.regime(done, name, tgt["flops"], llo_error=llo.get(chosen) if chosen else None,
+                             reference=references.get(name),
                              llo_tolerance=llo_tolerance, **line)
         entry = {"fits": {}, "regime": reg, "fit": chosen}
         for k, f in fits.items():
@@ -115,6 +117,24 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
         per_set[name] = entry
     return {"plan": p, "points": pts, "done": done, "diverged": diverged, "sets": per_set,
             "max_run_flops": coll["max_run_flops"], "total_flops": coll["total_flops"]}
+
+
+def bigram_references(plan: dict) -> dict:
+    """Per held-out set, the loss of a bigram model of the target's corpus, where that corpus is
+    prepared on this machine ({} where it is not: the regime check then goes without it)."""
+    from glassgpt import config as config_mod
+    from glassgpt.data import shards
+    from glassgpt.errors import DataError
+
+    data = config_mod.from_dict(plan["target"]["config"]).data
+    try:
+        root = Path(data.cache_dir) / shards.cache_key(data)
+    except DataError:
+        return {}
+    if not (root / "manifest.json").exists():
+        return {}
+    files = [f["bin"] for split in json.loads((root / "manifest.json").read_text())["splits"].values() for f in split["files"]]
+    return shards.bigram_losses(root) if all((root / f).exists() for f in files) else {}  # not a manifest alone
 
 
 def ladder_summary(a: dict) -> dict:
@@ -318,6 +338,14 @@ def _unfiltered_line(c: dict) -> str:
             + inside)
 
 
+def shape_words(reg: dict) -> str:
+    """The regime check's curvature and bigram margin, in words."""
+    out = f"curvature of ln L in ln C {reg['curvature']:+.4f}" if "curvature" in reg else "curvature n/a"
+    if "bigram_reference" in reg:
+        out += f"; largest rung {reg['bigram_margin']:.1%} below a bigram model ({reg['bigram_reference']:.3f} nats)"
+    return out
+
+
 def markdown(r: dict) -> str:
     t = r["target"]
     out = ["# Predictable scaling: verification", "",
@@ -334,7 +362,7 @@ def markdown(r: dict) -> str:
     out += ["", *[f"- {line}" for line in headline(r)], "", "## Regime check", ""]
     for k, g in r["regime"].items():
         slopes = ", ".join(f"{s:.3f}" for s in g.get("local_slopes") or [])
-        out.append(f"- {k}: local slopes d ln L / d ln C along the ladder: {slopes or 'n/a'}")
+        out.append(f"- {k}: local slopes d ln L / d ln C along the ladder: {slopes or 'n/a'}; {shape_words(g)}")
         for fl in g.get("flags") or []:
             out.append(f"  - flag: {fl}")
         if g.get("advice"):
