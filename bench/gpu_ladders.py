@@ -7,8 +7,8 @@ into one ladder, drops the budgets that did not run (a size keeps its finished o
 the prediction from the sizes of ≤ f of the target's FLOPs for each fraction f, with the same table
 and plot as `bench/predict_accuracy.py`. It trains nothing; the target trained after every ladder.
 
-    python bench/gpu_ladders.py --target runs/gpu_sr/target --out runs/gpu_merged \\
-        runs/gpu_sr/ladder runs/gpu_lad30 runs/gpu_lad5
+    D=docs/scaling/gpu_2026-11-29   # the eighth session's lease, reports only
+    python bench/gpu_ladders.py --target $D/gpu_sr/target --out /tmp/gpu_merged $D/gpu_sr/ladder $D/gpu_lad30 $D/gpu_lad5
 """
 
 from __future__ import annotations
@@ -72,16 +72,9 @@ def plot_line(ladder_dir: Path, rep: dict, path: Path) -> Path:
     for name, color in zip(sorted(rep["heldout"]), ("tab:blue", "tab:orange", "tab:green")):
         ax.plot([x["flops"] for x in line], [x["final_loss"][name] for x in line], "o-", color=color, ms=4, label=name)
         ax.plot([rep["flops"]], [rep["heldout"][name]["loss"]], "*", color=color, ms=14)
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training FLOPs (rungs on the target's line; star: the target)")
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("gpu preset: the rungs steepen towards the target", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return pa.finish_plot(fig, ax, path, "training FLOPs (rungs on the target's line; star: the target)",
+                          "held-out loss (nats/token)", "gpu preset: the rungs steepen towards the target")
 
 
 def main(argv=None) -> int:

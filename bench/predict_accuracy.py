@@ -201,10 +201,18 @@ def plot(rows, path: Path) -> Path:
                 ax.scatter([r["max_run_fraction"]], [100 * r["relative_error"]], s=120, facecolors="none", edgecolors="red")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.axhspan(-1, 1, color="0.9", zorder=0, label="±1% goal")
+    return finish_plot(fig, ax, path, "largest rung / target compute", "relative error of predicted loss (%)",
+                       "prediction error vs compute fraction (red ring: regime check failed)")
+
+
+def finish_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Log compute axis, labels, legend; saved and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log")
-    ax.set_xlabel("largest rung / target compute")
-    ax.set_ylabel("relative error of predicted loss (%)")
-    ax.set_title("prediction error vs compute fraction (red ring: regime check failed)", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

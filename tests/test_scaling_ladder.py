@@ -305,3 +305,38 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     assert c["predicted"] is None and "only 0 capability problems" in c["refused"]
     assert abs(c["unfiltered"]["neg_mean_log_pass_error"]) < 1e-4 and c["unfiltered"]["inside_ci90"]
     assert any("refused" in line and "no filter" in line for line in predict.headline(r_hard))
+
+
+def test_gpu_ladders_bench_merges_the_ladders_of_one_target(tmp_path, fake_train):
+    """bench/gpu_ladders.py: sizes of several ladders of one target in one plan (the first ladder wins
+    a name), an unfinished budget dropped from its size, ladders of another target refused."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_ladders", bench_dir / "gpu_ladders.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(bench_dir))
+    cfg = big_target()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, frac in ((a, 1e-2), (b, 3e-2)):
+        ladder.save_plan(ladder.plan(cfg, max_fraction=frac, budget_fraction=5 * frac), d)
+        ladder.run(d, capability=False)
+    pb = ladder.load_plan(b)
+    top = max(pb["sizes"], key=lambda s: s["params"])
+    (ladder.branch_dir(b, top, top["budgets"][-1]) / "report.json").unlink()  # stopped by the time limit
+    merged = bench.merge([a, b], tmp_path / "m")
+    names = [s["name"] for s in merged["sizes"]]
+    assert len(names) == len(set(names)) == len({s["name"] for s in ladder.load_plan(a)["sizes"] + pb["sizes"]})
+    got = next(s for s in merged["sizes"] if s["name"] == top["name"])
+    assert got["budgets"] == top["budgets"][:-1] and got["tokens"] == top["tokens"][:-1]
+    assert all(x["status"] == "done" for x in ladder.collect(tmp_path / "m")["points"])
+    other = tmp_path / "other"
+    ladder.save_plan(ladder.plan(config.load("cpu", ["data.vocab_size=1024", "train.tokens=30000000", "model.depth=6"]),
+                                 max_fraction=1e-2, budget_fraction=5e-2), other)
+    with pytest.raises(SystemExit, match="different targets"):
+        bench.merge([a, other], tmp_path / "m2")

@@ -232,6 +232,8 @@ def bigram_losses(root: Path, max_tokens: int = 50_000_000) -> dict[str, float]:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     train = tokens("train", max_tokens)
+    if len(train) < 2:
+        return {}
     unigram = np.bincount(train, minlength=V) + 0.5
     unigram = unigram / unigram.sum()
     pairs, counts = np.unique(train[:-1] * V + train[1:], return_counts=True)

@@ -155,11 +155,10 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
 def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
     """Score a run's final checkpoint on each task; writes capability.json beside its report."""
     from glassgpt.train import checkpoint
-
     from glassgpt.train.dist import auto_device
 
     run_dir = Path(run_dir)
-    model, tok, cfg = checkpoint.load_model(run_dir, device=auto_device())  # the gpu target's problems: ~1e15 FLOPs
+    model, tok, cfg = checkpoint.load_model(run_dir, device=auto_device())  # a GPU run's scoring is a GPU job
     out = {"version": VERSION, "tasks": {}}
     for task in tasks:
         probs = problems(tok, cfg.model.seq_len, task)
