@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glassgpt.errors import ScalingError
+from glassgpt.errors import CheckpointError, ScalingError
 from glassgpt.scaling import capability, fit, ladder
 
 
@@ -40,8 +40,15 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
         p["capability"] = capability.load(p["dir"])
         if p["capability"] is None:
             logging.info("scoring %s", p["dir"])
-            capability.evaluate_run(Path(p["dir"]))
+            try:
+                capability.evaluate_run(Path(p["dir"]))
+            except CheckpointError as e:  # e.g. a size stopped by a time limit before its scoring
+                if p is tgt:
+                    raise
+                logging.warning("left out: %s (unscored, %s)", p["dir"], e)
+                continue
             p["capability"] = capability.load(p["dir"])
+    line = [p for p in line if p["capability"] is not None]
     tgt = tgt["capability"]
     rows = []
     for task in capability.TASKS:

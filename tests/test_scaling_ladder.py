@@ -340,3 +340,36 @@ def test_gpu_ladders_bench_merges_the_ladders_of_one_target(tmp_path, fake_train
                                  max_fraction=1e-2, budget_fraction=5e-2), other)
     with pytest.raises(SystemExit, match="different targets"):
         bench.merge([a, other], tmp_path / "m2")
+
+
+def test_capability_bench_leaves_out_an_unscored_line_point(tmp_path, fake_train):
+    """bench/capability_accuracy.py: a line point with neither scores nor a checkpoint (a size a time
+    limit stopped) is left out with a warning; an unscorable target is still an error."""
+    import importlib.util
+
+    from glassgpt.errors import CheckpointError
+    from glassgpt.scaling import capability, fit
+
+    spec = importlib.util.spec_from_file_location("capability_accuracy", Path(__file__).parents[1] / "bench" / "capability_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = tmp_path / "seed0"
+    cfg = big_target()
+    plan = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
+    ladder.save_plan(plan, root / "ladder")
+    ladder.run(root / "ladder", capability=False)
+    done = [x for x in ladder.collect(root / "ladder")["points"] if x["status"] == "done"]
+    line = sorted(fit.on_line(done, **fit.line_of(plan["target"], plan.get("line"))), key=lambda x: x["flops"])
+
+    def scores(run_dir, logp):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        tasks = {t: {"logp": [logp - 0.01 * i for i in range(40)], "greedy": [False] * 40} for t in capability.TASKS}
+        (Path(run_dir) / "capability.json").write_text(json.dumps({"version": capability.VERSION, "tasks": tasks}))
+
+    for k, x in enumerate(line[:-1]):  # the largest size's line point stays unscored
+        scores(x["dir"], -3.0 + 0.3 * k)
+    with pytest.raises(CheckpointError):  # no target scores and no checkpoint to score it from
+        bench.rows_for_seed(root, [1e-2])
+    scores(root / "target", -0.5)
+    rows = bench.rows_for_seed(root, [1e-2])
+    assert rows and all(r["max_run_fraction"] == pytest.approx(line[-2]["flops"] / plan["target"]["flops"]) for r in rows)
