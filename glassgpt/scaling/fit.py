@@ -389,13 +389,13 @@ def regime(points: list[dict], name: str, target_flops: float, span_decades: flo
     # The sign of the quadratic term of ln L over ln C: a power law with a floor is convex. On the GPU
     # ladders (docs/devlog.md, eighth session) a steady steepening too gradual for the slope test above
     # left 9 predictions 41–94% high called confident; every one had curvature < 0, every cpu-bench
-    # prediction (≤ 4% off at 1/3–1/10) had > 0.
+    # ladder at 1/3–1/10 (errors 0–7.5%) > 0.
     concave = len(line) >= 4 and curv <= 0 and not steep
     if concave:
         out["flags"].append(f"ln L is concave in ln C along the line (curvature {curv:+.4f}); a power law with an "
                             "irreducible term is convex: the rungs sit before a transition")
-    # On the cpu bench the top rung beat the bigram by ~7% at 1/10 (errors ≤ 5%) and not at all at
-    # 1/30 (errors 7–19%); one threshold from one preset: a floor, not a calibration.
+    # On the cpu bench the top rung beat the bigram by ~7% at 1/10 (errors 0–7%) and by −2% to +0.5% at
+    # 1/20 (errors 3–19%); one threshold from one preset: a floor, not a calibration.
     near_bigram = False
     if reference is not None:
         margin = 1 - math.exp(y[-1]) / reference
