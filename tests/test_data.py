@@ -187,9 +187,12 @@ def test_site_packages_follow_the_stdlib_and_skip_heldout_copies(tmp_path, monke
     cfg = config.load(None, [f"data.cache_dir={tmp_path / 'cache'}"]).data
     plain = cache_key(cfg)
     cfg.site_packages = True
+    sources.site_packages_fingerprint.cache_clear()
     with_site = cache_key(cfg)
     (site / "pkg" / "new.py").write_text("x = 2\n")
+    sources.site_packages_fingerprint.cache_clear()  # a new process would see the new file
     assert len({plain, with_site, cache_key(cfg)}) == 3
+    sources.site_packages_fingerprint.cache_clear()
 
 
 def test_bigram_reference_matches_counting_by_hand(corpus_dir, tmp_path):

@@ -59,9 +59,8 @@ def cache_key(cfg: DataConfig) -> str:
             h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
         h.update(str(sources.stdlib_root()).encode())
-        if cfg.site_packages:  # the installed packages' identity: their files' count and sizes
-            files = sorted(sources.site_packages_root().rglob("*.py"))
-            h.update(f"{sources.site_packages_root()}:{len(files)}:{sum(p.stat().st_size for p in files if p.is_file())}".encode())
+        if cfg.site_packages:
+            h.update(sources.site_packages_fingerprint().encode())
     return h.hexdigest()[:16]
 
 

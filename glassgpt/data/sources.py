@@ -16,6 +16,7 @@ Unreadable or binary files are skipped and counted (see SourceStats), never fata
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import hashlib
@@ -97,6 +98,15 @@ def stdlib_documents(stats: SourceStats, heldout: bool = False) -> Iterator[Docu
 
 def site_packages_root() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
+
+
+@functools.lru_cache(maxsize=1)
+def site_packages_fingerprint() -> str:
+    """The installed packages' identity for the corpus cache key: root, file count, total size (once
+    a process: every train() of a ladder asks, and a GPU image holds ~100K files)."""
+    root = site_packages_root()
+    files = [p for p in root.rglob("*.py") if p.is_file()]
+    return f"{root}:{len(files)}:{sum(p.stat().st_size for p in files)}"
 
 
 def site_packages_documents(stats: SourceStats) -> Iterator[Document]:
