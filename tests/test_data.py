@@ -205,7 +205,7 @@ def test_bigram_reference_matches_counting_by_hand(corpus_dir, tmp_path):
     root = prepare(_cfg(tmp_path, [corpus_dir]))
     got = bigram_losses(root)
     corpus = Corpus(root)
-    train = np.concatenate([corpus.split("train", 1).shards[0]]).astype(int).tolist()
+    train = np.asarray(corpus.split("train", 1).shards[0]).astype(int).tolist()
     V = corpus.tokenizer.vocab_size
     uni = np.bincount(train, minlength=V) + 0.5
     uni = uni / uni.sum()

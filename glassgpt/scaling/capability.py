@@ -18,7 +18,6 @@ lines move the mean.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import torch
 
 from glassgpt.errors import ScalingError
 from glassgpt.scaling import fit as fit_mod
+from glassgpt.train import dist
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
     """(log pass rate, greedy exact) for each problem."""
     logps, greedy = [], []
     dev = next(model.parameters()).device
-    # bf16 on GPU, as the trainer's held-out evals
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = dist.autocast(dev)  # bf16 on GPU, as the trainer's held-out evals
     for i in range(0, len(probs), batch):
         chunk = probs[i : i + batch]
         L = max(len(p["ids"]) for p in chunk)
@@ -155,10 +154,9 @@ def score(model, probs: list[dict], batch: int = 16, temperature: float = TEMPER
 def evaluate_run(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> dict:
     """Score a run's final checkpoint on each task; writes capability.json beside its report."""
     from glassgpt.train import checkpoint
-    from glassgpt.train.dist import auto_device
 
     run_dir = Path(run_dir)
-    model, tok, cfg = checkpoint.load_model(run_dir, device=auto_device())  # a GPU run's scoring is a GPU job
+    model, tok, cfg = checkpoint.load_model(run_dir, device=dist.auto_device())  # a GPU run's scoring is a GPU job
     out = {"version": VERSION, "tasks": {}}
     for task in tasks:
         probs = problems(tok, cfg.model.seq_len, task)

@@ -43,6 +43,7 @@ from glassgpt.errors import GlassError
 from glassgpt.model.gpt import apply_rope, rms_norm
 from glassgpt.model.vision import encode_images, n_image_tokens
 from glassgpt.serve.errors import ContextLengthError, OverloadedError, ServeError
+from glassgpt.train import dist
 
 log = logging.getLogger(__name__)
 
@@ -396,11 +397,7 @@ class Engine:
         return m.lm_head(rms_norm(x)).float()
 
     def _autocast(self):
-        if str(self.device).startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        import contextlib
-
-        return contextlib.nullcontext()
+        return dist.autocast(self.device)
 
     # --- sampling -----------------------------------------------------------------------
     def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:

@@ -6,6 +6,7 @@ file stays free of distributed code: DDP by default, FSDP2 `fully_shard` per blo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -54,6 +55,13 @@ def tune_cpu_allocator() -> bool:
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
     return bool(ok and libc.mallopt(M_TOP_PAD, 1 << 28))
+
+
+def autocast(device):
+    """bf16 autocast on a CUDA device, nothing elsewhere (fp32 on CPU): training, eval and serving."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def auto_device(local_rank: int = 0) -> str:

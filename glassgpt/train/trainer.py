@@ -177,8 +177,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
 
     model = raw if fsdp else dist_mod.wrap(raw, d, fsdp=False)
     fwd = torch.compile(model) if t.compile else model
-    on_gpu = d.device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    autocast = dist_mod.autocast(d.device)
 
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
