@@ -31,9 +31,10 @@ from glassgpt.scaling import capability, fit, ladder
 
 def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
     lad, target = root / "ladder", root / "target"
-    plan = json.loads((lad / "plan.json").read_text())
+    coll = ladder.collect(lad)
+    plan = coll["plan"]
     T = plan["target"]["flops"]
-    pts = [p for p in ladder.collect(lad)["points"] if p["status"] == "done"]
+    pts = [p for p in coll["points"] if p["status"] == "done"]
     line = fit.on_line(pts, **fit.line_of(plan["target"], plan.get("line")))
     tgt = {"dir": str(target)}
     for p in line + [tgt]:
@@ -56,7 +57,8 @@ def rows_for_seed(root: Path, fractions: list[float]) -> list[dict]:
             use = sorted((p for p in line if p["flops"] <= f * T * (1 + 1e-9)), key=lambda p: p["flops"])
             row = {"seed": root.name, "task": task, "fraction": f, "max_run_fraction": use[-1]["flops"] / T if use else None}
             try:
-                pr = capability.fit_and_predict([p["flops"] for p in use], [p["capability"][task] for p in use], T, task)
+                pr = capability.fit_and_predict([fit.compute(p) for p in use], [p["capability"][task] for p in use],
+                                                fit.compute(plan["target"]), task)
             except ScalingError as e:  # too few rungs at this fraction
                 rows.append({**row, "refused": str(e)})
                 continue

@@ -36,6 +36,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seed index to start from (seed i trains with train.seed=1337+i, under --out/seed<i>)")
     ap.add_argument("--fractions", default=None, help="comma-separated compute fractions of the largest rung")
     ap.add_argument("--out", default="runs/bench_predict")
     ap.add_argument("--n-boot", type=int, default=50)
@@ -60,7 +62,7 @@ def main(argv=None):
     if args.refit:
         return refit(args, fractions)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         ov = [o.lstrip("-") for o in args.overrides] + [f"train.seed={1337 + seed}"]
         cfg = config.load(args.preset, ov)
         root = Path(args.out) / f"seed{seed}"
@@ -89,7 +91,7 @@ def refit(args, fractions) -> int:
     """Predictions from the finished ladders under --out with the current code; nothing trains."""
     rows, out = [], Path(args.out)
     tag = f"refit_drift-{args.drift_correction}" if args.drift_correction else "refit"
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = out / f"seed{seed}"
         lad, rep_path = root / "ladder", root / "target" / "report.json"
         if not (lad / "plan.json").exists() or not rep_path.exists():

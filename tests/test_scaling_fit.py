@@ -22,7 +22,7 @@ def chinchilla_points(noise=0.0, seed=0):
     for N in np.geomspace(1e5, 3e6, 6):
         for r in (5, 10, 20, 40):
             D = N * r
-            pts.append({"params_non_embedding": N, "tokens": D, "flops": 6 * N * D,
+            pts.append({"params_non_embedding": N, "params_blocks": N, "tokens": D, "flops": 6 * N * D,
                         "final_loss": {"v": law(N, D) * (1 + noise * rng.standard_normal())}})
     return pts
 
@@ -69,7 +69,7 @@ def test_regime_check_flags_plateau_then_drop():
     for N in np.geomspace(1e4, 3e5, 6):
         for r in (5, 10, 20, 40):
             L = 2.6 - 0.02 * math.log(N / 1e4) - 0.5 * max(0.0, math.log(N / 8e4)) ** 1.5 - 0.01 * math.log(r)
-            pts.append({"params_non_embedding": N, "tokens": N * r, "flops": 6 * N * N * r, "final_loss": {"v": L}})
+            pts.append({"params_non_embedding": N, "params_blocks": N, "tokens": N * r, "flops": 6 * N * N * r, "final_loss": {"v": L}})
     target = 1e17
     reg = fit.regime(pts, "v", target_flops=target)
     assert not reg["confident"]
@@ -86,7 +86,7 @@ def test_regime_check_flags_a_gradual_steepening():
     for N in np.geomspace(1e5, 3e6, 6):
         for r in (5, 10, 20, 40):
             lnC = math.log(6 * N * N * r / 1e12)
-            pts.append({"params_non_embedding": N, "tokens": N * r, "flops": 6 * N * N * r,
+            pts.append({"params_non_embedding": N, "params_blocks": N, "tokens": N * r, "flops": 6 * N * N * r,
                         "final_loss": {"v": 5.0 * math.exp(-0.05 * lnC - 0.003 * lnC ** 2)}})
     reg = fit.regime(pts, "v", target_flops=1e20)
     assert reg["curvature"] < 0 and not any("steepens" in f for f in reg["flags"])
@@ -152,11 +152,11 @@ def test_line_fit_predicts_an_undertrained_target_the_frontier_does_not():
     for N in np.geomspace(1e5, 3e6, 6):
         for r in (0.25, 0.5, 1, 2):
             D = R * r * N
-            pts.append({"params_non_embedding": N, "tokens": D, "flops": 6 * N * D, "final_loss": {"v": law(N, D)}})
+            pts.append({"params_non_embedding": N, "params_blocks": N, "tokens": D, "flops": 6 * N * D, "final_loss": {"v": law(N, D)}})
     res = fit.fit_set(pts, "v", n_boot=0, ratio=R)
     Nt = 3e7
     true = law(Nt, R * Nt)
-    err = {k: fit.predict_at(f, k, Nt, R * Nt, 6 * Nt * R * Nt)[0] / true - 1 for k, f in res.items()}
+    err = {k: fit.predict_at(f, k, {"params_blocks": Nt, "tokens": R * Nt})[0] / true - 1 for k, f in res.items()}
     assert abs(err["line"]) < 0.01 and abs(err["chinchilla"]) < 1e-4
     assert err["frontier"] < -0.03
     line = fit.on_line(pts, R)
@@ -165,9 +165,9 @@ def test_line_fit_predicts_an_undertrained_target_the_frontier_does_not():
 
 def test_iso_token_line_leaves_out_a_size_without_a_run_at_the_target_tokens():
     D = 1e6
-    pts = [{"params_non_embedding": N, "tokens": D * r, "flops": 6 * N * D * r, "final_loss": {"v": law(N, D * r)}}
+    pts = [{"params_non_embedding": N, "params_blocks": N, "tokens": D * r, "flops": 6 * N * D * r, "final_loss": {"v": law(N, D * r)}}
            for N in (1e4, 3e4, 1e5) for r in (0.125, 0.25, 0.5, 1.0)]
-    pts += [{"params_non_embedding": 3e5, "tokens": D * r, "flops": 6 * 3e5 * D * r, "final_loss": {"v": 3.0}}
+    pts += [{"params_non_embedding": 3e5, "params_blocks": 3e5, "tokens": D * r, "flops": 6 * 3e5 * D * r, "final_loss": {"v": 3.0}}
             for r in (0.125, 0.25)]  # a size cut short: nothing near D
     line = fit.on_line(pts, tokens=D)
     assert [p["params_non_embedding"] for p in line] == [1e4, 3e4, 1e5]
@@ -190,7 +190,7 @@ def line_points(bend=0.0, noise=0.0, seed=0, n=7):
     for N in sizes:
         C = 6 * N * 20 * N
         L = (40 * C ** -0.1 + 1.5) * math.exp(-bend * max(0.0, 2 * math.log(N / sizes[2])) + noise * rng.standard_normal())
-        pts.append({"params_non_embedding": N, "tokens": 20 * N, "flops": C, "final_loss": {"v": L}})
+        pts.append({"params_non_embedding": N, "params_blocks": N, "tokens": 20 * N, "flops": C, "final_loss": {"v": L}})
     return pts
 
 

@@ -12,7 +12,7 @@ import pytest
 from glassgpt import cli, config
 from glassgpt.errors import ScalingError, TrainingError
 from glassgpt.model import flops
-from glassgpt.scaling import ladder, predict
+from glassgpt.scaling import fit, ladder, predict
 from glassgpt.train import trainer
 
 from conftest import tiny_overrides
@@ -29,10 +29,10 @@ def fake_report(cfg, out, loss=None):
     m.vocab_size = m.vocab_size or cfg.data.vocab_size
     c = flops.count(m)
     tokens = cfg.train.tokens
-    L = law(c.params_non_embedding, tokens) if loss is None else loss
+    L = law(c.params_blocks, tokens) if loss is None else loss  # exact in the fits' N
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 100.0}) + "\n")
-    rep = {"params": c.params, "params_non_embedding": c.params_non_embedding, "tokens": tokens,
+    rep = {"params": c.params, "params_non_embedding": c.params_non_embedding, "params_blocks": c.params_blocks, "tokens": tokens,
            "flops": float(tokens * c.flops_per_token), "seconds": 0.01, "config": cfg.to_dict(),
            "heldout": {"val": {"loss": L, "bpb": L * 0.6, "tokens": 100}}}
     (out / "report.json").write_text(json.dumps(rep))
@@ -260,13 +260,13 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     ladder.run(lad, capability=False)
     difficulty = np.random.default_rng(0).uniform(0.5, 1.5, 30)
 
-    def score(run_dir, C, alpha=20):  # log pass rates = −difficulty · α · C^(−k)
+    def score(run_dir, C, alpha=20):  # log pass rates = −difficulty · α · C^(−k), C: the fits' compute
         doc = {"version": capability.VERSION, "tasks": {"stdlib_tests": {"task": "t", "logp": list(-difficulty * alpha * C ** -0.1)}}}
         (Path(run_dir) / "capability.json").write_text(json.dumps(doc))
 
     pts = ladder.collect(lad)["points"]
     for pt in pts:
-        score(pt["dir"], pt["flops"])
+        score(pt["dir"], fit.compute(pt))
     (Path(pts[0]["dir"]) / "capability.json").write_text(json.dumps({"task": "old", "logp": [0.0] * 30}))
     assert capability.load(pts[0]["dir"]) is None
     older = tmp_path / "scored_by_v2"  # 512 problems a task: other problem lists, re-scored not mixed
@@ -280,7 +280,7 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     doc = json.loads((tmp_path / "prediction.json").read_text())
     assert doc["capability"]["n_problems"] == 30 and doc["capability"]["k"] == pytest.approx(0.1, rel=1e-6)
     rep = fake_report(config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"]), target_dir)
-    score(target_dir, rep["flops"])
+    score(target_dir, fit.compute(rep))
     r = predict.verify(tmp_path / "prediction.json", target_dir, tmp_path / "out")
     c = r["capabilities"]["stdlib_tests"]
     assert r["capability"] == c and c["actual"] == pytest.approx(c["predicted"], rel=1e-4)
@@ -295,8 +295,8 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
     assert r_old["capability"]["predicted"] is None and "first capability task" in r_old["capability"]["refused"]
     # problems no rung solves: the GPT-4 form is refused, the unfiltered law is registered and verified
     for pt in pts:
-        score(pt["dir"], pt["flops"], alpha=600)
-    score(target_dir, rep["flops"], alpha=600)
+        score(pt["dir"], fit.compute(pt), alpha=600)
+    score(target_dir, fit.compute(rep), alpha=600)
     cli.main(["predict", "--target", "cpu", "--ladder", str(lad), "--out", str(tmp_path / "hard.json"),
               "--n-boot", "0", "--data.vocab_size=1024", "--train.tokens=20000000", "--model.depth=6"])
     assert "unfiltered: geometric-mean pass rate" in capsys.readouterr().out

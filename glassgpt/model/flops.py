@@ -20,6 +20,7 @@ from glassgpt.config import ModelConfig
 class Counts:
     params: int  # every parameter
     params_non_embedding: int  # without the token embedding (LM head kept: it is a matmul)
+    params_blocks: int  # the transformer blocks only: neither embedding nor LM head (the scaling fits' N)
     matmul_params: int  # weights used in matmuls per token
     flops_per_token_fwd: int
     flops_per_token: int  # training: forward + backward
@@ -36,4 +37,4 @@ def count(cfg: ModelConfig, seq_len: int | None = None) -> Counts:
     params = matmul + V * d  # + embedding
     attn_flops = L * 2 * (2 * T * q_dim)  # QKᵀ and AV, per query token
     fwd = 2 * matmul + attn_flops
-    return Counts(params, matmul, matmul, fwd, 3 * fwd)
+    return Counts(params, matmul, L * block, matmul, fwd, 3 * fwd)

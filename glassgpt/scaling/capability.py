@@ -191,10 +191,10 @@ def solvable(rung_logps: list[list[float]], threshold: float = math.log(0.05)) -
     return [int(i) for i in np.nonzero(arr.max(0) >= threshold)[0]]
 
 
-def _gpt4_fit(flops, arr: np.ndarray) -> tuple[float, float]:
+def _gpt4_fit(C, arr: np.ndarray) -> tuple[float, float]:
     """(k, ln α) of −E[log pass rate] = α·C^(−k): least squares in log-log over the rungs."""
     m = -arr.mean(1)
-    slope, log_a = np.polyfit(np.log(np.asarray(flops, dtype=float)), np.log(np.maximum(m, 1e-9)), 1)
+    slope, log_a = np.polyfit(np.log(np.asarray(C, dtype=float)), np.log(np.maximum(m, 1e-9)), 1)
     return float(-slope), float(log_a)
 
 
@@ -203,12 +203,12 @@ def every(arr: np.ndarray) -> list[int]:
     return list(range(np.asarray(arr).shape[1]))
 
 
-def backtest(flops: list[float], rung_logps: list[list[float]], select: Callable = solvable) -> list[dict]:
+def backtest(C: list[float], rung_logps: list[list[float]], select: Callable = solvable) -> list[dict]:
     """Rolling origin, as for the loss (fit.backtest): every prefix of ≥ fit.MIN_ORIGIN_SIZES rungs picks
     its own problems (`select`), fits the GPT-4 form and predicts each larger rung's −E[log pass rate]
     on those problems. Each miss keeps its reach, ln(compute predicted / the prefix's largest)."""
-    order = np.argsort(flops)
-    C, arr = np.asarray(flops, dtype=float)[order], np.asarray(rung_logps)[order]
+    order = np.argsort(C)
+    C, arr = np.asarray(C, dtype=float)[order], np.asarray(rung_logps)[order]
     out = []
     for m in range(fit_mod.MIN_ORIGIN_SIZES, len(C)):
         S = select(arr[:m])
@@ -221,23 +221,23 @@ def backtest(flops: list[float], rung_logps: list[list[float]], select: Callable
     return out
 
 
-def _law(flops: list[float], arr: np.ndarray, target_flops: float, select: Callable, n_boot: int) -> dict:
+def _law(C: list[float], arr: np.ndarray, target_C: float, select: Callable, n_boot: int) -> dict:
     """−E[log pass_rate](C) = α·C^(−k) over the problems `select` picks from the rungs (least squares in
     log-log), with a 90% interval on the predicted geometric-mean pass rate: the bootstrap over problems
     and the backtest's model error (per e-fold of compute × the target's reach, Student's t over the
     origins), added in quadrature on log(−E[log pass rate]), as fit.interval does for the loss."""
     S = select(arr)
     sub = arr[:, S]
-    k, log_a = _gpt4_fit(flops, sub)
-    pred_m = float(math.exp(log_a - k * math.log(target_flops)))
+    k, log_a = _gpt4_fit(C, sub)
+    pred_m = float(math.exp(log_a - k * math.log(target_C)))
     rng = np.random.default_rng(0)
     boot = []
     for _ in range(n_boot):
-        kb, lab = _gpt4_fit(flops, sub[:, rng.integers(0, len(S), len(S))])
-        boot.append(lab - kb * math.log(target_flops))
+        kb, lab = _gpt4_fit(C, sub[:, rng.integers(0, len(S), len(S))])
+        boot.append(lab - kb * math.log(target_C))
     b_lo, b_hi = (math.log(pred_m) - np.percentile(boot, 5), np.percentile(boot, 95) - math.log(pred_m)) if boot else (0, 0)
-    bt = backtest(flops, arr, select)
-    reach = math.log(target_flops / max(flops))
+    bt = backtest(C, arr, select)
+    reach = math.log(target_C / max(C))
     iv = {"reach": reach, "n_backtests": len(bt), "bootstrap_half_widths": [float(b_lo), float(b_hi)]}
     extra = 0.0
     if bt:
@@ -253,20 +253,20 @@ def _law(flops: list[float], arr: np.ndarray, target_flops: float, select: Calla
     return {"problems": S, "n_problems": len(S), "alpha": float(math.exp(log_a)), "k": k,
             "predicted_neg_mean_log_pass": pred_m, "predicted": math.exp(-pred_m),
             "ci90": [math.exp(-m_hi), math.exp(-m_lo)], "interval": iv, "confident": bool(bt),
-            "rungs": [{"flops": f, "neg_mean_log_pass": float(v)} for f, v in zip(flops, -sub.mean(1))]}
+            "rungs": [{"compute": f, "neg_mean_log_pass": float(v)} for f, v in zip(C, -sub.mean(1))]}
 
 
-def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_flops: float, task: str = TASKS[0],
+def fit_and_predict(C: list[float], rung_logps: list[list[float]], target_C: float, task: str = TASKS[0],
                     n_boot: int = 200) -> dict:
     """The GPT-4 form over the solvable problems (the headline), and beside it the same law over every
     problem (`unfiltered`). GPT-4 filtered because a sampled pass rate of 0 has no log; ours are exact.
     Choosing the problems by the rungs being fitted biases the filtered fit (cpu bench: −17 to −59%
     against −3 to −8% unfiltered), and with fewer than MIN_PROBLEMS solvable it is refused while the
     unfiltered one still predicts: then the result is {"task", "refused", "unfiltered"}."""
-    if len(set(flops)) < MIN_RUNGS:  # a line through two points has no residual to judge it by
-        raise ScalingError(f"a capability fit needs rungs of at least {MIN_RUNGS} compute budgets; got {len(set(flops))}")
+    if len(set(C)) < MIN_RUNGS:  # a line through two points has no residual to judge it by
+        raise ScalingError(f"a capability fit needs rungs of at least {MIN_RUNGS} compute budgets; got {len(set(C))}")
     arr = np.asarray(rung_logps, dtype=float)
-    unfiltered = _law(flops, arr, target_flops, every, n_boot)
+    unfiltered = _law(C, arr, target_C, every, n_boot)
     del unfiltered["problems"]  # all of them
     S = solvable(arr)
     if len(S) < MIN_PROBLEMS:
@@ -275,18 +275,21 @@ def fit_and_predict(flops: list[float], rung_logps: list[list[float]], target_fl
         return {"task": task_label(task), "unfiltered": unfiltered,
                 "refused": f"only {len(S)} capability problems are solved at least sometimes by the rungs "
                            f"(need {MIN_PROBLEMS}); the GPT-4 form needs larger rungs (the unfiltered fit stands)"}
-    return {"task": task_label(task), **_law(flops, arr, target_flops, solvable, n_boot), "unfiltered": unfiltered}
+    return {"task": task_label(task), **_law(C, arr, target_C, solvable, n_boot), "unfiltered": unfiltered}
 
 
-def predict_all(points: list[dict], target_flops: float) -> dict:
-    """{task: fit_and_predict's result, or {"task", "refused"}} from ladder points carrying `capability`."""
+def predict_all(points: list[dict], target: dict) -> dict:
+    """{task: fit_and_predict's result, or {"task", "refused"}} from ladder points carrying `capability`,
+    on the loss fits' compute coordinate (`fit.compute`; on the cpu bench it took the GPT-4 form's miss at
+    1/3 from −17…−23% to −1…−9%, docs/devlog.md, ninth session)."""
     out = {}
     for task in TASKS:
         pts = [p for p in points if task in (p.get("capability") or {})]
         if not pts:
             continue
         try:
-            out[task] = fit_and_predict([p["flops"] for p in pts], [p["capability"][task] for p in pts], target_flops, task)
+            out[task] = fit_and_predict([fit_mod.compute(p) for p in pts], [p["capability"][task] for p in pts],
+                                        fit_mod.compute(target), task)
             out[task]["max_run_flops"] = max(p["flops"] for p in pts)
         except ScalingError as e:  # too few rungs
             out[task] = {"task": task_label(task), "refused": str(e)}

@@ -172,7 +172,7 @@ def predict(f: dict, N=None, D=None, C=None) -> tuple[float, list[float] | None]
 def frontier(points: list[dict], key) -> list[dict]:
     """The compute frontier: points whose loss is below every point of smaller or equal compute."""
     out, best = [], float("inf")
-    for p in sorted(points, key=lambda p: (p["flops"], key(p))):
+    for p in sorted(points, key=lambda p: (compute(p), key(p))):
         if key(p) < best:
             out.append(p)
             best = key(p)
@@ -215,11 +215,24 @@ FITS = ("line", "chinchilla", "frontier")
 CHOOSABLE = ("line", "chinchilla")
 
 
+COMPUTE_AXIS = "6·N_blocks·D"  # recorded in prediction.json: the coordinate its L(C) thetas are in
+
+
+def compute(p: dict) -> float:
+    """The laws' compute coordinate: C = 6·N·D with N the transformer blocks' parameters only —
+    neither the token embedding nor the LM head (Kaplan et al. 2020's non-embedding N, their head
+    being tied) — and without attention's T×T products. Budgets and fractions stay in exact FLOPs.
+    Why: in a small rung the vocabulary matrices and attention's T×T products hold most of the FLOPs
+    and grow only linearly with width, so exact FLOPs squeeze the small end of the axis and the
+    fitted curve flattens too early (docs/devlog.md, ninth session: the cpu bench with both axes)."""
+    return 6.0 * p["params_blocks"] * p["tokens"]
+
+
 def _fit_points(kind: str, pts: list[dict], name: str, n_boot: int) -> dict:
     loss = [p["final_loss"][name] for p in pts]
     if kind == "chinchilla":
-        return fit("chinchilla", loss, N=[p["params_non_embedding"] for p in pts], D=[p["tokens"] for p in pts], n_boot=n_boot)
-    return fit("compute", loss, C=[p["flops"] for p in pts], n_boot=n_boot)
+        return fit("chinchilla", loss, N=[p["params_blocks"] for p in pts], D=[p["tokens"] for p in pts], n_boot=n_boot)
+    return fit("compute", loss, C=[compute(p) for p in pts], n_boot=n_boot)
 
 
 def select(kind: str, points: list[dict], name: str, ratio: float | None, tokens: float | None = None) -> list[dict]:
@@ -231,8 +244,9 @@ def select(kind: str, points: list[dict], name: str, ratio: float | None, tokens
     return points
 
 
-def predict_at(f: dict, kind: str, N: float, D: float, C: float):
-    return predict(f, N=N, D=D) if kind == "chinchilla" else predict(f, C=C)
+def predict_at(f: dict, kind: str, p: dict):
+    """A fit's prediction for a run `p` (params_blocks, tokens)."""
+    return predict(f, N=p["params_blocks"], D=p["tokens"]) if kind == "chinchilla" else predict(f, C=compute(p))
 
 
 def fit_set(points: list[dict], name: str, n_boot: int = 100, ratio: float | None = None,
@@ -280,9 +294,9 @@ def backtest(points: list[dict], name: str, kind: str, ratio: float | None = Non
         except ScalingError:  # too few points for this law yet
             continue
         for q in line[m:]:
-            pred, _ = predict_at(g, kind, q["params_non_embedding"], q["tokens"], q["flops"])
+            pred, _ = predict_at(g, kind, q)
             if math.isfinite(pred) and pred > 0:
-                out.append({"origin": m, "reach": math.log(q["flops"] / top["flops"]), "predicted": pred,
+                out.append({"origin": m, "reach": math.log(compute(q) / compute(top)), "predicted": pred,
                             "actual": q["final_loss"][name], "log_error": math.log(pred / q["final_loss"][name])})
     return out
 
@@ -364,9 +378,9 @@ def regime(points: list[dict], name: str, target_flops: float, span_decades: flo
     count-based bigram model of the corpus (shards.bigram_losses); a largest rung within
     `reference_margin` of it has learned token pairs only and sits on the plateau."""
     line = on_line(points, ratio, tokens)
-    x = np.log([p["flops"] for p in line])
+    x = np.log([compute(p) for p in line])
     y = np.log([p["final_loss"][name] for p in line])
-    out = {"set": name, "line": [{"flops": float(math.exp(a)), "loss": float(math.exp(b))} for a, b in zip(x, y)],
+    out = {"set": name, "line": [{"flops": p["flops"], "compute": compute(p), "loss": p["final_loss"][name]} for p in line],
            "flags": []}
     if len(line) < 3:
         out["flags"].append("fewer than 3 sizes survive: no regime check possible")
@@ -411,7 +425,7 @@ def regime(points: list[dict], name: str, target_flops: float, span_decades: flo
     out["confident"] = not out["flags"]
     if out["flags"]:
         # the bend is at or beyond the largest rung: the rungs must start there and span the decades above
-        c_top = float(math.exp(x[-1]))
+        c_top = float(line[-1]["flops"])
         need = c_top * 10 ** span_decades
         out["transition_flops_at_least"] = c_top if steep or concave or near_bigram else None
         out["needed_max_run_flops"] = need

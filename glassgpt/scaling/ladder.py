@@ -63,7 +63,7 @@ def target_summary(cfg: Config) -> dict:
     tps = cfg.train.batch_size * cfg.model.seq_len * cfg.train.grad_accum
     steps = max(1, math.ceil(cfg.train.tokens / tps))
     tokens = steps * tps
-    return {"params": c.params, "params_non_embedding": c.params_non_embedding, "tokens": tokens,
+    return {"params": c.params, "params_non_embedding": c.params_non_embedding, "params_blocks": c.params_blocks, "tokens": tokens,
             "flops": float(tokens * c.flops_per_token), "flops_per_token": c.flops_per_token}
 
 
@@ -456,13 +456,16 @@ def collect(ladder_dir: Path) -> dict:
     """Every planned point with its final held-out losses (diverged and missing ones marked)."""
     ladder_dir = Path(ladder_dir)
     p = load_plan(ladder_dir)
+    # the fits' N (fit.compute), counted from the configs, so plans written before it existed still fit
+    p["target"]["params_blocks"] = counts(config_mod.from_dict(p["target"]["config"])).params_blocks
     points = []
     for s in p["sizes"]:
+        blocks = counts(config_mod.from_dict(s["config"])).params_blocks
         for steps, tok, fl in zip(s["budgets"], s["tokens"], s["flops"]):
             run_dir = branch_dir(ladder_dir, s, steps)
             st = _status(run_dir)
             pt = {"size": s["name"], "params": s["params"], "params_non_embedding": s["params_non_embedding"],
-                  "tokens": tok, "flops": fl, "status": st or "missing", "dir": str(run_dir)}
+                  "params_blocks": blocks, "tokens": tok, "flops": fl, "status": st or "missing", "dir": str(run_dir)}
             if st == "done":
                 rep = json.loads((run_dir / "report.json").read_text())
                 pt["final_loss"] = {k: v["loss"] for k, v in rep["heldout"].items()}

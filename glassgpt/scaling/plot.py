@@ -18,14 +18,16 @@ def scaling_png(pred: dict, report: dict, path: Path) -> Path:
 
     sets = [k for k in pred["prediction"] if k in report["actual"]]
     fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(6 * max(1, len(sets)), 4.5), squeeze=False)
-    tc = report["target"]["flops"]
+    # the laws' coordinate (fit.compute); a prediction registered before it had exact FLOPs
+    axis = fit_mod.compute if pred.get("compute_axis") else (lambda r: r["flops"])
+    tc = axis(pred["target"])
     for ax, name in zip(axes[0], sets):
         runs = pred["ladder"]["runs"]
-        c = np.array([r["flops"] for r in runs])
+        c = np.array([axis(r) for r in runs])
         y = np.array([r["final_loss"][name] for r in runs])
         ax.scatter(c / tc, y, s=14, color="0.65", label="ladder runs")
         line = fit_mod.on_line(runs, **fit_mod.line_of(pred["target"], pred["ladder"].get("line")))
-        ax.scatter([r["flops"] / tc for r in line], [r["final_loss"][name] for r in line], s=22, color="0.2",
+        ax.scatter([axis(r) / tc for r in line], [r["final_loss"][name] for r in line], s=22, color="0.2",
                    label="runs made like the target (its line)")
         p = pred["prediction"][name]
         grid = np.geomspace(c.min(), tc * 1.5, 200)
@@ -39,7 +41,8 @@ def scaling_png(pred: dict, report: dict, path: Path) -> Path:
         ax.scatter([1.0], [report["actual"][name]["loss"]], marker="*", s=160, color="tab:green", zorder=5,
                    label=f"actual ({report['relative_error'][name]:+.1%})")
         ax.set_xscale("log")
-        ax.set_xlabel("compute (fraction of the target's FLOPs)")
+        ax.set_xlabel("compute, fraction of the target's" + (" 6·N·D (N: block parameters)" if pred.get("compute_axis")
+                                                             else " FLOPs"))
         ax.set_ylabel(f"{name} loss (nats/token)")
         ax.set_title(f"{name}{'' if pred['regime'][name]['confident'] else '  [regime check failed]'}")
         ax.legend(fontsize=8)

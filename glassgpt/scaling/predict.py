@@ -87,7 +87,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
     per_set = {}
     line = fit_mod.line_of(tgt, p.get("line"))
     line_pts = fit_mod.on_line(done, **line)
-    reach = math.log(tgt["flops"] / line_pts[-1]["flops"]) if line_pts else 0.0
+    reach = math.log(fit_mod.compute(tgt) / fit_mod.compute(line_pts[-1])) if line_pts else 0.0
     references = bigram_references(p)
     for name in sets:
         fits = fit_mod.fit_set(done, name, n_boot=n_boot, **line)
@@ -102,7 +102,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
         for k, f in fits.items():
             e = {kk: f.get(kk) for kk in ("params", "rms_log_residual", "n_points", "refused", "leave_largest_out")}
             if not f.get("refused"):
-                mid, ci = fit_mod.predict_at(f, k, tgt["params_non_embedding"], tgt["tokens"], tgt["flops"])
+                mid, ci = fit_mod.predict_at(f, k, tgt)
                 # bootstrap (widened to hold the full-data fit), backtest model error and seed noise
                 iv = fit_mod.interval(f, mid, ci, reach)
                 e["loss"], e["ci90"], e["ci90_bootstrap"] = mid, iv.pop("ci90"), iv.pop("ci90_bootstrap")
@@ -135,7 +135,7 @@ def bigram_references(plan: dict) -> dict:
 
 def ladder_summary(a: dict) -> dict:
     return {"runs": [{"size": x["size"], "params": x["params"], "params_non_embedding": x["params_non_embedding"],
-                      "tokens": x["tokens"], "flops": x["flops"], "final_loss": x["final_loss"]} for x in a["done"]],
+                      "params_blocks": x["params_blocks"], "tokens": x["tokens"], "flops": x["flops"], "final_loss": x["final_loss"]} for x in a["done"]],
             "diverged": [{"size": x["size"], "tokens": x["tokens"], "reason": x.get("reason")} for x in a["diverged"]],
             "max_run_flops": a["max_run_flops"], "total_flops": a["total_flops"], "line": a["plan"].get("line", "ratio"),
             "max_fraction": a["max_run_flops"] / a["plan"]["target"]["flops"],
@@ -183,11 +183,13 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
     caps = fit_mod.on_line([x for x in a["done"] if x.get("capability")], **fit_mod.line_of(tgt, plan.get("line")))
     from glassgpt.scaling import capability as cap_mod
 
-    cap_tasks = cap_mod.predict_all(caps, tgt["flops"]) if caps else {}
+    cap_tasks = cap_mod.predict_all(caps, tgt) if caps else {}
     doc = {
         "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"config": copy.deepcopy(target_cfg.to_dict()), "config_sha256": sha, "params": tgt["params"],
-                   "params_non_embedding": tgt["params_non_embedding"], "tokens": tgt["tokens"], "flops": tgt["flops"]},
+                   "params_non_embedding": tgt["params_non_embedding"], "params_blocks": tgt["params_blocks"],
+                   "tokens": tgt["tokens"], "flops": tgt["flops"]},
+        "compute_axis": fit_mod.COMPUTE_AXIS,
         "prediction": prediction,
         "confident": confident,
         "regime": regimes,

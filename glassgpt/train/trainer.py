@@ -275,6 +275,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
         "glassgpt": __version__,
         "params": counts.params,
         "params_non_embedding": counts.params_non_embedding,
+        "params_blocks": counts.params_blocks,
         "flops_per_token": counts.flops_per_token,
         "tokens": total * tokens_per_step,
         "flops": float(total * tokens_per_step * counts.flops_per_token),
