@@ -8,6 +8,9 @@ L-BFGS from the best starts of a grid.
 - `frontier`:   L(C), the same law                        on the compute frontier (reported only)
 - `chinchilla`: L(N, D) = exp(e) + exp(a)/N^α + exp(b)/D^β  on every point
 
+C and N are the laws' own coordinates (`compute`): N counts the transformer blocks' parameters and
+C = 6·N·D, not the exact FLOPs that budgets and fractions use.
+
 A 90% interval (`interval`) adds to a bootstrap over points (all resamples optimised together as
 one batched problem) the law's own extrapolation error, measured by a rolling-origin backtest
 inside the ladder (`backtest`), and the rungs' seed scatter. A fit is refused as degenerate when
