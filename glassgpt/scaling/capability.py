@@ -260,8 +260,8 @@ def fit_and_predict(C: list[float], rung_logps: list[list[float]], target_C: flo
                     n_boot: int = 200) -> dict:
     """The GPT-4 form over the solvable problems (the headline), and beside it the same law over every
     problem (`unfiltered`). GPT-4 filtered because a sampled pass rate of 0 has no log; ours are exact.
-    Choosing the problems by the rungs being fitted biases the filtered fit (cpu bench: −17 to −59%
-    against −3 to −8% unfiltered), and with fewer than MIN_PROBLEMS solvable it is refused while the
+    Choosing the problems by the rungs being fitted biases the filtered fit (cpu bench, 5 seeds at
+    1/3–1/11: mean |error| 7–22%, too optimistic, against 1.2–2.5% unfiltered), and with fewer than MIN_PROBLEMS solvable it is refused while the
     unfiltered one still predicts: then the result is {"task", "refused", "unfiltered"}."""
     if len(set(C)) < MIN_RUNGS:  # a line through two points has no residual to judge it by
         raise ScalingError(f"a capability fit needs rungs of at least {MIN_RUNGS} compute budgets; got {len(set(C))}")
@@ -280,8 +280,8 @@ def fit_and_predict(C: list[float], rung_logps: list[list[float]], target_C: flo
 
 def predict_all(points: list[dict], target: dict) -> dict:
     """{task: fit_and_predict's result, or {"task", "refused"}} from ladder points carrying `capability`,
-    on the loss fits' compute coordinate (`fit.compute`; on the cpu bench it took the GPT-4 form's miss at
-    1/3 from −17…−23% to −1…−9%, docs/devlog.md, ninth session)."""
+    on the loss fits' compute coordinate (`fit.compute`; on the cpu bench's five seeds it took the
+    unfiltered law's mean miss at 1/3–1/11 from 4.5–6.1% to 1.2–2.5%, docs/devlog.md, ninth session)."""
     out = {}
     for task in TASKS:
         pts = [p for p in points if task in (p.get("capability") or {})]
