@@ -70,6 +70,8 @@ def test_flops_match_torch_flop_counter(mlp, kv_groups):
     n = sum(p.numel() for p in m.parameters())
     c = count(m.cfg)
     assert c.params == n and c.params_non_embedding == n - m.wte.weight.numel()
+    # the scaling fits' N: the blocks alone, neither embedding nor LM head
+    assert c.params_blocks == sum(p.numel() for p in m.blocks.parameters())
 
 
 def test_context_overflow_is_an_error():

@@ -287,3 +287,26 @@ def test_regime_check_flags_a_ladder_near_the_bigram_model():
     assert near["bigram_margin"] == pytest.approx(1 - 1 / 1.02)
     far = fit.regime(pts, "v", target_flops=1e20, reference=top * 1.2)
     assert far["confident"] and far["bigram_margin"] > 0.05
+
+
+def test_line_fit_is_on_block_compute_not_exact_flops():
+    """An iso-token ladder of real shapes (width 8–128, vocabulary 1,024, T = 256), whose loss follows a
+    power law in the blocks' parameters: on fit.compute the target is predicted to round-off; on exact
+    FLOPs, where the LM head and attention's T×T products dominate the small rungs, it is not."""
+    from glassgpt.config import ModelConfig
+    from glassgpt.model import flops
+
+    D = 1.2e6
+
+    def point(width):
+        c = flops.count(ModelConfig(depth=2, width=width, head_dim=8 if width < 64 else 64, vocab_size=1024, seq_len=256))
+        loss = 3.0 + 40.0 * c.params_blocks ** -0.3
+        return {"params_non_embedding": c.params_non_embedding, "params_blocks": c.params_blocks, "tokens": D,
+                "flops": D * c.flops_per_token, "final_loss": {"v": loss}}
+
+    pts, tgt = [point(w) for w in (8, 16, 24, 40, 56, 88, 128)], point(256)
+    f = fit.fit_set(pts, "v", n_boot=0, tokens=D)["line"]
+    assert fit.compute(tgt) == 6 * tgt["params_blocks"] * D
+    assert fit.predict_at(f, "line", tgt)[0] == pytest.approx(tgt["final_loss"]["v"], rel=1e-3)
+    flops_fit = fit.fit("compute", [p["final_loss"]["v"] for p in pts], C=[p["flops"] for p in pts], n_boot=0)
+    assert abs(fit.predict(flops_fit, C=tgt["flops"])[0] / tgt["final_loss"]["v"] - 1) > 5e-3

@@ -145,6 +145,30 @@ def test_prediction_registered_before_target_and_verified(tmp_path, fake_train):
     assert not (tmp_path / "out2").exists()
 
 
+def test_plans_and_predictions_from_before_the_block_axis(tmp_path, fake_train):
+    """A plan written before `params_blocks` existed still fits the same (counted from the configs); a
+    prediction registered before `compute_axis` is drawn on exact FLOPs, as its thetas were fitted."""
+    from glassgpt.scaling import plot
+
+    cfg = big_target()
+    lad = tmp_path / "ladder"
+    ladder.save_plan(ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2), lad)
+    ladder.run(lad, capability=False)
+    doc = predict.register(cfg, lad, tmp_path / "prediction.json", n_boot=0)
+    assert doc["compute_axis"] == fit.COMPUTE_AXIS and doc["target"]["params_blocks"] > 0
+    before = predict.analyse(lad, n_boot=0)["sets"]["val"]["fits"]["line"]["loss"]
+    plan = json.loads((lad / "plan.json").read_text())
+    del plan["target"]["params_blocks"]
+    (lad / "plan.json").write_text(json.dumps(plan))
+    assert predict.analyse(lad, n_boot=0)["sets"]["val"]["fits"]["line"]["loss"] == before
+    rep = fake_report(config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"]), tmp_path / "t")
+    old = {k: v for k, v in doc.items() if k != "compute_axis"}
+    for r in old["ladder"]["runs"]:
+        del r["params_blocks"]
+    report = {"target": {"flops": rep["flops"]}, "actual": {"val": {"loss": 3.0}}, "relative_error": {"val": 0.0}}
+    assert plot.scaling_png(old, report, tmp_path / "old.png").stat().st_size > 1000
+
+
 def test_diverged_rungs_excluded_and_too_few_refused(tmp_path, monkeypatch):
     cfg = big_target()
     p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
