@@ -93,9 +93,9 @@ def _features(kind, N=None, D=None, C=None) -> torch.Tensor:
 def params_dict(kind: str, th) -> dict:
     th = [float(v) for v in th]
     if kind == "compute":
-        return {"a": math.exp(th[0]), "b": -th[1], "c": math.exp(th[2]), "form": "L(C) = a·C^b + c"}
+        return {"a": math.exp(th[0]), "b": -th[1], "c": math.exp(th[2]), "form": "L(C) = a·C^b + c, C = 6·N_blocks·D"}
     return {"E": math.exp(th[2]), "A": math.exp(th[0]), "alpha": th[3], "B": math.exp(th[1]), "beta": th[4],
-            "form": "L(N, D) = E + A/N^alpha + B/D^beta"}
+            "form": "L(N, D) = E + A/N^alpha + B/D^beta, N = block parameters"}
 
 
 def degenerate(kind: str, th, min_loss: float, gnorm: float) -> str | None:
