@@ -397,3 +397,24 @@ def test_capability_bench_leaves_out_an_unscored_line_point(tmp_path, fake_train
     scores(root / "target", -0.5)
     rows = bench.rows_for_seed(root, [1e-2])
     assert rows and all(r["max_run_fraction"] == pytest.approx(line[-2]["flops"] / plan["target"]["flops"]) for r in rows)
+
+
+
+@pytest.mark.parametrize("preset,overrides", [("cpu", []), ("cpu", ["model.aspect=384"]), ("gpu", []), ("gpu_large", [])])
+def test_rung_head_counts_never_fall_as_width_grows(preset, overrides):
+    """min(target heads, width / 8) heads: a 12-head target used to get 10 heads of 8 at w80 and 4 of 26
+    at w104 (a kink in its loss line); the cpu preset's 4-head rungs are what they were."""
+    cfg = config.load(preset, overrides)
+    for w in range(8, cfg.model.d_model + 1, 8):
+        try:
+            m = ladder.rung_shape(cfg.model, w)
+        except ScalingError:
+            continue
+        assert m.n_heads == min(cfg.model.n_heads, w // 8) and m.head_dim % 2 == 0 and m.head_dim >= 8
+    if preset == "cpu" and not overrides:  # the bench's ladders keep their shapes
+        assert [ladder.rung_shape(cfg.model, w).n_heads for w in (8, 16, 24, 40, 56, 88, 128)] == [1, 2, 3, 4, 4, 4, 4]
+        return
+    p = ladder.plan(cfg, **({"max_fraction": 0.05, "budget_fraction": 0.2, "line": "tokens", "width_step": 8,
+                             "ratios": (0.125, 0.25, 0.5, 1.0), "n_sizes": 9, "min_steps": 20} if preset == "cpu" else {}))
+    heads = [s["width"] // s["head_dim"] for s in p["sizes"]]
+    assert heads == sorted(heads)

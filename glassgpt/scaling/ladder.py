@@ -3,8 +3,8 @@
 Transfer rule (written once; `rung_config` is the only place it lives):
 - **shape**: a rung of width w keeps the target's aspect ratio (width / depth):
   depth = clamp(round(w / aspect), min_depth, target depth), with min_depth = 2 (1 only when
-  the target itself has one block); the target's number of heads, fewer only where a head would
-  be narrower than 8 (head_dim = w / heads). Tokenizer, data, sequence length, optimizer, MLP
+  the target itself has one block); min(the target's heads, w / 8) heads (head_dim = w / heads;
+  a width they do not split into even head widths is skipped). Tokenizer, data, sequence length, optimizer, MLP
   kind and seed are the target's.
 - **learning rate**: the trainer's own rule (`train.optim.lr_scale`: AdamW rates ∝ d^-1/2,
   Muon's rate fixed) — the rung and the target go through the same code path.
@@ -68,17 +68,18 @@ def target_summary(cfg: Config) -> dict:
 
 
 def rung_shape(target: ModelConfig, width: int) -> ModelConfig:
-    """The transfer rule's shape: same aspect ratio, and the target's number of heads where the
-    width allows (fewer when a head would be narrower than 8 or odd, as RoPE needs pairs), so
-    attention keeps one structure across the ladder instead of head widths jumping 8 ↔ 64."""
+    """The transfer rule's shape: same aspect ratio, and min(the target's heads, width / 8) heads, so
+    attention keeps one structure across the ladder and the head count never falls as width grows.
+    A width those heads do not split into even widths (RoPE needs pairs) is no rung: the planner skips
+    it. (Taking the largest head count that divides each width instead gave a 12-head target 10 heads
+    of 8 at w80 and 4 of 26 at w104, and its loss line a kink there: docs/devlog.md, ninth session.)"""
     aspect = target.d_model / target.depth
     min_depth = 1 if target.depth == 1 else 2
     depth = int(min(target.depth, max(min_depth, round(width / aspect))))
-    heads = target.n_heads
-    while heads > 1 and (width % heads or width // heads < 8 or (width // heads) % 2):
-        heads -= 1
+    heads = max(1, min(target.n_heads, width // 8))
     if width % heads or (width // heads) % 2:
-        raise ScalingError(f"rung width {width} cannot be split into even-width heads; use widths that are multiples of 8")
+        raise ScalingError(f"rung width {width} cannot be split into {heads} even-width heads (the target's "
+                           f"{target.n_heads}, at most one per 8 of width); use a width that is a multiple of {2 * heads}")
     m = dataclasses.replace(target, width=width, depth=depth, head_dim=width // heads)
     if m.n_heads % m.kv_groups:
         m.kv_groups = 1
@@ -160,12 +161,14 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
         return _size(target_cfg, w, tgt, list(ratios), cool, t.warmup_frac, min_steps, line)
 
     # every candidate width in the family, below the target's width
-    cands, w = [], width_step
-    while w <= target_cfg.model.d_model:
-        s = make(w)
+    cands = []
+    for w in range(width_step, target_cfg.model.d_model + 1, width_step):
+        try:
+            s = make(w)
+        except ScalingError:  # its heads do not split this width (rung_shape)
+            continue
         if len(set(s.budgets)) == len(s.budgets) and s.budgets[0] >= min_steps:
             cands.append(s)
-        w += width_step
     cap = max_fraction * tgt["flops"]
     fits = [s for s in cands if s.flops[-1] <= cap]
     if not cands:
