@@ -418,3 +418,11 @@ def test_rung_head_counts_never_fall_as_width_grows(preset, overrides):
                              "ratios": (0.125, 0.25, 0.5, 1.0), "n_sizes": 9, "min_steps": 20} if preset == "cpu" else {}))
     heads = [s["width"] // s["head_dim"] for s in p["sizes"]]
     assert heads == sorted(heads)
+
+
+def test_plan_takes_fewer_sizes_when_fewer_fit():
+    """n_sizes is a wish: with only 5 widths under the cap (never fewer than min_sizes) the plan takes
+    those 5 instead of failing (it crashed on an empty pool)."""
+    cfg = config.load("gpu", ["model.depth=8", "data.vocab_size=4096", "train.tokens=200000000"])
+    p = ladder.plan(cfg, max_fraction=1e-3, budget_fraction=1e-2, n_sizes=8)
+    assert len(p["sizes"]) == 5 and p["max_run_flops"] <= 1e-3 * p["target"]["flops"]

@@ -188,9 +188,11 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
                            f"{tgt['flops']:.3g} FLOPs, need {min_sizes} spanning {span_decades} decades; {hint}")
     top = fits[-1]
     lo_c = top.flops[-1] / 10 ** span_decades
-    # n_sizes sizes geometric in compute from the top down to ≥ span_decades below it
-    targets = [math.exp(math.log(top.flops[-1]) - k * (math.log(top.flops[-1]) - math.log(lo_c)) / (n_sizes - 1))
-               for k in range(n_sizes)]
+    # n_sizes sizes (fewer if fewer fit, never under min_sizes) geometric in compute from the top down
+    # to ≥ span_decades below it
+    n = min(n_sizes, len(fits))
+    targets = [math.exp(math.log(top.flops[-1]) - k * (math.log(top.flops[-1]) - math.log(lo_c)) / (n - 1))
+               for k in range(n)]
     chosen: list[Size] = []
     for c in targets:
         pool = [s for s in fits if s not in chosen]
