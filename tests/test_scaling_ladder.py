@@ -156,11 +156,9 @@ def test_plans_and_predictions_from_before_the_block_axis(tmp_path, fake_train):
     ladder.run(lad, capability=False)
     doc = predict.register(cfg, lad, tmp_path / "prediction.json", n_boot=0)
     assert doc["compute_axis"] == fit.COMPUTE_AXIS and doc["target"]["params_blocks"] > 0
-    before = predict.analyse(lad, n_boot=0)["sets"]["val"]["fits"]["line"]["loss"]
-    plan = json.loads((lad / "plan.json").read_text())
-    del plan["target"]["params_blocks"]
-    (lad / "plan.json").write_text(json.dumps(plan))
-    assert predict.analyse(lad, n_boot=0)["sets"]["val"]["fits"]["line"]["loss"] == before
+    # the plan stores no params_blocks (collect counts it from the configs), so every plan is one "from before"
+    assert "params_blocks" not in (lad / "plan.json").read_text()
+    assert predict.analyse(lad, n_boot=0)["sets"]["val"]["fits"]["line"]["loss"] > 0
     rep = fake_report(config.load("cpu", ["data.vocab_size=1024", "train.tokens=20000000", "model.depth=6"]), tmp_path / "t")
     old = {k: v for k, v in doc.items() if k != "compute_axis"}
     for r in old["ladder"]["runs"]:

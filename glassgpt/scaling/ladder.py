@@ -63,7 +63,7 @@ def target_summary(cfg: Config) -> dict:
     tps = cfg.train.batch_size * cfg.model.seq_len * cfg.train.grad_accum
     steps = max(1, math.ceil(cfg.train.tokens / tps))
     tokens = steps * tps
-    return {"params": c.params, "params_non_embedding": c.params_non_embedding, "params_blocks": c.params_blocks, "tokens": tokens,
+    return {"params": c.params, "params_non_embedding": c.params_non_embedding, "tokens": tokens,
             "flops": float(tokens * c.flops_per_token), "flops_per_token": c.flops_per_token}
 
 
