@@ -112,7 +112,9 @@ class VisionConfig:
     head_dim: int = 32
     mlp_ratio: float = 4.0
     shuffle: int = 2  # pixel-shuffle factor: image tokens = (image_size / patch_size / shuffle)²
-    projector: str = "linear"  # into the LM: "linear" (nanoVLM) or "mlp" (linear, GELU, linear: LLaVA-1.5)
+    # into the LM: "linear" (pixel shuffle + linear, nanoVLM), "mlp" (shuffle, linear, GELU, linear:
+    # LLaVA-1.5) or "overlap" (a (2s-1)×(2s-1) conv at stride s: neighbouring tokens share a patch row)
+    projector: str = "linear"
     mix: str = "digits:1,shapes:1,text:1,charts:1"  # image sources and weights (folder:PATH too)
     batch_size: int = 32  # image-chat rows per micro-batch per process
     text_weight: float = 0.25  # weight of the text loss beside the answer loss (0: images only)
@@ -264,8 +266,8 @@ def validate(cfg: Config) -> None:
         if v.image_size % v.patch_size or v.grid % v.shuffle:
             raise ConfigError(f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}, "
                               f"and the {v.grid}-patch grid a multiple of vision.shuffle={v.shuffle}")
-        if v.projector not in ("linear", "mlp"):
-            raise ConfigError(f"vision.projector must be 'linear' or 'mlp', not '{v.projector}'")
+        if v.projector not in ("linear", "mlp", "overlap"):
+            raise ConfigError(f"vision.projector must be 'linear', 'mlp' or 'overlap', not '{v.projector}'")
         if v.stem not in ("linear", "conv"):
             raise ConfigError(f"vision.stem must be 'linear' or 'conv', not '{v.stem}'")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1) or v.width % (v.patch_size // 2)):

@@ -107,7 +107,7 @@ def test_paths_and_data_urls(tmp_path):
         I.decode_data_url("data:image/png;base64,@@@")
 
 
-@pytest.mark.parametrize("task", ["digits", "shapes", "text", "charts"])
+@pytest.mark.parametrize("task", ["digits", "shapes", "text", "glyphs", "charts"])
 def test_sources_are_deterministic(task):
     src = I.get_source(task)
     for split in ("train", "heldout"):
@@ -135,6 +135,9 @@ def test_heldout_is_never_trained_on():
 def test_task_contents():
     texts = [I.text(1, "train", k).answer for k in range(50)]
     assert all(4 <= len(t) <= 8 for t in texts)
+    short = [I.glyphs(1, "train", k) for k in range(50)]  # the same task (spelt a character a token), shorter
+    assert {len(s.answer) for s in short} == {1, 2, 3} and {s.task for s in short} == {"text"}
+    assert {s.question for s in short} == {I.text(1, "train", 0).question}
     counts = {I.shapes(1, "train", k).answer for k in range(200) if I.shapes(1, "train", k).question.startswith("How many")}
     assert counts <= {str(n) for n in range(1, 7)} and len(counts) >= 4
     qs = " ".join(I.charts(1, "train", k).question for k in range(60))

@@ -43,7 +43,7 @@ def test_letterbox_keeps_aspect():
     assert px[16, 5] == 1.0 and px[2, 5] == -1.0  # image band in the middle, black padding above
 
 
-@pytest.mark.parametrize("stem,projector", [("linear", "linear"), ("conv", "linear"), ("conv", "mlp")])
+@pytest.mark.parametrize("stem,projector", [("linear", "linear"), ("conv", "linear"), ("conv", "mlp"), ("conv", "overlap")])
 def test_count_matches_modules_and_flop_counter(stem, projector):
     vc = dataclasses.replace(VC, stem=stem, projector=projector)
     enc = V.VisionEncoder(vc, 64)
@@ -58,6 +58,28 @@ def test_count_matches_modules_and_flop_counter(stem, projector):
     assert out.shape == (1, 4, 64)
     assert fc.get_total_flops() == c.flops_per_image_fwd
     assert c.flops_per_image == 3 * c.flops_per_image_fwd and c.image_tokens == 4
+
+
+@pytest.mark.parametrize("projector,rows", [("linear", [0]), ("overlap", [0, 1])])
+def test_overlap_projector_shares_the_boundary_row(projector, rows):
+    """A feature in patch row 1 (the lower row of token row 0's 2×2 groups) reaches only token row 0
+    through the pixel shuffle; the overlapping projector's 3×3 window also gives it to token row 1, so
+    something that straddles patch rows 1 and 2 is whole in one token."""
+    vc = dataclasses.replace(VC, projector=projector)  # 32 px / 8 px patches: a 4×4 grid, shuffle 2
+    enc = V.VisionEncoder(vc, 64)
+    enc.init_weights(0)
+    g, W = vc.grid, vc.width
+    feat = torch.zeros(1, g, g, W)
+    feat[0, 1, 1] = 1.0
+    with torch.no_grad():
+        if projector == "overlap":
+            out = enc.proj(feat.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+            base = enc.proj(torch.zeros(1, W, g, g)).flatten(2).transpose(1, 2)
+        else:
+            shuffle = lambda f: f.view(1, 2, 2, 2, 2, W).permute(0, 1, 3, 2, 4, 5).reshape(1, 4, 4 * W)
+            out, base = enc.proj(shuffle(feat)), enc.proj(shuffle(torch.zeros_like(feat)))
+    changed = (out - base).abs().sum(-1).view(2, 2).sum(1) > 0  # per token row
+    assert [r for r in range(2) if changed[r]] == rows
 
 
 def test_encode_images_hook(model, tok):

@@ -407,8 +407,8 @@ def _font(path: str | None, size: int):
     return ImageFont.load_default(size)
 
 
-def _text_make(rng: random.Random):
-    n = rng.randint(4, 8)
+def _text_make(rng: random.Random, lengths: tuple[int, int] = (4, 8)):
+    n = rng.randint(*lengths)
     text = "".join(rng.choice(ALPHABET) for _ in range(n))
     fonts = (None,) + font_files()
     font_path = rng.choice(fonts)
@@ -446,6 +446,13 @@ def _text_make(rng: random.Random):
 
 def text(seed: int, split: str, index: int) -> Sample:
     return _draw_split(_text_make, seed, "text", split, index)
+
+
+def glyphs(seed: int, split: str, index: int) -> Sample:
+    """Strings of 1-3 characters, the same renderer and question as `text`: large glyphs, one to a
+    few image tokens each, to learn the characters before whole lines (training mix only; the
+    reading goal is scored on `text`, 4-8 characters)."""
+    return _draw_split(lambda rng: _text_make(rng, (1, 3)), seed, "glyphs", split, index)
 
 
 # --- procedural: charts --------------------------------------------------------------------
@@ -547,7 +554,8 @@ class Folder:
 
 
 SOURCES: dict[str, Callable[[int, str, int], Sample]] = {
-    "digits": digits, "shapes": shapes, "scenes": scenes, "text": text, "charts": charts, "photos": photos,
+    "digits": digits, "shapes": shapes, "scenes": scenes, "text": text, "glyphs": glyphs, "charts": charts,
+    "photos": photos,
 }
 
 

@@ -90,6 +90,9 @@ class VisionEncoder(nn.Module):
         self.proj = nn.Linear(vc.width * vc.shuffle ** 2, d_model)
         if vc.projector == "mlp":
             self.proj = nn.Sequential(self.proj, nn.GELU(), nn.Linear(d_model, d_model))
+        elif vc.projector == "overlap":  # a (2s-1)² window at stride s: a glyph split by the s×s grid is whole in some token
+            k = 2 * vc.shuffle - 1
+            self.proj = nn.Conv2d(vc.width, d_model, k, vc.shuffle, vc.shuffle - 1)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
@@ -123,8 +126,10 @@ class VisionEncoder(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x)
-        # pixel shuffle: [B, g, g, C] → [B, g/s, g/s, s·s·C]
         C = x.size(-1)
+        if vc.projector == "overlap":
+            return self.proj(x.transpose(1, 2).reshape(B, C, g, g)).flatten(2).transpose(1, 2)
+        # pixel shuffle: [B, g, g, C] → [B, g/s, g/s, s·s·C]
         x = x.view(B, g // s, s, g // s, s, C).permute(0, 1, 3, 2, 4, 5).reshape(B, (g // s) ** 2, s * s * C)
         return self.proj(x)
 
@@ -152,7 +157,7 @@ def count(vc: VisionConfig, d_model: int) -> VisionCounts:
     patch_in = 3 * vc.patch_size ** 2
     block_mm = W * 3 * W + W * W + W * H + H * W
     block_params = block_mm + 3 * W + W + H + W + 4 * W  # + biases + two LayerNorms
-    proj_in = W * vc.shuffle ** 2
+    proj_in = W * (vc.shuffle ** 2 if vc.projector != "overlap" else (2 * vc.shuffle - 1) ** 2)
     if vc.stem == "conv":
         ch = stem_channels(vc)
         stem_params = sum(9 * a * b + b for a, b in zip(ch, ch[1:]))
