@@ -1,9 +1,10 @@
 """One vision training step (32 image-chat rows + 4 text rows, forward + backward) on 1 thread:
-the LM head over every position vs only where there is a target, and the linear vs the conv stem.
-BENCH_THREADS=2 for two threads (the vision preset's setting).
+the LM head over every position vs only where there is a target, the linear vs the conv stem, and
+the pixel-shuffle (linear) vs the overlapping projector. BENCH_THREADS=2 for two threads (the
+vision preset's setting).
 
-Prints median ms per step and each variant's speed as a ratio to the reference (linear stem,
-head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
+Prints median ms per step and each variant's speed as a ratio to the reference (linear stem, linear
+projector, head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
 slice of the default corpus. Usage: python bench/vision_step.py [REPEATS]
 """
 
@@ -34,8 +35,8 @@ def main(repeats: int = 16) -> None:
     tok = train_from_documents(docs, cfg.data.vocab_size, 300_000, extra=extra)
     mc = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
     steps = {}
-    for stem in ("linear", "conv"):
-        vc = dataclasses.replace(cfg.vision, stem=stem)
+    for stem, projector in (("linear", "linear"), ("conv", "linear"), ("conv", "overlap")):
+        vc = dataclasses.replace(cfg.vision, stem=stem, projector=projector)
         m = build(mc, seed=0)
         V.attach(m, vc, seed=0)
         mix = V.Mix(vc.mix, 0)
@@ -43,7 +44,7 @@ def main(repeats: int = 16) -> None:
                              vc.n_image_tokens, mc.seq_len, vc.image_size) for b in range(BATCHES)]
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, mc.seq_len + 1))
         for head in ("everywhere", "at targets"):
-            def step(r, m=m, vc=vc, text=text, head=head):
+            def step(r, m=m, vc=vc, text=text, head=head, batches=batches):
                 x0, y0, px = batches[r % BATCHES]
                 L = int((x0 != tok.pad_id).sum(1).max())
                 x, y = x0[:, :L], y0[:, :L]
@@ -55,7 +56,7 @@ def main(repeats: int = 16) -> None:
                     img, txt = m(x, y, image_embeds=emb), m(text[:, :-1], text[:, 1:])
                 (img + vc.text_weight * txt).backward()
 
-            steps[(stem, head)] = step
+            steps[(stem, projector, head)] = step
     times = {k: [] for k in steps}
     for r in range(repeats + BATCHES):  # round robin, so a change in machine load hits every variant alike
         for k, step in steps.items():
@@ -65,9 +66,10 @@ def main(repeats: int = 16) -> None:
                 times[k].append(time.perf_counter() - t0)
     # median over the repeats of each batch (noise), then the mean over the batches (each counts the same)
     res = {k: sum(sorted(v[b::BATCHES])[len(v[b::BATCHES]) // 2] for b in range(BATCHES)) / BATCHES for k, v in times.items()}
-    ref = res[("linear", "everywhere")]
-    for (stem, head), t in res.items():
-        print(f"stem {stem:6s} head {head:10s}: {1000 * t:7.1f} ms/step  {ref / t:.2f}x the reference (linear, everywhere)")
+    ref = res[("linear", "linear", "everywhere")]
+    for (stem, projector, head), t in res.items():
+        print(f"stem {stem:6s} projector {projector:7s} head {head:10s}: {1000 * t:7.1f} ms/step  "
+              f"{ref / t:.2f}x the reference (linear, linear, everywhere)")
 
 
 if __name__ == "__main__":
