@@ -449,9 +449,9 @@ def text(seed: int, split: str, index: int) -> Sample:
 
 
 def glyphs(seed: int, split: str, index: int) -> Sample:
-    """Strings of 1-3 characters, the same renderer and question as `text`: large glyphs, one to a
-    few image tokens each, to learn the characters before whole lines (training mix only; the
-    reading goal is scored on `text`, 4-8 characters)."""
+    """Strings of 1-3 characters, the same renderer and question as `text`, always at its largest
+    font size (18 px): few glyphs to find, to learn the characters beside whole lines (training mix
+    only; the reading goal is scored on `text`, 4-8 characters)."""
     return _draw_split(lambda rng: _text_make(rng, (1, 3)), seed, "glyphs", split, index)
 
 

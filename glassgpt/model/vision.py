@@ -90,7 +90,7 @@ class VisionEncoder(nn.Module):
         self.proj = nn.Linear(vc.width * vc.shuffle ** 2, d_model)
         if vc.projector == "mlp":
             self.proj = nn.Sequential(self.proj, nn.GELU(), nn.Linear(d_model, d_model))
-        elif vc.projector == "overlap":  # a (2s-1)² window at stride s: a glyph split by the s×s grid is whole in some token
+        elif vc.projector == "overlap":  # (2s-1)² windows at stride s: what the s×s grid splits is whole in one token
             k = 2 * vc.shuffle - 1
             self.proj = nn.Conv2d(vc.width, d_model, k, vc.shuffle, vc.shuffle - 1)
 
