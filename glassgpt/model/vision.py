@@ -116,7 +116,7 @@ class VisionEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] (normalised) → [B, n_image_tokens, d_model]."""
         vc = self.vc
-        B, P, g, s = pixels.size(0), vc.patch_size, vc.grid, vc.shuffle
+        B, P, g = pixels.size(0), vc.patch_size, vc.grid
         if vc.stem == "conv":
             x = self.patch(pixels).flatten(2).transpose(1, 2)  # [B, g·g, width], row-major like the patches
         else:
@@ -125,9 +125,12 @@ class VisionEncoder(nn.Module):
         x = x + (self.pos_row[:, None, :] + self.pos_col[None, :, :]).reshape(g * g, -1)
         for blk in self.blocks:
             x = blk(x)
-        x = self.norm(x)
-        C = x.size(-1)
-        if vc.projector == "overlap":
+        return self.project(self.norm(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch features [B, g·g, width] (row-major) → image tokens [B, (g/s)², d_model]."""
+        (B, _, C), g, s = x.shape, self.vc.grid, self.vc.shuffle
+        if self.vc.projector == "overlap":
             return self.proj(x.transpose(1, 2).reshape(B, C, g, g)).flatten(2).transpose(1, 2)
         # pixel shuffle: [B, g, g, C] → [B, g/s, g/s, s·s·C]
         x = x.view(B, g // s, s, g // s, s, C).permute(0, 1, 3, 2, 4, 5).reshape(B, (g // s) ** 2, s * s * C)

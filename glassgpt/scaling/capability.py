@@ -262,7 +262,8 @@ def fit_and_predict(C: list[float], rung_logps: list[list[float]], target_C: flo
     problem (`unfiltered`). GPT-4 filtered because a sampled pass rate of 0 has no log; ours are exact.
     Choosing the problems by the rungs being fitted biases the filtered fit (cpu bench, 5 seeds at
     1/3–1/11: mean |error| 7–22%, too optimistic, against 1.2–2.5% unfiltered), and with fewer than
-    MIN_PROBLEMS solvable it is refused while the unfiltered one still predicts: then the result is {"task", "refused", "unfiltered"}."""
+    MIN_PROBLEMS solvable it is refused while the unfiltered one still predicts: then the result is
+    {"task", "refused", "unfiltered"}."""
     if len(set(C)) < MIN_RUNGS:  # a line through two points has no residual to judge it by
         raise ScalingError(f"a capability fit needs rungs of at least {MIN_RUNGS} compute budgets; got {len(set(C))}")
     arr = np.asarray(rung_logps, dtype=float)
