@@ -121,6 +121,7 @@ class VisionConfig:
     freeze_lm: bool = False
     init_from: str = ""  # a text run or checkpoint to start the language model from
     lr: float = 0.002  # AdamW, encoder and projector
+    muon_lr: float = 0.0  # > 0: Muon at this rate for the encoder's weight matrices and conv filters (not the first)
     eval_samples: int = 200  # held-out samples per task at each eval
 
     @property
@@ -275,5 +276,5 @@ def validate(cfg: Config) -> None:
                               f"divisible by patch_size/2")
         if v.width % v.head_dim:
             raise ConfigError(f"vision.width={v.width} must be a multiple of vision.head_dim={v.head_dim}")
-        if v.batch_size <= 0 or v.text_weight < 0:
-            raise ConfigError("vision.batch_size must be positive and vision.text_weight non-negative")
+        if v.batch_size <= 0 or v.text_weight < 0 or v.muon_lr < 0:
+            raise ConfigError("vision.batch_size must be positive, vision.text_weight and vision.muon_lr non-negative")

@@ -40,7 +40,8 @@ def test_config_file_roundtrip(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,msg", [("vision.projector", "conv", "vision.projector must be"),
-                                           ("vision.stem", "mlp", "vision.stem must be")])
+                                           ("vision.stem", "mlp", "vision.stem must be"),
+                                           ("vision.muon_lr", "-0.01", "vision.muon_lr non-negative")])
 def test_bad_vision_choices_are_one_line_errors(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         config.load("vision", [f"{key}={value}"])

@@ -1,9 +1,11 @@
 """A vision run through the one trainer: checkpoints hold the encoder, resume matches,
 load_model gives a model with image input, text configs are unchanged."""
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("PIL")
 
@@ -73,6 +75,42 @@ def test_frozen_lm_and_init_from(tmp_path, corpus_dir, cache_dir):
     for k, v in text_state.items():  # the language model did not move
         assert (state[k] == v).all(), k
     assert any(k.startswith("vision.") for k in state)
+
+
+def test_encoder_muon_groups_and_resume(tmp_path, corpus_dir, cache_dir):
+    muon = {**VISION, "vision__stem": "conv", "vision__projector": "overlap", "vision__muon_lr": "0.02"}
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, **muon))
+    rep = train(cfg, tmp_path / "full")
+    assert rep["vision"]["heldout_accuracy"]
+
+    # the split: Muon takes the block matrices, the later stem convs and the projector's conv;
+    # AdamW the first conv (3 channels in), vectors and position tables
+    from glassgpt.data.tokenizer import Tokenizer
+    from glassgpt.model.gpt import build
+    from glassgpt.train.optim import Muon
+
+    tok = Tokenizer.load(tmp_path / "full" / "tokenizer.json")
+    mc = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    vt = V.VisionTraining(build(mc, seed=0), cfg, tok)
+    adam, mu = vt.optimizers()
+    assert isinstance(mu, Muon)
+    names = {id(p): n for n, p in vt.enc.named_parameters()}
+    in_muon = {names[id(p)] for g in mu.param_groups for p in g["params"]}
+    assert "blocks.0.qkv.weight" in in_muon and "proj.weight" in in_muon and "patch.2.weight" in in_muon
+    assert not in_muon & {"patch.0.weight", "pos_row", "pos_col", "blocks.0.qkv.bias", "norm.weight"}
+    assert len(in_muon) + sum(len(g["params"]) for g in adam.param_groups) == len(names)
+    conv = vt.enc.proj.weight
+    before = conv.detach().clone()
+    conv.grad = torch.randn_like(conv)
+    mu.step()  # a 4-D filter bank steps as its [out, in·k·k] matrix
+    assert conv.shape == before.shape and not torch.equal(conv, before)
+
+    # both optimizers' state is in the checkpoint: a resume matches never stopping
+    half = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**muon, "train__tokens": 4 * 64 * 4}))
+    half.train.checkpoint_every = 4
+    train(half, tmp_path / "part")
+    train(config.load(None, tiny_overrides(corpus_dir, cache_dir, **muon)), tmp_path / "part", resume=True)
+    assert _losses(tmp_path / "part") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
 
 
 def test_text_configs_are_unchanged():

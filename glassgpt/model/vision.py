@@ -37,6 +37,7 @@ from glassgpt.config import Config, VisionConfig
 from glassgpt.data import images as img_mod
 from glassgpt.data.images import ImageError, Sample
 from glassgpt.errors import GlassError
+from glassgpt.train.optim import Muon
 
 log = logging.getLogger(__name__)
 
@@ -345,12 +346,21 @@ class VisionTraining:
                               f"({str(e).splitlines()[0][:120]})") from None
         log.info("language model initialised from %s", path)
 
-    def optimizer(self) -> torch.optim.Optimizer:
-        opt = torch.optim.AdamW(self.enc.parameters(), lr=self.vc.lr, betas=self.cfg.train.betas, eps=1e-10,
-                                weight_decay=0.0)
-        for g in opt.param_groups:
-            g["initial_lr"] = g["lr"]
-        return opt
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW for the encoder; with `vision.muon_lr` > 0, Muon for its weight matrices and conv
+        filters instead (the first conv, 3 colour channels in, stays on AdamW, as do vectors and
+        position tables)."""
+        first = self.enc.patch[0].weight if isinstance(self.enc.patch, nn.Sequential) else self.enc.patch.weight
+        muon = [p for n, p in self.enc.named_parameters()
+                if self.vc.muon_lr > 0 and p.dim() >= 2 and not n.startswith("pos_") and p is not first]
+        adam = [p for p in self.enc.parameters() if not any(p is q for q in muon)]
+        opts = [torch.optim.AdamW(adam, lr=self.vc.lr, betas=self.cfg.train.betas, eps=1e-10, weight_decay=0.0)]
+        if muon:
+            opts.append(Muon(muon, lr=self.vc.muon_lr))
+        for opt in opts:
+            for g in opt.param_groups:
+                g["initial_lr"] = g["lr"]
+        return opts
 
     def rows(self, index: int):
         """This rank's image rows of micro-batch `index` (global batch split over ranks)."""

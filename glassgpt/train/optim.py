@@ -61,7 +61,7 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weights. Runs identically on every DDP rank (grads already averaged)."""
+    """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank (grads already averaged)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
@@ -78,8 +78,9 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                update = zeropower_newton_schulz(g, group["ns_steps"])
-                update *= max(1.0, p.size(0) / p.size(1)) ** 0.5  # tall matrices: same RMS step
+                g = g.flatten(1)  # a conv filter bank [out, in, k, k] as the matrix [out, in·k·k]
+                update = zeropower_newton_schulz(g, group["ns_steps"]).view_as(p)
+                update *= max(1.0, g.size(0) / g.size(1)) ** 0.5  # tall matrices: same RMS step
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])

@@ -164,7 +164,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
     opts = build_optimizers(raw, cfg)
     if vis is not None:
-        opts.append(vis.optimizer())
+        opts += vis.optimizers()
     if opt_states is not None:
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
