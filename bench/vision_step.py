@@ -1,7 +1,8 @@
 """One vision training step (32 image-chat rows + 4 text rows, forward + backward) on 1 thread:
 the LM head over every position vs only where there is a target, the linear vs the conv stem, and
 the pixel-shuffle (linear) vs the overlapping projector. BENCH_THREADS=2 for two threads (the
-vision preset's setting).
+vision preset's setting). Then the encoder's optimizer step: AdamW alone vs Muon for its matrices
+(`vision.muon_lr`), against the whole step measured in the same run.
 
 Prints median ms per step and each variant's speed as a ratio to the reference (linear stem, linear
 projector, head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
@@ -70,6 +71,23 @@ def main(repeats: int = 16) -> None:
     for (stem, projector, head), t in res.items():
         print(f"stem {stem:6s} projector {projector:7s} head {head:10s}: {1000 * t:7.1f} ms/step  "
               f"{ref / t:.2f}x the reference (linear, linear, everywhere)")
+    step_ms = 1000 * res[("conv", "overlap", "at targets")]
+    for muon_lr in (0.0, 0.02):  # the encoder's optimizer step, with the preset's model (conv, overlap)
+        c = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, muon_lr=muon_lr))
+        m = build(mc, seed=0)
+        vt = V.VisionTraining(m, c, tok)
+        opts = vt.optimizers()
+        for p in vt.enc.parameters():
+            p.grad = torch.randn_like(p)
+        ts = []
+        for r in range(repeats + 2):
+            t0 = time.perf_counter()
+            for o in opts:
+                o.step()
+            ts.append(time.perf_counter() - t0)
+        ms = 1000 * sorted(ts[2:])[len(ts[2:]) // 2]
+        print(f"encoder optimizer step, {'Muon + AdamW' if muon_lr else 'AdamW':12s}: {ms:6.2f} ms  "
+              f"= {ms / step_ms:.1%} of the forward + backward above (conv, overlap, at targets)")
 
 
 if __name__ == "__main__":
