@@ -35,7 +35,7 @@ def main(steps: int = 2000, n: int = 200) -> None:
     print(f"vision preset, {steps} steps, held-out n={n} per task")
     for task in adam:
         print(f"{task:8s} AdamW {adam[task]:6.1%}  Muon {muon[task]:6.1%}  "
-              f"({muon[task] - adam[task]:+.1%} points)")
+              f"({100 * (muon[task] - adam[task]):+.1f} points)")
     print(f"wall     AdamW {t_adam:6.0f} s  Muon {t_muon:6.0f} s  ({t_muon / t_adam:.2f}x AdamW's time)")
 
 
