@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("PIL")
 
 from glassgpt import config  # noqa: E402
+from glassgpt.errors import CheckpointError  # noqa: E402
 from glassgpt.model import vision as V  # noqa: E402
 from glassgpt.train import checkpoint  # noqa: E402
 from glassgpt.train.trainer import train  # noqa: E402
@@ -111,6 +112,11 @@ def test_encoder_muon_groups_and_resume(tmp_path, corpus_dir, cache_dir):
     train(half, tmp_path / "part")
     train(config.load(None, tiny_overrides(corpus_dir, cache_dir, **muon)), tmp_path / "part", resume=True)
     assert _losses(tmp_path / "part") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
+
+    # resuming an AdamW-encoder checkpoint with Muon switched on: a one-line error, not a silent mismatch
+    adam = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**muon, "vision__muon_lr": "0"}))
+    with pytest.raises(CheckpointError, match="optimizer states"):
+        train(adam, tmp_path / "part", resume=True)
 
 
 def test_text_configs_are_unchanged():

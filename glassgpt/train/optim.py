@@ -61,7 +61,8 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank (grads already averaged)."""
+    """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank
+    (grads already averaged)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))

@@ -166,6 +166,9 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
     if vis is not None:
         opts += vis.optimizers()
     if opt_states is not None:
+        if len(opt_states) != len(opts):  # e.g. vision.muon_lr switched on or off since the checkpoint
+            raise CheckpointError(f"checkpoint holds {len(opt_states)} optimizer states, this config builds {len(opts)} "
+                                  "(train.optimizer or vision.muon_lr changed?); use a new --out or the same config")
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
