@@ -351,9 +351,10 @@ class VisionTraining:
         filters instead (the first conv, 3 colour channels in, stays on AdamW, as do vectors and
         position tables)."""
         first = self.enc.patch[0].weight if isinstance(self.enc.patch, nn.Sequential) else self.enc.patch.weight
-        muon = [p for n, p in self.enc.named_parameters()
-                if self.vc.muon_lr > 0 and p.dim() >= 2 and not n.startswith("pos_") and p is not first]
-        adam = [p for p in self.enc.parameters() if not any(p is q for q in muon)]
+        muon, adam = [], []
+        for n, p in self.enc.named_parameters():
+            to_muon = self.vc.muon_lr > 0 and p.dim() >= 2 and not n.startswith("pos_") and p is not first
+            (muon if to_muon else adam).append(p)
         opts = [torch.optim.AdamW(adam, lr=self.vc.lr, betas=self.cfg.train.betas, eps=1e-10, weight_decay=0.0)]
         if muon:
             opts.append(Muon(muon, lr=self.vc.muon_lr))
