@@ -2,7 +2,8 @@
 the LM head over every position vs only where there is a target, the linear vs the conv stem, and
 the pixel-shuffle (linear) vs the overlapping projector. BENCH_THREADS=2 for two threads (the
 vision preset's setting). Then the encoder's optimizer step: AdamW alone vs Muon for its matrices
-(`vision.muon_lr`), against the whole step measured in the same run.
+(`vision.muon_lr`), Newton-Schulz one matrix at a time vs same-shaped matrices stacked, against the
+whole step measured in the same run.
 
 Prints median ms per step and each variant's speed as a ratio to the reference (linear stem, linear
 projector, head everywhere), measured in the same run. The tokenizer is trained on the fly on a small
@@ -72,11 +73,18 @@ def main(repeats: int = 16) -> None:
         print(f"stem {stem:6s} projector {projector:7s} head {head:10s}: {1000 * t:7.1f} ms/step  "
               f"{ref / t:.2f}x the reference (linear, linear, everywhere)")
     step_ms = 1000 * res[("conv", "overlap", "at targets")]
-    for muon_lr in (0.0, 0.02):  # the encoder's optimizer step, with the preset's model (conv, overlap)
-        c = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, muon_lr=muon_lr))
+    from glassgpt.train.optim import Muon
+
+    # the encoder's optimizer step, with the preset's model (conv, overlap): AdamW alone, Muon + AdamW
+    # with one Newton-Schulz per matrix (each matrix its own param group: nothing to stack), Muon + AdamW
+    for variant in ("AdamW", "Muon, one by one", "Muon, stacked"):
+        c = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, muon_lr=0.0 if variant == "AdamW" else 0.02))
         m = build(mc, seed=0)
         vt = V.VisionTraining(m, c, tok)
         opts = vt.optimizers()
+        if variant == "Muon, one by one":
+            opts = [o if not isinstance(o, Muon) else Muon([{"params": [p]} for g in o.param_groups for p in g["params"]],
+                                                           lr=0.02) for o in opts]
         for p in vt.enc.parameters():
             p.grad = torch.randn_like(p)
         ts = []
@@ -86,7 +94,7 @@ def main(repeats: int = 16) -> None:
                 o.step()
             ts.append(time.perf_counter() - t0)
         ms = 1000 * sorted(ts[2:])[len(ts[2:]) // 2]
-        print(f"encoder optimizer step, {'Muon + AdamW' if muon_lr else 'AdamW':12s}: {ms:6.2f} ms  "
+        print(f"encoder optimizer step, {variant:16s}: {ms:6.2f} ms  "
               f"= {ms / step_ms:.1%} of the forward + backward above (conv, overlap, at targets)")
 
 

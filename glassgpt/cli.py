@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
+    if args.command not in ("keys", "usage"):  # those two never import torch (1.3 s)
+        from glassgpt.train.dist import flush_denormals
+
+        flush_denormals()  # before any torch work starts its threads (they inherit the flag)
     try:
         fn = args.fn
         if getattr(fn, "__code__", None) and fn.__code__.co_argcount == 1:

@@ -116,3 +116,24 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path):
     assert cli.main(["train", "--preset", "tiny", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "missing.txt")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_muon_stacks_same_shaped_matrices_like_one_by_one():
+    from glassgpt.train.optim import Muon, zeropower_newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 4), (8, 4), (4, 8), (6, 2, 3, 3), (8, 4)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    before = [p.detach().clone() for p in params]
+    opt = Muon(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+    for p, p0, g in zip(params, before, grads):
+        m = (g * 0.1).lerp(g, 0.9).flatten(1)  # momentum buffer after one step, then the Nesterov mix
+        u = zeropower_newton_schulz(m) * max(1.0, m.size(0) / m.size(1)) ** 0.5
+        want = p0 * (1 - 0.1 * 0.01) - 0.1 * u.view_as(p0)
+        assert torch.allclose(p.detach(), want, atol=1e-6)
+        s = torch.linalg.svdvals(u / max(1.0, m.size(0) / m.size(1)) ** 0.5)
+        assert s.min() > 0.5 and s.max() < 1.5  # roughly orthogonal: singular values near 1

@@ -7,11 +7,14 @@ file stays free of distributed code: DDP by default, FSDP2 `fully_shard` per blo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("glassgpt")
 
 
 @dataclass
@@ -57,6 +60,20 @@ def tune_cpu_allocator() -> bool:
     return bool(ok and libc.mallopt(M_TOP_PAD, 1 << 28))
 
 
+def flush_denormals() -> bool | None:
+    """Flush denormal floats to zero (FTZ/DAZ) on the CPU: True if every thread of torch's pool
+    flushes, False if some do not, None where the CPU cannot.
+
+    A confident model's tiny gradients fall into the denormal range, where x86 arithmetic is many
+    times slower: the vision preset's steps took ~1.5x as long by mid-run, not the machine (devlog,
+    bench/denormals.py). The flag is per thread and a thread inherits it when started, so this must
+    run before torch's first parallel op; the check multiplies two chunks per thread into the range."""
+    if not torch.set_flush_denormal(True):
+        return None
+    y = torch.full((32768 * 2 * torch.get_num_threads(),), 1e-30) * 1e-10  # 1e-40 is denormal in fp32
+    return not bool(y.any())
+
+
 def autocast(device):
     """bf16 autocast on a CUDA device, nothing elsewhere (fp32 on CPU): training, eval and serving."""
     if str(device).startswith("cuda"):
@@ -74,6 +91,9 @@ def auto_device(local_rank: int = 0) -> str:
 
 def setup() -> Dist:
     tune_cpu_allocator()
+    if flush_denormals() is False:
+        log.warning("denormal floats are flushed on some CPU threads only (torch's threads started before "
+                    "glassgpt.train.dist.flush_denormals()); late steps may run ~1.5x slower")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=auto_device())
