@@ -67,7 +67,7 @@ def child(args) -> None:
     for i in range(args.steps + 3):  # 3 warm-up steps
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, cfg.model.seq_len + 1), generator=gen)
         t0 = time.perf_counter()
-        (scale * vt.loss(model, text, (start + i) * cfg.vision.batch_size)).backward()
+        (scale * vt.loss(model, text, start + i)).backward()  # micro-batch index, as the trainer passes
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         for o in opts:
             o.step()
