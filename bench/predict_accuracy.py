@@ -49,6 +49,15 @@ def main(argv=None):
                          "against the finished targets")
     ap.add_argument("--drift-correction", choices=predict.DRIFT_CORRECTIONS, default=None,
                     help="with --refit: correct each point prediction by the ladder's own extrapolation bias (off by default)")
+    ap.add_argument("--ladder-only", action="store_true",
+                    help="train the ladders and register their predictions, not the targets (score them later with "
+                         "--refit, e.g. against a target another --out trained: link it as seed<i>/target)")
+    ap.add_argument("--line", choices=("ratio", "tokens"), default=None, help="the ladder's line (default: the preset's)")
+    ap.add_argument("--batch", choices=("halve", "steps"), default=None, help="the ratio line's batch rule (ladder.plan)")
+    ap.add_argument("--sizes", type=int, default=None, help="model sizes of the big ladder (default: the preset's)")
+    ap.add_argument("--ratios", default=None, help="token budgets of each size, comma-separated (default: the preset's)")
+    ap.add_argument("--width-step", type=int, default=None)
+    ap.add_argument("--min-steps", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.replot:
@@ -57,6 +66,13 @@ def main(argv=None):
         print(plot(rows, Path(args.out) / "error_vs_fraction.png"))
         return 0
     opts = speedrun.defaults_for(args.preset)
+    for k in ("line", "batch", "width_step", "min_steps"):
+        if getattr(args, k) is not None:
+            opts[k] = getattr(args, k)
+    if args.sizes is not None:
+        opts["n_sizes"] = args.sizes
+    if args.ratios is not None:
+        opts["ratios"] = tuple(float(r) for r in args.ratios.split(","))
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
                        [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
     if args.refit:
@@ -69,16 +85,22 @@ def main(argv=None):
         lad = root / "ladder"
         plan = ladder.plan(cfg, max_fraction=fractions[0], budget_fraction=max(opts["budget_fraction"], 3 * fractions[0]),
                            n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
-                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"))
+                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"),
+                           batch=opts.get("batch", "halve"))
         ladder.save_plan(plan, lad)
         ladder.run(lad, capability=False)
         # predictions at every fraction are computed (and kept) before the target trains
         preds = predictions(lad, plan, fractions, args.n_boot)
         (root / "predictions.json").write_text(json.dumps(preds, indent=1))
+        if args.ladder_only:
+            continue
         target = root / "target"
         rep = json.loads((target / "report.json").read_text()) if (target / "report.json").exists() else \
             train(cfg, target, resume=checkpoint.latest(target) is not None)
         rows += score(seed, preds, rep)
+    if args.ladder_only:
+        print(f"ladders trained under {args.out}; no target trained (--ladder-only): score them with --refit")
+        return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
     plot(rows, Path(args.out) / "error_vs_fraction.png")

@@ -35,7 +35,8 @@ def cmd_plan(args, extra):
 
     p = ladder.plan(_target(args, extra), max_fraction=args.max_fraction, budget_fraction=args.budget_fraction,
                     n_sizes=args.sizes, min_steps=args.min_steps, width_step=args.width_step,
-                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios), line=args.line)
+                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios), line=args.line,
+                    batch=args.batch)
     print(ladder.format_plan(p))
     if args.ladder:
         print(f"plan written to {ladder.save_plan(p, args.ladder)}")
@@ -128,6 +129,10 @@ def add_scaling_parser(sub) -> None:
     p.add_argument("--line", default="ratio", choices=("ratio", "tokens"),
                    help="ratio: each size at the target's tokens per parameter; tokens: each size on the target's "
                         "own tokens and schedule (iso-token), only the width differs")
+    p.add_argument("--batch", default="halve", choices=("halve", "steps"),
+                   help="the ratio line's batch: halve (the target's, halved until the shortest budget gets "
+                        "--min-steps steps) or steps (∝ the size's tokens, so its point on the line takes the "
+                        "target's number of steps)")
     p.set_defaults(fn=cmd_plan)
     r = lsub.add_parser("run", help="Train the planned rungs (finished ones are skipped).")
     r.add_argument("--ladder", required=True)

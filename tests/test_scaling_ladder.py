@@ -77,6 +77,23 @@ def test_plan_respects_budgets_and_shape_family():
     assert "fraction" in text and "est. time" in text
 
 
+def test_steps_batch_rule_gives_every_line_point_the_targets_steps():
+    cfg = config.load("cpu", ["model.aspect=64", "train.tokens=7900000", "train.batch_size=64"])
+    target_steps = cfg.train.tokens / (cfg.train.batch_size * cfg.model.seq_len)
+    kw = dict(max_fraction=0.2, budget_fraction=0.6, n_sizes=7, width_step=8, min_steps=50)
+    steps, halve = ladder.plan(cfg, batch="steps", **kw), ladder.plan(cfg, **kw)
+    assert steps["batch"] == "steps" and halve["batch"] == "halve"
+    for s in steps["sizes"]:
+        line_steps = s["budgets"][2]  # ratios ¼, ½, 1, 2: the third is the line's
+        # whole sequences, at least one: the smallest size's rounding is the coarsest
+        assert abs(math.log(line_steps / target_steps)) < math.log(1.3)
+    # the default rule halves the target's batch instead: its line points' steps spread far wider
+    spread = lambda p: max(s["budgets"][2] for s in p["sizes"]) / min(s["budgets"][2] for s in p["sizes"])
+    assert spread(steps) < 1.35 < spread(halve)
+    with pytest.raises(ScalingError, match="--batch"):
+        ladder.plan(cfg, batch="double", **kw)
+
+
 def test_infeasible_budgets_name_the_smallest_feasible_one():
     cfg = big_target()
     with pytest.raises(ScalingError, match=r"smallest feasible --max-fraction is [0-9.e-]+"):

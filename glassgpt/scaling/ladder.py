@@ -9,7 +9,8 @@ Transfer rule (written once; `rung_config` is the only place it lives):
 - **learning rate**: the trainer's own rule (`train.optim.lr_scale`: AdamW rates ∝ d^-1/2,
   Muon's rate fixed) — the rung and the target go through the same code path.
 - **batch**: the target's batch in sequences, halved until the shortest token budget of the
-  rung gets at least `min_steps` optimizer steps.
+  rung gets at least `min_steps` optimizer steps; or (`batch="steps"`) proportional to the rung's
+  tokens on the line, so that every point on the line takes the target's number of steps.
 - **token budgets**: each size trains on the target's tokens-per-parameter ratio R times
   `ratios` (default ¼, ½, 1, 2), as ONE warmup-stable-decay run: a stable run to the last
   decay start, and a linear cooldown over the last `cooldown_frac` of each budget branched
@@ -116,7 +117,7 @@ class Size:
 
 
 def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldown_frac: float,
-          warmup_frac: float, min_steps: int, line: str = "ratio") -> Size:
+          warmup_frac: float, min_steps: int, line: str = "ratio", batch: str = "halve") -> Size:
     m = rung_shape(target_cfg.model, width)
     c = flops_mod.count(dataclasses.replace(m, vocab_size=_vocab(target_cfg)))
     R = tgt["tokens"] / tgt["params_non_embedding"]
@@ -126,8 +127,12 @@ def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldo
         want = [tgt["tokens"] * r for r in ratios]
     else:
         want = [R * r * c.params_non_embedding for r in ratios]
-        while b > 1 and want[0] / (b * T) < min_steps:
-            b //= 2
+        if batch == "steps":  # the point on the line takes the target's number of steps: batch ∝ its tokens
+            on = min(range(len(ratios)), key=lambda i: abs(math.log(ratios[i])))
+            b = max(1, round(b * want[on] / tgt["tokens"]))
+        else:
+            while b > 1 and want[0] / (b * T) < min_steps:
+                b //= 2
     tps = b * T
     budgets = [max(1, round(w / tps)) for w in want]
     starts = [max(1, round((1 - cooldown_frac) * s)) for s in budgets]
@@ -138,14 +143,20 @@ def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldo
 
 def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float = 1e-2, n_sizes: int = 6,
          min_sizes: int = 5, span_decades: float = 1.5, ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
-         min_steps: int = 50, width_step: int = 16, flops_per_second: float | None = None, line: str = "ratio") -> dict:
+         min_steps: int = 50, width_step: int = 16, flops_per_second: float | None = None, line: str = "ratio",
+         batch: str = "halve") -> dict:
     """Choose the rungs; raise ScalingError naming the smallest feasible budget when none fit.
 
     line="ratio": each size trains on the target's tokens per parameter × `ratios`;
     line="tokens": each size trains on the target's tokens × `ratios` (ratios ≤ 1) with the target's
-    batch, so the rung on the line runs the target's exact schedule and differs only in width."""
+    batch, so the rung on the line runs the target's exact schedule and differs only in width.
+    The ratio line's batch: "halve" (the target's, halved until the shortest budget gets `min_steps`
+    steps) or "steps" (∝ the size's tokens on the line, so that point takes the target's number of
+    steps, as on the iso-token line; rounded to whole sequences, at least one)."""
     if line not in ("ratio", "tokens"):
         raise ScalingError(f"--line must be 'ratio' or 'tokens', not {line!r}")
+    if batch not in ("halve", "steps"):
+        raise ScalingError(f"--batch must be 'halve' or 'steps', not {batch!r}")
     if line == "tokens" and max(ratios) > 1:
         raise ScalingError(f"an iso-token ladder trains each size on at most the target's tokens; ratios {tuple(ratios)} exceed 1")
     if not (0 < max_fraction <= budget_fraction):
@@ -158,7 +169,7 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
     ratios = sorted(ratios)
 
     def make(w):
-        return _size(target_cfg, w, tgt, list(ratios), cool, t.warmup_frac, min_steps, line)
+        return _size(target_cfg, w, tgt, list(ratios), cool, t.warmup_frac, min_steps, line, batch)
 
     # every candidate width in the family, below the target's width
     cands = []
@@ -214,7 +225,7 @@ def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float 
     return {
         "version": PLAN_VERSION,
         "target": {**tgt, "config": target_cfg.to_dict(), "config_sha256": target_sha256(target_cfg.to_dict())},
-        "max_fraction": max_fraction, "budget_fraction": budget_fraction, "ratios": ratios, "line": line, "cooldown_frac": cool,
+        "max_fraction": max_fraction, "budget_fraction": budget_fraction, "ratios": ratios, "line": line, "batch": batch, "cooldown_frac": cool,
         "sizes": rungs,
         "max_run_flops": max(s.flops[-1] for s in chosen),
         "total_flops": total,

@@ -52,7 +52,8 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **k
     ladder_dir = out / "ladder"
     plan = ladder_mod.plan(cfg, max_fraction=opts["max_fraction"], budget_fraction=opts["budget_fraction"],
                            n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
-                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"))
+                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"),
+                           batch=opts.get("batch", "halve"))
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
