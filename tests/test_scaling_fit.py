@@ -310,3 +310,30 @@ def test_line_fit_is_on_block_compute_not_exact_flops():
     assert fit.predict_at(f, "line", tgt)[0] == pytest.approx(tgt["final_loss"]["v"], rel=1e-3)
     flops_fit = fit.fit("compute", [p["final_loss"]["v"] for p in pts], C=[p["flops"] for p in pts], n_boot=0)
     assert abs(fit.predict(flops_fit, C=tgt["flops"])[0] / tgt["final_loss"]["v"] - 1) > 5e-3
+
+
+def test_most_sets_before_a_transition_flag_the_rest():
+    """The regime is the rungs' training, whichever held-out set shows it: when most sets are
+    concave (the ratio-line bench: val and humaneval), a convex third set is not trusted either."""
+    from glassgpt.scaling import predict
+
+    def gradual(N, r):  # concave in log-log, as in the test above
+        lnC = math.log(6 * N * N * r / 1e12)
+        return 5.0 * math.exp(-0.05 * lnC - 0.003 * lnC ** 2)
+
+    pts = chinchilla_points()
+    for p in pts:
+        N, r = p["params_non_embedding"], p["tokens"] / p["params_non_embedding"]
+        p["final_loss"].update({"a": gradual(N, r), "b": gradual(N, r) * 1.1})
+    regimes = lambda names: {n: {"regime": fit.regime(pts, n, target_flops=1e20)} for n in names}
+    per_set = regimes(["v", "a", "b"])
+    assert per_set["v"]["regime"]["confident"] and per_set["a"]["regime"]["transient"]
+    predict.ladder_regime(per_set)
+    v = per_set["v"]["regime"]
+    assert not v["confident"] and "2 of 3 held-out sets (a, b)" in v["flags"][-1] and "--max-fraction ≥" in v["advice"]
+    # one concave set of three decides nothing for the others
+    pts2 = [dict(p, final_loss={**p["final_loss"], "w": p["final_loss"]["v"] * 1.05}) for p in pts]
+    per_set = {n: {"regime": fit.regime(pts2, n, target_flops=1e20)} for n in ("v", "w", "a")}
+    predict.ladder_regime(per_set)
+    assert per_set["v"]["regime"]["confident"] and per_set["w"]["regime"]["confident"]
+    assert not per_set["a"]["regime"]["confident"]

@@ -421,8 +421,10 @@ def regime(points: list[dict], name: str, target_flops: float, span_decades: flo
         if near_bigram:
             out["flags"].append(f"the largest rung ({math.exp(y[-1]):.3f} nats) beats a bigram model of the corpus "
                                 f"({reference:.3f}) by {margin:.1%} (< {reference_margin:.0%}): token pairs only, a plateau")
-    if abs(float(np.polyfit(x, y, 1)[0])) < 0.01:
+    flat = abs(float(np.polyfit(x, y, 1)[0])) < 0.01
+    if flat:
         out["flags"].append("loss is flat across the ladder (slope > −0.01): a plateau")
+    out["transient"] = bool(steep or concave or near_bigram or flat)  # the line's shape, not its fit, says so
     if llo_error is not None and abs(llo_error) > llo_tolerance:
         out["flags"].append(f"leaving the largest size out misses it by {llo_error:+.1%} (tolerance {llo_tolerance:.0%})")
     out["confident"] = not out["flags"]

@@ -115,8 +115,29 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
         bpn = [x["bpb_per_nat"][name] for x in done if name in x.get("bpb_per_nat", {})]
         entry["bpb_per_nat"] = sum(bpn) / len(bpn) if bpn else None
         per_set[name] = entry
+    ladder_regime(per_set)
     return {"plan": p, "points": pts, "done": done, "diverged": diverged, "sets": per_set,
             "max_run_flops": coll["max_run_flops"], "total_flops": coll["total_flops"]}
+
+
+def ladder_regime(per_set: dict) -> None:
+    """The rungs' regime belongs to their training, whichever set measures it: when most held-out
+    sets see the rungs before a transition, the others are not trusted either. (Ratio-line bench,
+    fourteenth session: stdlib_tests convex and called confident at 1/5, 6.5–8.4% off, while val and
+    humaneval of the same ladders were concave.)"""
+    shown = [n for n, e in per_set.items() if e["regime"].get("transient")]
+    if len(shown) * 2 <= len(per_set):
+        return
+    src = per_set[shown[0]]["regime"]
+    for name, e in per_set.items():
+        reg = e["regime"]
+        if name in shown:
+            continue
+        reg["flags"].append(f"{len(shown)} of {len(per_set)} held-out sets ({', '.join(shown)}) show the rungs "
+                            "before a transition")
+        reg["confident"] = False
+        for k in ("transition_flops_at_least", "needed_max_run_flops", "needed_max_fraction", "advice"):
+            reg.setdefault(k, src.get(k))
 
 
 def bigram_references(plan: dict) -> dict:
