@@ -13,6 +13,9 @@ regime check said. Nothing of a target feeds its fits (the target trains after i
 scores the predictions against the targets' report.json already there and prints the same table
 (and writes refit.json, seed*/predictions_refit.json); `--drift-correction` applies an optional
 correction of the point prediction (see predict.analyse; off by default; files refit_drift-*.json).
+`--line`, `--batch`, `--sizes`, `--ratios`, `--width-step`, `--min-steps` override the preset's ladder
+options; `--ladder-only` trains and registers the ladders but no target, so that two ladder rules can be
+scored against the same targets (link them in as seed<i>/target, then `--refit`).
 """
 
 from __future__ import annotations
