@@ -86,10 +86,8 @@ def main(argv=None):
         cfg = config.load(args.preset, ov)
         root = Path(args.out) / f"seed{seed}"
         lad = root / "ladder"
-        plan = ladder.plan(cfg, max_fraction=fractions[0], budget_fraction=max(opts["budget_fraction"], 3 * fractions[0]),
-                           n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
-                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"),
-                           batch=opts.get("batch", "halve"))
+        plan = ladder.plan(cfg, **{**speedrun.plan_kwargs(opts), "max_fraction": fractions[0],
+                                   "budget_fraction": max(opts["budget_fraction"], 3 * fractions[0])})
         ladder.save_plan(plan, lad)
         ladder.run(lad, capability=False)
         # predictions at every fraction are computed (and kept) before the target trains

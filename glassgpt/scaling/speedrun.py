@@ -36,6 +36,14 @@ def defaults_for(preset: str) -> dict:
     return dict(DEFAULTS.get(name, DEFAULTS["cpu"]))
 
 
+def plan_kwargs(opts: dict) -> dict:
+    """`ladder.plan`'s arguments from a preset's ladder options (a DEFAULTS entry, perhaps overridden)."""
+    return {"max_fraction": opts["max_fraction"], "budget_fraction": opts["budget_fraction"], "n_sizes": opts["n_sizes"],
+            "min_steps": opts["min_steps"], "width_step": opts["width_step"],
+            "ratios": tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), "line": opts.get("line", "ratio"),
+            "batch": opts.get("batch", "halve")}
+
+
 def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **kw) -> dict:
     from glassgpt.data.shards import prepare
     from glassgpt.scaling import capability as cap_mod
@@ -50,10 +58,7 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **k
     prepare(cfg.data)
     log.info("speedrun 2/5: ladder plan and runs")
     ladder_dir = out / "ladder"
-    plan = ladder_mod.plan(cfg, max_fraction=opts["max_fraction"], budget_fraction=opts["budget_fraction"],
-                           n_sizes=opts["n_sizes"], min_steps=opts["min_steps"], width_step=opts["width_step"],
-                           ratios=tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), line=opts.get("line", "ratio"),
-                           batch=opts.get("batch", "halve"))
+    plan = ladder_mod.plan(cfg, **plan_kwargs(opts))
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
