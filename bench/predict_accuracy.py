@@ -55,12 +55,7 @@ def main(argv=None):
     ap.add_argument("--ladder-only", action="store_true",
                     help="train the ladders and register their predictions, not the targets (score them later with "
                          "--refit, e.g. against a target another --out trained: link it as seed<i>/target)")
-    ap.add_argument("--line", choices=("ratio", "tokens"), default=None, help="the ladder's line (default: the preset's)")
-    ap.add_argument("--batch", choices=("halve", "steps"), default=None, help="the ratio line's batch rule (ladder.plan)")
-    ap.add_argument("--sizes", type=int, default=None, help="model sizes of the big ladder (default: the preset's)")
-    ap.add_argument("--ratios", default=None, help="token budgets of each size, comma-separated (default: the preset's)")
-    ap.add_argument("--width-step", type=int, default=None)
-    ap.add_argument("--min-steps", type=int, default=None)
+    add_ladder_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.replot:
@@ -68,14 +63,7 @@ def main(argv=None):
         print(table(rows, sorted({r["fraction"] for r in rows}, reverse=True)))
         print(plot(rows, Path(args.out) / "error_vs_fraction.png"))
         return 0
-    opts = speedrun.defaults_for(args.preset)
-    for k in ("line", "batch", "width_step", "min_steps"):
-        if getattr(args, k) is not None:
-            opts[k] = getattr(args, k)
-    if args.sizes is not None:
-        opts["n_sizes"] = args.sizes
-    if args.ratios is not None:
-        opts["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+    opts = ladder_opts(args)
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
                        [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
     if args.refit:
@@ -108,6 +96,29 @@ def main(argv=None):
     print(f"preset {args.preset} {' '.join(args.overrides)}: {args.seeds} seeds")
     print(table(rows, fractions))
     return 0
+
+
+def add_ladder_args(ap: argparse.ArgumentParser) -> None:
+    """Options that override the preset's ladder (speedrun.DEFAULTS); bench/lr_transfer.py shares them."""
+    ap.add_argument("--line", choices=("ratio", "tokens"), default=None, help="the ladder's line (default: the preset's)")
+    ap.add_argument("--batch", choices=("halve", "steps"), default=None, help="the ratio line's batch rule (ladder.plan)")
+    ap.add_argument("--sizes", type=int, default=None, help="model sizes of the big ladder (default: the preset's)")
+    ap.add_argument("--ratios", default=None, help="token budgets of each size, comma-separated (default: the preset's)")
+    ap.add_argument("--width-step", type=int, default=None)
+    ap.add_argument("--min-steps", type=int, default=None)
+
+
+def ladder_opts(args) -> dict:
+    """The preset's ladder options with the command line's overrides."""
+    opts = speedrun.defaults_for(args.preset)
+    for k in ("line", "batch", "width_step", "min_steps"):
+        if getattr(args, k) is not None:
+            opts[k] = getattr(args, k)
+    if args.sizes is not None:
+        opts["n_sizes"] = args.sizes
+    if args.ratios is not None:
+        opts["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+    return opts
 
 
 def refit(args, fractions) -> int:

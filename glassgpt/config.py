@@ -77,8 +77,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     optimizer: str = "muon"  # "muon" (hidden matrices) + AdamW (the rest), or "adamw"
-    lr: float = 0.0  # 0: derived (see optim.default_lr)
+    lr: float = 0.0  # 0: derived (see optim.param_groups)
     muon_lr: float = 0.02
+    adam_lr_mult: float = 1.0  # times the derived AdamW rates (embedding, head; all of them with adamw): LR sweeps
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     schedule: str = "wsd"  # "wsd" (warmup-stable-decay) or "cosine"
@@ -257,7 +258,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
     if t.schedule not in ("wsd", "cosine"):
         raise ConfigError(f"train.schedule must be 'wsd' or 'cosine', not '{t.schedule}'")
-    for name in ("batch_size", "grad_accum", "tokens", "eval_every", "checkpoint_every", "log_every"):
+    for name in ("batch_size", "grad_accum", "tokens", "eval_every", "checkpoint_every", "log_every", "adam_lr_mult"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"train.{name} must be positive")
     if m.depth <= 0 or m.seq_len <= 1:

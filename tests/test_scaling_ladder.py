@@ -441,3 +441,41 @@ def test_plan_takes_fewer_sizes_when_fewer_fit():
     cfg = config.load("gpu", ["model.depth=8", "data.vocab_size=4096", "train.tokens=200000000"])
     p = ladder.plan(cfg, max_fraction=1e-3, budget_fraction=1e-2, n_sizes=8)
     assert len(p["sizes"]) == 5 and p["max_run_flops"] <= 1e-3 * p["target"]["flops"]
+
+
+def test_lr_transfer_bench_finds_each_sizes_best_rate(tmp_path, monkeypatch, capsys):
+    """bench/lr_transfer.py: one ladder (and target) per multiplier of the swept rate, the knob reaching
+    every rung's config; per size the best multiplier and what the rule's own rate (×1) loses. The
+    stand-in trainer's loss is the law times a penalty that is least at ×2 for widths under 40 and at ×1 above."""
+    import importlib.util
+    import sys
+
+    def train(cfg, out, resume=False, init_from=None, lr_fn=None, save_at=()):
+        best = 2.0 if cfg.model.d_model < 40 else 1.0
+        L = fake_report(cfg, out)["heldout"]["val"]["loss"]  # the law's loss, then the rate's penalty on it
+        return fake_report(cfg, out, loss=L * (1 + 0.01 * math.log(cfg.train.adam_lr_mult / best) ** 2))
+
+    monkeypatch.setattr(trainer, "train", train)
+    bench_dir = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("lr_transfer", bench_dir / "lr_transfer.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(bench_dir))
+    monkeypatch.setattr(bench, "train", train)
+    with pytest.raises(SystemExit, match="include 1"):
+        bench.main(["--preset", "tiny", "--mults", "0.5,2", "--out", str(tmp_path)])
+    assert not tmp_path.joinpath("adam_x0.5").exists()  # refused before anything trained
+    assert bench.main(["--preset", "tiny", "--knob", "adam", "--mults", "0.5,1,2", "--target", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    plan = ladder.load_plan(tmp_path / "adam_x2" / "ladder")
+    assert all(s["config"]["train"]["adam_lr_mult"] == 2.0 for s in plan["sizes"])
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith(("w", "target"))}
+    for s in plan["sizes"]:
+        assert rows[s["name"]][4] == ("×2" if s["width"] < 40 else "×1")
+    assert rows["target"][4] == "×1" and rows["target"][5] == "+0.00%"
+    small = [s for s in plan["sizes"] if s["width"] < 40]
+    assert f"×1 best at {len(plan['sizes']) + 1 - len(small)}/{len(plan['sizes']) + 1}" in out
+

@@ -137,3 +137,23 @@ def test_muon_stacks_same_shaped_matrices_like_one_by_one():
         assert torch.allclose(p.detach(), want, atol=1e-6)
         s = torch.linalg.svdvals(u / max(1.0, m.size(0) / m.size(1)) ** 0.5)
         assert s.min() > 0.5 and s.max() < 1.5  # roughly orthogonal: singular values near 1
+
+
+def test_adam_lr_mult_scales_only_the_adamw_rates():
+    """train.adam_lr_mult (for learning-rate sweeps: bench/lr_transfer.py) multiplies the derived
+    embedding and head rates, leaves Muon's alone, and must be positive."""
+    from glassgpt import config
+    from glassgpt.errors import ConfigError
+    from glassgpt.model.gpt import GPT
+    from glassgpt.train import optim
+
+    cfg = config.load("tiny")
+    cfg.model.vocab_size = cfg.data.vocab_size
+    model = GPT(cfg.model)
+    adam1, muon1 = optim.param_groups(model, cfg)
+    cfg.train.adam_lr_mult = 2.0
+    adam2, muon2 = optim.param_groups(model, cfg)
+    assert [g["lr"] for g in adam2] == pytest.approx([2 * g["lr"] for g in adam1])
+    assert [g["lr"] for g in muon2] == [g["lr"] for g in muon1]
+    with pytest.raises(ConfigError, match="adam_lr_mult must be positive"):
+        config.load("tiny", ["train.adam_lr_mult=0"])

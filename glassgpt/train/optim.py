@@ -25,7 +25,7 @@ def lr_scale(d_model: int) -> float:
 
 def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
     """(adamw_groups, muon_groups) with learning rates from the transfer rule."""
-    t, s = cfg.train, lr_scale(cfg.model.d_model)
+    t, s = cfg.train, lr_scale(cfg.model.d_model) * cfg.train.adam_lr_mult
     emb = [model.wte.weight]
     head = [model.lm_head.weight]
     hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.")]
