@@ -27,6 +27,22 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def load_bench(name: str):
+    """A bench/ script as a module (bench/ on sys.path while it loads: benches import each other)."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench_dir))
+    return mod
+
+
 def tiny_overrides(corpus_dir, cache_dir, **extra) -> list[str]:
     ov = {
         "data.paths": f'["{corpus_dir}"]', "data.cache_dir": str(cache_dir), "data.heldout": "[humaneval]",

@@ -1,13 +1,14 @@
 """Fits, bootstrap, leave-largest-out and the regime check on synthetic points from known laws."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from glassgpt.errors import ScalingError
 from glassgpt.scaling import capability, fit
+
+from conftest import load_bench
 
 E, A, ALPHA, B, BETA = 1.7, 400.0, 0.34, 410.0, 0.28
 
@@ -266,11 +267,7 @@ def test_capability_problems_are_line_ends(code_tokenizer, task):
 def test_bench_regime_calibration_line():
     """The predict bench says how the regime check sorted its predictions (errors of the
     confident vs the rest, and how many large misses it refused to call confident)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("predict_accuracy", Path(__file__).parents[1] / "bench" / "predict_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("predict_accuracy")
     rows = [{"relative_error": e, "confident": c} for e, c in ((0.01, True), (-0.03, True), (0.02, False), (0.09, False), (-0.05, True))]
     line = bench.regime_calibration(rows)
     assert line == ("regime check: confident 3 (mean |err| 3.00%, largest 5.00%); not confident 2 (mean |err| 5.50%, "

@@ -15,7 +15,7 @@ from glassgpt.model import flops
 from glassgpt.scaling import fit, ladder, predict
 from glassgpt.train import trainer
 
-from conftest import tiny_overrides
+from conftest import load_bench, tiny_overrides
 
 E, A, ALPHA, B, BETA = 1.6, 300.0, 0.3, 350.0, 0.28
 
@@ -349,17 +349,8 @@ def test_capability_registered_and_verified(tmp_path, fake_train, capsys):
 def test_gpu_ladders_bench_merges_the_ladders_of_one_target(tmp_path, fake_train):
     """bench/gpu_ladders.py: sizes of several ladders of one target in one plan (the first ladder wins
     a name), an unfinished budget dropped from its size, ladders of another target refused."""
-    import importlib.util
-    import sys
 
-    bench_dir = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench_dir))
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_ladders", bench_dir / "gpu_ladders.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(bench_dir))
+    bench = load_bench("gpu_ladders")
     cfg = big_target()
     a, b = tmp_path / "a", tmp_path / "b"
     for d, frac in ((a, 1e-2), (b, 3e-2)):
@@ -384,14 +375,11 @@ def test_gpu_ladders_bench_merges_the_ladders_of_one_target(tmp_path, fake_train
 def test_capability_bench_leaves_out_an_unscored_line_point(tmp_path, fake_train):
     """bench/capability_accuracy.py: a line point with neither scores nor a checkpoint (a size a time
     limit stopped) is left out with a warning; an unscorable target is still an error."""
-    import importlib.util
 
     from glassgpt.errors import CheckpointError
     from glassgpt.scaling import capability, fit
 
-    spec = importlib.util.spec_from_file_location("capability_accuracy", Path(__file__).parents[1] / "bench" / "capability_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("capability_accuracy")
     root = tmp_path / "seed0"
     cfg = big_target()
     plan = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
@@ -447,8 +435,6 @@ def test_lr_transfer_bench_finds_each_sizes_best_rate(tmp_path, monkeypatch, cap
     """bench/lr_transfer.py: one ladder (and target) per multiplier of the swept rate, the knob reaching
     every rung's config; per size the best multiplier and what the rule's own rate (×1) loses. The
     stand-in trainer's loss is the law times a penalty that is least at ×2 for widths under 40 and at ×1 above."""
-    import importlib.util
-    import sys
 
     def train(cfg, out, resume=False, init_from=None, lr_fn=None, save_at=()):
         best = 2.0 if cfg.model.d_model < 40 else 1.0
@@ -456,14 +442,7 @@ def test_lr_transfer_bench_finds_each_sizes_best_rate(tmp_path, monkeypatch, cap
         return fake_report(cfg, out, loss=L * (1 + 0.01 * math.log(cfg.train.adam_lr_mult / best) ** 2))
 
     monkeypatch.setattr(trainer, "train", train)
-    bench_dir = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench_dir))
-    try:
-        spec = importlib.util.spec_from_file_location("lr_transfer", bench_dir / "lr_transfer.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(bench_dir))
+    bench = load_bench("lr_transfer")
     monkeypatch.setattr(bench, "train", train)
     with pytest.raises(SystemExit, match="include 1"):
         bench.main(["--preset", "tiny", "--mults", "0.5,2", "--out", str(tmp_path)])
