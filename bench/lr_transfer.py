@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from predict_accuracy import add_ladder_args, ladder_opts
+from predict_accuracy import add_ladder_args, ladder_opts, plan_kwargs_at
 
 from glassgpt import config
 from glassgpt.scaling import ladder, speedrun
@@ -49,15 +49,14 @@ def main(argv=None):
     if 1.0 not in mults or any(m <= 0 for m in mults):
         raise SystemExit(f"--mults must be positive and include 1 (the rule's own rate), not {args.mults}")
     opts = ladder_opts(args)
-    kwargs = speedrun.plan_kwargs(opts)
-    if args.max_fraction is not None:
-        kwargs.update(max_fraction=args.max_fraction, budget_fraction=max(opts["budget_fraction"], 3 * args.max_fraction))
-    base = config.load(args.preset, [o.lstrip("-") for o in args.overrides])
+    kwargs = speedrun.plan_kwargs(opts) if args.max_fraction is None else plan_kwargs_at(opts, args.max_fraction)
+    ov = [o.lstrip("-") for o in args.overrides]
+    base = config.load(args.preset, ov)
     field = KNOBS[args.knob]
     losses = {}  # multiplier -> {size name or "target": {set: loss or None (diverged)}}
     for m in mults:
         rate = getattr(base.train, field) * m
-        cfg = config.load(args.preset, [o.lstrip("-") for o in args.overrides] + [f"train.{field}={rate}"])
+        cfg = config.load(args.preset, ov + [f"train.{field}={rate}"])
         root = Path(args.out) / f"{args.knob}_x{m:g}"
         ladder.save_plan(ladder.plan(cfg, **kwargs), root / "ladder")
         ladder.run(root / "ladder", capability=False)

@@ -74,8 +74,7 @@ def main(argv=None):
         cfg = config.load(args.preset, ov)
         root = Path(args.out) / f"seed{seed}"
         lad = root / "ladder"
-        plan = ladder.plan(cfg, **{**speedrun.plan_kwargs(opts), "max_fraction": fractions[0],
-                                   "budget_fraction": max(opts["budget_fraction"], 3 * fractions[0])})
+        plan = ladder.plan(cfg, **plan_kwargs_at(opts, fractions[0]))
         ladder.save_plan(plan, lad)
         ladder.run(lad, capability=False)
         # predictions at every fraction are computed (and kept) before the target trains
@@ -119,6 +118,12 @@ def ladder_opts(args) -> dict:
     if args.ratios is not None:
         opts["ratios"] = tuple(float(r) for r in args.ratios.split(","))
     return opts
+
+
+def plan_kwargs_at(opts: dict, max_fraction: float) -> dict:
+    """`ladder.plan`'s arguments with the largest rung at `max_fraction` (the whole ladder allowed ≥ 3× it)."""
+    return {**speedrun.plan_kwargs(opts), "max_fraction": max_fraction,
+            "budget_fraction": max(opts["budget_fraction"], 3 * max_fraction)}
 
 
 def refit(args, fractions) -> int:

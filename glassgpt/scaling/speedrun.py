@@ -36,12 +36,16 @@ def defaults_for(preset: str) -> dict:
     return dict(DEFAULTS.get(name, DEFAULTS["cpu"]))
 
 
+PLAN_OPTIONS = ("max_fraction", "budget_fraction", "n_sizes", "min_steps", "width_step", "ratios", "line", "batch")
+
+
 def plan_kwargs(opts: dict) -> dict:
-    """`ladder.plan`'s arguments from a preset's ladder options (a DEFAULTS entry, perhaps overridden)."""
-    return {"max_fraction": opts["max_fraction"], "budget_fraction": opts["budget_fraction"], "n_sizes": opts["n_sizes"],
-            "min_steps": opts["min_steps"], "width_step": opts["width_step"],
-            "ratios": tuple(opts.get("ratios", (0.25, 0.5, 1.0, 2.0))), "line": opts.get("line", "ratio"),
-            "batch": opts.get("batch", "halve")}
+    """`ladder.plan`'s arguments from a preset's ladder options (a DEFAULTS entry, perhaps overridden);
+    an option the preset leaves out takes `ladder.plan`'s default."""
+    kw = {k: opts[k] for k in PLAN_OPTIONS if k in opts}
+    if "ratios" in kw:
+        kw["ratios"] = tuple(kw["ratios"])
+    return kw
 
 
 def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, **kw) -> dict:
