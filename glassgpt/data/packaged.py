@@ -246,7 +246,7 @@ def _deb_data_tar(deb: Path, workdir: Path) -> Path:
     """The .deb's filesystem tar. dpkg-deb where installed; else the ar container is read here,
     which handles the gzip/xz/bzip2 payloads Python's tarfile knows (enough for Debian)."""
     out = workdir / "data.tar"
-    if shutil.which("dpkg-deb"):
+    if _which("dpkg-deb"):
         with open(out, "wb") as f:
             proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=f, stderr=subprocess.PIPE, text=False)
         if proc.returncode != 0:
