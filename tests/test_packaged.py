@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -187,6 +188,25 @@ def test_interrupted_fetch_leaves_no_manifest_and_is_rebuilt(fake, tmp_path, mon
     res = packaged.fetch(["tiny-py"], cache_dir=tmp_path)
     assert res["tiny-py"].status == "fetched"
     assert packaged.verify("tiny-py", tmp_path)["version"] == "1.0"
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed here")
+def test_deb_through_dpkg_deb_matches_the_builtin_reader(fake, tmp_path, monkeypatch):
+    packaged.fetch(["tiny-deb"], cache_dir=tmp_path / "a")
+    monkeypatch.setattr(packaged, "_which", lambda c: True)  # now dpkg-deb reads the .deb
+    packaged.fetch(["tiny-deb"], cache_dir=tmp_path / "b")
+    a, b = (json.loads((tmp_path / d / "tiny-deb" / "manifest.json").read_text()) for d in "ab")
+    assert a["files"] == b["files"] and len(a["files"]) == 1
+
+
+def test_unwritable_cache_is_one_line_too(fake, tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(packaged, "unpack", full)
+    res = packaged.fetch(["tiny-py"], cache_dir=tmp_path)
+    assert res["tiny-py"].error == "source tiny-py: OSError: [Errno 28] No space left on device"
+    assert not (tmp_path / "tiny-py").exists()
 
 
 def test_missing_client_is_one_line_and_others_build(fake, tmp_path, monkeypatch):

