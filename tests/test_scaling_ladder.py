@@ -232,7 +232,7 @@ def test_cli_plan_and_errors(capsys, tmp_path):
                    "--model.depth=6", "--max-fraction", "1e-2", "--budget-fraction", "5e-2", "--ladder", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "largest rung" in out and (tmp_path / "plan.json").exists()
-    rc = cli.main(["ladder", "plan", "--target", "tiny"])
+    rc = cli.main(["ladder", "plan", "--target", "tiny", "--max-fraction", "1e-3", "--budget-fraction", "1e-2"])
     err = capsys.readouterr().err
     assert rc == 2 and "larger target" in err and "Traceback" not in err
     rc = cli.main(["verify", "--prediction", str(tmp_path / "nope.json"), "--run", str(tmp_path), "--out", str(tmp_path / "o")])
