@@ -21,7 +21,6 @@ scored against the same targets (link them in as seed<i>/target, then `--refit`)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -111,9 +110,9 @@ def add_ladder_args(ap: argparse.ArgumentParser) -> None:
 def ladder_opts(args) -> config.ScalingConfig:
     """The preset's ladder (its `scaling` section, after the target's overrides) with this command line's flags."""
     opts = config.load(args.preset, config.parse_overrides(args.overrides)).scaling
-    flags = {"line": args.line, "batch": args.batch, "n_sizes": args.sizes, "width_step": args.width_step,
-             "min_steps": args.min_steps, "ratios": tuple(float(r) for r in args.ratios.split(",")) if args.ratios else None}
-    return dataclasses.replace(opts, **{k: v for k, v in flags.items() if v is not None})
+    return opts.updated(line=args.line, batch=args.batch, n_sizes=args.sizes, width_step=args.width_step,
+                        min_steps=args.min_steps,
+                        ratios=tuple(float(r) for r in args.ratios.split(",")) if args.ratios else None)
 
 
 def plan_kwargs_at(opts: config.ScalingConfig, max_fraction: float) -> dict:

@@ -3,7 +3,6 @@ the work is in glassgpt.scaling."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from glassgpt import config
@@ -28,11 +27,10 @@ def cmd_plan(args):
     from glassgpt.scaling import ladder
 
     cfg = _target(args)
-    flags = {"max_fraction": args.max_fraction, "budget_fraction": args.budget_fraction, "n_sizes": args.sizes,
-             "min_steps": args.min_steps, "width_step": args.width_step, "line": args.line, "batch": args.batch,
-             "ratios": _ratios(args.ratios) if args.ratios is not None else None}
     # a flag overrides the target's scaling: section (which holds the defaults), like --scaling.key=value
-    opts = dataclasses.replace(cfg.scaling, **{k: v for k, v in flags.items() if v is not None})
+    opts = cfg.scaling.updated(max_fraction=args.max_fraction, budget_fraction=args.budget_fraction, n_sizes=args.sizes,
+                               min_steps=args.min_steps, width_step=args.width_step, line=args.line, batch=args.batch,
+                               ratios=_ratios(args.ratios) if args.ratios is not None else None)
     p = ladder.plan(cfg, flops_per_second=args.flops_per_second, **opts.plan_kwargs())
     print(ladder.format_plan(p))
     if args.ladder:

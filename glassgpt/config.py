@@ -159,6 +159,10 @@ class ScalingConfig:
     batch: str = "halve"  # the ratio line's batch rule: "halve" or "steps" (ladder.plan)
     n_boot: int = 200  # bootstrap resamples of the registered prediction's intervals
 
+    def updated(self, **given) -> "ScalingConfig":
+        """A copy with the fields that are given (not None) replaced: command-line flags over a preset."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
     def plan_kwargs(self) -> dict:
         """`ladder.plan`'s keyword arguments (every field but n_boot, which the prediction uses)."""
         kw = dataclasses.asdict(self)
