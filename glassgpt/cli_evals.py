@@ -28,8 +28,8 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 def run_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="glassgpt eval", description="Run an eval or eval set (openai/evals registry format). "
-                                "Other forms: `glassgpt eval list`, `glassgpt eval report RECORD...`, "
-                                "`glassgpt eval fetch-registry`.")
+                       "Other forms: `glassgpt eval list`, `glassgpt eval report RECORD...`, "
+                       "`glassgpt eval fetch-registry`.")
     p.add_argument("completion_fn", help="model[,grader]: scripted[:echo|:const:TEXT|:file:PATH], local:RUN_DIR, "
                    "completions:MODEL, or a chat model name on an OpenAI-compatible endpoint")
     p.add_argument("eval", help="an eval or eval set name from the registries")
@@ -149,7 +149,7 @@ def cmd_fetch(argv: list[str]) -> int:
     from glassgpt.evals.fetch import EVALS_VERSION, fetch_registry
 
     p = ArgumentParser(prog="glassgpt eval fetch-registry",
-                                description="Download the evals wheel (pip download --no-deps) and unpack only evals/registry/.")
+                       description="Download the evals wheel (pip download --no-deps) and unpack only evals/registry/.")
     p.add_argument("--dest", default=None, help="cache directory (default ~/.cache/glassgpt/evals-registry)")
     p.add_argument("--version", default=EVALS_VERSION)
     p.add_argument("--wheel", default=None, help="unpack this already-downloaded wheel instead")
