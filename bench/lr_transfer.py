@@ -26,7 +26,7 @@ from pathlib import Path
 from predict_accuracy import add_ladder_args, ladder_opts, plan_kwargs_at
 
 from glassgpt import config
-from glassgpt.scaling import ladder, speedrun
+from glassgpt.scaling import ladder
 from glassgpt.train import checkpoint
 from glassgpt.train.trainer import train
 
@@ -49,8 +49,8 @@ def main(argv=None):
     if 1.0 not in mults or any(m <= 0 for m in mults):
         raise SystemExit(f"--mults must be positive and include 1 (the rule's own rate), not {args.mults}")
     opts = ladder_opts(args)
-    kwargs = speedrun.plan_kwargs(opts) if args.max_fraction is None else plan_kwargs_at(opts, args.max_fraction)
-    ov = [o.lstrip("-") for o in args.overrides]
+    kwargs = opts.plan_kwargs() if args.max_fraction is None else plan_kwargs_at(opts, args.max_fraction)
+    ov = config.parse_overrides(args.overrides)
     base = config.load(args.preset, ov)
     field = KNOBS[args.knob]
     losses = {}  # multiplier -> {size name or "target": {set: loss or None (diverged)}}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from glassgpt import config
 from glassgpt.errors import ScalingError
-from glassgpt.scaling import ladder, predict, speedrun
+from glassgpt.scaling import ladder, predict
 from glassgpt.train import checkpoint
 from glassgpt.train.trainer import train
 
@@ -65,12 +65,12 @@ def main(argv=None):
         return 0
     opts = ladder_opts(args)
     fractions = sorted((float(f) for f in args.fractions.split(",")) if args.fractions else
-                       [opts["max_fraction"], opts["max_fraction"] / 3, opts["max_fraction"] / 10], reverse=True)
+                       [opts.max_fraction, opts.max_fraction / 3, opts.max_fraction / 10], reverse=True)
     if args.refit:
         return refit(args, fractions)
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        ov = [o.lstrip("-") for o in args.overrides] + [f"train.seed={1337 + seed}"]
+        ov = config.parse_overrides(args.overrides) + [f"train.seed={1337 + seed}"]
         cfg = config.load(args.preset, ov)
         root = Path(args.out) / f"seed{seed}"
         lad = root / "ladder"
@@ -98,7 +98,7 @@ def main(argv=None):
 
 
 def add_ladder_args(ap: argparse.ArgumentParser) -> None:
-    """Options that override the preset's ladder (speedrun.DEFAULTS); bench/lr_transfer.py shares them."""
+    """Options that override the preset's ladder (its `scaling` section); bench/lr_transfer.py shares them."""
     ap.add_argument("--line", choices=("ratio", "tokens"), default=None, help="the ladder's line (default: the preset's)")
     ap.add_argument("--batch", choices=("halve", "steps"), default=None, help="the ratio line's batch rule (ladder.plan)")
     ap.add_argument("--sizes", type=int, default=None, help="model sizes of the big ladder (default: the preset's)")
@@ -107,23 +107,18 @@ def add_ladder_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--min-steps", type=int, default=None)
 
 
-def ladder_opts(args) -> dict:
-    """The preset's ladder options with the command line's overrides."""
-    opts = speedrun.defaults_for(args.preset)
-    for k in ("line", "batch", "width_step", "min_steps"):
-        if getattr(args, k) is not None:
-            opts[k] = getattr(args, k)
-    if args.sizes is not None:
-        opts["n_sizes"] = args.sizes
-    if args.ratios is not None:
-        opts["ratios"] = tuple(float(r) for r in args.ratios.split(","))
-    return opts
+def ladder_opts(args) -> config.ScalingConfig:
+    """The preset's ladder (its `scaling` section, after the target's overrides) with this command line's flags."""
+    opts = config.load(args.preset, config.parse_overrides(args.overrides)).scaling
+    return opts.updated(line=args.line, batch=args.batch, n_sizes=args.sizes, width_step=args.width_step,
+                        min_steps=args.min_steps,
+                        ratios=tuple(float(r) for r in args.ratios.split(",")) if args.ratios else None)
 
 
-def plan_kwargs_at(opts: dict, max_fraction: float) -> dict:
+def plan_kwargs_at(opts: config.ScalingConfig, max_fraction: float) -> dict:
     """`ladder.plan`'s arguments with the largest rung at `max_fraction` (the whole ladder allowed ≥ 3× it)."""
-    return {**speedrun.plan_kwargs(opts), "max_fraction": max_fraction,
-            "budget_fraction": max(opts["budget_fraction"], 3 * max_fraction)}
+    return {**opts.plan_kwargs(), "max_fraction": max_fraction,
+            "budget_fraction": max(opts.budget_fraction, 3 * max_fraction)}
 
 
 def refit(args, fractions) -> int:

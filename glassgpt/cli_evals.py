@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from glassgpt.errors import ArgumentParser, exit_code
 
 SUBCOMMANDS = ("list", "report", "fetch-registry")
 
@@ -26,9 +27,9 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glassgpt eval", description="Run an eval or eval set (openai/evals registry format). "
-                                "Other forms: `glassgpt eval list`, `glassgpt eval report RECORD...`, "
-                                "`glassgpt eval fetch-registry`.")
+    p = ArgumentParser(prog="glassgpt eval", description="Run an eval or eval set (openai/evals registry format). "
+                       "Other forms: `glassgpt eval list`, `glassgpt eval report RECORD...`, "
+                       "`glassgpt eval fetch-registry`.")
     p.add_argument("completion_fn", help="model[,grader]: scripted[:echo|:const:TEXT|:file:PATH], local:RUN_DIR, "
                    "completions:MODEL, or a chat model name on an OpenAI-compatible endpoint")
     p.add_argument("eval", help="an eval or eval set name from the registries")
@@ -103,7 +104,7 @@ def cmd_run(argv: list[str]) -> int:
 def cmd_list(argv: list[str]) -> int:
     from glassgpt.evals.registry import Registry, env_registry_paths
 
-    p = argparse.ArgumentParser(prog="glassgpt eval list", description="List the evals the registries hold.")
+    p = ArgumentParser(prog="glassgpt eval list", description="List the evals the registries hold.")
     _registry_args(p)
     p.add_argument("--all", action="store_true", help="also list evals whose class glassgpt does not implement")
     p.add_argument("--json", action="store_true")
@@ -133,7 +134,7 @@ def cmd_list(argv: list[str]) -> int:
 def cmd_report(argv: list[str]) -> int:
     from glassgpt.evals.report import render, rows
 
-    p = argparse.ArgumentParser(prog="glassgpt eval report", description="Compare eval record files (ours or openai/evals').")
+    p = ArgumentParser(prog="glassgpt eval report", description="Compare eval record files (ours or openai/evals').")
     p.add_argument("records", nargs="+")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -147,8 +148,8 @@ def cmd_report(argv: list[str]) -> int:
 def cmd_fetch(argv: list[str]) -> int:
     from glassgpt.evals.fetch import EVALS_VERSION, fetch_registry
 
-    p = argparse.ArgumentParser(prog="glassgpt eval fetch-registry",
-                                description="Download the evals wheel (pip download --no-deps) and unpack only evals/registry/.")
+    p = ArgumentParser(prog="glassgpt eval fetch-registry",
+                       description="Download the evals wheel (pip download --no-deps) and unpack only evals/registry/.")
     p.add_argument("--dest", default=None, help="cache directory (default ~/.cache/glassgpt/evals-registry)")
     p.add_argument("--version", default=EVALS_VERSION)
     p.add_argument("--wheel", default=None, help="unpack this already-downloaded wheel instead")
@@ -164,28 +165,26 @@ def dispatch(argv: list[str]) -> int:
     return cmd_run(argv)
 
 
-def _handle(args, extra=None) -> int:
+def _handle(args) -> int:
     try:
-        return dispatch(list(args.eval_argv) + list(extra or []))
+        return dispatch(list(args.eval_argv))
     except KeyboardInterrupt:
         print("interrupted (finished samples are in the record; continue with --resume)", file=sys.stderr)
         return 130
 
 
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `eval` on the main CLI; everything after `eval` goes to dispatch()."""
-    s = subparsers.add_parser("eval", help="Run evals (openai/evals registry format), list them, compare records.",
-                              add_help=False, prefix_chars="\0")
+def add_eval(sub, name):
+    """`eval` on the main CLI; everything after it goes to dispatch() (prefix_chars: no option is
+    the main parser's, so `glassgpt eval --help` is the eval parser's help)."""
+    s = sub.add_parser(name, help="Run evals (openai/evals registry format), list them, compare records.",
+                       add_help=False, prefix_chars="\0")
     s.add_argument("eval_argv", nargs=argparse.REMAINDER)
-    s.set_defaults(fn=_handle, func=_handle)
-    return s
+    s.set_defaults(fn=_handle)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m glassgpt.cli_evals ARGS` is `glassgpt eval ARGS` (one error handler, in cli.py)."""
-    from glassgpt.cli import main as cli_main
-
-    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+    """`python -m glassgpt.cli_evals ARGS` is `glassgpt eval ARGS`, with the same one-line errors."""
+    return exit_code(_handle, argparse.Namespace(eval_argv=sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import json
 
-
-def _overrides(extra):
-    from glassgpt.cli import _split_overrides
-
-    return _split_overrides(extra)
+from glassgpt import config
+from glassgpt.errors import ScalingError
 
 
-def _target(args, extra):
-    from glassgpt import config
-
-    return config.load(args.target, _overrides(extra))
+def _target(args) -> config.Config:
+    return config.load(args.target, args.overrides)
 
 
 def _ratios(text: str) -> tuple[float, ...]:
-    from glassgpt.errors import ScalingError
-
     try:
         r = tuple(float(x) for x in text.split(","))
     except ValueError:
@@ -30,13 +23,15 @@ def _ratios(text: str) -> tuple[float, ...]:
     return r
 
 
-def cmd_plan(args, extra):
+def cmd_plan(args):
     from glassgpt.scaling import ladder
 
-    p = ladder.plan(_target(args, extra), max_fraction=args.max_fraction, budget_fraction=args.budget_fraction,
-                    n_sizes=args.sizes, min_steps=args.min_steps, width_step=args.width_step,
-                    flops_per_second=args.flops_per_second, ratios=_ratios(args.ratios), line=args.line,
-                    batch=args.batch)
+    cfg = _target(args)
+    # a flag overrides the target's scaling: section (which holds the defaults), like --scaling.key=value
+    opts = cfg.scaling.updated(max_fraction=args.max_fraction, budget_fraction=args.budget_fraction, n_sizes=args.sizes,
+                               min_steps=args.min_steps, width_step=args.width_step, line=args.line, batch=args.batch,
+                               ratios=_ratios(args.ratios) if args.ratios is not None else None)
+    p = ladder.plan(cfg, flops_per_second=args.flops_per_second, **opts.plan_kwargs())
     print(ladder.format_plan(p))
     if args.ladder:
         print(f"plan written to {ladder.save_plan(p, args.ladder)}")
@@ -84,11 +79,13 @@ def cmd_fit(args):
             json.dump({k: v for k, v in a.items() if k != "plan"}, f, indent=1, default=str)
 
 
-def cmd_predict(args, extra):
+def cmd_predict(args):
     from glassgpt.scaling import predict
 
-    doc = predict.register(_target(args, extra), args.ladder, args.out, target_dir=args.target_dir,
-                           n_boot=args.n_boot, allow_unconfident=args.allow_unconfident)
+    cfg = _target(args)
+    n_boot = cfg.scaling.n_boot if args.n_boot is None else args.n_boot
+    doc = predict.register(cfg, args.ladder, args.out, target_dir=args.target_dir, n_boot=n_boot,
+                           allow_unconfident=args.allow_unconfident)
     for k, p in doc["prediction"].items():
         print(f"{k}: {p['loss']:.4f} nats/token [{p['ci90'][0]:.4f}, {p['ci90'][1]:.4f}] ({p['fit']})"
               f"{'' if p['confident'] else ' — NOT CONFIDENT: regime check failed'}")
@@ -111,29 +108,35 @@ def cmd_verify(args):
     print(f"wrote {args.out}/report.json, report.md, scaling.png")
 
 
-def add_scaling_parser(sub) -> None:
-    lad = sub.add_parser("ladder", help="Plan, run and fit the scaling ladder.")
+def _preset_help() -> str:
+    return f"the target: a preset ({', '.join(config.preset_names())}) or a YAML config file"
+
+
+def add_ladder(sub, name):
+    lad = sub.add_parser(name, help="Plan, run and fit the scaling ladder.")
     lsub = lad.add_subparsers(dest="ladder_command", required=True)
     p = lsub.add_parser("plan", help="Choose the rungs for a target; print the table (and save it with --ladder). "
-                        "Extra --section.key=value arguments override the target config.")
-    p.add_argument("--target", required=True, help="the target: a preset name or a YAML config file")
+                        "The options default to the target's scaling: section; extra --section.key=value arguments "
+                        "override the target config.")
+    p.add_argument("--target", required=True, help=_preset_help())
     p.add_argument("--ladder", default=None, help="ladder directory to write plan.json into")
-    p.add_argument("--max-fraction", type=float, default=1e-3, help="largest rung's FLOPs / the target's (default 1e-3)")
-    p.add_argument("--budget-fraction", type=float, default=1e-2, help="whole ladder's FLOPs / the target's (default 1e-2)")
-    p.add_argument("--sizes", type=int, default=6, help="model sizes (≥ 5)")
-    p.add_argument("--min-steps", type=int, default=50, help="optimizer steps of the shortest budget")
-    p.add_argument("--width-step", type=int, default=16, help="rung widths are multiples of this")
+    d = "(default: the target's scaling.%s)"
+    p.add_argument("--max-fraction", type=float, default=None, help="largest rung's FLOPs / the target's " + d % "max_fraction")
+    p.add_argument("--budget-fraction", type=float, default=None, help="whole ladder's FLOPs / the target's " + d % "budget_fraction")
+    p.add_argument("--sizes", type=int, default=None, help="model sizes (≥ 5) " + d % "n_sizes")
+    p.add_argument("--min-steps", type=int, default=None, help="optimizer steps of the shortest budget " + d % "min_steps")
+    p.add_argument("--width-step", type=int, default=None, help="rung widths are multiples of this " + d % "width_step")
     p.add_argument("--flops-per-second", type=float, default=None, help="for the time estimate")
-    p.add_argument("--ratios", default="0.25,0.5,1,2",
-                   help="token budgets of each size, as multiples of the target's tokens per parameter")
-    p.add_argument("--line", default="ratio", choices=("ratio", "tokens"),
+    p.add_argument("--ratios", default=None, help="token budgets of each size, comma-separated, as multiples of the "
+                   "target's tokens per parameter (or of its tokens on the iso-token line) " + d % "ratios")
+    p.add_argument("--line", default=None, choices=("ratio", "tokens"),
                    help="ratio: each size at the target's tokens per parameter; tokens: each size on the target's "
-                        "own tokens and schedule (iso-token), only the width differs")
-    p.add_argument("--batch", default="halve", choices=("halve", "steps"),
+                        "own tokens and schedule (iso-token), only the width differs " + d % "line")
+    p.add_argument("--batch", default=None, choices=("halve", "steps"),
                    help="the ratio line's batch: halve (the target's, halved until the shortest budget gets "
                         "--min-steps steps) or steps (∝ the size's tokens, so its point on the line takes the "
-                        "target's number of steps)")
-    p.set_defaults(fn=cmd_plan)
+                        "target's number of steps) " + d % "batch")
+    p.set_defaults(fn=cmd_plan, takes_overrides=True)
     r = lsub.add_parser("run", help="Train the planned rungs (finished ones are skipped).")
     r.add_argument("--ladder", required=True)
     r.add_argument("--workers", type=int, default=1, help="parallel worker processes on this machine")
@@ -146,23 +149,23 @@ def add_scaling_parser(sub) -> None:
     f.add_argument("--llo-tolerance", type=float, default=0.01)
     f.add_argument("--json", default=None, help="also write the analysis here")
     f.set_defaults(fn=cmd_fit)
-    pr = sub.add_parser("predict", help="Register a prediction for a target before it trains. "
+
+
+def add_predict(sub, name):
+    pr = sub.add_parser(name, help="Register a prediction for a target before it trains. "
                         "Extra --section.key=value arguments override the target config.")
-    pr.add_argument("--target", required=True)
+    pr.add_argument("--target", required=True, help=_preset_help())
     pr.add_argument("--ladder", required=True)
     pr.add_argument("--out", default="prediction.json")
     pr.add_argument("--target-dir", default=None, help="the target's run directory: refused if it has started")
-    pr.add_argument("--n-boot", type=int, default=200)
+    pr.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: the target's scaling.n_boot)")
     pr.add_argument("--allow-unconfident", action="store_true", help="register even when the regime check fails (flagged)")
-    pr.set_defaults(fn=cmd_predict)
-    v = sub.add_parser("verify", help="Compare a registered prediction with the trained target; write the report.")
+    pr.set_defaults(fn=cmd_predict, takes_overrides=True)
+
+
+def add_verify(sub, name):
+    v = sub.add_parser(name, help="Compare a registered prediction with the trained target; write the report.")
     v.add_argument("--prediction", required=True)
     v.add_argument("--run", required=True, help="the target's run directory")
     v.add_argument("--out", required=True, help="where report.json, report.md and scaling.png go")
     v.set_defaults(fn=cmd_verify)
-    sr = sub.choices.get("speedrun")
-    if sr is not None:
-        sr.description = ("The main job: data, tokenizer, scaling ladder, registered prediction, target training and "
-                          "verification (report.json, report.md, scaling.png). Resumable. Extra --section.key=value "
-                          "arguments override the preset.")
-        sr.add_argument("--workers", type=int, default=1, help="parallel worker processes for the ladder")

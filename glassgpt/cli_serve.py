@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 
@@ -65,8 +64,8 @@ def cmd_usage(args):
         print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
 
 
-def add_serve_parser(sub) -> None:
-    s = sub.add_parser("serve", help="Serve checkpoints through an OpenAI-compatible API and a web chat page.")
+def add_serve(sub, name):
+    s = sub.add_parser(name, help="Serve checkpoints through an OpenAI-compatible API and a web chat page.")
     s.add_argument("--checkpoint", action="append", required=True, metavar="DIR", help="run or checkpoint directory (repeatable)")
     s.add_argument("--model-name", action="append", metavar="NAME", help="model id for each --checkpoint (default: the run directory's name)")
     s.add_argument("--host", default="127.0.0.1")
@@ -83,7 +82,9 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")
     s.set_defaults(fn=cmd_serve)
 
-    c = sub.add_parser("chat", help="Chat in the terminal with a checkpoint or a running server.")
+
+def add_chat(sub, name):
+    c = sub.add_parser(name, help="Chat in the terminal with a checkpoint or a running server.")
     c.add_argument("--checkpoint", metavar="DIR")
     c.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     c.add_argument("--api-key", default=None, help="key for --base-url (default $OPENAI_API_KEY)")
@@ -96,7 +97,9 @@ def add_serve_parser(sub) -> None:
                    help="attach an image (PNG, JPEG, WebP, GIF) to the first message (repeatable; a vision model)")
     c.set_defaults(fn=cmd_chat)
 
-    k = sub.add_parser("keys", help="Create, list and revoke API keys.")
+
+def add_keys(sub, name):
+    k = sub.add_parser(name, help="Create, list and revoke API keys.")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create a key (printed once)")
     kc.add_argument("--name", default="default")
@@ -107,15 +110,11 @@ def add_serve_parser(sub) -> None:
     kr.add_argument("key_id")
     for p in (kc, ksub.choices["list"], kr):
         p.add_argument("--db", default=DEFAULT_DB, help="SQLite file for keys and usage")
-        p.set_defaults(fn=cmd_keys)
+        p.set_defaults(fn=cmd_keys, uses_torch=False)  # a key is made in milliseconds: no torch import
 
-    u = sub.add_parser("usage", help="Print token and cost totals by key and day.")
+
+def add_usage(sub, name):
+    u = sub.add_parser(name, help="Print token and cost totals by key and day.")
     u.add_argument("--db", default=DEFAULT_DB)
     u.add_argument("--by", default="key,day", help="grouping: any of key, day, model, comma-separated")
-    u.set_defaults(fn=cmd_usage)
-
-
-def _selftest_parser() -> argparse.ArgumentParser:  # used by tests when cli.py lacks the hook
-    p = argparse.ArgumentParser(prog="glassgpt")
-    add_serve_parser(p.add_subparsers(dest="command", required=True))
-    return p
+    u.set_defaults(fn=cmd_usage, uses_torch=False)

@@ -139,14 +139,50 @@ class VisionConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """How to plan the scaling ladder when this config is the target (glassgpt.scaling.ladder.plan).
+
+    The one table of ladder defaults: `ladder.plan`'s keyword defaults are these fields, a preset's
+    `scaling:` section overrides them, and `glassgpt ladder plan`, the speedrun and the benches all
+    read the result. It describes the ladder, not the run, so it is left out of `Config.to_dict`
+    (a run's config.yaml and its sha256 do not depend on how a ladder for it would be planned)."""
+
+    max_fraction: float = 1e-3  # largest rung's FLOPs / the target's
+    budget_fraction: float = 1e-2  # the whole ladder's FLOPs / the target's
+    n_sizes: int = 6  # model sizes wanted (fewer if fewer fit, never under min_sizes)
+    min_sizes: int = 5  # the fewest sizes a fit is made from
+    span_decades: float = 1.5  # the sizes' compute spans at least this many decades
+    ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # token budgets per size (see `line`)
+    min_steps: int = 50  # optimizer steps of the shortest budget
+    width_step: int = 16  # rung widths are multiples of this
+    line: str = "ratio"  # "ratio": the target's tokens per parameter; "tokens": the target's own tokens
+    batch: str = "halve"  # the ratio line's batch rule: "halve" or "steps" (ladder.plan)
+    n_boot: int = 200  # bootstrap resamples of the registered prediction's intervals
+
+    def updated(self, **given) -> "ScalingConfig":
+        """A copy with the fields that are given (not None) replaced: command-line flags over a preset."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def plan_kwargs(self) -> dict:
+        """`ladder.plan`'s keyword arguments (every field but n_boot, which the prediction uses)."""
+        kw = dataclasses.asdict(self)
+        kw.pop("n_boot")
+        kw["ratios"] = tuple(kw["ratios"])
+        return kw
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict:
+        """The run's identity (config.yaml, sha256): model/data/train, and vision where enabled."""
         d = dataclasses.asdict(self)
+        d.pop("scaling")  # the ladder's plan options, not the run's (see ScalingConfig)
         if self.vision == VisionConfig():  # text runs: same dict (and sha256) as before vision existed
             d.pop("vision")
         return d
@@ -158,11 +194,33 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig,
+            "scaling": ScalingConfig}
 
 
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("glassgpt.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def parse_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides as `section.key=value` strings: `--model.depth=6` or `--model.depth 6`.
+
+    Every command (and bench) that takes overrides parses them here; anything else is an unknown
+    argument, reported as one line."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or "." not in a.split("=")[0]:
+            raise ConfigError(f"unknown argument '{a}' (config overrides look like --model.depth=6)")
+        if "=" in a:
+            out.append(a[2:])
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{a[2:]}={args[i + 1]}")
+            i += 1
+        else:
+            raise ConfigError(f"override '{a}' has no value (write {a}=VALUE)")
+        i += 1
+    return out
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -186,6 +244,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         if isinstance(current, float):
             return float(value)
         if isinstance(current, tuple):
+            if isinstance(value, str):  # --scaling.ratios=0.25,0.5,1 as well as [0.25, 0.5, 1]
+                value = value.split(",")
             return tuple(float(v) for v in value)
         if isinstance(current, list):
             return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -209,7 +269,7 @@ def apply(cfg: Config, key: str, value: Any) -> None:
 def from_dict(d: dict, cfg: Config | None = None) -> Config:
     cfg = cfg or Config()
     if not isinstance(d, dict):
-        raise ConfigError("a config file must be a mapping with sections model/data/train")
+        raise ConfigError(f"a config file must be a mapping with sections {'/'.join(SECTIONS)}")
     for section, values in d.items():
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section '{section}'{closest(section, SECTIONS)}")
@@ -263,6 +323,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be positive")
     if m.depth <= 0 or m.seq_len <= 1:
         raise ConfigError("model.depth must be positive and model.seq_len at least 2")
+    sc = cfg.scaling
+    if sc.line not in ("ratio", "tokens"):
+        raise ConfigError(f"scaling.line must be 'ratio' or 'tokens', not '{sc.line}'")
+    if sc.batch not in ("halve", "steps"):
+        raise ConfigError(f"scaling.batch must be 'halve' or 'steps', not '{sc.batch}'")
+    if len(sc.ratios) < 2 or any(r <= 0 for r in sc.ratios):
+        raise ConfigError(f"scaling.ratios needs at least two positive numbers, not {list(sc.ratios)}")
     v = cfg.vision
     if v.enabled:
         if v.image_size % v.patch_size or v.grid % v.shuffle:

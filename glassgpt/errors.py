@@ -3,7 +3,9 @@
 Messages say what was wrong and what to do about it.
 """
 
+import argparse
 import difflib
+import sys
 
 
 class GlassError(Exception):
@@ -34,3 +36,27 @@ def closest(name: str, options) -> str:
 
 class ScalingError(GlassError):
     """A ladder, fit or prediction that cannot be made or trusted (budgets, degenerate fits, hashes)."""
+
+
+class UsageError(GlassError):
+    """A command line the parser refused: an unknown option, a missing argument, a bad choice."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UsageErrors, so that a mistyped option is reported like every
+    other bad input (one `error: ...` line, exit 2) instead of a usage block. Subparsers inherit it."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def exit_code(fn, *args) -> int:
+    """Run a command: its return value as the exit status; a GlassError as one line and status 2."""
+    try:
+        return int(fn(*args) or 0)
+    except GlassError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

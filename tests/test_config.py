@@ -45,3 +45,35 @@ def test_config_file_roundtrip(tmp_path):
 def test_bad_vision_choices_are_one_line_errors(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         config.load("vision", [f"{key}={value}"])
+
+
+def test_ladder_defaults_are_one_table():
+    """ladder.plan's keyword defaults are ScalingConfig's fields, and the presets' scaling: sections
+    are the ladders the speedrun has always planned (a changed value here changes `make speedrun`)."""
+    import inspect
+
+    from glassgpt.scaling import ladder
+
+    sig = inspect.signature(ladder.plan).parameters
+    assert {k: sig[k].default for k in config.ScalingConfig().plan_kwargs()} == config.ScalingConfig().plan_kwargs()
+    S = config.ScalingConfig
+    assert config.load("tiny").scaling == S(max_fraction=0.8, budget_fraction=2.0, n_sizes=5, min_steps=10, width_step=8,
+                                           n_boot=50)
+    assert config.load("cpu").scaling == S(max_fraction=0.34, budget_fraction=1.0, n_sizes=7, min_steps=20, width_step=8,
+                                          line="tokens", ratios=(0.125, 0.25, 0.5, 1.0))
+    assert config.load("gpu").scaling == S(n_sizes=5)
+    assert config.load("gpu_large").scaling == S(min_steps=100, width_step=32)
+
+
+def test_scaling_section_leaves_the_run_identity_alone():
+    """Ladder options describe how a ladder for this target is planned, not the run: a run's
+    config.yaml and sha256 (which ladder directories compare) do not change with them."""
+    cfg = config.load("cpu")
+    assert "scaling" not in cfg.to_dict()
+    assert cfg.sha256() == config.load("cpu", ["scaling.n_sizes=9", "scaling.ratios=0.5,1"]).sha256()
+    assert config.load("cpu", ["--scaling.ratios=[0.5, 1]"]).scaling.ratios == (0.5, 1.0)
+    assert config.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="scaling.line"):
+        config.load("cpu", ["scaling.line=diagonal"])
+    with pytest.raises(ConfigError, match="did you mean 'scaling.n_sizes'"):
+        config.load("cpu", ["scaling.n_size=5"])

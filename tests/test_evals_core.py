@@ -278,7 +278,8 @@ def test_cli_list_run_report_and_errors(tmp_path, capsys):
 
 
 def test_main_cli_dispatches_eval(tmp_path, capsys):
-    cli = pytest.importorskip("glassgpt.cli")
+    from glassgpt import cli
+
     make_registry(tmp_path, n=2)
     rc = cli.main(["eval", "scripted:echo", "capitals", "--registry_path", str(tmp_path / "reg"),
                    "--record_path", str(tmp_path / "r.jsonl"), "--no-progress", "--no-cache"])

@@ -228,11 +228,16 @@ def test_unconfident_prediction_refused_without_flag(tmp_path, monkeypatch):
 
 
 def test_cli_plan_and_errors(capsys, tmp_path):
+    # the flags override the cpu preset's own (iso-token) ladder: a ratio line of 6 sizes
     rc = cli.main(["ladder", "plan", "--target", "cpu", "--data.vocab_size=1024", "--train.tokens=20000000",
-                   "--model.depth=6", "--max-fraction", "1e-2", "--budget-fraction", "5e-2", "--ladder", str(tmp_path)])
+                   "--model.depth=6", "--max-fraction", "1e-2", "--budget-fraction", "5e-2", "--ladder", str(tmp_path),
+                   "--line", "ratio", "--ratios", "0.25,0.5,1,2", "--sizes", "6", "--min-steps", "50", "--width-step", "16"])
     out = capsys.readouterr().out
     assert rc == 0 and "largest rung" in out and (tmp_path / "plan.json").exists()
-    rc = cli.main(["ladder", "plan", "--target", "tiny"])
+    p = ladder.load_plan(tmp_path)
+    assert p["line"] == "ratio" and p["max_fraction"] == 1e-2 and all(s["width"] % 16 == 0 for s in p["sizes"])
+    rc = cli.main(["ladder", "plan", "--target", "tiny", "--max-fraction", "1e-3", "--budget-fraction", "1e-2",
+                   "--min-steps", "50", "--width-step", "16"])
     err = capsys.readouterr().err
     assert rc == 2 and "larger target" in err and "Traceback" not in err
     rc = cli.main(["verify", "--prediction", str(tmp_path / "nope.json"), "--run", str(tmp_path), "--out", str(tmp_path / "o")])

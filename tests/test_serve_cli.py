@@ -3,8 +3,6 @@
 import io
 import json
 
-import pytest
-
 from glassgpt.serve.chat import LocalBackend, read_message, run_chat
 from glassgpt.serve.engine import Engine
 from glassgpt.serve.store import Store
@@ -12,10 +10,8 @@ from glassgpt.serve.testing import tiny_checkpoint
 
 
 def cli(argv):
-    from glassgpt.cli import build_parser, main
+    from glassgpt.cli import main
 
-    if "serve" not in build_parser()._subparsers._group_actions[0].choices:  # cli.py without the hook
-        pytest.skip("glassgpt/cli.py does not register the serve commands")
     return main(argv)
 
 

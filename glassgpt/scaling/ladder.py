@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from glassgpt import config as config_mod
-from glassgpt.config import Config, ModelConfig
+from glassgpt.config import Config, ModelConfig, ScalingConfig
 from glassgpt.errors import ScalingError, TrainingError
 from glassgpt.model import flops as flops_mod
 
@@ -143,11 +143,17 @@ def _size(target_cfg: Config, width: int, tgt: dict, ratios: list[float], cooldo
                 c.flops_per_token, tps, budgets, starts, warm)
 
 
-def plan(target_cfg: Config, max_fraction: float = 1e-3, budget_fraction: float = 1e-2, n_sizes: int = 6,
-         min_sizes: int = 5, span_decades: float = 1.5, ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
-         min_steps: int = 50, width_step: int = 16, flops_per_second: float | None = None, line: str = "ratio",
-         batch: str = "halve") -> dict:
+_D = ScalingConfig()  # plan()'s defaults are the one table of them, config.ScalingConfig
+
+
+def plan(target_cfg: Config, max_fraction: float = _D.max_fraction, budget_fraction: float = _D.budget_fraction,
+         n_sizes: int = _D.n_sizes, min_sizes: int = _D.min_sizes, span_decades: float = _D.span_decades,
+         ratios: tuple[float, ...] = _D.ratios, min_steps: int = _D.min_steps, width_step: int = _D.width_step,
+         flops_per_second: float | None = None, line: str = _D.line, batch: str = _D.batch) -> dict:
     """Choose the rungs; raise ScalingError naming the smallest feasible budget when none fit.
+
+    The options are explicit (a target's own `scaling` section is not read here): the speedrun,
+    `glassgpt ladder plan` and the benches pass `**target_cfg.scaling.plan_kwargs()`.
 
     line="ratio": each size trains on the target's tokens per parameter × `ratios`;
     line="tokens": each size trains on the target's tokens × `ratios` (ratios ≤ 1) with the target's
