@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from glassgpt import cli_evals, cli_scaling, cli_serve, cli_train, cli_vision, config
+from glassgpt import cli_data, cli_evals, cli_scaling, cli_serve, cli_train, cli_vision, config
 from glassgpt.errors import ArgumentParser, UsageError, exit_code
 
 # Every subcommand: name → the function that adds its parser and sets `fn` (the command) and,
@@ -21,6 +21,7 @@ COMMANDS = {
     "train": cli_train.add_train,
     "speedrun": cli_train.add_speedrun,
     "prepare": cli_train.add_prepare,
+    "data": cli_data.add_data,
     "ladder": cli_scaling.add_ladder,
     "predict": cli_scaling.add_predict,
     "verify": cli_scaling.add_verify,

