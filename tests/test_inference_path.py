@@ -90,3 +90,52 @@ def test_local_completion_fn_greedy_matches_recorded(tiny):
     model, tok = tiny
     fn = LocalModelFn(model, tok, max_tokens=12, chat=False)
     assert [fn(w, max_tokens=12).get_completions()[0] for w in WORDS] == [tok.decode(g) for g in GREEDY]
+
+
+def test_engine_fp32_logprobs_equal_a_plain_full_forward(tiny):
+    model, tok = tiny
+    eng = Engine(model, tok, device="cpu", max_batch=2)
+    p = PROMPTS[2]
+    r = eng.generate(p, SamplingParams(max_tokens=8, temperature=0.0, logprobs=True, echo_logprobs=True))
+    gen = ids(r["choices"][0])
+    seq = p + gen
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([seq]))[0].float(), -1)
+    want = [float(lp[t - 1, seq[t]]) for t in range(1, len(seq))]
+    got = [t.logprob for t in r["prompt_logprobs"][1:]] + [t.logprob for t in r["choices"][0]["tokens"]]
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_one_off_image_question_without_start(tmp_path):
+    """The blocking one-off call a vision question makes: no start(), one slot, images as PIL
+    images; equals greedy by full forward with the same image embeddings spliced in."""
+    pytest.importorskip("PIL")
+    from glassgpt.config import VisionConfig
+    from glassgpt.data import images as I
+    from glassgpt.model import vision as V
+
+    tok = Tokenizer.train(["Which digit is this? What shape is it? 0 1 2 3 4 5 6 7 8 9"] * 50, 300)
+    cfg = ModelConfig(depth=2, aspect=32, head_dim=32, seq_len=96, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    model = build(cfg, seed=0)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    V.attach(model, VisionConfig(enabled=True, image_size=32, patch_size=8, width=64, depth=2, head_dim=32, shuffle=2), seed=0)
+    model.eval()
+    s = I.shapes(0, "heldout", 0)
+    prompt = tok.render_chat(s.messages(with_answer=False), True, V.n_image_tokens(model))
+    eng = Engine(model, tok, device="cpu", max_batch=1)
+    assert eng.cache is None  # nothing allocated until a request arrives
+    r = eng.generate(prompt, SamplingParams(max_tokens=10, temperature=0.0), images=[s.image])
+    assert not eng.alive and eng.cache.k.size(1) == 1
+    emb = V.encode_images(model, [s.image])
+    x = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            x.append(int(model(torch.tensor([x]), image_embeds=emb)[0, -1].argmax()))
+    want = x[len(prompt):]
+    ends = [i for i, t in enumerate(want) if t in (tok.special["<|assistant_end|>"], tok.bos_id)]
+    c = r["choices"][0]
+    assert ids(c) == want[: ends[0] if ends else None]
+    assert c["finish_reason"] == ("stop" if ends else "length") and c["text"] == tok.decode(ids(c))
