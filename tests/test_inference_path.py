@@ -139,3 +139,11 @@ def test_one_off_image_question_without_start(tmp_path):
     c = r["choices"][0]
     assert ids(c) == want[: ends[0] if ends else None]
     assert c["finish_reason"] == ("stop" if ends else "length") and c["text"] == tok.decode(ids(c))
+
+
+def test_eval_generation_bench_smoke(capsys):
+    from conftest import load_bench
+
+    assert load_bench("eval_generation").main(["--prompts", "2", "--new", "4", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio:" in out and "same completions: yes" in out
