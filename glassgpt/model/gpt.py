@@ -13,6 +13,11 @@ The model is built on the meta device (no memory, no init cost) and initialised 
 explicit `init_weights()` after it is moved to its real device, so that FSDP can shard
 it before any weight exists and every rank gets identical weights from one seed.
 Image embeddings (from glassgpt.model.vision) are spliced in at `<image>` token positions.
+
+Inference: `forward` also takes a `KVCache` with one slot per sequence; each row of a call
+says which slot it uses and where it starts, so sequences of different lengths share one
+forward pass. Sampling, batching and stopping live in glassgpt.serve.engine, the one
+decoding loop, which drives this forward: the serving code imports the model, never the reverse.
 """
 
 from __future__ import annotations
