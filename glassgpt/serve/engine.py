@@ -299,7 +299,8 @@ class Engine:
         return req
 
     def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None, images=None) -> dict:
-        """Blocking convenience: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}."""
+        """Blocking: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}.
+        Without a running engine thread (no `start()`), the caller runs the steps itself."""
         events: "queue.Queue[Event]" = queue.Queue()
         req = self.submit(prompt, params, events.put, images=images)
         choices = [{"text": "", "tokens": [], "finish_reason": None} for _ in range(params.n)]
@@ -577,4 +578,3 @@ def token_text(tokenizer, tid: int) -> str:
 
 def token_bytes(tokenizer, tid: int) -> list[int]:
     return list(tokenizer.decode_bytes([tid]))
-
