@@ -121,7 +121,6 @@ class Request:
         self.done = threading.Event()
         self.completion_tokens = 0  # over all choices, updated by the engine as it goes
         self.finished_choices = 0
-        self.created = time.time()
         self.first_token_at: float | None = None
 
     def cancel(self) -> None:
@@ -192,8 +191,7 @@ class Engine:
         self.n_waiting = 0
         self.running: list[_Seq] = []
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
-        self.encoder_present = getattr(model, "vision", None) is not None
-        self.has_vision = self.encoder_present
+        self.has_vision = getattr(model, "vision", None) is not None
         self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
         self.image_id = tokenizer.image_id
         special = tokenizer.special
@@ -205,9 +203,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.max_image = 16 * 1024 * 1024
         self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
-        # counters read by /metrics
-        self.steps = 0
-        self.tokens_generated = 0
+        self.steps = 0  # decode steps, read by /metrics
 
     @classmethod
     def from_checkpoint(cls, path, name: str | None = None, device: str | None = None, **kw) -> "Engine":
@@ -528,7 +524,6 @@ class Engine:
             return
         s.generated += 1
         req.completion_tokens += 1
-        self.tokens_generated += 1
         if req.first_token_at is None:
             req.first_token_at = time.time()
         s.text += s.decoder.decode(self.tokenizer.decode_bytes([info.id]))
