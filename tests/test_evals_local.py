@@ -11,6 +11,7 @@ from glassgpt.evals.completion_fns import ScriptedCompletionFn
 from glassgpt.evals.completion_fns.local import LocalModelFn
 from glassgpt.evals.runner import run_eval
 from glassgpt.evals.sandbox import run_program
+from glassgpt.model import gpt
 
 
 class ByteTok:
@@ -36,18 +37,39 @@ class NextByte(torch.nn.Module):
         return torch.nn.functional.one_hot(nxt.clamp(max=256), 257).float() * 30.0
 
 
-def test_local_fn_batched_equals_alone_and_stops():
-    fn = LocalModelFn(NextByte(), ByteTok(), max_tokens=4, batch_size=8, batch_wait_s=0.05, chat=False)
-    assert fn("abc").get_completions() == ["defg"]
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from glassgpt.config import ModelConfig
+    from glassgpt.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["hello world, the quick brown fox. " * 20, "def f(x):\n    return x + 1\n" * 20], vocab_size=300)
+    model = gpt.build(ModelConfig(depth=1, aspect=32, head_dim=16, seq_len=64, vocab_size=tok.vocab_size), seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights: varied greedy continuations
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval(), tok
+
+
+def test_local_fn_batched_equals_alone_and_stops(tiny_lm):
+    model, tok = tiny_lm
+    fn = LocalModelFn(model, tok, max_tokens=6, batch_size=8, chat=False)
     import concurrent.futures as cf
 
-    prompts = ["a", "xy", "hello", "mmmm"] * 2
+    prompts = ["hello", "def f(x):", "the quick", "x + 1", "brown fox", "return"] * 2
+    alone = [LocalModelFn(model, tok, chat=False)(p, max_tokens=6).get_completions()[0] for p in prompts]
+    steps = fn.engine.steps
     with cf.ThreadPoolExecutor(8) as ex:
-        outs = list(ex.map(lambda p: fn(p, max_tokens=3).get_completions()[0], prompts))
-    alone = [LocalModelFn(NextByte(), ByteTok(), chat=False)(p, max_tokens=3).get_completions()[0] for p in prompts]
-    assert outs == alone == ["bcd", "zab", "pqr", "nop"] * 2
-    assert max(fn.batches) > 1  # requests were actually batched
-    assert fn("abc", max_tokens=10, stop=["g"]).get_completions() == ["def"]
+        outs = list(ex.map(lambda p: fn(p, max_tokens=6).get_completions()[0], prompts))
+    assert outs == alone and len(set(alone)) > 2
+    assert fn.engine.steps - steps < 2.5 * len(prompts)  # requests shared decode steps (alone: 5 per prompt)
+    free = alone[0]
+    stop = free[2:4]  # a string the greedy continuation certainly contains
+    cut = fn(prompts[0], max_tokens=6, stop=[stop]).get_completions()[0]
+    assert stop not in cut and free.startswith(cut)
+    # n choices at temperature 1 (more than one engine request of batch_size choices)
+    res = LocalModelFn(model, tok, batch_size=2, chat=False)("hello", max_tokens=4, temperature=1.0, n=3)
+    assert len(res.get_completions()) == 3 and res.usage["completion_tokens"] > 0
 
 
 def test_local_fn_loglikelihood_and_rolling():
@@ -72,7 +94,6 @@ def test_bits_per_byte_eval_with_local_fn(tmp_path):
 def test_tiny_real_glassgpt_model(tmp_path):
     """Builds a tiny random glassgpt model in-process and runs it through the eval path,
     including load_model from a saved run directory."""
-    gpt = pytest.importorskip("glassgpt.model.gpt")
     from glassgpt import config as config_mod
     from glassgpt.data.tokenizer import Tokenizer
     from glassgpt.train import checkpoint

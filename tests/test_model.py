@@ -34,13 +34,30 @@ def test_kv_cache_matches_full_forward(mlp, kv_groups):
     idx = torch.randint(0, 300, (2, 20))
     full = m(idx)
     cache = KVCache(m.cfg, 2, 48, "cpu", torch.float32)
-    parts = [m(idx[:, :7], cache=cache), m(idx[:, 7:8], cache=cache), m(idx[:, 8:], cache=cache)]
+    parts = [m(idx[:, :7], cache=cache), m(idx[:, 7:8], cache=cache, starts=[7, 7]),
+             m(idx[:, 8:], cache=cache, starts=[8, 8])]
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
-    greedy = m.generate(idx[:, :5], 15, temperature=0)
-    x = idx[:, :5]
-    for _ in range(15):
-        x = torch.cat([x, m(x)[:, -1].argmax(-1, keepdim=True)], 1)
-    assert torch.equal(greedy, x)
+
+
+@pytest.mark.parametrize("mlp,kv_groups", [("relu2", 1), ("swiglu", 2)])
+def test_kv_cache_rows_at_their_own_slots_and_positions(mlp, kv_groups):
+    """Rows of one call sit in any slots at different lengths (continuous batching): each
+    row's logits equal a plain forward of that row's own sequence."""
+    m = _random_model(mlp=mlp, kv_groups=kv_groups).eval()
+    a, b = torch.randint(0, 300, (1, 12)), torch.randint(0, 300, (1, 9))
+    cache = KVCache(m.cfg, 4, 48, "cpu", torch.float32)
+    m(a[:, :10], cache=cache, slots=[3])
+    m(b[:, :5], cache=cache, slots=[1])
+    # a continues at 10 in slot 3, b at 5 in slot 1 (a gathered read), two tokens each
+    out = m(torch.cat([a[:, 10:], b[:, 5:7]]), cache=cache, slots=[3, 1], starts=[10, 5])
+    assert torch.allclose(out[0], m(a)[0, 10:], atol=1e-5)
+    assert torch.allclose(out[1], m(b[:, :7])[0, 5:], atol=1e-5)
+    cache.copy_slot(1, 2, 7)  # consecutive slots 1, 2 (a slice read): b's prefix shared
+    last = m(torch.cat([b[:, 7:8], b[:, 7:8]]), cache=cache, slots=[1, 2], starts=[7, 7], last=True)
+    assert last.shape == (2, 300)
+    assert torch.allclose(last, m(b[:, :8])[:, -1].expand(2, -1), atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        m(b, cache=KVCache(m.cfg, 1, 8, "cpu", torch.float32))
 
 
 def test_image_embeddings_spliced_at_image_positions():

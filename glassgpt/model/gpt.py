@@ -13,6 +13,11 @@ The model is built on the meta device (no memory, no init cost) and initialised 
 explicit `init_weights()` after it is moved to its real device, so that FSDP can shard
 it before any weight exists and every rank gets identical weights from one seed.
 Image embeddings (from glassgpt.model.vision) are spliced in at `<image>` token positions.
+
+Inference: `forward` also takes a `KVCache` with one slot per sequence; each row of a call
+says which slot it uses and where it starts, so sequences of different lengths share one
+forward pass. Sampling, batching and stopping live in glassgpt.serve.engine, the one
+decoding loop, which drives this forward: the serving code imports the model, never the reverse.
 """
 
 from __future__ import annotations
@@ -65,20 +70,50 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys/values for every layer; `pos` is how many positions are filled."""
+    """Keys/values of `slots` sequences, each at its own length: k, v [depth, slots, kv_heads,
+    max_len, head_dim]. One forward call writes T new positions into chosen slots, each row
+    from its own start, so sequences of different lengths decode together (continuous batching).
+    The lengths themselves are the caller's to keep (the serving engine keeps one per slot)."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        shape = (cfg.depth, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device, dtype):
+        shape = (cfg.depth, slots, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
+
+    def rows(self, slots: list[int], starts: list[int], T: int) -> "CacheRows":
+        """Where one call of T tokens per row reads and writes (plain ints: no device sync)."""
+        if len(slots) != len(starts):
+            raise ValueError(f"{len(slots)} slots for {len(starts)} start positions")
+        if max(starts) + T > self.k.size(3):
+            raise ValueError(f"sequence of {max(starts) + T} tokens exceeds the cache's {self.k.size(3)} positions")
+        return CacheRows(self, slots, starts, T)
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Share a prefix: n choices of one prompt run its prefill once."""
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+
+class CacheRows:
+    """One forward call's view of a KVCache: row b writes positions starts[b].. of slot slots[b]."""
+
+    def __init__(self, cache: KVCache, slots: list[int], starts: list[int], T: int):
+        dev = cache.k.device
+        self.cache, self.L = cache, max(starts) + T  # keys 0..L-1 cover every row
+        self.slots = torch.tensor(slots, dtype=torch.long, device=dev)
+        self.pos = torch.tensor(starts, dtype=torch.long, device=dev)[:, None] + torch.arange(T, device=dev)  # [B, T]
+        # Consecutive slots read a slice of the cache; others need a gathered copy.
+        lo = slots[0]
+        self.read = slice(lo, lo + len(slots)) if list(slots) == list(range(lo, lo + len(slots))) else self.slots
+        # Query i of row b sees keys 0..starts[b]+i: its own prefix, nothing of other rows.
+        self.mask = (torch.arange(self.L, device=dev) <= self.pos[:, :, None])[:, None]  # [B, 1, T, L]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        t = k.size(2)
-        self.k[layer, :, :, self.pos : self.pos + t] = k
-        self.v[layer, :, :, self.pos : self.pos + t] = v
-        end = self.pos + t
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write k, v [B, kv_heads, T, head_dim]; return the keys/values to attend to."""
+        ck, cv = self.cache.k[layer], self.cache.v[layer]  # [slots, kv_heads, max_len, head_dim]
+        ck[self.slots[:, None], :, self.pos] = k.transpose(1, 2).to(ck.dtype)
+        cv[self.slots[:, None], :, self.pos] = v.transpose(1, 2).to(cv.dtype)
+        return ck[self.read, :, : self.L], cv[self.read, :, : self.L]
 
 
 class Attention(nn.Module):
@@ -88,22 +123,18 @@ class Attention(nn.Module):
         self.c_qkv = nn.Linear(cfg.d_model, (self.h + 2 * self.kv) * self.hd, bias=False)
         self.c_proj = nn.Linear(self.h * self.hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, rows: CacheRows | None = None):
         B, T, _ = x.shape
         qk, v = self.c_qkv(x).split([(self.h + self.kv) * self.hd, self.kv * self.hd], dim=-1)
         # Norm and rotate queries and keys together: half the elementwise kernels on CPU.
-        qk = apply_rope(rms_norm(qk.view(B, T, self.h + self.kv, self.hd)), cos[:, None], sin[:, None])
+        qk = apply_rope(rms_norm(qk.view(B, T, self.h + self.kv, self.hd)), cos, sin)
         q, k = qk.transpose(1, 2).split([self.h, self.kv], dim=1)
         v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(self.layer, k, v)
-        if past == 0:  # training or prefill: plain causal attention
+        if rows is None:  # training or a plain forward: causal attention over this call alone
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
-        else:  # decoding after a prefix: query i sees the prefix and new keys up to itself
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv != self.h)
+        else:  # with a cache: each row attends to its slot's prefix and its own new keys
+            k, v = rows.update(self.layer, k, v)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=self.kv != self.h)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
 
 
@@ -145,8 +176,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(rms_norm(x), cos, sin, cache)
+    def forward(self, x, cos, sin, rows=None):
+        x = x + self.attn(rms_norm(x), cos, sin, rows)
         return x + self.mlp(rms_norm(x))
 
 
@@ -182,26 +213,36 @@ class GPT(nn.Module):
         self.cos.copy_(cos)
         self.sin.copy_(sin)
 
-    def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean"):
-        """idx [B, T] token ids. Returns logits [B, T, V], or the loss when targets are given
-        (targets -1 are ignored). image_embeds [n, d_model] replace the embeddings at the n
-        positions where idx == cfg.image_token_id, in order."""
+    def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
+                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False):
+        """idx [B, T] token ids. Returns logits [B, T, V] ([B, V] with last=True: the last
+        position only), or the loss when targets are given (targets -1 are ignored).
+        image_embeds [n, d_model] replace the embeddings at the n positions where
+        idx == cfg.image_token_id, in order (row-major).
+        With a cache: row b holds positions starts[b]..starts[b]+T-1 of cache slot slots[b]
+        (defaults: slots 0..B-1, starts 0); its keys/values are written there and query i
+        attends to keys 0..starts[b]+i of that slot."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cos.size(0):
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context window of {self.cos.size(0)}")
+        rows = None
+        if cache is not None:
+            rows = cache.rows(list(range(B)) if slots is None else list(slots), [0] * B if starts is None else list(starts), T)
+        end = T if rows is None else rows.L
+        if end > self.cos.size(0):
+            raise ValueError(f"sequence of {end} tokens exceeds the context window of {self.cos.size(0)}")
         x = self.wte(idx)
         if image_embeds is not None:
-            slots = (idx == self.cfg.image_token_id).unsqueeze(-1)
-            if int(slots.sum()) != image_embeds.numel() // x.size(-1):
+            where = (idx == self.cfg.image_token_id).unsqueeze(-1)
+            if int(where.sum()) != image_embeds.numel() // x.size(-1):
                 raise ValueError("number of image embeddings does not match the <image> positions")
-            x = x.masked_scatter(slots, image_embeds.to(x.dtype))
+            x = x.masked_scatter(where, image_embeds.to(x.dtype))
         x = rms_norm(x)
-        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        # RoPE angles broadcast over heads: [T, 1, D/2] shared by all rows, or [B, T, 1, D/2] per row.
+        pos = slice(0, T) if rows is None else rows.pos
+        cos, sin = self.cos[pos].to(x.dtype).unsqueeze(-2), self.sin[pos].to(x.dtype).unsqueeze(-2)
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
-        if cache is not None:
-            cache.pos += T
+            x = block(x, cos, sin, rows)
+        if last:
+            x = x[:, -1]
         x = rms_norm(x)
         if targets is None:
             return self.lm_head(x)
@@ -214,31 +255,6 @@ class GPT(nn.Module):
         if reduction != "none":
             return loss
         return torch.zeros(targets.shape, dtype=loss.dtype, device=loss.device).masked_scatter(keep, loss)
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, image_embeds=None):
-        """Sample max_new_tokens after idx [B, T] with a KV cache; temperature 0 is greedy."""
-        B, T = idx.shape
-        max_len = min(T + max_new_tokens, self.cfg.seq_len)
-        if T >= max_len:
-            raise ValueError(f"prompt of {T} tokens leaves no room in the {self.cfg.seq_len}-token context")
-        cache = KVCache(self.cfg, B, max_len, idx.device, self.wte.weight.dtype)
-        logits = self(idx, image_embeds=image_embeds, cache=cache)[:, -1]
-        out = [idx]
-        for i in range(max_len - T):
-            if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
-            out.append(nxt)
-            if i + 1 < max_len - T:
-                logits = self(nxt, cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
 
 
 def build(cfg: ModelConfig, device="cpu", seed: int | None = 0) -> GPT:

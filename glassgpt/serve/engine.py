@@ -6,12 +6,17 @@ runs one decode step for every running sequence together, so concurrent users sh
 the forward passes. A sequence leaves the batch the moment it finishes or its client
 goes away; its slot is reused by the next request without waiting for the others.
 
-The model's own `KVCache` keeps one `pos` for the whole batch, which is what training
-and `generate()` want. Continuous batching needs a position per sequence, so the engine
-has its own cache `[depth, slots, kv_heads, max_len, head_dim]` and its own forward pass
-built from the model's submodules (the same weights, the same math: embedding, RMSNorm,
-QK-norm + RoPE, grouped-query attention, MLP, LM head). Each row of a batch carries its
-own start position; the attention mask lets query i of row b see keys 0..start[b]+i.
+This is the one decoding path of glassgpt (the API, `glassgpt chat`, the evals' local
+completion function and one-off calls such as a vision question all come here). It drives
+the model's own forward with the model's `KVCache` `[depth, slots, kv_heads, max_len,
+head_dim]`: one slot per running sequence, and every call says which slot each row uses
+and where each row starts, so sequences of different lengths share one forward pass.
+
+One-off use, no thread: `Engine(model, tokenizer, device="cpu", max_batch=1).generate(ids,
+SamplingParams(max_tokens=n, temperature=0.0), images=[...])` returns `{"choices": [{"text",
+"tokens", "finish_reason"}], ...}`. Without `start()` the calling thread runs the scheduler
+steps itself until its request is done; the cache (max_batch slots of the whole context) is
+allocated at the first prefill, so constructing an engine costs nothing.
 
 Images: a request may carry images (a model with a vision encoder, `model.vision`). Its
 prompt holds n_image_tokens(model) `<|image|>` tokens per image; at prefill the engine
@@ -29,7 +34,6 @@ import hashlib
 import heapq
 import itertools
 import logging
-import math
 import queue
 import threading
 import time
@@ -40,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from glassgpt.errors import GlassError
-from glassgpt.model.gpt import apply_rope, rms_norm
+from glassgpt.model.gpt import KVCache
 from glassgpt.model.vision import encode_images, n_image_tokens
 from glassgpt.serve.errors import ContextLengthError, OverloadedError, ServeError
 from glassgpt.train import dist
@@ -117,7 +121,6 @@ class Request:
         self.done = threading.Event()
         self.completion_tokens = 0  # over all choices, updated by the engine as it goes
         self.finished_choices = 0
-        self.created = time.time()
         self.first_token_at: float | None = None
 
     def cancel(self) -> None:
@@ -163,21 +166,9 @@ class _Seq:
         return best
 
 
-class BatchedCache:
-    """Keys/values per slot; every slot has its own length (kept by its _Seq)."""
-
-    def __init__(self, cfg, slots: int, max_len: int, device, dtype):
-        shape = (cfg.depth, slots, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-
-    def copy_slot(self, src: int, dst: int, length: int) -> None:
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
-
-
 class Engine:
-    """Loads a model and serves generation requests from a background thread."""
+    """Serves generation requests: from a background thread after `start()`, or stepped by
+    the caller of `generate()` when no thread runs (see the module docstring)."""
 
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
                  max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4):
@@ -192,7 +183,7 @@ class Engine:
         self.max_prefill_per_step = max(1, int(max_prefill_per_step))
         self.context_window = int(model.cos.size(0))
         self.dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
-        self.cache = BatchedCache(self.mcfg, self.max_batch, self.context_window, self.device, self.dtype)
+        self.cache: KVCache | None = None  # allocated at the first prefill
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
         # and a decode step attends over a slice of the cache instead of a gathered copy.
         self.free_slots = list(range(self.max_batch))
@@ -200,21 +191,19 @@ class Engine:
         self.n_waiting = 0
         self.running: list[_Seq] = []
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
-        self.encoder_present = getattr(model, "vision", None) is not None
-        self.has_vision = self.encoder_present
+        self.has_vision = getattr(model, "vision", None) is not None
         self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
         self.image_id = tokenizer.image_id
         special = tokenizer.special
         self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
         self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # one scheduler step at a time: the thread's or a caller's
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.max_image = 16 * 1024 * 1024
         self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
-        # counters read by /metrics
-        self.steps = 0
-        self.tokens_generated = 0
+        self.steps = 0  # decode steps, read by /metrics
 
     @classmethod
     def from_checkpoint(cls, path, name: str | None = None, device: str | None = None, **kw) -> "Engine":
@@ -306,17 +295,24 @@ class Engine:
         return req
 
     def generate(self, prompt: list[int], params: SamplingParams, timeout: float | None = None, images=None) -> dict:
-        """Blocking convenience: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}."""
+        """Blocking: {'choices': [{'text', 'tokens', 'finish_reason'}], 'prompt_logprobs', ...}.
+        Without a running engine thread (no `start()`), the caller runs the steps itself."""
         events: "queue.Queue[Event]" = queue.Queue()
         req = self.submit(prompt, params, events.put, images=images)
         choices = [{"text": "", "tokens": [], "finish_reason": None} for _ in range(params.n)]
         prompt_lp = None
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                ev = events.get(timeout=timeout)
+                ev = events.get(timeout=0.05) if self.alive else events.get_nowait()
             except queue.Empty:
-                req.cancel()
-                raise ServeError(f"generation timed out after {timeout}s") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    req.cancel()
+                    raise ServeError(f"generation timed out after {timeout}s") from None
+                if not self.alive:  # no engine thread: this caller runs the steps
+                    with self._step_lock:
+                        self._step()
+                continue
             if ev.kind == "token":
                 choices[ev.index]["tokens"].append(ev.token)
                 choices[ev.index]["text"] += ev.text
@@ -353,49 +349,6 @@ class Engine:
         finally:
             req.cancel()
 
-    # --- the model, batched -------------------------------------------------------------
-    @torch.no_grad()
-    def _forward(self, tokens: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, all_logits: bool = False,
-                 first_slot: int | None = None, image_embeds: torch.Tensor | None = None):
-        """tokens [B, T] at positions starts[b]..starts[b]+T-1 of cache slots[b] → logits
-        [B, T, V] (all_logits) or [B, V] for the last position. Writes K/V into the cache.
-        first_slot: the slots are first_slot..first_slot+B-1, so attention reads a slice.
-        image_embeds [n, d_model]: replace the embeddings at the n <|image|> positions of
-        tokens, in order (row-major), as GPT.forward does."""
-        m = self.model
-        B, T = tokens.shape
-        pos = starts[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
-        L = int(starts.max()) + T
-        cos, sin = m.cos[pos][:, None].to(self.dtype), m.sin[pos][:, None].to(self.dtype)  # [B, 1, T, D/2]
-        keypos = torch.arange(L, device=tokens.device)
-        mask = (keypos[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, T, L]
-        x = m.wte(tokens)
-        if image_embeds is not None:
-            where = (tokens == self.image_id).unsqueeze(-1)
-            x = x.masked_scatter(where, image_embeds.to(x.dtype))
-        x = rms_norm(x.to(self.dtype))
-        rows = slots[:, None]
-        for i, block in enumerate(m.blocks):
-            a = block.attn
-            q, k, v = a.c_qkv(rms_norm(x)).split([a.h * a.hd, a.kv * a.hd, a.kv * a.hd], dim=-1)
-            q = q.view(B, T, a.h, a.hd).transpose(1, 2)
-            k = k.view(B, T, a.kv, a.hd).transpose(1, 2)
-            v = v.view(B, T, a.kv, a.hd).transpose(1, 2)
-            q, k = apply_rope(rms_norm(q), cos, sin), apply_rope(rms_norm(k), cos, sin)
-            ck, cv = self.cache.k[i], self.cache.v[i]  # [S, kv, maxlen, hd] views
-            ck[rows, :, pos] = k.transpose(1, 2).to(ck.dtype)
-            cv[rows, :, pos] = v.transpose(1, 2).to(cv.dtype)
-            if first_slot is not None:  # a slice, no gather
-                K, V = ck[first_slot : first_slot + B, :, :L], cv[first_slot : first_slot + B, :, :L]
-            else:
-                K, V = ck[slots, :, :L], cv[slots, :, :L]
-            y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=a.kv != a.h)
-            x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, a.h * a.hd))
-            x = x + block.mlp(rms_norm(x))
-        if not all_logits:
-            x = x[:, -1]
-        return m.lm_head(rms_norm(x)).float()
-
     def _autocast(self):
         return dist.autocast(self.device)
 
@@ -430,19 +383,26 @@ class Engine:
 
     # --- the scheduler --------------------------------------------------------------------
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         while not self._stop.is_set():
-            try:
-                self._admit()
-                if self.running:
-                    self._decode_step()
-                else:
-                    self._wake.wait(timeout=0.05)
-                    self._wake.clear()
-            except Exception as e:  # never let one bad batch kill the server
-                log.exception("engine step failed")
-                for seq in list(self.running):
-                    self._finish(seq, None, error=f"internal engine error: {e}")
+            with self._step_lock:
+                busy = self._step()
+            if not busy:
+                self._wake.wait(timeout=0.05)
+                self._wake.clear()
+
+    @torch.no_grad()
+    def _step(self) -> bool:
+        """Admit waiting requests, then one decode step for every running sequence.
+        Returns whether any sequence is running."""
+        try:
+            self._admit()
+            if self.running:
+                self._decode_step()
+        except Exception as e:  # never let one bad batch kill the server
+            log.exception("engine step failed")
+            for seq in list(self.running):
+                self._finish(seq, None, error=f"internal engine error: {e}")
+        return bool(self.running)
 
     def _admit(self) -> None:
         admitted = 0
@@ -492,10 +452,11 @@ class Engine:
         seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(slots)]
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
         try:
+            if self.cache is None:
+                self.cache = KVCache(self.mcfg, self.max_batch, self.context_window, self.device, self.dtype)
             with self._autocast():
-                logits = self._forward(ids, torch.tensor(slots[:1], device=self.device),
-                                       torch.zeros(1, dtype=torch.long, device=self.device), all_logits=p.echo_logprobs,
-                                       first_slot=slots[0], image_embeds=emb)
+                logits = self.model(ids, image_embeds=emb, cache=self.cache, slots=slots[:1], starts=[0],
+                                    last=not p.echo_logprobs).float()
         except BaseException:
             for s in slots:  # give the slots back: the request never ran
                 heapq.heappush(self.free_slots, s)
@@ -530,18 +491,18 @@ class Engine:
             return
         lo, hi = min(s.slot for s in seqs), max(s.slot for s in seqs) + 1
         if hi - lo <= 2 * len(seqs):
-            # Every slot in lo..hi-1 gets a row; free ones ride along with a dummy token at
-            # position 0 (overwritten by the next prefill that takes the slot, never read).
+            # Every slot in lo..hi-1 gets a row, so the model reads a slice of the cache, not a
+            # gathered copy; free slots ride along with a dummy token at position 0
+            # (overwritten by the next prefill that takes the slot, never read).
             by_slot = {s.slot: s for s in seqs}
             rows = [by_slot.get(i) for i in range(lo, hi)]
-            first = lo
         else:
-            rows, first = sorted(seqs, key=lambda s: s.slot), None
+            rows = sorted(seqs, key=lambda s: s.slot)
         toks = torch.tensor([[s.next_token if s else 0] for s in rows], dtype=torch.long, device=self.device)
-        slots = torch.tensor([s.slot if s else lo + i for i, s in enumerate(rows)], dtype=torch.long, device=self.device)
-        starts = torch.tensor([s.length if s else 0 for s in rows], dtype=torch.long, device=self.device)
+        slots = [s.slot if s else lo + i for i, s in enumerate(rows)]
+        starts = [s.length if s else 0 for s in rows]
         with self._autocast():
-            logits = self._forward(toks, slots, starts, first_slot=first)
+            logits = self.model(toks, cache=self.cache, slots=slots, starts=starts, last=True).float()
         self.steps += 1
         for s, lg in zip(rows, logits):
             if s is not None:
@@ -563,7 +524,6 @@ class Engine:
             return
         s.generated += 1
         req.completion_tokens += 1
-        self.tokens_generated += 1
         if req.first_token_at is None:
             req.first_token_at = time.time()
         s.text += s.decoder.decode(self.tokenizer.decode_bytes([info.id]))
@@ -613,7 +573,3 @@ def token_text(tokenizer, tid: int) -> str:
 
 def token_bytes(tokenizer, tid: int) -> list[int]:
     return list(tokenizer.decode_bytes([tid]))
-
-
-def safe_exp(x: float) -> float:
-    return math.exp(x) if x > -700 else 0.0

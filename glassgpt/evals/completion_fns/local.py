@@ -1,22 +1,20 @@
 """A glassgpt checkpoint as a completion function: in-process and batched.
 
-Threads of the eval runner each ask for one completion; a single worker thread
-gathers whatever requests are waiting (up to `batch_size`) and decodes them together.
-Sequences are right-padded: with causal attention the padding after a row's last
-real token cannot change that row's logits, so a batched answer equals the answer
-the same request gets alone (tested).
+Completions decode through the serving engine (glassgpt.serve.engine), the one inference
+path: a KV cache, and continuous batching of the requests that the eval runner's threads
+make at the same time (up to `batch_size` sequences share each forward pass; a batched
+answer equals the answer the same request gets alone, tested). No engine thread is
+started: each caller runs the engine's steps while its own request is unfinished.
 
-Relies only on: `model(idx[B,T]) -> logits[B,T,V]`, `tokenizer.encode/decode`,
-`tokenizer.bos_id`, optionally `tokenizer.eos_id` and `tokenizer.render_chat(messages)`.
-torch and the checkpoint loader are imported lazily.
+Scoring (`loglikelihood`, `loglikelihood_rolling`) is one plain forward per batch and
+relies only on `model(idx[B,T]) -> logits[B,T,V]`. torch and the checkpoint loader are
+imported lazily.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from concurrent.futures import Future
 from typing import Optional
 
 from ..errors import EvalError
@@ -45,8 +43,7 @@ def _block_size(model, cfg) -> Optional[int]:
 
 class LocalModelFn(CompletionFn):
     def __init__(self, model, tokenizer, cfg=None, name: str = "local", max_tokens: int = 64, batch_size: int = 8,
-                 batch_wait_s: float = 0.005, block_size: Optional[int] = None, chat: Optional[bool] = None,
-                 seed: int = 0):
+                 block_size: Optional[int] = None, chat: Optional[bool] = None, seed: int = 0):
         import torch
 
         self.torch = torch
@@ -56,7 +53,6 @@ class LocalModelFn(CompletionFn):
         self.cache_id = name
         self.max_tokens = int(max_tokens)
         self.batch_size = max(1, int(batch_size))
-        self.batch_wait_s = float(batch_wait_s)
         self.block_size = block_size or _block_size(model, cfg)
         self.chat = chat if chat is not None else hasattr(tokenizer, "render_chat")
         self.is_chat = self.chat
@@ -64,17 +60,11 @@ class LocalModelFn(CompletionFn):
             self.device = next(model.parameters()).device
         except (AttributeError, StopIteration):
             self.device = torch.device("cpu")
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        self.eos_id = getattr(tokenizer, "eos_id", None)
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))  # seeds of sampled requests
         self.bos_id = getattr(tokenizer, "bos_id", None)
-        # generation ends at end-of-text, a new document (bos) or the end of the assistant turn
-        special = getattr(tokenizer, "special", None) or {}
-        self.stop_ids = {i for i in (self.eos_id, self.bos_id, special.get("<|assistant_end|>")) if i is not None}
-        self._queue: "queue.Queue" = queue.Queue()
-        self._worker: Optional[threading.Thread] = None
-        self._start_lock = threading.Lock()
+        self._engine = None  # built at the first completion: scoring alone needs none
+        self._engine_lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self.batches: list[int] = []  # batch sizes actually run (for tests and stats)
         if hasattr(model, "eval"):
             model.eval()
 
@@ -101,99 +91,39 @@ class LocalModelFn(CompletionFn):
         keep = max(1, self.block_size - room)
         return ids[-keep:]
 
-    # --- batched decoding -----------------------------------------------------------
-    def _ensure_worker(self):
-        with self._start_lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._loop, name="glassgpt-local-batcher", daemon=True)
-                self._worker.start()
+    # --- decoding ---------------------------------------------------------------------
+    @property
+    def engine(self):
+        with self._engine_lock:
+            if self._engine is None:
+                from glassgpt.serve.engine import Engine
 
-    def _loop(self):
-        while True:
-            first = self._queue.get()
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get(timeout=self.batch_wait_s))
-                except queue.Empty:
-                    break
-            try:
-                outs = self._generate_batch([(r[0], r[1], r[2], r[3]) for r in batch])
-                for r, o in zip(batch, outs):
-                    r[4].set_result(o)
-            except BaseException as e:  # hand the failure to every waiting caller
-                for r in batch:
-                    if not r[4].done():
-                        r[4].set_exception(e)
-
-    def _generate_batch(self, reqs):
-        """reqs: [(ids, max_new, temperature, stops)] -> [text]."""
-        torch = self.torch
-        self.batches.append(len(reqs))
-        B = len(reqs)
-        rows = [list(r[0]) for r in reqs]
-        max_new = [int(r[1]) for r in reqs]
-        total = max(len(r) + m for r, m in zip(rows, max_new))
-        buf = torch.zeros((B, total), dtype=torch.long)
-        for i, r in enumerate(rows):
-            buf[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        cur = [len(r) for r in rows]
-        start = list(cur)
-        done = [m <= 0 for m in max_new]
-        texts = [""] * B
-        with self._model_lock, torch.no_grad():
-            while not all(done):
-                T = max(c for c, d in zip(cur, done) if not d)
-                logits = self.model(buf[:, :T].to(self.device))
-                if isinstance(logits, tuple):
-                    logits = logits[0]
-                for i in range(B):
-                    if done[i]:
-                        continue
-                    lg = logits[i, cur[i] - 1].float().cpu()
-                    temp = float(reqs[i][2] or 0.0)
-                    if temp <= 0:
-                        nxt = int(torch.argmax(lg))
-                    else:
-                        probs = torch.softmax(lg / temp, dim=-1)
-                        nxt = int(torch.multinomial(probs, 1, generator=self.gen))
-                    if nxt in self.stop_ids:
-                        done[i] = True
-                        continue
-                    buf[i, cur[i]] = nxt
-                    cur[i] += 1
-                    if cur[i] - start[i] >= max_new[i]:
-                        done[i] = True
-                    stops = reqs[i][3]
-                    if stops:
-                        text = self.tok.decode(buf[i, start[i]: cur[i]].tolist())
-                        if any(s in text for s in stops):
-                            done[i] = True
-        for i in range(B):
-            text = self.tok.decode(buf[i, start[i]: cur[i]].tolist())
-            for s in reqs[i][3] or []:
-                j = text.find(s)
-                if j >= 0:
-                    text = text[:j]
-            texts[i] = text
-        return texts
+                # The eval runner's threads wait here rather than in the server's bounded queue.
+                self._engine = Engine(self.model, self.tok, name=self.name, max_batch=self.batch_size,
+                                      max_queue=1 << 20, device=str(self.device))
+        return self._engine
 
     def __call__(self, prompt, max_tokens: Optional[int] = None, temperature: float = 0.0, stop=None, n: int = 1,
                  **_ignored) -> CompletionResult:
-        max_new = int(max_tokens or self.max_tokens)
+        from glassgpt.serve.engine import SamplingParams
+
+        max_new = max(1, int(max_tokens or self.max_tokens))
         if self.block_size:
             max_new = min(max_new, max(1, self.block_size - 1))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         ids = self._fit(self.encode_prompt(prompt), max_new)
-        self._ensure_worker()
-        futures = []
-        for _ in range(max(1, int(n or 1))):
-            f: Future = Future()
-            self._queue.put((ids, max_new, temperature, stops, f))
-            futures.append(f)
-        completions = [f.result() for f in futures]
-        usage = {"prompt_tokens": len(ids), "completion_tokens": sum(len(self.tok.encode(c)) for c in completions)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        temperature = float(temperature or 0.0)
+        completions, n_tokens = [], 0
+        left = max(1, int(n or 1))
+        while left:  # the engine takes at most batch_size choices per request
+            k = min(left, self.batch_size)
+            left -= k
+            seed = int(self.torch.randint(0, 2**62, (1,), generator=self.gen)) if temperature > 0 else None
+            out = self.engine.generate(ids, SamplingParams(max_tokens=max_new, temperature=temperature, stop=stops,
+                                                           n=k, seed=seed))
+            completions += [c["text"] for c in out["choices"]]
+            n_tokens += out["completion_tokens"]
+        usage = {"prompt_tokens": len(ids), "completion_tokens": n_tokens, "total_tokens": len(ids) + n_tokens}
         record_sampling(prompt=prompt, sampled=completions, model=self.name, usage=usage)
         return CompletionResult(completions, usage=usage, prompt=prompt)
 
@@ -237,7 +167,6 @@ class LocalModelFn(CompletionFn):
                     lp = logp[r, pos, tgt[pos]]
                     greedy = bool((logp[r, pos].argmax(-1) == tgt[pos]).all())
                     out[i] = (float(lp.sum()), greedy)
-        self.batches.append(len(todo))
         return out
 
     def loglikelihood_rolling(self, texts) -> list[float]:
