@@ -357,6 +357,7 @@ _POD_CODES = re.compile(r"[CIBFLSEXZ]<<+\s(.*?)\s>+>|[CIBFSXZ]<([^<>]*)>")
 
 
 def _pod_inline(s: str) -> str:
+    s = re.sub(r"X<[^<>]*>", "", s)  # index entries are for the man-page indexer, not the reader
     s = re.sub(r"L<(?:[^<>|]*\|)?([^<>]*)>", r"\1", s)
     s = s.replace("E<lt>", "<").replace("E<gt>", ">").replace("E<verbar>", "|").replace("E<sol>", "/")
     for _ in range(3):  # nested codes like C<B<x>>
@@ -379,7 +380,9 @@ def _perlfaq(files: list[Path], seed: int, skip: Counter) -> Iterator[Conversati
                     continue
                 # verbatim (code) paragraphs are indented in POD; keep their layout
                 paras.append(p.rstrip() if p[:1] in " \t" else _pod_inline(" ".join(p.split())))
-            q, ans = _pod_inline(q.strip()), _trim_paragraphs([p for p in paras if p.strip()])
+            # attribution lines are credits, not the answer
+            paras = [p for p in paras if p.strip() and not re.fullmatch(r"\(contributed by [^)]*\)", p.strip())]
+            q, ans = _pod_inline(q.strip()), _trim_paragraphs(paras)
             if not q or not ans:
                 skip["malformed"] += 1
                 continue
@@ -443,6 +446,7 @@ def chinese_names(names: set[str], cedict_files: list[Path]) -> dict[str, str]:
             continue
         for g in gl[:2]:
             name = g.split(", capital of")[0].strip()
+            name = name[4:] if name.startswith("the ") else name  # "the Netherlands"
             if name in names and (name not in best or len(simp) < len(best[name])):
                 best[name] = simp
     return best
