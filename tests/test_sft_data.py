@@ -271,6 +271,22 @@ def test_heldout_phrasings_never_in_train_and_every_heldout_fact_is_taught(cache
     assert invented and all(not any(n in c.messages[0]["content"] for n in real) for c in invented)
 
 
+def test_heldout_recall_values_and_sums_are_never_trained(cache):
+    train, held, _ = _both(sources=["multiturn", "arithmetic", "chatterbot"])
+    recall_train = {c.expect for c in train if c.category == "multiturn"}
+    recall_held = {c.expect for c in held if c.category == "multiturn"}
+    assert recall_held and not recall_train & recall_held
+    for c in held:
+        if c.category == "multiturn":  # the fact is given in turn 1 and asked back in turn 3
+            assert c.expect in c.messages[0]["content"] and c.expect in c.messages[-1]["content"]
+            assert c.expect not in c.messages[2]["content"]
+    sums = lambda cs: {c.messages[1]["content"] for c in cs if c.category == "arithmetic"}  # noqa: E731
+    assert not sums(train) & sums(held)
+    # one prompt with several answers in the corpus sits in one split
+    firsts = lambda cs: {c.messages[0]["content"] for c in cs if c.source == "chatterbot"}  # noqa: E731
+    assert not firsts(train) & firsts(held)
+
+
 def test_fact_answers_contain_expect_and_chinese_names_come_from_cedict(cache):
     train, held, _ = _both()
     facts = [c for c in train + held if c.category in ("fact", "word", "api", "arithmetic", "multiturn")]

@@ -333,9 +333,10 @@ def _chatterbot(files: list[Path], seed: int, skip: Counter) -> Iterator[Convers
             if len(turns) < 2 or not all(turns):
                 skip["malformed"] += 1
                 continue
-            iid = f"chatterbot/{lang}/{path.stem}/{k}"
-            yield _conv(turns, source="chatterbot", category="chitchat", language=lang, id=iid,
-                        split=_item_split(iid))
+            # the corpus lists one prompt with several answers; the split hashes the prompt so a
+            # held-out prompt is never seen in train with another answer
+            yield _conv(turns, source="chatterbot", category="chitchat", language=lang,
+                        id=f"chatterbot/{lang}/{path.stem}/{k}", split=_item_split(f"chatterbot/{lang}/{turns[0]}"))
 
 
 # --------------------------------------------------------------------------- FAQs
@@ -745,9 +746,10 @@ def _arithmetic(files, seed, skip):
             a, b = r.randint(0, 9999), r.randint(0, 9999)
             c = a + b if op == "+" else a - b
         q = r.choice(ARITH_Q[lang]).format(a=a, op=op, b=b)
-        iid = f"arithmetic/{seed}/{k}"
+        # the split hashes the problem, so a held-out sum is never trained in either language
+        problem = f"arithmetic/{a}{op}{b}"
         yield _conv([q, ARITH_A[lang].format(a=a, op=op, b=b, c=c)], source="arithmetic", category="arithmetic",
-                    language=lang, id=iid, split=_item_split(iid), expect=str(c))
+                    language=lang, id=f"{problem}/{lang}", split=_item_split(problem), expect=str(c))
 
 
 # --------------------------------------------------------------------------- multi-turn recall
@@ -786,14 +788,16 @@ def _multiturn(files, seed, skip):
         lang = "zh" if r.random() < 0.4 else "en"
         slot = r.choice(sorted(RECALL[lang]))
         say, ask, tell, values = RECALL[lang][slot]
-        v = r.choice(values)
+        iid = f"multiturn/{seed}/{k}"
+        split = _item_split(iid)
+        # every fifth value is only ever used in held-out: recall must copy from the context, not
+        # from memory of a name seen in training
+        v = r.choice([x for i, x in enumerate(values) if is_heldout_template(i) == (split == "heldout")])
         a, b = r.randint(1, 99), r.randint(1, 99)
         mq, ma = MIDDLE[lang]
         turns = [say.format(v=v), r.choice(ACK[lang]), mq.format(a=a, b=b), ma.format(a=a, b=b, c=a + b),
                  ask, tell.format(v=v)]
-        iid = f"multiturn/{seed}/{k}"
-        yield _conv(turns, source="multiturn", category="multiturn", language=lang, id=iid,
-                    split=_item_split(iid), expect=v)
+        yield _conv(turns, source="multiturn", category="multiturn", language=lang, id=iid, split=split, expect=v)
 
 
 # --------------------------------------------------------------------------- safety
