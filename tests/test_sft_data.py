@@ -384,6 +384,14 @@ def test_missing_source_is_one_line_and_others_build(cache, caplog):
         sft.build("train", sources=["pyrt"])
 
 
+def test_unparseable_cached_file_is_one_line_for_that_source(cache):
+    (cache / "uncensorbench" / "files" / "uncensorbench" / "data" / "prompts.json").write_text("{truncated", encoding="utf-8")
+    train, counts = sft.build("train", sources=["uncensorbench", "rho-refusal"])
+    msg = counts["uncensorbench"]["missing"]
+    assert "\n" not in msg and "unreadable" in msg and "glassgpt data fetch uncensorbench --force" in msg
+    assert counts["rho-refusal"]["train"] > 0 and all(c.source == "rho-refusal" for c in train)
+
+
 def test_deterministic_and_seed_changes_generated_items(cache, tmp_path):
     a = [c.to_json() for c in sft.build("train")[0]]
     b = [c.to_json() for c in sft.build("train")[0]]

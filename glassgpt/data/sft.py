@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import yaml
+
 from glassgpt.data import packaged
 from glassgpt.errors import DataError, closest
 
@@ -309,7 +311,6 @@ def _fact_items(facts: list[Fact], source: str, category: str, seed: int, unknow
 # --------------------------------------------------------------------------- chatterbot
 
 def _load_yaml(path: Path):
-    import yaml  # a dependency of the config layer already; imported here so sft stays cheap to import
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -1087,6 +1088,13 @@ def _build_all(sources, max_chars: int, seed: int, cache_dir) -> tuple[list[Conv
         except DataError as e:
             c["missing"] = str(e).splitlines()[0]
             log.warning("SFT source %s skipped: %s", n, c["missing"])
+            continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
+            # a cached file that no longer parses is that source's problem only: one line, rebuilt by a fetch
+            first = (str(e).splitlines() or [""])[0][:200]
+            c["missing"] = (f"SFT source {n}: cached data unreadable ({type(e).__name__}: {first}); "
+                            f"run `glassgpt data fetch {' '.join(src.needs)} --force`")
+            log.warning("%s", c["missing"])
             continue
         seen = set()
         for conv in built:
