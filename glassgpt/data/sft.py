@@ -509,8 +509,10 @@ def country_facts(countries: list[dict], zh_names: dict[str, str]) -> list[Fact]
         if "borders" in c:
             nb = [by_a3[b] for b in c.get("borders") or [] if b in by_a3]
             if nb:
-                zh_nb = [zh_names.get(n, n) for n in nb]
-                add("borders", ", ".join(nb), "、".join(zh_nb), nb[0], zh_nb[0])
+                # asked in Chinese only when every neighbour has a Chinese name: a half-English list
+                # would teach code-switching, not the fact
+                zh_nb = [zh_names[n] for n in nb] if all(n in zh_names for n in nb) else None
+                add("borders", ", ".join(nb), "、".join(zh_nb) if zh_nb else None, nb[0], zh_nb[0] if zh_nb else None)
             elif not c.get("borders"):
                 ans = {lang: (NO_BORDERS[lang].format(s=subj[lang]), NO_BORDERS_EXPECT[lang]) for lang in subj}
                 facts.append(Fact("borders", subj, ans, f"{key}/borders", {"sentence": True}))
