@@ -140,13 +140,13 @@ function renderSidebar() {
     const ren = document.createElement("button"); ren.type = "button"; ren.className = "rename"; ren.textContent = "✎";
     ren.title = "rename"; ren.setAttribute("aria-label", "rename");
     ren.addEventListener("click", () => startRename(li, c));
-    const del = document.createElement("button"); del.type = "button"; del.className = "delete"; del.textContent = "🗑";
+    const del = document.createElement("button"); del.type = "button"; del.className = "delete"; del.textContent = "×";
     del.title = "delete"; del.setAttribute("aria-label", "delete");
     del.addEventListener("click", () => {
       // two clicks: a conversation kept only in this browser is gone for good once deleted
       if (!del.classList.contains("confirm")) {
         del.classList.add("confirm"); del.textContent = "Delete?";
-        setTimeout(() => { del.classList.remove("confirm"); del.textContent = "🗑"; }, 3000);
+        setTimeout(() => { del.classList.remove("confirm"); del.textContent = "×"; }, 3000);
         return;
       }
       remove(c.id);
