@@ -119,6 +119,11 @@ def test_attach_picture(browser_page):
     page.wait_for_selector(".msg.error", timeout=30_000)
     assert "no image input" in page.text_content(".msg.error")
     assert page.locator(".msg.user img").count() == 1
+    # the failed turn is not part of the conversation: the next question goes without it
+    with mocked(page, "fine") as bodies:
+        ask(page, "a text question")
+    assert bodies[0]["messages"][1:] == [{"role": "user", "content": "a text question"}]
+    assert page.locator(".msg.user img").count() == 0
 
 
 # --- helpers: a clean page, a mocked streaming answer, waiting for the answer --------------------
@@ -462,3 +467,16 @@ def test_screenshot_with_two_conversations(browser_page):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("GLASSGPT_SCREENSHOT"):
         shutil.copy(out, os.environ["GLASSGPT_SCREENSHOT"])
+
+
+def test_vendored_libraries_are_served(browser_page):
+    import httpx
+
+    url = browser_page["url"]
+    for name, banner in (("marked.umd.js", b"marked v18.3.0"), ("purify.min.js", b"DOMPurify 3.5.0")):
+        r = httpx.get(f"{url}/vendor/{name}")
+        assert r.status_code == 200 and banner in r.content[:300]
+        assert r.headers["content-type"].startswith("text/javascript")
+    # only the shipped scripts: not the README, not a path out of the directory
+    for name in ("README.md", "LICENSE.marked", "..%2Fapi.py", "%2E%2E"):
+        assert httpx.get(f"{url}/vendor/{name}").status_code == 404, name
