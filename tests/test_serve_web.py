@@ -480,3 +480,33 @@ def test_vendored_libraries_are_served(browser_page):
     # only the shipped scripts: not the README, not a path out of the directory
     for name in ("README.md", "LICENSE.marked", "..%2Fapi.py", "%2E%2E"):
         assert httpx.get(f"{url}/vendor/{name}").status_code == 404, name
+
+
+def test_switching_away_while_answering_keeps_the_answer(browser_page):
+    """The first question of a new chat, still being answered, survives "New chat" and is shown
+    streaming when the user comes back to it."""
+    page, engine = browser_page["page"], browser_page["engine"]
+    fresh(page)
+    real = engine._sample
+
+    def slow(seq, logits):
+        time.sleep(0.1)
+        return real(seq, logits)
+
+    engine._sample = slow
+    try:
+        page.fill("#input", "first question")
+        page.press("#input", "Enter")
+        page.wait_for_selector(".msg.assistant.streaming")
+        page.click("#new")
+        assert page.locator("#messages .msg").count() == 0
+        assert len(titles(page)) == 2  # the answering chat kept its place beside the new one
+        page.click(".conv:not(.active) .title")
+        assert page.locator(".msg.assistant.streaming").count() == 1
+        assert texts(page, ".msg.user .text") == ["first question"]
+        settle(page)
+    finally:
+        del engine._sample
+    assert "first question" in titles(page)
+    chat = next(c for c in saved(page) if c["messages"])
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]

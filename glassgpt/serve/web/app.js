@@ -43,6 +43,9 @@ const state = {
   conversations: loadConversations(),
   current: localStorage.getItem(KEY_CURRENT),
   shown: [],            // the messages on screen: what edit and regenerate cut from
+  // the request being answered: {c, history, out}; its conversation keeps its place and shows the
+  // answer arriving even if the user looks at another conversation meanwhile
+  inflight: null,
   models: {}, images: [], controller: null, composing: false,
 };
 $("apikey").value = localStorage.getItem("glassgpt.key") || "";
@@ -178,6 +181,7 @@ function select(id) {
   state.current = id; save(); render();
 }
 function remove(id) {
+  if (state.inflight && state.inflight.c.id === id) state.controller.abort();  // no tokens for a deleted chat
   state.conversations = state.conversations.filter((c) => c.id !== id);
   if (state.current === id) {
     const next = [...state.conversations].sort((a, b) => b.updated - a.updated)[0];
@@ -186,10 +190,11 @@ function remove(id) {
   save(); render();
 }
 function newConversation() {
-  const cur = conv();
-  if (cur && !cur.messages.length) { state.current = cur.id; return cur; }  // already on an empty one
+  const cur = conv(), busyWith = state.inflight && state.inflight.c;
+  if (cur && !cur.messages.length && cur !== busyWith) { state.current = cur.id; return cur; }  // already on an empty one
   // drop other empty conversations so "New chat" clicks do not pile up in the sidebar
-  state.conversations = state.conversations.filter((c) => c.messages.length);
+  // (not one whose first question is being answered: it is empty only until the answer lands)
+  state.conversations = state.conversations.filter((c) => c.messages.length || c === busyWith);
   const c = emptyConversation();
   state.conversations.push(c); state.current = c.id;
   return c;
@@ -253,7 +258,10 @@ function render() {
   let c = conv();
   if (!c) c = newConversation();
   renderSidebar();
-  renderMessages(c.messages);
+  if (state.inflight && state.inflight.c === c) {
+    renderMessages(state.inflight.history);
+    $("messages").append(state.inflight.out);
+  } else renderMessages(c.messages);
   $("system").value = c.system || "";
   if (c.system) $("system-box").open = true;
   showUsage(c);
@@ -350,6 +358,7 @@ async function complete(c, history) {
   out.classList.add("streaming");
   const textEl = out.querySelector(".text");
   state.controller = new AbortController(); busy(true);
+  state.inflight = { c, history, out };
   let answer = "", stopped = false, failed = null, usage = null, painting = false;
   // re-render the Markdown at most once a frame, not once a token
   const paint = () => { painting = false; renderMarkdown(textEl, answer); $("messages").scrollTop = $("messages").scrollHeight; };
@@ -389,7 +398,7 @@ async function complete(c, history) {
   } catch (e) {
     if (e.name === "AbortError") stopped = true; else failed = e.message || String(e);
   }
-  state.controller = null;
+  state.controller = null; state.inflight = null;
   if (usage) {  // tokens were spent even if the answer is then discarded: count them
     const pr = card.pricing || { prompt_per_1k: 0.002, completion_per_1k: 0.002 };
     c.usage.prompt += usage.prompt_tokens; c.usage.completion += usage.completion_tokens;
