@@ -165,7 +165,9 @@ function startRename(li, c) {
   const finish = (keep) => {
     if (done) return;
     done = true;
-    if (keep) { c.title = input.value.trim(); save(); }  // an empty name goes back to the first question
+    // an unchanged name stays automatic (it follows the first question); an empty one goes back to it
+    const name = input.value.trim();
+    if (keep && name !== titleOf(c)) { c.title = name; save(); }
     renderSidebar();
   };
   input.addEventListener("keydown", (e) => {
@@ -236,10 +238,12 @@ function startEdit(div, textEl, list, i) {
   ta.rows = Math.min(10, ta.value.split("\n").length + 1);
   const ok = document.createElement("button"); ok.type = "button"; ok.className = "save"; ok.textContent = "Save & send";
   const cancel = document.createElement("button"); cancel.type = "button"; cancel.className = "cancel"; cancel.textContent = "Cancel";
-  box.append(ta, ok, cancel);
-  textEl.hidden = true; textEl.after(box);
+  const row = document.createElement("div"); row.className = "edit-buttons";
+  row.append(ok, cancel);
+  box.append(ta, row);
+  textEl.hidden = true; textEl.after(box); div.classList.add("editing");
   ta.focus();
-  cancel.addEventListener("click", () => { box.remove(); textEl.hidden = false; });
+  cancel.addEventListener("click", () => { box.remove(); textEl.hidden = false; div.classList.remove("editing"); });
   ok.addEventListener("click", () => {
     const text = ta.value;
     if (!text.trim() || state.controller) return;
