@@ -271,7 +271,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     def step_loss(index):
         active = [(src, src.rows(index)) for src in sources if src.weight > 0]
         if shared_forward:
-            return _shared_loss(fwd, raw, active, d.device)
+            return _shared_loss(fwd, raw, active, d)
         loss = None
         for src, r in active:
             emb = raw.vision(r.pixels.to(d.device)).reshape(-1, m.d_model) if r.pixels is not None else None
@@ -362,10 +362,12 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     return report
 
 
-def _shared_loss(fwd, raw, active, device):
+def _shared_loss(fwd, raw, active, d):
     """Several sources' rows in one forward (DDP): right-padded to the widest (targets -1 in the
-    padding; causal attention keeps it from touching real positions), each source's loss the
-    mean over its own target tokens."""
+    padding; causal attention keeps it from touching real positions). Each source's loss is its
+    summed token losses over its target tokens on ALL ranks, times the world size: DDP averages
+    gradients over ranks, so the step is the one a single process takes with the whole batch
+    (a per-rank mean would weight the ranks' answer tokens unequally)."""
     L = max(r.x.size(1) for _, r in active)
     xs, ys, px = [], [], []
     for _, r in active:
@@ -374,13 +376,16 @@ def _shared_loss(fwd, raw, active, device):
         ys.append(F.pad(r.y, (0, pad), value=-1))
         if r.pixels is not None:
             px.append(r.pixels)
-    x, y = torch.cat(xs).to(device), torch.cat(ys).to(device)
-    emb = raw.vision(torch.cat(px).to(device)).reshape(-1, raw.cfg.d_model) if px else None
+    x, y = torch.cat(xs).to(d.device), torch.cat(ys).to(d.device)
+    emb = raw.vision(torch.cat(px).to(d.device)).reshape(-1, raw.cfg.d_model) if px else None
     per = fwd(x, y, image_embeds=emb, reduction="none").view(x.size(0), -1)
-    loss, row = None, 0
-    for src, r in active:
-        n = r.x.size(0)
-        part = src.weight * per[row : row + n].sum() / (y[row : row + n] != -1).sum().clamp(min=1)
+    bounds, row = [], 0
+    for _, r in active:
+        bounds.append((row, row + r.x.size(0)))
+        row += r.x.size(0)
+    counts = d.all_sum([float((y[a:b] != -1).sum()) for a, b in bounds])
+    loss = None
+    for (src, _), (a, b), n in zip(active, bounds, counts):
+        part = src.weight * per[a:b].sum() * (d.world / max(n, 1.0))
         loss = part if loss is None else loss + part
-        row += n
     return loss
