@@ -10,6 +10,7 @@ checkpoints/ and report.json (parameters, data, compute, hardware, method, resul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from glassgpt import __version__
-from glassgpt.config import Config
+from glassgpt.config import Config, ModelConfig, VisionConfig
 from glassgpt.data.shards import Corpus, prepare
 from glassgpt.errors import CheckpointError, ConfigError, TrainingError
 from glassgpt.model import flops as flops_mod
@@ -52,7 +53,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 # Model keys a new stage may change: none of them changes a weight's shape.
 STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "vocab_size", "image_token_id"}
 # Vision keys that are training settings, not encoder shapes.
-STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples"}
+STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
+                          "init_from"}
 
 
 @dataclass
@@ -85,12 +87,14 @@ def read_parent(path, cfg: Config) -> Parent:
         raise CheckpointError(f"init_from {path}: tokenizer.json missing from run directory {run}")
     theirs = meta.get("config", {})
     ours = cfg.to_dict()
+    # a key the parent's config lacks was written before that key existed: it had the default
+    tm = {**dataclasses.asdict(ModelConfig()), **theirs.get("model", {})}
     for k, v in ours["model"].items():
-        if k not in STAGE_FREE_MODEL_KEYS and theirs.get("model", {}).get(k) != v:
-            raise CheckpointError(f"model.{k}: parent run has {theirs.get('model', {}).get(k)!r}, this config {v!r}")
-    tv = theirs.get("vision", {})
-    if cfg.vision.enabled and tv.get("enabled"):
-        for k, v in ours["vision"].items():
+        if k not in STAGE_FREE_MODEL_KEYS and tm.get(k) != v:
+            raise CheckpointError(f"model.{k}: parent run has {tm.get(k)!r}, this config {v!r}")
+    tv = {**dataclasses.asdict(VisionConfig()), **theirs.get("vision", {})}
+    if cfg.vision.enabled and tv["enabled"]:
+        for k, v in dataclasses.asdict(cfg.vision).items():
             if k not in STAGE_FREE_VISION_KEYS and tv.get(k) != v:
                 raise CheckpointError(f"vision.{k}: parent run has {tv.get(k)!r}, this config {v!r}")
     return Parent(run, ck, meta, state, run / "tokenizer.json", checkpoint.weights_sha256(ck))
@@ -121,9 +125,13 @@ def train(cfg: Config, out: Path, resume: bool = False, *, init_from: Path | Non
     """Train cfg into the run directory `out`; returns the report.
 
     `init_from` (a run or checkpoint directory) starts a new stage from its WEIGHTS: fresh
-    optimizers and schedule from step 0, the parent's tokenizer, any config change that keeps
-    every weight's shape (seq_len, RoPE, data, schedule, tokens, vision on/off). `resume`
-    continues `out` exactly, as if it had never stopped.
+    optimizers and schedule from step 0, any config change that keeps every weight's shape
+    (seq_len, RoPE, data, schedule, tokens, vision on/off: a fresh encoder where the parent has
+    none) and a one-line CheckpointError naming the key for the rest, before `out` is created.
+    The stage tokenizes its data with the parent's tokenizer (copied into `out`), so
+    data.vocab_size and data.tokenizer_* do not apply to it. report.json's `lineage` names the
+    parent, its step and the sha256 of its weights (None for a fresh run). `resume` continues
+    `out` exactly, as if it had never stopped.
 
     For the scaling ladder's warmup-stable-decay branching (all optional, additive):
     `branch_from` starts a new run from another run's checkpoint (weights, optimizer state and
