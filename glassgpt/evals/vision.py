@@ -47,8 +47,10 @@ def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
     ids = tok.render_chat([{"role": "user", "content": parts}], True, n_image_tokens(model))
     check_fits(model, len(ids))
     params = SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
+    # generate() needs the engine's thread in this version of the engine. Callers that ask from
+    # several threads start the engine first (starting and stopping here would race).
     started = not engine.alive
-    if started:  # generate() needs the engine's thread in this version of the engine
+    if started:
         engine.start()
     try:
         out = engine.generate(ids, params, images=list(images) or None)

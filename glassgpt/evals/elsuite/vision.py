@@ -69,7 +69,8 @@ class VisionLocalFn(CompletionFn):
         from glassgpt.evals.vision import engine_for, load
 
         self.model, self.tok, self.cfg = load(run_dir)
-        self.engine = engine_for(self.model, self.tok)
+        # started once: eval runners call this from several threads, and the engine queues them
+        self.engine = engine_for(self.model, self.tok).start()
         self.name = self.cache_id = name or f"vision:{run_dir}"
         self.max_tokens = max_tokens
 
@@ -98,7 +99,6 @@ def accuracy_table(run_dir, n: int = 200) -> dict:
     fn = VisionLocalFn(run_dir)
     seed = fn.cfg.train.seed
     out = {}
-    fn.engine.start()
     try:
         for task in ("digits", "shapes", "text", "charts"):
             samples = heldout_samples(task, n, seed)
