@@ -14,8 +14,13 @@ source's rows (mean over its target tokens). A source is a small object:
     report(result) -> dict    its sections of report.json
 
 Rows are x [B, L] token ids, y [B, L] targets (-1: no loss) and optionally pixels [n, 3, S, S]
-for the n images whose <|image|> tokens appear in x, in order. A new source (chat SFT, a
-long-context mix) is a class here and a line in `build`; the loop does not change.
+for the n images whose <|image|> tokens appear in x, in order. One process runs one forward per
+source; under DDP the sources' rows share one forward, each source's loss normalised by its
+target tokens on all ranks (so two processes step exactly like one).
+
+A new source (chat SFT, a long-context mix) is a class here and a line in `build`; the loop
+does not change. Chat rows come from glassgpt.data.chat (`training_row`, then `targets`), as
+the image-chat rows here do.
 """
 
 from __future__ import annotations
