@@ -9,7 +9,6 @@ lossy UTF-8 decoder), so `decode_bytes(encode_bytes(b)) == b` for every b.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
