@@ -94,7 +94,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
-    compile: bool = False
+    precision: str = "auto"  # "auto" (bf16 autocast where the hardware has native bf16, else fp32), "fp32", "bf16"
+    compile: str = "auto"  # torch.compile of the model: "auto" (on CUDA), "on", "off"
     fsdp: bool = False
     seed: int = 1337
     threads: int = 0  # 0: torch's default
@@ -318,6 +319,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.width={m.width} must be a multiple of model.head_dim={m.head_dim}")
     if t.optimizer not in ("adamw", "muon"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"unknown train.precision '{t.precision}'; choose one of: auto, fp32, bf16")
+    t.compile = {"true": "on", "false": "off"}.get(str(t.compile).lower(), str(t.compile))  # YAML booleans of old configs
+    if t.compile not in ("auto", "on", "off"):
+        raise ConfigError(f"unknown train.compile '{t.compile}'; choose one of: auto, on, off")
     if t.schedule not in ("wsd", "cosine"):
         raise ConfigError(f"train.schedule must be 'wsd' or 'cosine', not '{t.schedule}'")
     for name in ("batch_size", "grad_accum", "tokens", "eval_every", "checkpoint_every", "log_every", "adam_lr_mult"):

@@ -14,7 +14,7 @@ def test_presets_load_and_derive_shapes():
 
 def test_dotted_overrides_are_typed():
     cfg = config.load("tiny", ["model.depth=3", "train.lr=0.01", "train.compile=true", "data.paths=[a, b]"])
-    assert cfg.model.depth == 3 and cfg.train.lr == 0.01 and cfg.train.compile is True
+    assert cfg.model.depth == 3 and cfg.train.lr == 0.01 and cfg.train.compile == "on"
     assert cfg.data.paths == ["a", "b"]
 
 

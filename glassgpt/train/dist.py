@@ -74,10 +74,51 @@ def flush_denormals() -> bool | None:
     return not bool(y.any())
 
 
-def autocast(device):
-    """bf16 autocast on a CUDA device, nothing elsewhere (fp32 on CPU): training, eval and serving."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_capability() -> str:
+    """What the CPU offers torch: its vector ISA and whether bf16 matmuls are native."""
+    native = [n for n, ok in (("amx_bf16", torch.cpu._is_amx_tile_supported()),
+                              ("avx512_bf16", torch.cpu._is_avx512_bf16_supported())) if ok]
+    return f"{torch.backends.cpu.get_cpu_capability()}" + (f" + {', '.join(native)}" if native else "")
+
+
+def native_bf16(device) -> bool:
+    """bf16 matmuls in hardware: CUDA with bf16 support, a CPU with AMX or AVX512-BF16."""
+    dev = str(device)
+    if dev.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    if dev == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' → 'bf16' where the hardware has native bf16, else 'fp32'. Master weights, optimizer
+    state, the loss and norm statistics stay fp32 either way (autocast only lowers matmuls)."""
+    from glassgpt.errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    native = native_bf16(device)
+    if precision == "auto":
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and not native:
+        if str(device).startswith("cuda"):
+            raise ConfigError(f"precision bf16 requested, but {torch.cuda.get_device_name()} has no bf16; use fp32")
+        log.warning("precision bf16 on %s without native bf16 (no AMX or AVX512-BF16): emulated, slower than fp32", device)
+    return precision
+
+
+def autocast(device, precision: str | None = None):
+    """The context a forward runs in. precision 'bf16' or 'fp32' (resolved); None keeps serving's
+    default: bf16 on a CUDA device, fp32 elsewhere."""
+    dev = str(device).split(":")[0]
+    if precision is None:
+        precision = "bf16" if dev == "cuda" else "fp32"
+    if precision == "bf16" and dev in ("cuda", "cpu"):
+        return torch.autocast(dev, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import resource
 import shutil
@@ -40,6 +41,23 @@ log = logging.getLogger(__name__)
 def fmt_time(s: float) -> str:
     s = int(max(0, s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def compile_model(model, mode: str, device) -> tuple:
+    """(the callable to train with, whether it is compiled). 'auto' compiles on CUDA only: on a
+    CPU the compile time is not yet paid back by the small presets' runs. Where torch.compile
+    cannot be used, one line says why and the eager model trains."""
+    if mode == "off" or (mode == "auto" and not str(device).startswith("cuda")):
+        return model, False
+    if str(device) == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        log.warning("train.compile=%s: inductor's CPU backend needs a C++ compiler (g++ or clang++, or $CXX); "
+                    "training eager", mode)
+        return model, False
+    try:
+        return torch.compile(model), True
+    except Exception as e:  # e.g. no C++ compiler for inductor's CPU backend
+        log.warning("torch.compile unavailable (%s); training eager", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return model, False
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -187,7 +205,8 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
 
     torch.manual_seed(t.seed)
     raw = build(m, device=d.device, seed=t.seed)  # identical on every rank: same seed
-    autocast = dist_mod.autocast(d.device)
+    precision = dist_mod.resolve_precision(t.precision, d.device)
+    autocast = dist_mod.autocast(d.device, precision)
     sources = sources_mod.build(cfg, corpus, d, autocast)
     for src in sources:
         src.attach(raw)  # e.g. the image encoder as raw.vision
@@ -241,7 +260,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                 opt.load_state_dict(s)
 
     model = raw if fsdp else dist_mod.wrap(raw, d, fsdp=False)
-    fwd = torch.compile(model) if t.compile else model
+    fwd, compiled = compile_model(model, t.compile, d.device)
 
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
@@ -251,9 +270,9 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
             return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
     save_at = save_at or set()
     if d.is_main:
-        log.info("model: %s params (%s non-embedding), %.3g FLOPs/token; %d steps × %s tokens on %d×%s",
+        log.info("model: %s params (%s non-embedding), %.3g FLOPs/token; %d steps × %s tokens on %d×%s, %s%s",
                  f"{counts.params:,}", f"{counts.params_non_embedding:,}", counts.flops_per_token, total,
-                 f"{tokens_per_step:,}", d.world, d.device)
+                 f"{tokens_per_step:,}", d.world, d.device, precision, ", compiled" if compiled else "")
 
     def save(step):
         if fsdp:
@@ -360,7 +379,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         report.update(src.report(evals[src.name]))
     report.update({
         "hardware": {"device": d.device, "processes": d.world, "threads": torch.get_num_threads(),
-                     "platform": platform.platform(), "torch": torch.__version__},
+                     "platform": platform.platform(), "torch": torch.__version__,
+                     "cpu_capability": dist_mod.cpu_capability()},
+        "precision": precision,
+        "compile": compiled,
         "seconds": round(seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": cfg.to_dict(),
