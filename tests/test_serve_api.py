@@ -350,3 +350,75 @@ def test_terminal_chat_against_the_server(env):
     msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=4)
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert backend.usage["completion_tokens"] > 0
+
+
+# --- cheap limits first, long work off the event loop ---------------------------------------------
+def big_message(mb=10):
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "a" * (mb * 1024 * 1024)}],
+                       "max_tokens": 1}).encode()
+
+
+def count_calls(monkeypatch, obj, name):
+    calls = []
+    real = getattr(obj, name)
+
+    def wrapped(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(obj, name, wrapped)
+    return calls
+
+
+def test_key_over_its_limit_is_refused_before_tokenizing(env, monkeypatch):
+    k, _ = env["store"].create_key("over", rpm=1)
+    c = openai.OpenAI(base_url=env["url"] + "/v1", api_key=k, max_retries=0)
+    c.chat.completions.create(model=MODEL, messages=user(), max_tokens=1)
+    calls = count_calls(monkeypatch, env["engine"].tokenizer, "render_chat")
+    t0 = time.time()
+    r = httpx.post(env["url"] + "/v1/chat/completions", content=big_message(),
+                   headers={"authorization": f"Bearer {k}", "content-type": "application/json"}, timeout=60)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert calls == [] and time.time() - t0 < 5
+    r = httpx.post(env["url"] + "/v1/chat/completions", content=big_message(1),
+                   headers={"authorization": "Bearer sk-wrong", "content-type": "application/json"}, timeout=60)
+    assert r.status_code == 401 and calls == []
+
+
+def test_message_longer_than_the_context_is_refused_without_tokenizing(env, monkeypatch):
+    calls = count_calls(monkeypatch, env["engine"].tokenizer, "render_chat")
+    enc = count_calls(monkeypatch, env["engine"].tokenizer, "encode")
+    r = post(env, "/v1/chat/completions", big_message())
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "messages"
+    r = post(env, "/v1/completions", {"model": MODEL, "prompt": "a" * 1_000_000, "max_tokens": 1})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "prompt"
+    assert "prompt" in err["message"] and "messages" not in err["message"]
+    assert calls == [] and enc == []
+
+
+def test_health_answers_while_a_prompt_is_tokenized(env, monkeypatch):
+    import threading
+
+    tok = env["engine"].tokenizer
+    real = tok.render_chat
+    started = threading.Event()
+
+    def slow(*a, **kw):  # stands in for seconds of tokenizing a long prompt
+        started.set()
+        time.sleep(2.0)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tok, "render_chat", slow)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=post(env, "/v1/chat/completions",
+                                                          {"model": MODEL, "messages": user(), "max_tokens": 1})))
+    t.start()
+    assert started.wait(10)
+    t0 = time.time()
+    h = httpx.get(env["url"] + "/health", timeout=10)
+    took = time.time() - t0
+    t.join(30)
+    assert h.status_code == 200 and took < 1.0, took
+    assert out["r"].status_code == 200

@@ -26,7 +26,9 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
 from glassgpt.serve.errors import ContextLengthError, ServeError
@@ -251,6 +253,72 @@ class Server:
                                  self.price(model), status)
 
 
+def error_headers(e: ServeError) -> dict | None:
+    if e.status in (429, 503):
+        return {"retry-after": str(getattr(e, "retry_after", 1))}
+    return None
+
+
+async def send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
+    payload = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    hdrs += [(k.encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def drain(receive, cap: int) -> None:
+    """Discard a request body, at most `cap` bytes of it."""
+    seen, more = 0, True
+    while more and seen <= cap:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+        seen += len(msg.get("body", b""))
+        more = msg.get("more_body", False)
+
+
+def route_label(app, scope) -> str:
+    """The route template a request matches ('/v1/models/{model_id}'), never the raw path:
+    a metrics label must come from a small fixed set, whatever paths clients send."""
+    for r in app.router.routes:
+        try:
+            m, _ = r.matches(scope)
+        except Exception:
+            continue
+        if m == Match.FULL:
+            return getattr(r, "path", "unmatched")
+    return "unmatched"
+
+
+class Gate:
+    """ASGI middleware that runs the checks that cost nothing before the body is read:
+    the API key, then whether the key is already over its rate limit. A client without a
+    valid key, or one over its limit, is refused before its (possibly 10 MB) body is read,
+    parsed or tokenized."""
+
+    def __init__(self, app, server: "Server"):
+        self.app, self.srv = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or not self.srv.auth:
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        try:
+            key = self.srv.store.authenticate(headers.get("authorization"))
+            if scope["method"] == "POST":
+                self.srv.store.precheck_rate(key)
+        except ServeError as e:
+            self.srv.metrics.request(route_label(scope["app"], scope) if "app" in scope else "unmatched", e.status)
+            # Read and drop the body (up to the body limit, never kept) so that the client gets
+            # to read the refusal instead of a reset connection in the middle of its upload.
+            await drain(receive, self.srv.max_body)
+            return await send_json(send, e.status, error_body(str(e), e.type, e.param, e.code),
+                                   {**(error_headers(e) or {}), "connection": "close"})
+        scope.setdefault("state", {})["api_key"] = key
+        return await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """ASGI middleware: a body over the limit (by Content-Length or as it streams) is a 413.
     The body is drained (up to 4x the limit) before answering so that clients read the error."""
@@ -335,8 +403,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     app.state.server = srv
 
     def err(e: ServeError) -> JSONResponse:
-        headers = {"retry-after": "1"} if e.status in (429, 503) else None
-        return JSONResponse(error_body(str(e), e.type, e.param, e.code), status_code=e.status, headers=headers)
+        return JSONResponse(error_body(str(e), e.type, e.param, e.code), status_code=e.status, headers=error_headers(e))
 
     @app.exception_handler(ServeError)
     async def _serve_error(request, e: ServeError):
@@ -378,40 +445,57 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                                        "server_error"), status_code=500)
 
     async def require_key(request: Request):
-        return srv.authenticate(request)
+        # Gate (the outer middleware) already checked the key before the body was read.
+        if not srv.auth:
+            return None
+        key = request.scope.get("state", {}).get("api_key")
+        return key if key is not None else srv.authenticate(request)
 
     # --- chat ---------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, key=Depends(require_key)):
         t0 = time.time()
         engine = srv.engine(body.model)
-        raw_images: list[tuple[str, bytes]] = []
-        messages = chat_messages(body, engine, raw_images)
         if body.top_logprobs and not body.logprobs:
             raise ServeError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs", code="invalid_value")
         if not body.stream and body.stream_options is not None and body.stream_options.include_usage:
             raise ServeError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-        # Each image part becomes engine.image_tokens <|image|> positions (billed as prompt tokens).
-        prompt = engine.tokenizer.render_chat(messages, n_image_tokens=engine.image_tokens)
         params = SamplingParams(
             max_tokens=body.max_completion_tokens or body.max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
             stop=stop_list(body.stop), seed=body.seed, n=body.n or 1,
             logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
-        try:
-            want = engine.check(len(prompt), params)
-        except ContextLengthError as e:
-            if not raw_images:
-                raise
-            raise ContextLengthError(f"{e} Each image takes {engine.image_tokens} tokens; this request has "
-                                     f"{len(raw_images)} image(s) ({len(raw_images) * engine.image_tokens} tokens): "
-                                     "send fewer images.", param="messages") from None
+        # A size check that needs no tokenizer: a text of c characters is at least c/B tokens
+        # when no token is longer than B bytes, so a message far over the context is refused
+        # here, in microseconds, instead of after seconds of tokenizing.
+        chars = sum(len(m.content) if isinstance(m.content, str) else
+                    sum(len(p.text or "") for p in m.content) for m in body.messages if m.content)
+        engine.check_size(chars, params, "messages")
+        raw_images: list[tuple[str, bytes]] = []
+
+        def prepare():
+            # Validation, base64, tokenizing and the context check run in a worker thread: a
+            # long prompt takes seconds there, while the event loop keeps serving /health.
+            messages = chat_messages(body, engine, raw_images)
+            # Each image part becomes engine.image_tokens <|image|> positions (billed as prompt tokens).
+            prompt = engine.tokenizer.render_chat(messages, n_image_tokens=engine.image_tokens)
+            try:
+                want = engine.check(len(prompt), params, param="messages")
+            except ContextLengthError as e:
+                if not raw_images:
+                    raise
+                raise ContextLengthError(f"{e} Each image takes {engine.image_tokens} tokens; this request has "
+                                         f"{len(raw_images)} image(s) ({len(raw_images) * engine.image_tokens} tokens): "
+                                         "send fewer images.", param="messages") from None
+            return prompt, want
+
+        prompt, want = await run_in_threadpool(prepare)
         if srv.store is not None:
             srv.store.check_rate(key, len(prompt) + want * params.n)
-        # Decode and validate the pixels off the event loop (a large JPEG takes a while);
+        # Decode and validate the pixels off the event loop too (a large JPEG takes a while);
         # the engine thread encodes them once, at prefill.
-        images = await asyncio.to_thread(load_images, raw_images) if raw_images else None
+        images = await run_in_threadpool(load_images, raw_images) if raw_images else None
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         req, events = await engine.stream(prompt, params, images=images)
@@ -514,25 +598,34 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         if body.suffix:
             raise ServeError("'suffix' is not supported by this model.", param="suffix")
         p = body.prompt
-        if isinstance(p, str):
-            prompts = [tok.encode(clean(p))]
-        elif p and all(isinstance(x, int) for x in p):
-            prompts = [list(p)]
-        elif p and all(isinstance(x, str) for x in p):
-            prompts = [tok.encode(clean(x)) for x in p]
-        elif p and all(isinstance(x, list) for x in p):
-            prompts = [list(x) for x in p]
-        else:
+        if isinstance(p, list) and len(p) > 64 and not all(isinstance(x, int) for x in p):
+            raise ServeError("at most 64 prompts per request", param="prompt")
+        echo, want_lp = bool(body.echo), body.logprobs is not None
+        n = body.n or 1
+        # Cheap size check first (no tokenizer; see chat_completions).
+        texts_in = [p] if isinstance(p, str) else [x for x in p if isinstance(x, str)] if isinstance(p, list) else []
+        for x in texts_in:
+            engine.check_size(len(x), SamplingParams(max_tokens=body.max_tokens, n=n, echo_logprobs=echo), "prompt")
+
+        def tokenize():
+            if isinstance(p, str):
+                return [tok.encode(clean(p))]
+            if p and all(isinstance(x, int) for x in p):
+                return [list(p)]
+            if p and all(isinstance(x, str) for x in p):
+                return [tok.encode(clean(x)) for x in p]
+            if p and all(isinstance(x, list) for x in p):
+                return [list(x) for x in p]
             raise ServeError("'prompt' must be a string, a list of strings, a list of token ids or a list of lists "
                              "of token ids, and not empty.", param="prompt")
+
+        prompts = await run_in_threadpool(tokenize)
         if len(prompts) > 64:
             raise ServeError("at most 64 prompts per request", param="prompt")
         for ids in prompts:
             bad = [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
                 raise ServeError(f"token id {bad[0]} is outside this model's vocabulary of {tok.vocab_size}.", param="prompt")
-        echo, want_lp = bool(body.echo), body.logprobs is not None
-        n = body.n or 1
 
         def params():
             return SamplingParams(max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
@@ -546,7 +639,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         # The document starts with <|bos|> as in training; it is not echoed nor billed.
         full = [[tok.bos_id] + ids for ids in prompts]
         for ids in full:
-            engine.check(len(ids), params())
+            engine.check(len(ids), params(), param="prompt")
         prompt_tokens = sum(len(ids) for ids in prompts)
         if srv.store is not None:
             srv.store.check_rate(key, prompt_tokens + (body.max_tokens or 0) * n * len(prompts))
@@ -758,6 +851,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
 
     app.openapi = openapi
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(Gate, server=srv)  # added last: runs first, before the body is read
     return app
 
 

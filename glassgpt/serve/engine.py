@@ -204,6 +204,7 @@ class Engine:
         self.max_image = 16 * 1024 * 1024
         self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
         self.steps = 0  # decode steps, read by /metrics
+        self._max_token_bytes: int | None = None
 
     @classmethod
     def from_checkpoint(cls, path, name: str | None = None, device: str | None = None, **kw) -> "Engine":
@@ -243,19 +244,42 @@ class Engine:
         return len(self.running)
 
     # --- submission -----------------------------------------------------------------
-    def check(self, prompt_len: int, params: SamplingParams) -> int:
-        """Validate lengths; returns the effective max_tokens."""
+    @property
+    def max_token_bytes(self) -> int:
+        """The longest token in bytes: a text of b bytes is at least b / this many tokens."""
+        if self._max_token_bytes is None:
+            tok = self.tokenizer
+            self._max_token_bytes = max(1, max(len(tok.decode_bytes([i])) for i in range(tok.vocab_size)))
+        return self._max_token_bytes
+
+    def check_size(self, chars: int, params: SamplingParams, param: str = "messages") -> None:
+        """The context check before tokenizing: `chars` characters (each at least one UTF-8
+        byte) are at least chars / max_token_bytes tokens. Refuses only what cannot fit."""
+        at_least = -(-chars // self.max_token_bytes)
+        want = params.max_tokens or (0 if params.echo_logprobs else 1)
+        if at_least + want > self.context_window:
+            where = "messages" if param == "messages" else "prompt"
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_window} tokens. However, your {where} "
+                f"{'are' if where == 'messages' else 'is'} at least {at_least} tokens long ({chars:,} characters)"
+                f"{f' and you requested {want} in the completion' if params.max_tokens else ''}. "
+                f"Please reduce the length of the {where}.", param=param)
+
+    def check(self, prompt_len: int, params: SamplingParams, param: str | None = None) -> int:
+        """Validate lengths; returns the effective max_tokens. param: where the prompt came
+        from ('messages' or 'prompt'), named in the error as OpenAI does."""
         room = self.context_window - prompt_len
         if params.n > self.max_batch:
-            raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences")
+            raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences", param="n")
         if prompt_len < 1:
-            raise ServeError("the prompt is empty")
+            raise ServeError("the prompt is empty", param=param)
         want = params.max_tokens if params.max_tokens is not None else room
         if room < 0 or prompt_len + want > self.context_window or (want == 0 and not params.echo_logprobs):
+            where = "prompt" if param == "prompt" else "messages"
             raise ContextLengthError(
                 f"This model's maximum context length is {self.context_window} tokens. However, you requested "
-                f"{prompt_len + want} tokens ({prompt_len} in the messages, {want} in the completion). "
-                "Please reduce the length of the messages or completion.")
+                f"{prompt_len + want} tokens ({prompt_len} in the {where}, {want} in the completion). "
+                f"Please reduce the length of the {where} or completion.", param=param)
         return want
 
     def check_images(self, prompt: list[int], images) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import secrets
 import sqlite3
 import threading
@@ -140,13 +141,54 @@ class Store:
         return key
 
     # --- rate limits -------------------------------------------------------------------------
+    def _limits(self, key: Key) -> tuple[int | None, int | None]:
+        return (key.rpm if key.rpm is not None else self.default_rpm,
+                key.tpm if key.tpm is not None else self.default_tpm)
+
+    def precheck_rate(self, key: Key | None) -> None:
+        """The part of the rate limit that needs no token count: a key whose window is already
+        full (requests, or tokens) is refused before its body is read or tokenized."""
+        if key is None:
+            return
+        rpm, tpm = self._limits(key)
+        if not rpm and not tpm:
+            return
+        now = time.time()
+        with self.lock:
+            win = self._windows.get(key.id)
+            if not win:
+                return
+            while win and now - win[0][0] > 60.0:
+                win.popleft()
+            if rpm and len(win) >= rpm:
+                raise self._rpm_error(key, rpm, now - win[0][0])
+            used = sum(t for _, t in win)
+            if tpm and used >= tpm:
+                raise self._tpm_error(key, tpm, used, 0, now - win[0][0])
+
+    @staticmethod
+    def _rpm_error(key: Key, rpm: int, age: float) -> RateLimitError:
+        wait = max(1, math.ceil(60.0 - age))
+        err = RateLimitError(f"Rate limit reached for key {key.id}: {rpm} requests per minute. "
+                             f"Try again in {wait}s.", code="rate_limit_exceeded")
+        err.retry_after = wait
+        return err
+
+    @staticmethod
+    def _tpm_error(key: Key, tpm: int, used: int, tokens: int, age: float) -> RateLimitError:
+        wait = max(1, math.ceil(60.0 - age))
+        err = RateLimitError(f"Rate limit reached for key {key.id}: {tpm} tokens per minute "
+                             f"(used {used}, requested {tokens}). Try again in {wait}s.", code="rate_limit_exceeded")
+        err.type = "tokens"
+        err.retry_after = wait
+        return err
+
     def check_rate(self, key: Key | None, tokens: int) -> None:
         """Sliding 60 s window per key: requests per minute and tokens per minute (prompt +
         requested completion tokens, as OpenAI estimates). Raises RateLimitError (429)."""
         if key is None:
             return
-        rpm = key.rpm if key.rpm is not None else self.default_rpm
-        tpm = key.tpm if key.tpm is not None else self.default_tpm
+        rpm, tpm = self._limits(key)
         if not rpm and not tpm:
             return
         now = time.time()
@@ -155,14 +197,12 @@ class Store:
             while win and now - win[0][0] > 60.0:
                 win.popleft()
             if rpm and len(win) >= rpm:
-                raise RateLimitError(f"Rate limit reached for key {key.id}: {rpm} requests per minute. "
-                                     f"Try again in {60 - (now - win[0][0]):.0f}s.", code="rate_limit_exceeded")
+                raise self._rpm_error(key, rpm, now - win[0][0])
             used = sum(t for _, t in win)
             if tpm and used + tokens > tpm:
-                err = RateLimitError(f"Rate limit reached for key {key.id}: {tpm} tokens per minute "
-                                     f"(used {used}, requested {tokens}).", code="rate_limit_exceeded")
-                err.type = "tokens"
-                raise err
+                # An empty window means the request alone exceeds the limit: waiting won't help,
+                # but the header still has to be a number; a minute is the honest upper bound.
+                raise self._tpm_error(key, tpm, used, tokens, now - win[0][0] if win else 0.0)
             win.append((now, tokens))
 
     # --- metering ----------------------------------------------------------------------------
