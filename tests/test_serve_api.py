@@ -422,3 +422,26 @@ def test_health_answers_while_a_prompt_is_tokenized(env, monkeypatch):
     t.join(30)
     assert h.status_code == 200 and took < 1.0, took
     assert out["r"].status_code == 200
+
+
+# --- /metrics under hostile paths -----------------------------------------------------------------
+def test_metrics_labels_are_route_templates_and_parse(env):
+    import random
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # percent-encoded: the server decodes them to quotes, braces and newlines in the path
+    hostile = ["/x%22%7D%201%0Afoo", "/v1/x%22%7D%0A", "/v1/models/a%22b%0A", "/%5C", "/v1/chat/completions/extra"]
+    for path in hostile:
+        httpx.get(env["url"] + path, headers={"authorization": f"Bearer {env['key']}"})
+    rng = random.Random(0)
+    with httpx.Client(base_url=env["url"]) as c:
+        for _ in range(1000):
+            c.get("/" + "".join(rng.choice("abcdefghij%20\"{}") for _ in range(12)))
+    text = httpx.get(env["url"] + "/metrics").text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    paths = {s.labels["path"] for s in fams["glassgpt_requests"].samples}
+    templates = {"unmatched", "/v1/models/{model_id}", "/v1/chat/completions", "/v1/completions", "/v1/models", "/health"}
+    assert paths <= templates | {"/", "/metrics"}, paths - templates
+    assert "unmatched" in paths
+    assert len(fams["glassgpt_requests"].samples) < 40

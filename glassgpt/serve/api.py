@@ -407,7 +407,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
 
     @app.exception_handler(ServeError)
     async def _serve_error(request, e: ServeError):
-        srv.metrics.request(request.url.path, e.status)
+        srv.metrics.request(route_label(app, request.scope), e.status)
         return err(e)
 
     @app.exception_handler(RequestValidationError)
@@ -425,7 +425,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             msg, code = f"Invalid value for '{param}': {first.get('msg', 'invalid')} (got {shown}).", "invalid_value"
             if param is None:
                 msg = "The request body must be a JSON object."
-        srv.metrics.request(request.url.path, 400)
+        srv.metrics.request(route_label(app, request.scope), 400)
         return JSONResponse(error_body(msg, "invalid_request_error", param, code), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -435,12 +435,13 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             body = error_body(msg, code="unknown_url")
         else:
             body = error_body(str(e.detail), code=None)
-        srv.metrics.request(request.url.path, e.status_code)
+        srv.metrics.request(route_label(app, request.scope), e.status_code)
         return JSONResponse(body, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(request, e):
         log.exception("internal error")
+        srv.metrics.request(route_label(app, request.scope), 500)
         return JSONResponse(error_body(f"The server had an error processing your request: {type(e).__name__}.",
                                        "server_error"), status_code=500)
 
@@ -802,7 +803,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, key=Depends(require_key)):
-        srv.metrics.request("/v1/models/{id}", 200)
+        srv.metrics.request("/v1/models/{model_id}", 200)
         return model_card(srv.engine(model_id))
 
     @app.get("/health")
