@@ -38,11 +38,12 @@ def client(env):
     return openai.OpenAI(base_url=env["url"] + "/v1", api_key=env["key"], max_retries=0, timeout=60)
 
 
-def post(env, path, body, key=True, **kw):
+def post(env, path, body, key=True, timeout=60, **kw):
     headers = {"authorization": f"Bearer {env['key']}"} if key else {}
     if isinstance(body, (bytes, str)):
-        return httpx.post(env["url"] + path, content=body, headers={**headers, "content-type": "application/json"}, timeout=60, **kw)
-    return httpx.post(env["url"] + path, json=body, headers=headers, timeout=60, **kw)
+        return httpx.post(env["url"] + path, content=body, headers={**headers, "content-type": "application/json"},
+                          timeout=timeout, **kw)
+    return httpx.post(env["url"] + path, json=body, headers=headers, timeout=timeout, **kw)
 
 
 def user(text="hello"):
@@ -445,3 +446,78 @@ def test_metrics_labels_are_route_templates_and_parse(env):
     assert paths <= templates | {"/", "/metrics"}, paths - templates
     assert "unmatched" in paths
     assert len(fams["glassgpt_requests"].samples) < 40
+
+
+# --- cancellation of non-streaming requests, one ledger row each --------------------------------------
+def slow_sampling(monkeypatch, engine, delay=0.005):
+    """Every token takes `delay` seconds and no choice ends early (no end token)."""
+    monkeypatch.setattr(engine, "end_ids", set())
+    real = engine._sample
+
+    def slow(seq, logits):
+        time.sleep(delay)
+        return real(seq, logits)
+
+    monkeypatch.setattr(engine, "_sample", slow)
+
+
+def ledger_rows(store, after):
+    return store.db.execute("SELECT endpoint, completion_tokens, status FROM usage WHERE n > ? ORDER BY n",
+                            (after,)).fetchall()
+
+
+def last_row(store):
+    return store.db.execute("SELECT COALESCE(MAX(n), 0) FROM usage").fetchone()[0]
+
+
+def wait_rows(store, after, count, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = ledger_rows(store, after)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.05)
+    return ledger_rows(store, after)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": user(), "n": 4}),
+    ("/v1/completions", {"prompt": ["a", "b"], "n": 2}),
+])
+def test_non_stream_disconnect_cancels_and_meters_once(env, monkeypatch, path, body):
+    store, eng = env["store"], env["engine"]
+    slow_sampling(monkeypatch, eng, 0.02)
+    n0 = last_row(store)
+    with pytest.raises(httpx.ReadTimeout):  # the tiny model's context is 64 tokens: 4 x 50 take 4 s here
+        post(env, path, {"model": MODEL, **body, "max_tokens": 50, "temperature": 1.0}, timeout=0.6)
+    rows = wait_rows(store, n0, 1)
+    time.sleep(0.3)
+    rows = ledger_rows(store, n0)
+    assert len(rows) == 1 and rows[0][2] == "cancelled", rows
+    assert 0 < rows[0][1] < 4 * 50  # billed what was generated, and it stopped
+    deadline = time.time() + 5
+    while eng.n_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert eng.n_running == 0
+
+
+def test_queued_client_that_disconnects_has_no_race(env, monkeypatch, caplog):
+    import threading
+
+    store, eng = env["store"], env["engine"]
+    slow_sampling(monkeypatch, eng, 0.01)
+    n0 = last_row(store)
+    # One request holds every slot for a while; the second waits in the queue and gives up.
+    hog = threading.Thread(target=lambda: post(env, "/v1/chat/completions", {
+        "model": MODEL, "messages": user(), "n": eng.max_batch, "max_tokens": 20, "temperature": 1.0}))
+    hog.start()
+    time.sleep(0.3)
+    with caplog.at_level("WARNING"):
+        with pytest.raises(httpx.ReadTimeout):
+            post(env, "/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": 5}, timeout=0.3)
+        hog.join(60)
+        rows = wait_rows(store, n0, 2)
+    assert sorted(r[2] for r in rows) == ["cancelled", "ok"], rows
+    assert "already running" not in caplog.text and "Traceback" not in caplog.text
+    m = httpx.get(env["url"] + "/metrics").text
+    assert 'glassgpt_requests_total{path="/v1/chat/completions",status="499"}' in m

@@ -566,18 +566,31 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                     "logprobs": None, "finish_reason": None} for i in range(params.n)]
         toks = [[] for _ in range(params.n)]
         status = "cancelled"
+
+        def handle(ev):
+            nonlocal status
+            if ev.kind == "error":
+                status = "error"
+                raise ServeError(ev.message, status=500)
+            if ev.kind == "token":
+                toks[ev.index].append(ev.token)
+                choices[ev.index]["message"]["content"] += ev.text
+            elif ev.kind == "finish":
+                choices[ev.index]["message"]["content"] += ev.text
+                choices[ev.index]["finish_reason"] = ev.finish_reason
+
         try:
-            async for ev in _watch(events, request):
-                if ev.kind == "error":
-                    status = "error"
-                    raise ServeError(ev.message, status=500)
-                if ev.kind == "token":
-                    toks[ev.index].append(ev.token)
-                    choices[ev.index]["message"]["content"] += ev.text
-                elif ev.kind == "finish":
-                    choices[ev.index]["message"]["content"] += ev.text
-                    choices[ev.index]["finish_reason"] = ev.finish_reason
+            await consume(events, request, handle)
             status = "ok"
+        except ServeError as e:
+            if e.status != 499:
+                status = "error"
+            raise
+        except asyncio.CancelledError:  # the server is shutting down: the client got nothing
+            raise
+        except BaseException:
+            status = "error"
+            raise
         finally:
             req.cancel()
             finish_meter(status)
@@ -752,21 +765,35 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         toks = [[] for _ in texts]
         reasons = [None] * len(texts)
         status = "cancelled"
+
+        def handle(item):
+            nonlocal status
+            k, ev = item
+            idx = k * n + ev.index
+            if ev.kind == "prompt":
+                prompt_lps[k] = ev.prompt
+            elif ev.kind == "error":
+                status = "error"
+                raise ServeError(ev.message, status=500)
+            elif ev.kind == "token":
+                toks[idx].append(ev.token)
+                texts[idx] += ev.text
+            elif ev.kind == "finish":
+                texts[idx] += ev.text
+                reasons[idx] = ev.finish_reason
+
         try:
-            async for k, ev in _watch(merged(), request):
-                idx = k * n + ev.index
-                if ev.kind == "prompt":
-                    prompt_lps[k] = ev.prompt
-                elif ev.kind == "error":
-                    status = "error"
-                    raise ServeError(ev.message, status=500)
-                elif ev.kind == "token":
-                    toks[idx].append(ev.token)
-                    texts[idx] += ev.text
-                elif ev.kind == "finish":
-                    texts[idx] += ev.text
-                    reasons[idx] = ev.finish_reason
+            await consume(merged(), request, handle)
             status = "ok"
+        except ServeError as e:
+            if e.status != 499:
+                status = "error"
+            raise
+        except asyncio.CancelledError:  # the server is shutting down: the client got nothing
+            raise
+        except BaseException:
+            status = "error"
+            raise
         finally:
             for r in reqs:
                 r.cancel()
@@ -856,25 +883,42 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     return app
 
 
-async def _watch(events, request, every: float = 0.5):
-    """Iterate events; stop (cancelling the request via the iterator's finally) when the
-    client of a non-streaming request disconnects."""
+async def _wait_disconnect(request) -> None:
+    """Returns when the client goes away. The body was read already, so the next ASGI
+    message can only be `http.disconnect`: waiting on it costs nothing, no polling."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+async def consume(events, request, handle) -> None:
+    """Feed every event of a non-streaming request to `handle`; if the client disconnects
+    first, stop the generation and raise a 499.
+
+    Not an async generator on purpose: a generator that is abandoned (the handler raised)
+    is closed later by the loop, possibly while its own __anext__ is still running, which
+    is the `aclose(): asynchronous generator is already running` error. Here the pending
+    step is cancelled and awaited before the event iterator is closed, in this task."""
     it = events.__aiter__()
+    gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
         while True:
             nxt = asyncio.ensure_future(it.__anext__())
-            while True:
-                done, _ = await asyncio.wait({nxt}, timeout=every)
-                if done:
-                    break
-                if await request.is_disconnected():
-                    nxt.cancel()
-                    raise ServeError("client disconnected", code="client_closed_request", status=499)
+            await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+                raise ServeError("The client closed the connection before the response was ready.",
+                                 code="client_closed_request", status=499)
             try:
-                yield nxt.result()
+                ev = nxt.result()
             except StopAsyncIteration:
                 return
+            handle(ev)
     finally:
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
         await it.aclose()
 
 
