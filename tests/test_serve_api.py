@@ -521,3 +521,49 @@ def test_queued_client_that_disconnects_has_no_race(env, monkeypatch, caplog):
     assert "already running" not in caplog.text and "Traceback" not in caplog.text
     m = httpx.get(env["url"] + "/metrics").text
     assert 'glassgpt_requests_total{path="/v1/chat/completions",status="499"}' in m
+
+
+# --- image decompression amplification --------------------------------------------------------------
+def encoded(im, fmt, **kw):
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_pixel_bomb_refused_from_its_header():
+    import tracemalloc
+
+    from PIL import Image
+
+    from glassgpt.serve.api import load_images
+
+    bomb = encoded(Image.new("P", (6000, 6000)), "PNG", optimize=True)
+    assert len(bomb) < 100_000  # a few KB that declare 36 M pixels
+    tracemalloc.start()
+    t0 = time.time()
+    with pytest.raises(ServeError) as e:
+        load_images([("messages[0].content[1]", bomb)])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert e.value.code == "image_too_large" and e.value.param == "messages[0].content[1]"
+    assert time.time() - t0 < 1.0 and peak < 5_000_000  # nothing was decoded
+    # the budget is per request: two images that pass alone do not pass together
+    half = encoded(Image.new("P", (3000, 3000)), "PNG")
+    assert len(load_images([("a", half)], max_pixels=10_000_000)) == 1
+    with pytest.raises(ServeError, match="in all"):
+        load_images([("a", half), ("b", half)], max_pixels=10_000_000)
+
+
+def test_jpeg_decoded_at_reduced_size():
+    from PIL import Image
+
+    from glassgpt.serve.api import load_images
+
+    jpeg = encoded(Image.new("RGB", (4000, 3000), (200, 30, 30)), "JPEG")
+    [im] = load_images([("p", jpeg)], side=224)
+    assert im.mode == "RGB" and max(im.size) <= 1000  # draft: 1/8 scale, never 12 M pixels
+    png = encoded(Image.new("RGB", (2000, 2000), (0, 90, 0)), "PNG")
+    [im] = load_images([("p", png)], side=100)
+    assert 200 <= min(im.size) < 400  # shrunk right after decoding, still well above the encoder's side

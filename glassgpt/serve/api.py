@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import ipaddress
 import json
 import logging
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024  # bytes; a bigger body is a 413
 MAX_IMAGE = 16 * 1024 * 1024  # decoded bytes of one image
+MAX_REQUEST_PIXELS = 4096 * 4096  # all images of one request, from their headers, before decoding
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
 _IMAGE_MAGIC = {
     "png": (b"\x89PNG\r\n\x1a\n",),
@@ -95,22 +97,50 @@ def decode_image(url: str, param: str, max_bytes: int = MAX_IMAGE) -> tuple[str,
     return fmt, raw
 
 
-def load_images(images: list[tuple[str, bytes]]) -> list:
+def load_images(images: list[tuple[str, bytes]], max_pixels: int = MAX_REQUEST_PIXELS, side: int = 0) -> list:
     """[(param, bytes)] from decode_image → RGB PIL images, validated by the image loader
-    (size limits from the header before any pixel is decoded; animated GIF/WebP: the first
-    frame). Any bad image is a 400 that names its content part; never a 500."""
+    (animated GIF/WebP: the first frame). Any bad image is a 400 that names its content
+    part; never a 500.
+
+    Decompression amplification: a few KB of PNG can declare 6000×6000 pixels. The sizes
+    are read from the headers first and the whole request's pixels must fit `max_pixels`
+    before anything is decoded; a JPEG is decoded at a reduced scale (`draft`) when the
+    encoder only needs `side` pixels, and a decoded image much larger than `side` is
+    shrunk (`reduce`) at once so it is not kept at full size while it waits."""
+    from PIL import Image
+
     from glassgpt.data.images import ImageError, load_image
 
-    out = []
+    opened, budget = [], max_pixels
     for param, raw in images:
         try:
-            out.append(load_image(raw, name=param, animated="first"))
+            im = Image.open(io.BytesIO(raw))  # reads the header only
+            if side and im.format == "JPEG":
+                im.draft("RGB", (side, side))  # DCT scaling: 1/2, 1/4 or 1/8 of the pixels, decoded
+            w, h = im.size
+        except Exception as e:
+            raise ServeError(f"Invalid image: {param}: the image header could not be read ({type(e).__name__}).",
+                             param=param, code="invalid_image_format") from None
+        budget -= w * h
+        if budget < 0:
+            raise ServeError(f"Images too large: {param} is {w}×{h} and this request's images may hold "
+                             f"{max_pixels:,} pixels in all; downscale them or send fewer.", param=param,
+                             code="image_too_large")
+        opened.append((param, im))
+    out = []
+    for param, im in opened:
+        try:
+            im = load_image(im, name=param, animated="first")
         except ImageError as e:
             raise ServeError(f"Invalid image: {e}.", param=param, code="invalid_image_format") from None
         except Exception as e:  # a decoder bug in Pillow on hostile data is still the image's fault
             log.warning("image decoder failed on %s: %r", param, e)
             raise ServeError(f"Invalid image: {param}: the image could not be decoded ({type(e).__name__}).",
                              param=param, code="invalid_image_format") from None
+        k = min(im.size) // (2 * side) if side else 0
+        if k >= 2:
+            im = im.reduce(k)  # still at least 2×side on the short side: the encoder resizes from there
+        out.append(im)
     return out
 
 
@@ -213,7 +243,7 @@ class Server:
 
     def __init__(self, engines: list[Engine], store: Store | None, auth: bool = True,
                  prices: dict[str, tuple[float, float]] | None = None, max_body: int = MAX_BODY,
-                 max_image: int = MAX_IMAGE):
+                 max_image: int = MAX_IMAGE, max_pixels: int = MAX_REQUEST_PIXELS):
         if not engines:
             raise ServeError("no model to serve: pass --checkpoint DIR")
         self.engines = {e.name: e for e in engines}
@@ -227,6 +257,7 @@ class Server:
         self.auth = auth
         self.prices = prices or {}
         self.max_body = max_body
+        self.max_pixels = max_pixels
         self.metrics = Metrics()
         self.started = int(time.time())
 
@@ -387,8 +418,8 @@ class BodyLimit:
 
 
 def create_app(engines: list[Engine], store: Store | None = None, auth: bool = True, prices=None,
-               max_body: int = MAX_BODY, max_image: int = MAX_IMAGE):
-    srv = Server(engines, store, auth, prices, max_body, max_image)
+               max_body: int = MAX_BODY, max_image: int = MAX_IMAGE, max_pixels: int = MAX_REQUEST_PIXELS):
+    srv = Server(engines, store, auth, prices, max_body, max_image, max_pixels)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -496,7 +527,8 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             srv.store.check_rate(key, len(prompt) + want * params.n)
         # Decode and validate the pixels off the event loop too (a large JPEG takes a while);
         # the engine thread encodes them once, at prefill.
-        images = await run_in_threadpool(load_images, raw_images) if raw_images else None
+        images = await run_in_threadpool(load_images, raw_images, srv.max_pixels, engine.image_side) \
+            if raw_images else None
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         req, events = await engine.stream(prompt, params, images=images)

@@ -193,6 +193,9 @@ class Engine:
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
         self.has_vision = getattr(model, "vision", None) is not None
         self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
+        vision = getattr(model, "vision", None)
+        # the encoder's input side: images are decoded at (about) this size, not larger
+        self.image_side = int(getattr(getattr(vision, "vc", None), "image_size", 0) or 0)
         self.image_id = tokenizer.image_id
         special = tokenizer.special
         self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
