@@ -334,7 +334,7 @@ def test_no_auth_and_loopback(env):
     app = create_app([other], None, auth=False)
     from fastapi.testclient import TestClient
 
-    with TestClient(app) as tc:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as tc:
         r = tc.get("/v1/models")
         assert r.status_code == 200
 
@@ -567,3 +567,36 @@ def test_jpeg_decoded_at_reduced_size():
     png = encoded(Image.new("RGB", (2000, 2000), (0, 90, 0)), "PNG")
     [im] = load_images([("p", png)], side=100)
     assert 200 <= min(im.size) < 400  # shrunk right after decoding, still well above the encoder's side
+
+
+# --- --no-auth: CSRF and DNS rebinding ---------------------------------------------------------------
+def test_no_auth_refuses_foreign_hosts_origins_and_form_bodies(env):
+    from fastapi.testclient import TestClient
+
+    other = Engine(env["engine"].model, env["engine"].tokenizer, name="local", max_batch=2, device="cpu")
+    app = create_app([other], None, auth=False, bind_port=8000)
+    body = json.dumps({"model": "local", "messages": user(), "max_tokens": 1})
+    js = {"content-type": "application/json"}
+    with TestClient(app, base_url="http://127.0.0.1:8000") as tc:
+        assert tc.post("/v1/chat/completions", content=body, headers=js).status_code == 200
+        assert tc.post("/v1/chat/completions", content=body, headers={**js, "origin": "http://localhost:8000",
+                                                                      "host": "localhost:8000"}).status_code == 200
+        assert tc.get("/v1/models", headers={"host": "[::1]:8000"}).status_code == 200
+        for headers, code in [({**js, "host": "evil.example:8000"}, "invalid_host"),  # DNS rebinding
+                              ({**js, "host": "127.0.0.1:9999"}, "invalid_host"),
+                              ({**js, "origin": "https://evil.example"}, "cross_origin_refused"),
+                              ({**js, "origin": "null"}, "cross_origin_refused"),
+                              ({"content-type": "text/plain"}, "unsupported_media_type"),  # a form, no preflight
+                              ({"content-type": "application/x-www-form-urlencoded"}, "unsupported_media_type")]:
+            r = tc.post("/v1/chat/completions", content=body, headers=headers)
+            assert r.status_code in (403, 415) and r.json()["error"]["code"] == code, (headers, r.text)
+        assert tc.get("/", headers={"host": "evil.example:8000"}).status_code == 403
+        page = tc.get("/")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_page_headers_with_keys(env):
+    page = httpx.get(env["url"] + "/")
+    assert page.headers["x-frame-options"] == "DENY" and "default-src 'self'" in page.headers["content-security-policy"]

@@ -322,32 +322,95 @@ def route_label(app, scope) -> str:
     return "unmatched"
 
 
-class Gate:
-    """ASGI middleware that runs the checks that cost nothing before the body is read:
-    the API key, then whether the key is already over its rate limit. A client without a
-    valid key, or one over its limit, is refused before its (possibly 10 MB) body is read,
-    parsed or tokenized."""
+# Headers on every response. The page loads its scripts and styles from files ('self',
+# vendored libraries under /web/vendor/ included), never inline, so the policy can forbid
+# inline script; it may not be framed (clickjacking).
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                                 b"form-action 'self'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
-    def __init__(self, app, server: "Server"):
-        self.app, self.srv = app, server
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """'127.0.0.1:8000' / '[::1]:8000' / 'localhost' → (host, port or None)."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = value.partition(":")
+    try:
+        return host.lower(), int(port) if port else None
+    except ValueError:
+        return host.lower(), -1
+
+
+class Gate:
+    """ASGI middleware that runs the checks that cost nothing before the body is read.
+
+    With keys: the API key, then whether the key is already over its rate limit. A client
+    without a valid key, or one over its limit, is refused before its (possibly 10 MB)
+    body is read, parsed or tokenized.
+
+    Without keys (--no-auth, loopback only) any web page the user visits could drive the
+    server from the browser, so: the Host must name the loopback address the server is
+    bound to (DNS rebinding sends another name), an Origin header must be that same origin
+    (cross-site fetches send theirs), and a POST body must be declared application/json
+    (the types a plain HTML form can send without a CORS preflight are refused)."""
+
+    def __init__(self, app, server: "Server", bind_port: int | None = None):
+        self.app, self.srv, self.bind_port = app, server, bind_port
+
+    def _local_check(self, scope, headers: dict) -> ServeError | None:
+        host, port = _split_host(headers.get("host", ""))
+        if not is_loopback(host) or (self.bind_port is not None and port not in (None, self.bind_port)):
+            return ServeError("This server runs without API keys and only answers requests addressed to its "
+                              "loopback address (Host: localhost or 127.0.0.1).", code="invalid_host", status=403)
+        origin = headers.get("origin")
+        if origin is not None:
+            scheme, _, rest = origin.partition("://")
+            ohost, oport = _split_host(rest)
+            if scheme not in ("http", "https") or not is_loopback(ohost) or oport != port:
+                return ServeError("Cross-origin requests are refused by a server without API keys.",
+                                  code="cross_origin_refused", status=403)
+        if scope["method"] == "POST":
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return ServeError("The request body must be sent as Content-Type: application/json.",
+                                  code="unsupported_media_type", status=415)
+        return None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or not self.srv.auth:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+
+        async def send_secure(msg):
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": list(msg.get("headers") or []) + SECURITY_HEADERS}
+            await send(msg)
+
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         try:
-            key = self.srv.store.authenticate(headers.get("authorization"))
-            if scope["method"] == "POST":
-                self.srv.store.precheck_rate(key)
+            if not self.srv.auth:
+                e = self._local_check(scope, headers)
+                if e is not None:
+                    raise e
+            elif scope["path"].startswith("/v1/"):
+                key = self.srv.store.authenticate(headers.get("authorization"))
+                if scope["method"] == "POST":
+                    self.srv.store.precheck_rate(key)
+                scope.setdefault("state", {})["api_key"] = key
         except ServeError as e:
             self.srv.metrics.request(route_label(scope["app"], scope) if "app" in scope else "unmatched", e.status)
             # Read and drop the body (up to the body limit, never kept) so that the client gets
             # to read the refusal instead of a reset connection in the middle of its upload.
             await drain(receive, self.srv.max_body)
-            return await send_json(send, e.status, error_body(str(e), e.type, e.param, e.code),
+            return await send_json(send_secure, e.status, error_body(str(e), e.type, e.param, e.code),
                                    {**(error_headers(e) or {}), "connection": "close"})
-        scope.setdefault("state", {})["api_key"] = key
-        return await self.app(scope, receive, send)
+        return await self.app(scope, receive, send_secure)
 
 
 class BodyLimit:
@@ -418,7 +481,9 @@ class BodyLimit:
 
 
 def create_app(engines: list[Engine], store: Store | None = None, auth: bool = True, prices=None,
-               max_body: int = MAX_BODY, max_image: int = MAX_IMAGE, max_pixels: int = MAX_REQUEST_PIXELS):
+               max_body: int = MAX_BODY, max_image: int = MAX_IMAGE, max_pixels: int = MAX_REQUEST_PIXELS,
+               bind_port: int | None = None):
+    """bind_port: the port the server listens on; without keys, requests must name it in Host."""
     srv = Server(engines, store, auth, prices, max_body, max_image, max_pixels)
 
     @asynccontextmanager
@@ -911,7 +976,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
 
     app.openapi = openapi
     app.add_middleware(BodyLimit, limit=max_body)
-    app.add_middleware(Gate, server=srv)  # added last: runs first, before the body is read
+    app.add_middleware(Gate, server=srv, bind_port=bind_port)  # added last: runs first, before the body is read
     return app
 
 
@@ -985,7 +1050,7 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
                                       max_batch=max_batch, max_queue=max_queue) for i, ck in enumerate(checkpoints)]
     store = Store(db, default_rpm=rpm, default_tpm=tpm)
-    app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body)
+    app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body, bind_port=port)
     log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
              "off" if no_auth else "on")
     uvicorn.run(app, host=host, port=port, log_level="warning")
