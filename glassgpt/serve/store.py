@@ -69,7 +69,7 @@ def _hash(key: str) -> str:
 
 
 class Store:
-    def __init__(self, path, default_rpm: int | None = None, default_tpm: int | None = None):
+    def __init__(self, path, default_rpm: int | None = None, default_tpm: int | None = None, cache_size: int = 4096):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,11 @@ class Store:
         self.lock = threading.Lock()
         self.default_rpm, self.default_tpm = default_rpm, default_tpm
         self._windows: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._cache: dict[str, tuple[float, Key | None]] = {}
+        # hash → (checked at, record or None). Wrong keys are cached too (a flood of them must
+        # not become a flood of queries), so the cache is an LRU with a cap: a client without
+        # a valid key cannot grow it.
+        self._cache: collections.OrderedDict[str, tuple[float, Key | None]] = collections.OrderedDict()
+        self.cache_size = cache_size
 
     def close(self) -> None:
         self.db.close()
@@ -126,12 +130,15 @@ class Store:
             raise AuthError("The Authorization header must be 'Bearer YOUR_KEY'.")
         h = _hash(token)
         now = time.time()
-        hit = self._cache.get(h)
-        if hit is None or now - hit[0] > 5.0:  # revocation takes effect within 5 s across processes
-            with self.lock:
+        with self.lock:
+            hit = self._cache.get(h)
+            if hit is None or now - hit[0] > 5.0:  # revocation takes effect within 5 s across processes
                 row = self.db.execute("SELECT id, name, created, revoked, rpm, tpm FROM keys WHERE hash = ?", (h,)).fetchone()
-            hit = (now, Key(*row) if row else None)
-            self._cache[h] = hit
+                hit = (now, Key(*row) if row else None)
+                self._cache[h] = hit
+            self._cache.move_to_end(h)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         key = hit[1]
         if key is None:
             shown = token[:12] + "…" if len(token) > 12 else "***"
