@@ -600,3 +600,30 @@ def test_no_auth_refuses_foreign_hosts_origins_and_form_bodies(env):
 def test_page_headers_with_keys(env):
     page = httpx.get(env["url"] + "/")
     assert page.headers["x-frame-options"] == "DENY" and "default-src 'self'" in page.headers["content-security-policy"]
+
+
+# --- fair scheduling between keys ---------------------------------------------------------------------
+def test_small_request_of_another_key_is_not_stuck_behind_a_big_one(env, monkeypatch):
+    import threading
+
+    eng = env["engine"]
+    slow_sampling(monkeypatch, eng, 0.004)
+    big_key, _ = env["store"].create_key("big")
+    done = {}
+
+    def big():
+        r = httpx.post(env["url"] + "/v1/completions", headers={"authorization": f"Bearer {big_key}"}, timeout=120,
+                       json={"model": MODEL, "prompt": [f"p{i}" for i in range(12)], "n": 4, "max_tokens": 10})
+        done["big"] = (time.time(), r.status_code)
+
+    t = threading.Thread(target=big)
+    t.start()
+    deadline = time.time() + 10
+    while eng.n_running == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    # 12 prompts x n=4 fill 8 slots for six rounds; the other key's request joins at the next free slot
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": 2})
+    small_done = time.time()
+    t.join(120)
+    assert r.status_code == 200 and done["big"][1] == 200
+    assert small_done < done["big"][0] - 0.5, (small_done, done["big"][0])

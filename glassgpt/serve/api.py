@@ -596,7 +596,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             if raw_images else None
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
-        req, events = await engine.stream(prompt, params, images=images)
+        req, events = await engine.stream(prompt, params, images=images, owner=key.id if key else None)
         state = {"metered": False}
 
         def finish_meter(status: str):
@@ -759,7 +759,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         started = []
         try:
             for ids in full:
-                started.append(await engine.stream(ids, params()))
+                started.append(await engine.stream(ids, params(), owner=key.id if key else None))
         except ServeError:
             for r, ev in started:
                 r.cancel()

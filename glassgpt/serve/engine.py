@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import hashlib
 import heapq
 import itertools
@@ -187,7 +188,10 @@ class Engine:
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
         # and a decode step attends over a slice of the cache instead of a gathered copy.
         self.free_slots = list(range(self.max_batch))
-        self.waiting: "queue.Queue[Request]" = queue.Queue()
+        # Waiting requests, one FIFO per owner (an API key), and the owners in the order they
+        # get their next turn. See _admit for the fairness rule.
+        self.waiting: dict[object, collections.deque[Request]] = {}
+        self.turns: collections.deque = collections.deque()
         self.n_waiting = 0
         self.running: list[_Seq] = []
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
@@ -305,19 +309,24 @@ class Engine:
                              f"n_image_tokens={self.image_tokens}")
 
     def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
-               images=None) -> Request:
+               images=None, owner=None) -> Request:
         """Queue a request. images: one per image in the prompt (see Request.images); the
-        prompt must come from render_chat(..., n_image_tokens=engine.image_tokens)."""
+        prompt must come from render_chat(..., n_image_tokens=engine.image_tokens).
+        owner: who asked (an API key id); owners share the batch fairly (see _admit)."""
         params.max_tokens = self.check(len(prompt), params)
         self.check_images(prompt, images)
         if images is not None and not isinstance(images, torch.Tensor) and len(images) == 0:
             images = None
         req = Request(prompt, params, on_event, images=images)
+        req.owner = owner
         with self._lock:
             if self.n_waiting >= self.max_queue:
                 raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting); retry shortly")
             self.n_waiting += 1
-        self.waiting.put(req)
+            if owner not in self.waiting:
+                self.waiting[owner] = collections.deque()
+                self.turns.append(owner)
+            self.waiting[owner].append(req)
         self._wake.set()
         return req
 
@@ -355,12 +364,13 @@ class Engine:
         return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
                 "completion_tokens": req.completion_tokens}
 
-    async def stream(self, prompt: list[int], params: SamplingParams, images=None):
+    async def stream(self, prompt: list[int], params: SamplingParams, images=None, owner=None):
         """Async iterator of Events for one request; cancelling the iteration cancels the request.
         Raises OverloadedError / ContextLengthError before the first event."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images)
+        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images,
+                          owner=owner)
         return req, self._drain(req, q)
 
     async def _drain(self, req: Request, q: asyncio.Queue):
@@ -431,26 +441,52 @@ class Engine:
                 self._finish(seq, None, error=f"internal engine error: {e}")
         return bool(self.running)
 
+    def _next_request(self) -> Request | None:
+        """Take the next request to admit, or None (nothing waits, or its slots are not free).
+
+        Fairness: the owner with the fewest running sequences goes next, ties to whoever
+        was served least recently, so a request's n x prompts count against its owner's
+        share: while one key runs 64 prompts x n=16, another key's request is admitted as
+        soon as a slot frees, not after all of them. Within an owner, first come first
+        served. The chosen request waits until all its n slots are free (no owner is
+        skipped for one with a smaller request, so a large request cannot starve)."""
+        cancelled = []
+        with self._lock:
+            for owner in list(self.turns):  # drop requests whose clients went away meanwhile
+                q = self.waiting[owner]
+                keep = collections.deque(r for r in q if not r.cancelled.is_set())
+                if len(keep) != len(q):
+                    cancelled += [r for r in q if r.cancelled.is_set()]
+                    self.n_waiting -= len(q) - len(keep)
+                    self.waiting[owner] = keep
+                if not keep:
+                    del self.waiting[owner]
+                    self.turns.remove(owner)
+            req = None
+            if self.turns:
+                running = collections.Counter(s.req.owner for s in self.running)
+                owner = min(self.turns, key=lambda o: running[o])  # min keeps the first of equals
+                q = self.waiting[owner]
+                if len(self.free_slots) >= q[0].params.n:
+                    req = q.popleft()
+                    self.n_waiting -= 1
+                    self.turns.remove(owner)
+                    if q:
+                        self.turns.append(owner)  # served: to the back of the line
+                    else:
+                        del self.waiting[owner]
+        for r in cancelled:
+            r.done.set()
+            for i in range(r.params.n):
+                r.emit(Event("finish", index=i, finish_reason="cancelled"))
+        return req
+
     def _admit(self) -> None:
         admitted = 0
         while admitted < self.max_prefill_per_step:
-            try:
-                req = self.waiting.queue[0]  # peek: admit only when all n slots are free
-            except IndexError:
+            req = self._next_request()
+            if req is None:
                 return
-            if req.cancelled.is_set():
-                self.waiting.get_nowait()
-                with self._lock:
-                    self.n_waiting -= 1
-                req.done.set()
-                for i in range(req.params.n):
-                    req.emit(Event("finish", index=i, finish_reason="cancelled"))
-                continue
-            if len(self.free_slots) < req.params.n:
-                return
-            self.waiting.get_nowait()
-            with self._lock:
-                self.n_waiting -= 1
             try:
                 self._prefill(req)
             except GlassError as e:  # e.g. an image the encoder refused: the request's fault
