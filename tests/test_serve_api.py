@@ -627,3 +627,21 @@ def test_small_request_of_another_key_is_not_stuck_behind_a_big_one(env, monkeyp
     t.join(120)
     assert r.status_code == 200 and done["big"][1] == 200
     assert small_done < done["big"][0] - 0.5, (small_done, done["big"][0])
+
+
+# --- metering as tokens are produced ---------------------------------------------------------------------
+def test_running_request_is_metered_before_it_ends(env, monkeypatch):
+    store = env["store"]
+    slow_sampling(monkeypatch, env["engine"], 0.03)
+    n0 = last_row(store)
+    with httpx.stream("POST", env["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {env['key']}"},
+                      json={"model": MODEL, "messages": user(), "max_tokens": 50, "stream": True}, timeout=60) as r:
+        seen, mid = 0, None
+        for line in r.iter_lines():
+            seen += line.startswith("data: {")
+            if seen == 45:  # ~1.3 s in: at least one periodic write happened
+                mid = ledger_rows(store, n0)
+    assert mid is not None and len(mid) == 1
+    assert mid[0][2] == "running" and mid[0][1] > 0
+    rows = wait_rows(store, n0, 1)
+    assert rows[0][2] == "ok" and rows[0][1] == 50

@@ -260,6 +260,8 @@ class Server:
         self.max_pixels = max_pixels
         self.metrics = Metrics()
         self.started = int(time.time())
+        self.live: set[Meter] = set()  # meters of requests still running
+        self.meter_interval = 1.0  # seconds between writes of running requests' tokens
 
     def price(self, model: str) -> tuple[float, float]:
         return self.prices.get(model) or KNOWN_PRICES.get(model) or self.prices.get("*") or DEFAULT_PRICE
@@ -276,12 +278,48 @@ class Server:
             return None
         return self.store.authenticate(request.headers.get("authorization"))
 
-    def meter(self, key, model: str, endpoint: str, prompt_tokens: int, completion_tokens: int, status: str) -> float:
-        self.metrics.tokens(model, prompt_tokens, completion_tokens)
-        if self.store is None:
-            return 0.0
-        return self.store.record(key.id if key else None, model, endpoint, prompt_tokens, completion_tokens,
-                                 self.price(model), status)
+    def open_meter(self, key, model: str, endpoint: str, prompt_tokens: int, reqs: list) -> "Meter":
+        """The ledger row of a request that reached the engine; updated by `flush_meters`."""
+        m = Meter(key, model, endpoint, prompt_tokens, reqs, self.price(model))
+        if self.store is not None:
+            m.row = self.store.open_usage(key.id if key else None, model, endpoint, prompt_tokens, m.price)
+            self.live.add(m)
+        return m
+
+    def close_meter(self, m: "Meter", status: str) -> None:
+        """The one final write of a request's row (the status guard makes a second call a no-op)."""
+        if m.status is not None:
+            return
+        m.status = status
+        self.live.discard(m)
+        ct = m.completion_tokens()
+        self.metrics.tokens(m.model, m.prompt_tokens, ct)
+        if self.store is not None:
+            self.store.update_usage([(m.row, ct, m.cost(ct), status)])
+
+    def flush_meters(self) -> None:
+        """Write the tokens produced so far by every running request (one transaction)."""
+        rows = []
+        for m in list(self.live):
+            ct = m.completion_tokens()
+            if ct != m.written and m.status is None:
+                rows.append((m.row, ct, m.cost(ct), None))
+                m.written = ct
+        if rows and self.store is not None:
+            self.store.update_usage(rows)
+
+
+class Meter:
+    def __init__(self, key, model, endpoint, prompt_tokens, reqs, price):
+        self.key, self.model, self.endpoint, self.prompt_tokens = key, model, endpoint, prompt_tokens
+        self.reqs, self.price = reqs, price
+        self.row, self.written, self.status = None, 0, None
+
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.reqs)
+
+    def cost(self, ct: int) -> float:
+        return self.prompt_tokens / 1000 * self.price[0] + ct / 1000 * self.price[1]
 
 
 def error_headers(e: ServeError) -> dict | None:
@@ -490,7 +528,18 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     async def lifespan(app):
         for e in srv.engines.values():
             e.start()
+
+        async def flusher():
+            while True:
+                await asyncio.sleep(srv.meter_interval)
+                try:
+                    await run_in_threadpool(srv.flush_meters)
+                except Exception:  # a locked or full disk must not stop the server; the next try may work
+                    log.exception("writing running requests' usage failed")
+
+        task = asyncio.create_task(flusher())
         yield
+        task.cancel()
         for e in srv.engines.values():
             e.stop()
 
@@ -597,13 +646,12 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         req, events = await engine.stream(prompt, params, images=images, owner=key.id if key else None)
-        state = {"metered": False}
+        meter = srv.open_meter(key, engine.name, "chat.completions", len(prompt), [req])
 
         def finish_meter(status: str):
-            if not state["metered"]:
-                state["metered"] = True
+            if meter.status is None:
                 srv.metrics.latency(time.time() - t0, (req.first_token_at or time.time()) - t0)
-                return srv.meter(key, engine.name, "chat.completions", len(prompt), req.completion_tokens, status)
+                srv.close_meter(meter, status)
 
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.name,
                 "system_fingerprint": engine.fingerprint}
@@ -769,13 +817,12 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         def completion_tokens():
             return sum(r.completion_tokens for r in reqs)
 
-        state = {"metered": False}
+        meter = srv.open_meter(key, engine.name, "completions", prompt_tokens, reqs)
 
         def finish_meter(status):
-            if not state["metered"]:
-                state["metered"] = True
+            if meter.status is None:
                 srv.metrics.latency(time.time() - t0, (min((r.first_token_at or time.time()) for r in reqs)) - t0)
-                srv.meter(key, engine.name, "completions", prompt_tokens, completion_tokens(), status)
+                srv.close_meter(meter, status)
 
         async def merged():
             """Events of every prompt's request, tagged with the choice index prompt*n + j."""
@@ -1050,6 +1097,9 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
                                       max_batch=max_batch, max_queue=max_queue) for i, ck in enumerate(checkpoints)]
     store = Store(db, default_rpm=rpm, default_tpm=tpm)
+    closed = store.reconcile()  # rows a killed server left running: billed up to its last write
+    if closed:
+        log.warning("closed %d usage row(s) left running by a previous server (status 'error')", closed)
     app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body, bind_port=port)
     log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
              "off" if no_auth else "on")

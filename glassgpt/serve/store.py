@@ -224,6 +224,42 @@ class Store:
                             (now, day, key_id, model, endpoint, prompt_tokens, completion_tokens, cost, status))
         return cost
 
+    # Live metering: a request's row is written when it starts ('running'), its completion
+    # tokens are updated as they are produced (batched, about once a second, by the server),
+    # and it is closed with its final status. A crash loses at most one interval of tokens;
+    # `reconcile` closes the rows a dead server left 'running'.
+    def open_usage(self, key_id: str | None, model: str, endpoint: str, prompt_tokens: int,
+                   price: tuple[float, float]) -> int:
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        with self.lock:
+            cur = self.db.execute("INSERT INTO usage (ts, day, key_id, model, endpoint, prompt_tokens, completion_tokens, "
+                                  "cost, status) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 'running')",
+                                  (now, day, key_id, model, endpoint, prompt_tokens, prompt_tokens / 1000 * price[0]))
+            return cur.lastrowid
+
+    def update_usage(self, rows: list[tuple[int, int, float, str | None]]) -> None:
+        """[(row, completion_tokens, cost, final status or None while running)], one transaction."""
+        if not rows:
+            return
+        with self.lock:
+            self.db.execute("BEGIN")
+            try:
+                for n, ct, cost, status in rows:
+                    self.db.execute("UPDATE usage SET completion_tokens = ?, cost = ?, status = COALESCE(?, status) "
+                                    "WHERE n = ?", (ct, cost, status, n))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def reconcile(self) -> int:
+        """Close the rows of requests a server was running when it died, keeping the tokens
+        metered up to then: status 'error'. Call it when a server starts on this database,
+        not while another server uses it. Returns how many rows it closed."""
+        with self.lock:
+            return self.db.execute("UPDATE usage SET status = 'error' WHERE status = 'running'").rowcount
+
     def usage(self, by: str = "key,day") -> list[dict]:
         """Totals grouped by key and/or day (UTC)."""
         cols = [c for c in by.split(",") if c]
