@@ -427,6 +427,16 @@ def test_health_answers_while_a_prompt_is_tokenized(env, monkeypatch):
 
 # --- /metrics under hostile paths -----------------------------------------------------------------
 def test_metrics_labels_are_route_templates_and_parse(env):
+    check_metrics_after_hostile_paths(env, 150)
+
+
+@pytest.mark.slow
+def test_metrics_parse_after_1000_random_paths(env):
+    check_metrics_after_hostile_paths(env, 1000)
+
+
+def check_metrics_after_hostile_paths(env, count):
+    import asyncio
     import random
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -436,9 +446,15 @@ def test_metrics_labels_are_route_templates_and_parse(env):
     for path in hostile:
         httpx.get(env["url"] + path, headers={"authorization": f"Bearer {env['key']}"})
     rng = random.Random(0)
-    with httpx.Client(base_url=env["url"]) as c:
-        for _ in range(1000):
-            c.get("/" + "".join(rng.choice("abcdefghij%20\"{}") for _ in range(12)))
+    paths = ["/" + "".join(rng.choice("abcdefghij%20\"{}") for _ in range(12)) for _ in range(count)]
+
+    async def scan():  # 20 at a time: a keep-alive round trip costs ~40 ms here (delayed ACK)
+        async with httpx.AsyncClient(base_url=env["url"]) as c:
+            for i in range(0, len(paths), 20):
+                rs = await asyncio.gather(*(c.get(p) for p in paths[i:i + 20]))
+                assert all(r.status_code == 404 for r in rs)
+
+    asyncio.run(scan())
     text = httpx.get(env["url"] + "/metrics").text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     paths = {s.labels["path"] for s in fams["glassgpt_requests"].samples}
@@ -645,3 +661,38 @@ def test_running_request_is_metered_before_it_ends(env, monkeypatch):
     assert mid[0][2] == "running" and mid[0][1] > 0
     rows = wait_rows(store, n0, 1)
     assert rows[0][2] == "ok" and rows[0][1] == 50
+
+
+# --- read timeouts and declared sizes -----------------------------------------------------------------
+def raw_exchange(url, head: bytes, body: bytes = b"", wait: float = 10.0) -> bytes:
+    import socket
+
+    host, port = url.rsplit("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(head + body)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_huge_declared_length_and_stalled_body(env):
+    other = Engine(env["engine"].model, env["engine"].tokenizer, name=MODEL, max_batch=2, device="cpu")
+    app = create_app([other], env["store"], read_timeout=1.0)
+    auth = f"Authorization: Bearer {env['key']}\r\n".encode()
+    with ServerThread(app) as srv:
+        t0 = time.time()
+        out = raw_exchange(srv.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                           b"Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 413") and b"request_too_large" in out and time.time() - t0 < 5
+        t0 = time.time()
+        out = raw_exchange(srv.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n", b'{"model": ')
+        assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out
+        assert 0.9 < time.time() - t0 < 5  # answered at the timeout, and the connection closed

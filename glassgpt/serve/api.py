@@ -452,11 +452,16 @@ class Gate:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over the limit (by Content-Length or as it streams) is a 413.
-    The body is drained (up to 4x the limit) before answering so that clients read the error."""
+    """ASGI middleware: a body over the limit (by Content-Length or as it streams) is a 413,
+    and a body that does not arrive within `timeout` seconds is a 408.
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    A declared Content-Length over the limit is refused at once: at most `limit` bytes more
+    are read (and dropped, so that an ordinary client reads the 413 instead of a reset) and
+    the connection is closed, so `Content-Length: 10**12` cannot keep a connection busy.
+    uvicorn has no timeout for a body that stops halfway; this is it."""
+
+    def __init__(self, app, limit: int, timeout: float = 30.0):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -465,6 +470,7 @@ class BodyLimit:
         ctype = dict(hdrs).get(b"content-type", b"")
         if scope["path"].startswith("/v1/") and b"json" not in ctype:
             # The official API reads the body as JSON whatever the content type (curl -d sends a form type).
+            # (Without keys, Gate has already refused non-JSON bodies.)
             scope = {**scope, "headers": [(k, v) for k, v in hdrs if k != b"content-type"] + [(b"content-type", b"application/json")]}
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = False
@@ -472,19 +478,32 @@ class BodyLimit:
             too_big = declared is not None and int(declared) > self.limit
         except ValueError:
             pass
+        deadline = time.monotonic() + self.timeout
+
+        async def next_message():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(receive(), left)
+
         if not too_big:
             chunks, size, more = [], 0, True
-            while more:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    return
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                more = msg.get("more_body", False)
-                if size > self.limit:
-                    too_big = True
-                    break
-                chunks.append(chunk)
+            try:
+                while more:
+                    msg = await next_message()
+                    if msg["type"] == "http.disconnect":
+                        return
+                    chunk = msg.get("body", b"")
+                    size += len(chunk)
+                    more = msg.get("more_body", False)
+                    if size > self.limit:
+                        too_big = True
+                        break
+                    chunks.append(chunk)
+            except TimeoutError:
+                return await send_json(send, 408, error_body(
+                    f"The request body did not arrive within {self.timeout:g} seconds.", code="request_timeout"),
+                    {"connection": "close"})
             if not too_big:
                 body, sent = b"".join(chunks), False
 
@@ -496,32 +515,26 @@ class BodyLimit:
                     return await receive()
 
                 return await self.app(scope, replay, send)
-        # Drain what the client declared (or up to 4x the limit for chunked bodies), so that
-        # it gets to read the 413 instead of a broken pipe.
-        cap = 4 * self.limit
-        try:
-            cap = max(cap, int(declared)) if declared is not None else cap
-        except ValueError:
-            pass
+        # Read and drop up to `limit` more bytes within the time left, then answer and close.
         drained, more = 0, True
-        while more and drained < cap:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                break
-            drained += len(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        payload = json.dumps(error_body(f"Request body too large: the limit is {self.limit:,} bytes.",
-                                        code="request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
+        try:
+            while more and drained <= self.limit:
+                msg = await next_message()
+                if msg["type"] == "http.disconnect":
+                    break
+                drained += len(msg.get("body", b""))
+                more = msg.get("more_body", False)
+        except TimeoutError:
+            pass
+        await send_json(send, 413, error_body(f"Request body too large: the limit is {self.limit:,} bytes.",
+                                              code="request_too_large"), {"connection": "close"})
 
 
 def create_app(engines: list[Engine], store: Store | None = None, auth: bool = True, prices=None,
                max_body: int = MAX_BODY, max_image: int = MAX_IMAGE, max_pixels: int = MAX_REQUEST_PIXELS,
-               bind_port: int | None = None):
-    """bind_port: the port the server listens on; without keys, requests must name it in Host."""
+               bind_port: int | None = None, read_timeout: float = 30.0):
+    """bind_port: the port the server listens on; without keys, requests must name it in Host.
+    read_timeout: seconds a client has to send its whole request body."""
     srv = Server(engines, store, auth, prices, max_body, max_image, max_pixels)
 
     @asynccontextmanager
@@ -1022,7 +1035,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(BodyLimit, limit=max_body, timeout=read_timeout)
     app.add_middleware(Gate, server=srv, bind_port=bind_port)  # added last: runs first, before the body is read
     return app
 
@@ -1082,7 +1095,7 @@ def parse_prices(items: list[str] | None) -> dict[str, tuple[float, float]]:
 def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_auth: bool = False,
           db: str = "runs/serve/serve.db", names: list[str] | None = None, prices: list[str] | None = None,
           max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
-          tpm: int | None = None, max_body: int = MAX_BODY) -> None:
+          tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
     """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve."""
     import uvicorn
 
@@ -1100,7 +1113,10 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     closed = store.reconcile()  # rows a killed server left running: billed up to its last write
     if closed:
         log.warning("closed %d usage row(s) left running by a previous server (status 'error')", closed)
-    app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body, bind_port=port)
+    app = create_app(engines, store, auth=not no_auth, prices=parse_prices(prices), max_body=max_body, bind_port=port,
+                     read_timeout=read_timeout)
     log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
              "off" if no_auth else "on")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # timeout_keep_alive closes idle connections between requests; h11's size limit on an
+    # incomplete request head (16 KB by default) bounds what a slow header sender can hold.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
