@@ -696,3 +696,48 @@ def test_huge_declared_length_and_stalled_body(env):
                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n", b'{"model": ')
         assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out
         assert 0.9 < time.time() - t0 < 5  # answered at the timeout, and the connection closed
+
+
+# --- the error contract, as the SDK reads it -------------------------------------------------------------
+def test_error_params_and_messages(env, client):
+    r = post(env, "/v1/chat/completions", b'{"model": "tiny", "messages": [')
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "invalid_json" and err["param"] is None
+    r = post(env, "/v1/chat/completions", b"")
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] is None and "empty" in err["message"] and "None" not in err["message"]
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 5}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    r = post(env, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [{"type": 3}]}]})
+    assert r.json()["error"]["param"] == "messages[0].content[0].type"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=user(), max_tokens=60)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hello there", max_tokens=60)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    assert "in the prompt" in e.value.message and "messages" not in e.value.message
+
+
+def test_401_before_400_for_malformed_json_without_a_key(env):
+    r = post(env, "/v1/chat/completions", b'{"model": ', key=False)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_429_retry_after_and_ratelimit_headers(env):
+    import re
+
+    k, _ = env["store"].create_key("limited", rpm=2, tpm=1000)
+    c = openai.OpenAI(base_url=env["url"] + "/v1", api_key=k, max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=user(), max_tokens=2)
+    h = raw.headers
+    assert h["x-ratelimit-limit-requests"] == "2" and h["x-ratelimit-remaining-requests"] == "1"
+    assert h["x-ratelimit-limit-tokens"] == "1000" and 0 < int(h["x-ratelimit-remaining-tokens"]) < 1000
+    assert re.fullmatch(r"\d+s", h["x-ratelimit-reset-requests"]) and re.fullmatch(r"\d+s", h["x-ratelimit-reset-tokens"])
+    c.chat.completions.create(model=MODEL, messages=user(), max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model=MODEL, messages=user(), max_tokens=2)
+    resp = e.value.response
+    wait = int(resp.headers["retry-after"])
+    assert f"Try again in {wait}s." in e.value.message and 1 <= wait <= 60
+    assert resp.headers["x-ratelimit-remaining-requests"] == "0"

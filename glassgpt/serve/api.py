@@ -55,6 +55,26 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|[A-Z]\w*|.*[\[\](-].*)$")
+
+
+def param_path(loc) -> str | None:
+    """pydantic's error location → OpenAI's param: ('body', 'messages', 0, 'content', 'str')
+    → 'messages[0].content'. The names of union branches (str, list[ContentPart], ...) that
+    pydantic puts in the location are not parameters and are left out."""
+    out = ""
+    for x in loc:
+        if x == "body" and not out:
+            continue
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif _TYPE_TAG.match(str(x)):
+            continue
+        else:
+            out += ("." if out else "") + str(x)
+    return out or None
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True
@@ -427,7 +447,11 @@ class Gate:
 
         async def send_secure(msg):
             if msg["type"] == "http.response.start":
-                msg = {**msg, "headers": list(msg.get("headers") or []) + SECURITY_HEADERS}
+                extra = SECURITY_HEADERS
+                key = scope.get("state", {}).get("api_key")
+                if key is not None and self.srv.store is not None:
+                    extra = extra + [(k.encode(), v.encode()) for k, v in self.srv.store.rate_headers(key).items()]
+                msg = {**msg, "headers": list(msg.get("headers") or []) + extra}
             await send(msg)
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
@@ -438,9 +462,9 @@ class Gate:
                     raise e
             elif scope["path"].startswith("/v1/"):
                 key = self.srv.store.authenticate(headers.get("authorization"))
+                scope.setdefault("state", {})["api_key"] = key  # for the x-ratelimit-* headers, 429 included
                 if scope["method"] == "POST":
                     self.srv.store.precheck_rate(key)
-                scope.setdefault("state", {})["api_key"] = key
         except ServeError as e:
             self.srv.metrics.request(route_label(scope["app"], scope) if "app" in scope else "unmatched", e.status)
             # Read and drop the body (up to the body limit, never kept) so that the client gets
@@ -571,11 +595,17 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e: RequestValidationError):
         errs = e.errors()
-        first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
+        # Of a union's branches, the one that got furthest names the real problem
+        # (content: [{"type": 3}] is about content[0].type, not "content is not a string").
+        first = max(errs, key=lambda x: len(param_path(x.get("loc", ())) or "")) if errs else {}
+        param = param_path(first.get("loc", ()))
         if first.get("type") == "json_invalid":
-            msg, code = "We could not parse the JSON body of your request. The body must be valid JSON.", "invalid_json"
+            # pydantic's loc here is a byte offset, not a parameter
+            msg, code, param = ("We could not parse the JSON body of your request. The body must be valid JSON "
+                                f"({first.get('ctx', {}).get('error', 'invalid JSON')}).", "invalid_json", None)
+        elif first.get("type") == "missing" and param is None:
+            msg, code = ("We could not parse the JSON body of your request: the body is empty. Send a JSON object "
+                         "with Content-Type: application/json.", "invalid_json")
         elif first.get("type") == "missing":
             msg, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
         else:

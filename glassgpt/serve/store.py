@@ -173,6 +173,27 @@ class Store:
             if tpm and used >= tpm:
                 raise self._tpm_error(key, tpm, used, 0, now - win[0][0])
 
+    def rate_headers(self, key: Key) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for a key with limits (none for a key without)."""
+        rpm, tpm = self._limits(key)
+        if not rpm and not tpm:
+            return {}
+        now = time.time()
+        with self.lock:
+            win = list(self._windows.get(key.id) or ())
+        win = [(t, n) for t, n in win if now - t <= 60.0]
+        out = {}
+        if rpm:
+            reset = 60.0 - (now - win[0][0]) if len(win) >= rpm else 0.0
+            out.update({"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(max(0, rpm - len(win))),
+                        "x-ratelimit-reset-requests": f"{math.ceil(reset)}s"})
+        if tpm:
+            used = sum(n for _, n in win)
+            reset = 60.0 - (now - win[0][0]) if win else 0.0  # when the oldest tokens leave the window
+            out.update({"x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": str(max(0, tpm - used)),
+                        "x-ratelimit-reset-tokens": f"{math.ceil(reset)}s"})
+        return out
+
     @staticmethod
     def _rpm_error(key: Key, rpm: int, age: float) -> RateLimitError:
         wait = max(1, math.ceil(60.0 - age))
