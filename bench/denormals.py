@@ -26,7 +26,7 @@ def child(args) -> None:
         assert flush_denormals(), "this CPU cannot flush denormals"
     torch.set_num_threads(args.threads)
     from glassgpt.model.gpt import build
-    from glassgpt.model.vision import VisionTraining
+    from glassgpt.train.sources import ImageChatSource
     from glassgpt.train.optim import build_optimizers
 
     if args.run:
@@ -37,7 +37,8 @@ def child(args) -> None:
         from glassgpt.train import checkpoint
 
         ck = checkpoint.resolve(Path(args.run))
-        meta, state, payload = checkpoint.read(ck)
+        meta, state = checkpoint.read_weights(ck)
+        payload = checkpoint.read_optimizer(ck)
         cfg = config.from_dict(meta["config"])
         tok = Tokenizer.load(ck.parent.parent / "tokenizer.json")
         start, scale = meta["step"], 1.0
@@ -56,7 +57,8 @@ def child(args) -> None:
         state = payload = None
         start, scale = 0, 1e-36
     model = build(cfg.model, seed=0)
-    vt = VisionTraining(model, cfg, tok)
+    vt = ImageChatSource(cfg, tok)
+    vt.attach(model)
     opts = build_optimizers(model, cfg) + vt.optimizers()
     if state is not None:
         model.load_state_dict(state)
@@ -67,7 +69,10 @@ def child(args) -> None:
     for i in range(args.steps + 3):  # 3 warm-up steps
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, cfg.model.seq_len + 1), generator=gen)
         t0 = time.perf_counter()
-        (scale * vt.loss(model, text, start + i)).backward()  # micro-batch index, as the trainer passes
+        r = vt.rows(start + i)  # micro-batch index, as the trainer passes
+        emb = model.vision(r.pixels).reshape(-1, cfg.model.d_model)
+        loss = model(r.x, r.y, image_embeds=emb) + cfg.vision.text_weight * model(text[:, :-1], text[:, 1:])
+        (scale * loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         for o in opts:
             o.step()

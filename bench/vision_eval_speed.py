@@ -9,18 +9,21 @@ import sys
 import time
 
 from glassgpt.data import images as I
-from glassgpt.model import vision as V
+from glassgpt.evals import vision as EV
+from glassgpt.train.sources import EVAL_TASKS, token_scores
 
 
 def main(run: str, n: int = 64) -> None:
-    model, tok, cfg = V.load(run)
-    samples = [I.get_source(t)(cfg.train.seed, "heldout", i) for t in V.EVAL_TASKS for i in range(n // 4)]
+    model, tok, cfg = EV.load(run)
+    samples = [s for t in EVAL_TASKS for s in I.heldout_samples(t, n // 4, cfg.train.seed)]
     t0 = time.perf_counter()
     fast = []
     for i in range(0, len(samples), 64):
-        fast += V.answer_correct(model, tok, samples[i : i + 64], cfg.vision)
+        fast += [r[0] for r in token_scores(model, tok, samples[i : i + 64], cfg.vision)]
     t1 = time.perf_counter()
-    slow = [V.ask(model, tok, [s.image], s.question) == s.answer for s in samples]
+    engine = EV.engine_for(model, tok).start()
+    slow = [EV.ask(engine, [s.image], s.question) == s.answer for s in samples]
+    engine.stop()
     t2 = time.perf_counter()
     agree = sum(a == b for a, b in zip(fast, slow))
     print(f"{len(samples)} samples: teacher-forced scoring is {(t2 - t1) / (t1 - t0):.1f}x faster than greedy decoding; "

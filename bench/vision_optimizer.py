@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from glassgpt import config
-from glassgpt.model import vision as V
+from glassgpt.evals import vision as EV
 from glassgpt.train.trainer import train
 
 
@@ -23,8 +23,7 @@ def run(steps: int, muon_lr: float, out: Path, n: int) -> tuple[dict, float]:
     t0 = time.perf_counter()
     train(cfg, out)
     seconds = time.perf_counter() - t0
-    model, tok, lcfg = V.load(out)
-    table = V.heldout_table(V.heldout_scores(model, tok, lcfg, n=n))
+    table = EV.heldout_table_for_run(out, n=n)
     return {task: row["accuracy"] for task, row in table.items()}, seconds
 
 

@@ -23,6 +23,7 @@ from glassgpt.data import images, sources
 from glassgpt.data.tokenizer import train_from_documents
 from glassgpt.model import vision as V
 from glassgpt.model.gpt import build
+from glassgpt.train import sources as S
 
 
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
@@ -41,8 +42,8 @@ def main(repeats: int = 16) -> None:
         vc = dataclasses.replace(cfg.vision, stem=stem, projector=projector)
         m = build(mc, seed=0)
         V.attach(m, vc, seed=0)
-        mix = V.Mix(vc.mix, 0)
-        batches = [V.collate(tok, [mix.sample(b * vc.batch_size + k) for k in range(vc.batch_size)],
+        mix = S.Mix(vc.mix, 0)
+        batches = [S.collate(tok, [mix.sample(b * vc.batch_size + k) for k in range(vc.batch_size)],
                              vc.n_image_tokens, mc.seq_len, vc.image_size) for b in range(BATCHES)]
         text = torch.randint(0, tok.vocab_size - 16, (cfg.train.batch_size, mc.seq_len + 1))
         for head in ("everywhere", "at targets"):
@@ -80,7 +81,8 @@ def main(repeats: int = 16) -> None:
     for variant in ("AdamW", "Muon, one by one", "Muon, stacked"):
         c = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, muon_lr=0.0 if variant == "AdamW" else 0.02))
         m = build(mc, seed=0)
-        vt = V.VisionTraining(m, c, tok)
+        vt = S.ImageChatSource(c, tok)
+        vt.attach(m)
         opts = vt.optimizers()
         if variant == "Muon, one by one":
             opts = [o if not isinstance(o, Muon) else Muon([{"params": [p]} for g in o.param_groups for p in g["params"]],

@@ -120,7 +120,9 @@ class VisionConfig:
     batch_size: int = 32  # image-chat rows per micro-batch per process
     text_weight: float = 0.25  # weight of the text loss beside the answer loss (0: images only)
     freeze_lm: bool = False
-    init_from: str = ""  # a text run or checkpoint to start the language model from
+    # Kept so runs written before stages load: the same as train(init_from=...) (a new stage
+    # from that run's weights); prefer --init-from.
+    init_from: str = ""
     lr: float = 0.002  # AdamW, encoder and projector
     muon_lr: float = 0.0  # > 0: Muon at this rate for the encoder's weight matrices and conv filters (not the first)
     eval_samples: int = 200  # held-out samples per task at each eval

@@ -218,3 +218,25 @@ def test_bigram_reference_matches_counting_by_hand(corpus_dir, tmp_path):
                     for a, b in zip(held, held[1:])) / (len(held) - 1) for lam in (0.5, 0.7, 0.8, 0.9, 0.95))
     assert got["humaneval"] == pytest.approx(want, rel=1e-9)
     assert (root / "bigram.json").exists() and bigram_losses(root) == got
+
+
+def test_layers_import_downwards_only():
+    """model/ never imports train/ or evals/; data/ never imports train/, evals/ or serve/
+    (model/vision.py once imported train/ and evals/, which imported it back)."""
+    import ast
+    from pathlib import Path
+
+    import glassgpt
+
+    root = Path(glassgpt.__file__).parent
+    banned = {"model": ("glassgpt.train", "glassgpt.evals", "glassgpt.serve"),
+              "data": ("glassgpt.train", "glassgpt.evals", "glassgpt.serve")}
+    bad = []
+    for pkg, forbidden in banned.items():
+        for f in sorted((root / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                bad += [f"{pkg}/{f.name}: {n}" for n in names if n.startswith(forbidden)]
+    assert not bad, bad
+    assert (root / "model" / "vision.py").read_text().count("\n") < 260  # encoder and projector only

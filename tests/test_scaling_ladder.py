@@ -43,8 +43,8 @@ def fake_report(cfg, out, loss=None):
 def fake_train(monkeypatch):
     calls = []
 
-    def train(cfg, out, resume=False, init_from=None, lr_fn=None, save_at=()):
-        calls.append((str(out), init_from))
+    def train(cfg, out, resume=False, branch_from=None, lr_fn=None, save_at=()):
+        calls.append((str(out), branch_from))
         return fake_report(cfg, out)
 
     monkeypatch.setattr(trainer, "train", train)
@@ -191,7 +191,7 @@ def test_diverged_rungs_excluded_and_too_few_refused(tmp_path, monkeypatch):
     names = [s["name"] for s in p["sizes"]]
     bad = set(names[:3])  # three sizes diverge: too few survive
 
-    def train(cfg_, out, resume=False, init_from=None, lr_fn=None, save_at=()):
+    def train(cfg_, out, resume=False, branch_from=None, lr_fn=None, save_at=()):
         size = out.parent.name
         if size == names[3] and "stable" not in str(out):
             return fake_report(cfg_, out, loss=150.0)  # final loss above the start (100): diverged
@@ -214,7 +214,7 @@ def test_unconfident_prediction_refused_without_flag(tmp_path, monkeypatch):
     p = ladder.plan(cfg, max_fraction=1e-2, budget_fraction=5e-2)
     ladder.save_plan(p, tmp_path)
 
-    def train(cfg_, out, resume=False, init_from=None, lr_fn=None, save_at=()):  # a plateau, then a drop
+    def train(cfg_, out, resume=False, branch_from=None, lr_fn=None, save_at=()):  # a plateau, then a drop
         c = flops.count(cfg_.model if cfg_.model.vocab_size else config.load(None, []).model)
         n = cfg_.model.width
         L = 3.0 - 0.01 * math.log(n) - (0.3 * math.log(n / 40) ** 2 if n > 40 else 0) - 1e-9 * cfg_.train.tokens
@@ -441,7 +441,7 @@ def test_lr_transfer_bench_finds_each_sizes_best_rate(tmp_path, monkeypatch, cap
     every rung's config; per size the best multiplier and what the rule's own rate (×1) loses. The
     stand-in trainer's loss is the law times a penalty that is least at ×2 for widths under 40 and at ×1 above."""
 
-    def train(cfg, out, resume=False, init_from=None, lr_fn=None, save_at=()):
+    def train(cfg, out, resume=False, branch_from=None, lr_fn=None, save_at=()):
         best = 2.0 if cfg.model.d_model < 40 else 1.0
         L = fake_report(cfg, out)["heldout"]["val"]["loss"]  # the law's loss, then the rate's penalty on it
         return fake_report(cfg, out, loss=L * (1 + 0.01 * math.log(cfg.train.adam_lr_mult / best) ** 2))

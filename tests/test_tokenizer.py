@@ -43,6 +43,6 @@ def test_vocab_too_small_for_specials():
         Tokenizer.train(TEXTS, 100)
 
 
-def test_bits_per_byte_uses_token_bytes(tok):
+def test_token_bytes_count_every_byte(tok):
     ids = tok.encode(TEXTS[1])
     assert int(tok.token_bytes(ids).sum()) == len(TEXTS[1].encode())

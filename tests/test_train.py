@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatc
     with pytest.raises(TrainingError, match="loss became nan at step 7.*step_0000004"):
         train(tiny_cfg(), tmp_path / "run")
     assert checkpoint.latest(tmp_path / "run").name == "step_0000004"
-    checkpoint.read(checkpoint.latest(tmp_path / "run"))  # intact
+    checkpoint.read_weights(checkpoint.latest(tmp_path / "run"))  # intact
 
 
 def test_checkpoint_from_another_config_refused(tiny_cfg, tmp_path):
@@ -107,6 +106,78 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_cfg, tmp_path):
     (ck / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         checkpoint.load_model(tmp_path / "run")
+
+
+def test_load_model_never_opens_optimizer_state(tiny_cfg, tmp_path):
+    """Serving and evals read weights only: a corrupt (or hostile) optim.pt is never unpickled."""
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "run")
+    (checkpoint.latest(tmp_path / "run") / "optim.pt").write_bytes(b"not a pickle")
+    model, tok, cfg = checkpoint.load_model(tmp_path / "run")
+    assert model(torch.tensor([tok.encode("def f")])).shape[-1] == tok.vocab_size
+    with pytest.raises(CheckpointError, match="optim.pt is unreadable"):  # resuming does need it
+        train(tiny_cfg(), tmp_path / "run", resume=True)
+
+
+def _stage_parent(tiny_cfg, tmp_path):
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_stage_starts_from_weights_with_lineage(tiny_cfg, tmp_path, corpus_dir):
+    """A new stage: the parent's weights and tokenizer, a fresh optimizer and schedule from step 0,
+    changes that keep every weight's shape (context, RoPE, data, tokens), lineage in report.json."""
+    base = _stage_parent(tiny_cfg, tmp_path)
+    ck = checkpoint.latest(base)
+    fresh = json.loads((base / "report.json").read_text())
+    assert fresh["lineage"] is None
+    cfg = tiny_cfg(model__seq_len=64, model__rope_base=20000.0, model__rope_scale=2.0, train__tokens=4 * 64 * 3,
+                   data__vocab_size=300, data__paths=f'["{corpus_dir / "textwrap.py"}"]')
+    rep = train(cfg, tmp_path / "long", init_from=base)
+    assert rep["steps"] == 3 and len(_losses(tmp_path / "long")) == 3  # from step 0, its own schedule
+    lin = rep["lineage"]
+    assert lin["parent"] == str(base) and lin["step"] == 4 and lin["kind"] == "init"
+    assert lin["parent_sha256"] == checkpoint.weights_sha256(ck)
+    # the parent's tokenizer, whatever this config's data.vocab_size would have trained
+    assert (tmp_path / "long" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    assert rep["config"]["model"]["vocab_size"] == fresh["config"]["model"]["vocab_size"]
+    # the first step starts from the parent's weights: its loss is the parent's, not a fresh model's
+    scratch = train(tiny_cfg(model__seq_len=64, train__tokens=4 * 64 * 3, data__paths=f'["{corpus_dir / "textwrap.py"}"]'),
+                    tmp_path / "scratch")
+    assert _losses(tmp_path / "long")[0] < _losses(tmp_path / "scratch")[0] - 0.3, (rep, scratch)
+    # resuming a stage keeps its lineage (it is in the checkpoint)
+    meta = json.loads((checkpoint.latest(tmp_path / "long") / "meta.json").read_text())
+    assert meta["lineage"] == lin
+
+
+def test_stage_bad_parents_write_nothing(tiny_cfg, tmp_path):
+    base = _stage_parent(tiny_cfg, tmp_path)
+    out = tmp_path / "stage"
+    with pytest.raises(CheckpointError, match="model.depth: parent run has 2, this config 3"):
+        train(tiny_cfg(model__depth=3), out, init_from=base)
+    assert not out.exists()
+    with pytest.raises(CheckpointError, match=f"init_from {tmp_path / 'nope'}: no such"):
+        train(tiny_cfg(), out, init_from=tmp_path / "nope")
+    assert not out.exists()
+    (checkpoint.latest(base) / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="step_0000004 is corrupt") as e:
+        train(tiny_cfg(), out, init_from=base)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
+
+
+def test_stage_vision_keys_that_change_shapes_are_refused(tiny_cfg, tmp_path):
+    from glassgpt.train.trainer import read_parent
+
+    base = _stage_parent(tiny_cfg, tmp_path)
+    meta = json.loads((checkpoint.latest(base) / "meta.json").read_text())
+    import dataclasses
+
+    from glassgpt.config import VisionConfig
+
+    meta["config"]["vision"] = dataclasses.asdict(VisionConfig(enabled=True, width=64, head_dim=16))
+    (checkpoint.latest(base) / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="vision.width: parent run has 64, this config 32"):
+        read_parent(base, tiny_cfg(vision__enabled="true", vision__width=32, vision__head_dim=16))
 
 
 def test_cli_errors_are_one_line_exit_2(capsys, tmp_path):

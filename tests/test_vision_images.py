@@ -132,6 +132,18 @@ def test_heldout_is_never_trained_on():
     assert all(I.is_heldout_key(f"text:{I.text(0, 'heldout', k).answer}") for k in range(30))
 
 
+def test_one_heldout_sampler_never_wraps(caplog):
+    """Digits has 300 held-out images: asking for more scores those 300 and says so (it once
+    wrapped around and counted images twice); an index past the end is an error."""
+    with pytest.raises(I.DataError, match="300 held-out"):
+        I.digits(0, "heldout", I.DIGITS_HELDOUT)
+    with caplog.at_level("WARNING"):
+        got = I.heldout_samples("digits", 350, 0)
+    assert len(got) == I.DIGITS_HELDOUT and "scoring those 300, not 350" in caplog.text
+    assert len({s.image.tobytes() + s.answer.encode() for s in got}) > 250  # distinct images, not a wrap
+    assert [s.answer for s in I.heldout_samples("shapes", 5, 0)] == [I.shapes(0, "heldout", k).answer for k in range(5)]
+
+
 def test_task_contents():
     texts = [I.text(1, "train", k).answer for k in range(50)]
     assert all(4 <= len(t) <= 8 for t in texts)
@@ -201,7 +213,9 @@ def test_crowded_scenes_terminate():
     for s in range(400):
         objs = I._scene(random.Random(s), 6)
         assert len(objs) == 6
-    mix = __import__("glassgpt.model.vision", fromlist=["Mix"]).Mix("digits:1,shapes:1.5,text:1.5,charts:1", 1337)
+    from glassgpt.train.sources import Mix
+
+    mix = Mix("digits:1,shapes:1.5,text:1.5,charts:1", 1337)
     for k in range(202 * 32 + 16, 202 * 32 + 24):  # from the step (203) that hung the first vision run
         mix.sample(k)
 

@@ -1,4 +1,4 @@
-"""The encoder, projector, accounting, preprocessing, chat rows and the serve hook."""
+"""The encoder, projector, accounting, preprocessing, image-chat rows and the serve hook."""
 
 import dataclasses
 
@@ -11,8 +11,10 @@ from PIL import Image  # noqa: E402
 from glassgpt.config import ModelConfig, VisionConfig  # noqa: E402
 from glassgpt.data import images as I  # noqa: E402
 from glassgpt.data.tokenizer import Tokenizer  # noqa: E402
+from glassgpt.evals import vision as EV  # noqa: E402
 from glassgpt.model import vision as V  # noqa: E402
 from glassgpt.model.gpt import build  # noqa: E402
+from glassgpt.train import sources as S  # noqa: E402
 
 VC = VisionConfig(enabled=True, image_size=32, patch_size=8, width=64, depth=2, head_dim=32, shuffle=2)
 
@@ -87,26 +89,35 @@ def test_encode_images_hook(model, tok):
     with pytest.raises(V.VisionError, match="no image input"):
         V.encode_images(text_only, [Image.new("RGB", (20, 10))])
     with pytest.raises(V.VisionError, match="no image input"):
-        V.ask(text_only, tok, [Image.new("RGB", (20, 10))], "hi")
+        EV.ask(EV.engine_for(text_only, tok), [Image.new("RGB", (20, 10))], "hi")
 
 
 def test_ask_and_context_limit(model, tok):
-    ans = V.ask(model, tok, [Image.new("RGB", (20, 10))], "Which digit is this?", max_new_tokens=4)
-    assert isinstance(ans, str)
+    engine = EV.engine_for(model, tok)
+    img = Image.new("RGB", (20, 10))
+    ans = EV.ask(engine, [img], "Which digit is this?", max_new_tokens=4)
+    # the engine's greedy answer is the model's own greedy decode
+    prompt = tok.render_chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit is this?"}]}],
+                             True, VC.n_image_tokens)
+    gen = model.generate(torch.tensor([prompt]), 4, temperature=0, image_embeds=V.encode_images(model, [img]))
+    gen = gen[0, len(prompt):].tolist()
+    end = tok.special["<|assistant_end|>"]
+    assert ans == tok.decode(gen[: gen.index(end)] if end in gen else gen).strip()
     with pytest.raises(V.VisionError, match="fewer images"):
-        V.ask(model, tok, [Image.new("RGB", (8, 8))] * 20, "Which digit is this?")
+        EV.ask(engine, [Image.new("RGB", (8, 8))] * 20, "Which digit is this?")
 
 
 def test_collate_puts_loss_on_answer_only(tok):
     s = I.digits(0, "heldout", 0)
-    x, y, px = V.collate(tok, [s, I.text(0, "train", 1)], VC.n_image_tokens, 64, VC.image_size)
-    ids, a = V.sample_ids(tok, s, VC.n_image_tokens)
+    x, y, px = S.collate(tok, [s, I.text(0, "train", 1)], VC.n_image_tokens, 64, VC.image_size)
+    ids, trained = S.sample_ids(tok, s, VC.n_image_tokens)
+    a = trained.index(True)
     assert (x[0] == tok.image_id).sum() == VC.n_image_tokens
     kept = y[0][y[0] != -1].tolist()
     assert kept == ids[a:] and tok.decode(kept[:-1]) == s.answer and kept[-1] == tok.special["<|assistant_end|>"]
     assert px.shape == (2, 3, 32, 32)
     with pytest.raises(V.VisionError, match="context"):
-        V.collate(tok, [s], VC.n_image_tokens, 8, VC.image_size)
+        S.collate(tok, [s], VC.n_image_tokens, 8, VC.image_size)
 
 
 def test_teacher_forced_exact_match_equals_greedy(model, tok):
@@ -118,15 +129,16 @@ def test_teacher_forced_exact_match_equals_greedy(model, tok):
     end = tok.special["<|assistant_end|>"]
     # make the model's own greedy output the "truth": exact match must say yes
     trick = I.Sample(s.image, s.question, tok.decode(gen[:2]), "shapes")
-    ids, a = V.sample_ids(tok, trick, VC.n_image_tokens)
+    ids, trained = S.sample_ids(tok, trick, VC.n_image_tokens)
+    a = trained.index(True)
     if ids[a:-1] == gen[:2] and gen[2] == end:
-        assert V.answer_correct(model, tok, [trick], VC) == [True]
+        assert S.token_scores(model, tok, [trick], VC)[0][0] is True
     wrong = I.Sample(s.image, s.question, tok.decode(gen[:2]) + "zz", "shapes")
-    assert V.answer_correct(model, tok, [wrong], VC) == [False]
+    assert S.token_scores(model, tok, [wrong], VC)[0][0] is False
 
 
 def test_mix_is_deterministic():
-    m1, m2 = V.Mix("digits:1,text:2", 3), V.Mix("digits:1,text:2", 3)
+    m1, m2 = S.Mix("digits:1,text:2", 3), S.Mix("digits:1,text:2", 3)
     a = [m1.sample(k).answer for k in range(20)]
     assert a == [m2.sample(k).answer for k in range(20)]
     tasks = {m1.sample(k).task for k in range(40)}
@@ -136,16 +148,17 @@ def test_mix_is_deterministic():
 def test_read_text_answers_are_spelled_one_character_a_token(tok):
     for k in range(20):
         s = I.text(0, "train", k)
-        ids = V.answer_ids(tok, s)
+        ids = S.answer_ids(tok, s)
         assert tok.decode(ids) == s.answer and len(ids) == len(s.answer)
-        turn, a = V.sample_ids(tok, s, VC.n_image_tokens)
+        turn, trained = S.sample_ids(tok, s, VC.n_image_tokens)
+        a = trained.index(True)
         assert turn[a : a + len(ids)] == ids and turn[-1] == tok.special["<|assistant_end|>"]
     d = I.digits(0, "train", 0)  # other tasks keep the tokenizer's own encoding
-    assert V.answer_ids(tok, d) == tok.encode(d.answer)
+    assert S.answer_ids(tok, d) == tok.encode(d.answer)
 
 
 def test_question_types_cover_every_procedural_question():
-    kinds = {V.question_type(src(0, "heldout", k)) for src in (I.shapes, I.charts) for k in range(120)}
+    kinds = {EV.question_type(src(0, "heldout", k)) for src in (I.shapes, I.charts) for k in range(120)}
     assert kinds == {"count", "colour", "shape", "left/right", "above/below", "largest bar", "bar value", "highest point"}
-    assert V.question_type(I.text(0, "heldout", 0)).startswith("text ")
-    assert V.question_type(I.digits(0, "heldout", 0)) == "digits"
+    assert EV.question_type(I.text(0, "heldout", 0)).startswith("text ")
+    assert EV.question_type(I.digits(0, "heldout", 0)) == "digits"

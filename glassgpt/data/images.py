@@ -206,10 +206,6 @@ def _digits():
     return d.images, d.target, train, held
 
 
-def digits_heldout_indices() -> list[int]:
-    return [int(i) for i in _digits()[3]]
-
-
 def _digit_image(pixels, shift=(0, 0)):
     import numpy as np
 
@@ -237,7 +233,9 @@ def digits(seed: int, split: str, index: int) -> Sample:
         shift = (rng.choice([-1, 0, 0, 1]), rng.choice([-1, 0, 0, 1]))  # small translations: augmentation
         img = _digit_image(images[i], shift)
     else:
-        i = int(held[index % len(held)])
+        if not 0 <= index < len(held):  # no wrap-around: a repeated image would count twice
+            raise DataError(f"digits has {len(held)} held-out images; index {index} does not exist")
+        i = int(held[index])
         img = _digit_image(images[i])
     return Sample(img, "Which digit is this?", str(int(target[i])), "digits")
 
@@ -573,6 +571,23 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
 # Part of the corpus cache key when data.tokenizer_extra is set: bump it when a source's questions or
 # answers change, so a tokenizer learnt from the old texts is not reused.
 TASK_TEXTS_VERSION = 3  # 2: answers on their own line; 3: "Which is further left, the A or the B?"
+
+
+def heldout_size(task: str) -> int | None:
+    """How many held-out samples a task has (None: unlimited, procedurally drawn)."""
+    return DIGITS_HELDOUT if task == "digits" else None
+
+
+def heldout_samples(task: str, n: int, seed: int) -> list[Sample]:
+    """The first n held-out samples of a task: the one held-out sampler (training evals, the
+    vision eval commands and the registry evals). Asking for more than a task has gives all
+    of them and a warning; the length of the list is the n to report."""
+    have = heldout_size(task)
+    if have is not None and n > have:
+        log.warning("%s has %d held-out samples; scoring those %d, not %d", task, have, have, n)
+        n = have
+    src = get_source(task)
+    return [src(seed, "heldout", i) for i in range(n)]
 
 
 def task_texts(mix: str, per_source: int = 4000, seed: int = 0) -> Iterator[str]:

@@ -128,9 +128,17 @@ def _tokenize_into(docs, tok: Tokenizer, pick, batch_docs: int = 256):
         flush()
 
 
-def prepare(cfg: DataConfig, progress: bool = True) -> Path:
-    """Tokenizer + shards for this data config, built once and cached. Returns the directory."""
+def prepare(cfg: DataConfig, progress: bool = True, tokenizer: Path | None = None) -> Path:
+    """Tokenizer + shards for this data config, built once and cached. Returns the directory.
+
+    `tokenizer` (a tokenizer.json): tokenize with it instead of training one (a new training
+    stage keeps its parent's token ids); data.vocab_size and the tokenizer_* keys are then unused."""
     key = cache_key(cfg)
+    if tokenizer is not None:
+        own = Path(cfg.cache_dir) / key / "tokenizer.json"
+        given = Path(tokenizer).read_bytes()
+        if not (own.exists() and own.read_bytes() == given):  # else the corpus is already this tokenizer's
+            key = hashlib.sha256((key + hashlib.sha256(given).hexdigest()).encode()).hexdigest()[:16]
     root = Path(cfg.cache_dir) / key
     if (root / "manifest.json").exists():
         return root
@@ -138,7 +146,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build(cfg, tmp)
+        _build(cfg, tmp, tokenizer)
         if root.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
@@ -149,8 +157,13 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     return root
 
 
-def _build(cfg: DataConfig, root: Path) -> None:
+def _build(cfg: DataConfig, root: Path, tokenizer: Path | None = None) -> None:
     t0 = time.time()
+    if tokenizer is not None:
+        tok = Tokenizer.load(Path(tokenizer))
+        tok.save(root / "tokenizer.json")
+        log.info("tokenizing with %s (%d tokens)", tokenizer, tok.vocab_size)
+        return _shards(cfg, root, tok, None, t0)
     tok_stats = sources.SourceStats("tokenizer")
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
     train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats, cfg.site_packages), cfg.max_bytes)
@@ -165,6 +178,10 @@ def _build(cfg: DataConfig, root: Path) -> None:
         raise DataError(f"no usable text in {' '.join(cfg.paths) or 'the standard library'} "
                         f"(skipped: {tok_stats.skipped or 'none'})")
     tok.save(root / "tokenizer.json")
+    _shards(cfg, root, tok, tok_stats.documents, t0)
+
+
+def _shards(cfg: DataConfig, root: Path, tok: Tokenizer, tok_documents: int | None, t0: float) -> None:
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
 
     splits, source_stats = {}, []
@@ -198,7 +215,7 @@ def _build(cfg: DataConfig, root: Path) -> None:
                     sha.update(chunk)
     manifest = {
         "data_config": asdict(cfg),
-        "tokenizer": {"vocab_size": tok.vocab_size, "trained_on_documents": tok_stats.documents},
+        "tokenizer": {"vocab_size": tok.vocab_size, "trained_on_documents": tok_documents},
         "dtype": np.dtype(dtype).name,
         "sources": source_stats,
         "splits": splits,

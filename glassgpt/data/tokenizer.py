@@ -9,8 +9,6 @@ lossy UTF-8 decoder), so `decode_bytes(encode_bytes(b)) == b` for every b.
 from __future__ import annotations
 
 import itertools
-import json
-import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -143,29 +141,10 @@ class Tokenizer:
 
     # --- chat --------------------------------------------------------------------
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, n_image_tokens: int = 0) -> list[int]:
-        """messages: [{'role': 'system'|'user'|'assistant', 'content': str or parts}] → ids.
-        An image part becomes n_image_tokens copies of <|image|> for the vision encoder."""
-        ids = [self.bos_id]
-        for m in messages:
-            role = m.get("role")
-            if role not in ("system", "user", "assistant"):
-                raise DataError(f"unknown chat role {role!r}")
-            ids.append(self.special[f"<|{role}_start|>"])
-            content = m.get("content", "")
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            for p in parts:
-                if p.get("type") == "text":
-                    ids += self.encode(p.get("text", ""))
-                else:
-                    ids += [self.image_id] * n_image_tokens
-            ids.append(self.special[f"<|{role}_end|>"])
-        if add_generation_prompt:
-            ids.append(self.special["<|assistant_start|>"])
-        return ids
+        """Chat messages → prompt ids (glassgpt.data.chat.render, the one renderer)."""
+        from glassgpt.data import chat
 
-    @staticmethod
-    def bits_per_byte(loss_nats_sum: float, n_bytes: int) -> float:
-        return loss_nats_sum / (max(n_bytes, 1) * math.log(2))
+        return chat.render(self, messages, add_generation_prompt, n_image_tokens)
 
 
 def train_from_documents(docs: Iterator[str], vocab_size: int, max_bytes: int, extra=()) -> Tokenizer:

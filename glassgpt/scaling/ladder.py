@@ -417,7 +417,7 @@ def train_size(ladder_dir: str, size: dict, threads: int = 0) -> dict:
 
         ck = stable / "checkpoints" / f"step_{s:07d}"
         try:
-            rep = train(cfg, run, resume=checkpoint.latest(run) is not None, init_from=ck, lr_fn=lr)
+            rep = train(cfg, run, resume=checkpoint.latest(run) is not None, branch_from=ck, lr_fn=lr)
         except TrainingError as e:
             _mark_diverged(run, str(e))
             status[b] = "diverged"

@@ -1051,6 +1051,16 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     async def style():
         return page("style.css", "text/css; charset=utf-8")
 
+    # The page's Markdown renderer and sanitizer, shipped with the package (no CDN at run time).
+    # Only the .js files that exist there are served, so a name from the URL never walks the tree.
+    vendored = {p.name for p in web.joinpath("vendor").iterdir() if p.name.endswith(".js")}
+
+    @app.get("/vendor/{name}", include_in_schema=False)
+    async def vendor(name: str):
+        if name not in vendored:
+            raise StarletteHTTPException(404)
+        return page("vendor/" + name, "text/javascript; charset=utf-8")
+
     def openapi():
         """The generated schema, with the served model ids as the `model` enum."""
         if app.openapi_schema is None:

@@ -1,5 +1,8 @@
 """Checkpoints: safetensors weights + JSON metadata + optimizer and loader state.
 
+Inference reads weights only (`read_weights`, `load_model`); only resuming and branching
+read the optimizer state (`read_optimizer`).
+
 A checkpoint is a directory `checkpoints/step_NNNNNNN/` written under a temporary name
 and renamed when complete, then `checkpoints/latest` is replaced atomically. A crash or
 a full disk at any moment leaves the previous checkpoint intact and `latest` pointing at it.
@@ -7,6 +10,7 @@ a full disk at any moment leaves the previous checkpoint intact and `latest` poi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -73,15 +77,35 @@ def resolve(path: Path) -> Path:
     return ck
 
 
-def read(ck: Path) -> tuple[dict, dict, dict | None]:
-    """(meta, model_state, optim_payload or None)."""
+def read_weights(ck: Path) -> tuple[dict, dict]:
+    """(meta, model_state): all that inference needs. Never opens optim.pt."""
     try:
         meta = json.loads((ck / "meta.json").read_text())
         state = load_file(str(ck / "model.safetensors"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {ck} is incomplete: {Path(e.filename).name} is missing") from None
     except Exception as e:  # corrupt JSON or safetensors header
-        raise CheckpointError(f"checkpoint {ck} is corrupt: {e}") from None
-    opt = torch.load(ck / "optim.pt", weights_only=False) if (ck / "optim.pt").exists() else None
-    return meta, state, opt
+        raise CheckpointError(f"checkpoint {ck} is corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return meta, state
+
+
+def read_optimizer(ck: Path) -> dict | None:
+    """The optimizer and RNG payload for resuming, or None when the checkpoint has none.
+    weights_only: state dicts are tensors, numbers and lists, so nothing is unpickled as code."""
+    if not (ck / "optim.pt").exists():
+        return None
+    try:
+        return torch.load(ck / "optim.pt", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"optimizer state {ck / 'optim.pt'} is unreadable: {str(e).splitlines()[0][:200]}") from None
+
+
+def weights_sha256(ck: Path) -> str:
+    h = hashlib.sha256()
+    with open(ck / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_compatible(meta: dict, cfg_dict: dict) -> None:
@@ -98,7 +122,7 @@ def load_model(path, device: str = "cpu"):
     from glassgpt.model.gpt import build
 
     ck = resolve(Path(path))
-    meta, state, _ = read(ck)
+    meta, state = read_weights(ck)
     cfg = config_mod.from_dict(meta["config"])
     tok_path = ck.parent.parent / "tokenizer.json"
     if not tok_path.exists():

@@ -1,6 +1,8 @@
 """One trainer for every run: single process or torchrun (DDP / FSDP2), CPU or GPU.
 
-A ladder rung and a target run are the same call with different configs. The run
+A ladder rung and a target run are the same call with different configs; what a run trains
+on is its batch sources (glassgpt.train.sources: text, image chat, ...), and a later stage
+is a run started from an earlier one's weights (`init_from`). The run
 directory gets: config.yaml (resolved), tokenizer.json, manifest.json, metrics.jsonl,
 checkpoints/ and report.json (parameters, data, compute, hardware, method, results).
 """
@@ -8,6 +10,7 @@ checkpoints/ and report.json (parameters, data, compute, hardware, method, resul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -15,19 +18,20 @@ import platform
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
 from glassgpt import __version__
-from glassgpt.config import Config
-from glassgpt.data.shards import Corpus, Loader, prepare
+from glassgpt.config import Config, ModelConfig, VisionConfig
+from glassgpt.data.shards import Corpus, prepare
 from glassgpt.errors import CheckpointError, ConfigError, TrainingError
 from glassgpt.model import flops as flops_mod
 from glassgpt.model.gpt import build
-from glassgpt.train import checkpoint, dist as dist_mod
+from glassgpt.train import checkpoint, dist as dist_mod, sources as sources_mod
 from glassgpt.train.optim import build_optimizers, lr_multiplier, set_lr
 
 log = logging.getLogger(__name__)
@@ -38,49 +42,6 @@ def fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def eval_indices(n_rows: int, n_wanted: int) -> np.ndarray:
-    """Evenly spaced rows over a held-out split (fixed, so every eval sees the same text)."""
-    n = min(n_rows, max(1, n_wanted))
-    return np.linspace(0, n_rows - 1, n).round().astype(np.int64)
-
-
-@torch.no_grad()
-def evaluate(model, corpus: Corpus, cfg: Config, d: dist_mod.Dist, autocast) -> dict:
-    """Loss (nats/token) and bits per byte on every held-out split, shared over ranks."""
-    T, B = cfg.model.seq_len, cfg.train.batch_size
-    token_bytes = torch.from_numpy(corpus.tokenizer.token_byte_lengths.astype(np.int64))
-    results = {}
-    was_training = model.training
-    model.eval()
-    for name in corpus.heldout_sets:
-        rows = corpus.split(name, T)
-        if len(rows) == 0:
-            continue
-        idx = eval_indices(len(rows), cfg.train.eval_tokens // T)
-        mine = idx[d.rank :: d.world]
-        nats = toks = nbytes = 0.0
-        # every rank runs the same number of forwards (FSDP needs all ranks in each one)
-        n_batches = math.ceil(len(idx[0 :: d.world]) / B)
-        for b in range(n_batches):
-            chunk = mine[b * B : (b + 1) * B]
-            if len(chunk) == 0:
-                chunk = idx[:1]
-                weight = 0.0
-            else:
-                weight = 1.0
-            batch = torch.from_numpy(rows.get(chunk))
-            x, y = batch[:, :-1].to(d.device), batch[:, 1:]
-            with autocast:
-                loss = model(x, y.to(d.device), reduction="none")
-            nats += weight * float(loss.double().sum())
-            toks += weight * y.numel()
-            nbytes += weight * float(token_bytes[y].sum())
-        nats, toks, nbytes = d.all_sum([nats, toks, nbytes])
-        results[name] = {"loss": nats / toks, "bpb": nats / (nbytes * math.log(2)), "tokens": int(toks)}
-    model.train(was_training)
-    return results
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records of steps after the checkpoint (they will be redone)."""
     if not path.exists():
@@ -89,25 +50,113 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+# Model keys a new stage may change: none of them changes a weight's shape.
+STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "vocab_size", "image_token_id"}
+# Vision keys that are training settings, not encoder shapes.
+STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
+                          "init_from"}
+
+
+@dataclass
+class Parent:
+    """The run a new stage starts from: its checkpoint, weights and tokenizer, read and checked
+    before anything is written."""
+
+    run: Path
+    ck: Path
+    meta: dict
+    state: dict
+    tokenizer: Path
+    sha256: str
+
+    def lineage(self) -> dict:
+        return {"parent": str(self.run), "checkpoint": str(self.ck), "step": self.meta["step"],
+                "parent_sha256": self.sha256}
+
+
+def read_parent(path, cfg: Config) -> Parent:
+    """Resolve and read `init_from`, and refuse a config whose weights would not fit it
+    (CheckpointError naming the path or the key)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"init_from {path}: no such run or checkpoint directory")
+    ck = checkpoint.resolve(path)
+    meta, state = checkpoint.read_weights(ck)
+    run = ck.parent.parent
+    if not (run / "tokenizer.json").exists():
+        raise CheckpointError(f"init_from {path}: tokenizer.json missing from run directory {run}")
+    theirs = meta.get("config", {})
+    ours = cfg.to_dict()
+    # a key the parent's config lacks was written before that key existed: it had the default
+    tm = {**dataclasses.asdict(ModelConfig()), **theirs.get("model", {})}
+    for k, v in ours["model"].items():
+        if k not in STAGE_FREE_MODEL_KEYS and tm.get(k) != v:
+            raise CheckpointError(f"model.{k}: parent run has {tm.get(k)!r}, this config {v!r}")
+    tv = {**dataclasses.asdict(VisionConfig()), **theirs.get("vision", {})}
+    if cfg.vision.enabled and tv["enabled"]:
+        for k, v in dataclasses.asdict(cfg.vision).items():
+            if k not in STAGE_FREE_VISION_KEYS and tv.get(k) != v:
+                raise CheckpointError(f"vision.{k}: parent run has {tv.get(k)!r}, this config {v!r}")
+    return Parent(run, ck, meta, state, run / "tokenizer.json", checkpoint.weights_sha256(ck))
+
+
+def load_stage_weights(raw, parent: Parent) -> None:
+    """The parent's weights into a freshly built model. An encoder the parent lacks stays as
+    initialised; one the parent has and this config does not is left behind."""
+    state = parent.state
+    if getattr(raw, "vision", None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith("vision.")}
+    ours = raw.state_dict()
+    for k, v in state.items():
+        if k in ours and ours[k].shape != v.shape:
+            raise CheckpointError(f"{k}: parent run has shape {tuple(v.shape)}, this config {tuple(ours[k].shape)}")
+    missing = [k for k in ours if k not in state and not k.startswith("vision.")]
+    extra = [k for k in state if k not in ours]
+    if missing or extra:
+        key = (missing or extra)[0]
+        raise CheckpointError(f"{key}: {'missing from the parent run' if missing else 'in the parent run, not in this model'} "
+                              f"({parent.ck})")
+    raw.load_state_dict(state, strict=False)
+
+
 def train(cfg: Config, out: Path, resume: bool = False, *, init_from: Path | None = None,
-          lr_fn: Callable[[int, int], float] | None = None, save_at: Iterable[int] = ()) -> dict:
+          branch_from: Path | None = None, lr_fn: Callable[[int, int], float] | None = None,
+          save_at: Iterable[int] = ()) -> dict:
     """Train cfg into the run directory `out`; returns the report.
 
+    `init_from` (a run or checkpoint directory) starts a new stage from its WEIGHTS: fresh
+    optimizers and schedule from step 0, any config change that keeps every weight's shape
+    (seq_len, RoPE, data, schedule, tokens, vision on/off: a fresh encoder where the parent has
+    none) and a one-line CheckpointError naming the key for the rest, before `out` is created.
+    The stage tokenizes its data with the parent's tokenizer (copied into `out`), so
+    data.vocab_size and data.tokenizer_* do not apply to it. report.json's `lineage` names the
+    parent, its step and the sha256 of its weights (None for a fresh run). `resume` continues
+    `out` exactly, as if it had never stopped.
+
     For the scaling ladder's warmup-stable-decay branching (all optional, additive):
-    `init_from` starts a new run from another run's checkpoint (weights, optimizer state and
+    `branch_from` starts a new run from another run's checkpoint (weights, optimizer state and
     step; the loader continues from that step); `lr_fn(step, total)` replaces the config's
     schedule; `save_at` adds checkpoints at these step counts.
     """
     out = Path(out)
+    init_from = init_from or cfg.vision.init_from or None
+    if init_from is not None and branch_from is not None:
+        raise ConfigError("init_from starts a new stage, branch_from continues a run's optimizer: give one")
+    existing = checkpoint.latest(out)
+    if existing and not resume:
+        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    # Read and check the parent before anything is written: bad input leaves no run directory.
+    parent = read_parent(init_from, cfg) if init_from is not None and not existing else None
     d = dist_mod.setup()
     try:
-        return _train(cfg, out, resume, d, init_from=init_from, lr_fn=lr_fn, save_at=set(save_at))
+        return _train(cfg, out, resume, d, parent=parent, branch_from=branch_from, lr_fn=lr_fn, save_at=set(save_at))
     finally:
         dist_mod.teardown()
 
 
-def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Path | None = None,
-           lr_fn: Callable[[int, int], float] | None = None, save_at: set | None = None) -> dict:
+def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Parent | None = None,
+           branch_from: Path | None = None, lr_fn: Callable[[int, int], float] | None = None,
+           save_at: set | None = None) -> dict:
     t, m = cfg.train, cfg.model
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -117,14 +166,17 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
     if fsdp and t.optimizer == "muon":
         raise ConfigError("train.optimizer=muon needs whole matrices; with train.fsdp=true use train.optimizer=adamw")
     existing = checkpoint.latest(out)
-    if existing and not resume:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
 
-    # Data: rank 0 tokenizes once; the others then find it in the cache.
+    # Data: rank 0 tokenizes once; the others then find it in the cache. A stage tokenizes its
+    # data with the parent's tokenizer, so token ids mean what the parent's weights learned.
+    tokenizer = parent.tokenizer if parent else None
+    if existing and resume:  # a stage resumes with the tokenizer it started with
+        started = json.loads((existing / "meta.json").read_text()).get("lineage") or {}
+        tokenizer = out / "tokenizer.json" if started.get("kind") == "init" else None
     if d.is_main:
-        prepare(cfg.data)
+        prepare(cfg.data, tokenizer=tokenizer)
     d.barrier()
-    corpus = Corpus(prepare(cfg.data))
+    corpus = Corpus(prepare(cfg.data, tokenizer=tokenizer))
     m.vocab_size = corpus.tokenizer.vocab_size
     m.image_token_id = corpus.tokenizer.image_id
     if d.is_main:
@@ -135,36 +187,46 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
 
     torch.manual_seed(t.seed)
     raw = build(m, device=d.device, seed=t.seed)  # identical on every rank: same seed
-    vis = vis_evals = None
-    if cfg.vision.enabled:  # image input: the encoder joins the model as raw.vision (glassgpt.model.vision)
-        from glassgpt.model.vision import VisionTraining
-
-        vis = VisionTraining(raw, cfg, corpus.tokenizer, d.rank, d.world)
+    autocast = dist_mod.autocast(d.device)
+    sources = sources_mod.build(cfg, corpus, d, autocast)
+    for src in sources:
+        src.attach(raw)  # e.g. the image encoder as raw.vision
     start, opt_states = 0, None
+    lineage = None
     metrics_path = out / "metrics.jsonl"
     if existing and resume:
-        meta, state, opt_payload = checkpoint.read(existing)
+        meta, state = checkpoint.read_weights(existing)
         checkpoint.check_compatible(meta, cfg.to_dict())
         raw.load_state_dict(state)
-        opt_states = opt_payload["optimizers"]
-        start = meta["step"]
+        opt_states = (checkpoint.read_optimizer(existing) or {}).get("optimizers")
+        start, lineage = meta["step"], meta.get("lineage")
         if d.is_main:
             _truncate_metrics(metrics_path, start)
         log.info("resumed from %s (step %d)", existing.name, start)
-    elif init_from is not None:  # a branch: another run's weights, optimizer state and step
-        meta, state, opt_payload = checkpoint.read(checkpoint.resolve(Path(init_from)))
-        checkpoint.check_compatible(meta, cfg.to_dict())
-        raw.load_state_dict(state)
-        opt_states = opt_payload["optimizers"] if opt_payload else None
-        start = meta["step"]
+    elif parent is not None:  # a new stage: the parent's weights, nothing else
+        load_stage_weights(raw, parent)
+        lineage = {"kind": "init", **parent.lineage()}
         if d.is_main and metrics_path.exists():
             metrics_path.unlink()
-        log.info("branched from %s (step %d)", init_from, start)
+        log.info("new stage from %s (step %d)", parent.ck, parent.meta["step"])
+    elif branch_from is not None:  # a branch: another run's weights, optimizer state and step
+        ck = checkpoint.resolve(Path(branch_from))
+        meta, state = checkpoint.read_weights(ck)
+        checkpoint.check_compatible(meta, cfg.to_dict())
+        raw.load_state_dict(state)
+        opt_payload = checkpoint.read_optimizer(ck)
+        opt_states = opt_payload["optimizers"] if opt_payload else None
+        start = meta["step"]
+        lineage = {"kind": "branch", "parent": str(ck.parent.parent), "checkpoint": str(ck), "step": start,
+                   "parent_sha256": checkpoint.weights_sha256(ck)}
+        if d.is_main and metrics_path.exists():
+            metrics_path.unlink()
+        log.info("branched from %s (step %d)", branch_from, start)
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
     opts = build_optimizers(raw, cfg)
-    if vis is not None:
-        opts += vis.optimizers()
+    for src in sources:
+        opts += src.optimizers()
     if opt_states is not None:
         if len(opt_states) != len(opts):  # e.g. vision.muon_lr switched on or off since the checkpoint
             raise CheckpointError(f"checkpoint holds {len(opt_states)} optimizer states, this config builds {len(opts)} "
@@ -180,12 +242,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
 
     model = raw if fsdp else dist_mod.wrap(raw, d, fsdp=False)
     fwd = torch.compile(model) if t.compile else model
-    autocast = dist_mod.autocast(d.device)
 
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
     total = max(1, math.ceil(t.tokens / tokens_per_step))
-    loader = Loader(corpus.split("train", m.seq_len), t.batch_size, t.seed, d.rank, d.world)
     if lr_fn is None:
         def lr_fn(step, total):
             return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
@@ -206,15 +266,32 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
         else:
             state, opt_states = raw.state_dict(), [o.state_dict() for o in opts]
         if d.is_main:
-            checkpoint.save(out, step, state, opt_states,
-                            {"config": cfg.to_dict(), "glassgpt": __version__, "tokens_seen": step * tokens_per_step},
-                            keep=t.keep_checkpoints)
+            meta = {"config": cfg.to_dict(), "glassgpt": __version__, "tokens_seen": step * tokens_per_step}
+            if lineage:
+                meta["lineage"] = lineage
+            checkpoint.save(out, step, state, opt_states, meta, keep=t.keep_checkpoints)
         d.barrier()
+
+    # Under DDP/FSDP one forward must carry every row of a backward, so several sources share
+    # one forward there; a single process runs one forward per source (no padding between them).
+    shared_forward = d.world > 1 and sum(src.weight > 0 for src in sources) > 1
+
+    def step_loss(index):
+        active = [(src, src.rows(index)) for src in sources if src.weight > 0]
+        if shared_forward:
+            return _shared_loss(fwd, raw, active, d)
+        loss = None
+        for src, r in active:
+            emb = raw.vision(r.pixels.to(d.device)).reshape(-1, m.d_model) if r.pixels is not None else None
+            part = fwd(r.x.to(d.device), r.y.to(d.device), image_embeds=emb)
+            part = part if src.weight == 1.0 else src.weight * part
+            loss = part if loss is None else loss + part
+        return loss
 
     metrics = open(metrics_path, "a") if d.is_main else None
     t0 = time.time()
     last_log_t, last_log_step = t0, start
-    evals = {}
+    evals = {src.name: None for src in sources}
     loss_val = float("nan")
     fwd.train()
     try:
@@ -222,14 +299,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
             set_lr(opts, lr_fn(step, total))
             loss_sum = torch.zeros((), device=d.device)
             for micro in range(t.grad_accum):
-                batch = torch.from_numpy(loader.batch(step * t.grad_accum + micro)).to(d.device)
                 sync = micro == t.grad_accum - 1 or d.world == 1 or fsdp
                 ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, autocast:
-                    if vis is None:
-                        loss = fwd(batch[:, :-1], batch[:, 1:]) / t.grad_accum
-                    else:  # text rows + image-chat rows, one forward (loss on answers)
-                        loss = vis.loss(fwd, batch, step * t.grad_accum + micro) / t.grad_accum
+                    loss = step_loss(step * t.grad_accum + micro) / t.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
             loss_val = d.all_sum([float(loss_sum)])[0] / d.world
@@ -257,17 +330,14 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
                          f"{tps:,.0f}", tps * counts.flops_per_token / 1e9, fmt_time(eta))
                 last_log_t, last_log_step = now, done
             if done % t.eval_every == 0 or done == total:
-                # the uncompiled model: eval's grad mode and last partial batches would each recompile
-                evals = evaluate(model, corpus, cfg, d, autocast)
-                if vis is not None:
-                    vis_evals = vis.evaluate()
+                for src in sources:
+                    # the uncompiled model: eval's grad mode and last partial batches would each recompile
+                    evals[src.name] = src.evaluate(model)
                     if d.is_main:
-                        metrics.write(json.dumps({"step": done, "vision_eval": vis_evals}) + "\n")
-                        log.info("vision eval @ %d: %s", done, ", ".join(f"{k} {v:.1%}" for k, v in vis_evals.items()))
+                        metrics.write(json.dumps({"step": done, src.eval_key: evals[src.name]}) + "\n")
+                        log.info("%s @ %d: %s", src.eval_key.replace("_", " "), done, src.summary(evals[src.name]))
                 if d.is_main:
-                    metrics.write(json.dumps({"step": done, "eval": evals}) + "\n")
                     metrics.flush()
-                    log.info("eval @ %d: %s", done, ", ".join(f"{k} {v['loss']:.4f} nats/tok {v['bpb']:.4f} bpb" for k, v in evals.items()))
             if done % t.checkpoint_every == 0 or done == total or done in save_at:
                 save(done)
     finally:
@@ -284,16 +354,46 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, init_from: Pa
         "flops": float(total * tokens_per_step * counts.flops_per_token),
         "steps": total,
         "final_train_loss": loss_val,
-        "heldout": evals,
-        "data": {"manifest_sha256": corpus.manifest["shards_sha256"], "train_tokens": corpus.manifest["splits"]["train"]["tokens"]},
+        "lineage": lineage,
+    }
+    for src in sources:
+        report.update(src.report(evals[src.name]))
+    report.update({
         "hardware": {"device": d.device, "processes": d.world, "threads": torch.get_num_threads(),
                      "platform": platform.platform(), "torch": torch.__version__},
         "seconds": round(seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": cfg.to_dict(),
-    }
-    if vis is not None:
-        report["vision"] = {**vis.report(), "heldout_accuracy": vis_evals}
+    })
     if d.is_main:
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _shared_loss(fwd, raw, active, d):
+    """Several sources' rows in one forward (DDP): right-padded to the widest (targets -1 in the
+    padding; causal attention keeps it from touching real positions). Each source's loss is its
+    summed token losses over its target tokens on ALL ranks, times the world size: DDP averages
+    gradients over ranks, so the step is the one a single process takes with the whole batch
+    (a per-rank mean would weight the ranks' answer tokens unequally)."""
+    L = max(r.x.size(1) for _, r in active)
+    xs, ys, px = [], [], []
+    for _, r in active:
+        pad = L - r.x.size(1)
+        xs.append(F.pad(r.x, (0, pad), value=0))
+        ys.append(F.pad(r.y, (0, pad), value=-1))
+        if r.pixels is not None:
+            px.append(r.pixels)
+    x, y = torch.cat(xs).to(d.device), torch.cat(ys).to(d.device)
+    emb = raw.vision(torch.cat(px).to(d.device)).reshape(-1, raw.cfg.d_model) if px else None
+    per = fwd(x, y, image_embeds=emb, reduction="none").view(x.size(0), -1)
+    bounds, row = [], 0
+    for _, r in active:
+        bounds.append((row, row + r.x.size(0)))
+        row += r.x.size(0)
+    counts = d.all_sum([float((y[a:b] != -1).sum()) for a, b in bounds])
+    loss = None
+    for (src, _), (a, b), n in zip(active, bounds, counts):
+        part = src.weight * per[a:b].sum() * (d.world / max(n, 1.0))
+        loss = part if loss is None else loss + part
+    return loss

@@ -7,7 +7,7 @@ that takes images. Without a samples_jsonl the held-out split of a built-in imag
 match of the stripped answer.
 
 `VisionLocalFn` is a completion function for a local vision checkpoint: it decodes the
-image parts and answers greedily through glassgpt.model.vision.ask.
+image parts and answers greedily through the serving engine (glassgpt.evals.vision.ask).
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ def sample_prompt(s) -> dict:
 def heldout_samples(task: str, n: int, seed: int = 1337) -> list[dict]:
     from glassgpt.data import images
 
-    n = min(n, images.DIGITS_HELDOUT) if task == "digits" else n
-    src = images.get_source(task)
-    return [sample_prompt(src(seed, "heldout", i)) for i in range(n)]
+    return [sample_prompt(s) for s in images.heldout_samples(task, n, seed)]
 
 
 class VisionQA(Eval):
@@ -68,14 +66,16 @@ class VisionLocalFn(CompletionFn):
     """A local vision run as a completion function (chat prompts with image parts)."""
 
     def __init__(self, run_dir, max_tokens: int = 16, name: str | None = None):
-        from glassgpt.model.vision import load
+        from glassgpt.evals.vision import engine_for, load
 
         self.model, self.tok, self.cfg = load(run_dir)
+        # started once: eval runners call this from several threads, and the engine queues them
+        self.engine = engine_for(self.model, self.tok).start()
         self.name = self.cache_id = name or f"vision:{run_dir}"
         self.max_tokens = max_tokens
 
     def __call__(self, prompt, **kwargs) -> CompletionResult:
-        from glassgpt.model.vision import ask
+        from glassgpt.evals.vision import ask
 
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
@@ -89,17 +89,21 @@ class VisionLocalFn(CompletionFn):
                     images.append(p.get("path") or p.get("url", ""))
                 elif p.get("type") == "text":
                     texts.append(p.get("text", ""))
-        text = ask(self.model, self.tok, images, "\n".join(texts), kwargs.get("max_tokens") or self.max_tokens)
+        text = ask(self.engine, images, "\n".join(texts), kwargs.get("max_tokens") or self.max_tokens)
         return CompletionResult([text], prompt=prompt)
 
 
 def accuracy_table(run_dir, n: int = 200) -> dict:
-    """Every vision eval against a local run, through the registry classes' scoring rule."""
+    """{task: {"accuracy", "n"}}: every vision eval against a local run, through the registry
+    classes' scoring rule (greedy answers from the serving engine)."""
     fn = VisionLocalFn(run_dir)
     seed = fn.cfg.train.seed
     out = {}
-    for task in ("digits", "shapes", "text", "charts"):
-        samples = heldout_samples(task, n, seed)
-        ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
-        out[task] = float(np.mean(ok))
+    try:
+        for task in ("digits", "shapes", "text", "charts"):
+            samples = heldout_samples(task, n, seed)
+            ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
+            out[task] = {"accuracy": float(np.mean(ok)), "n": len(samples)}
+    finally:
+        fn.engine.stop()
     return out
