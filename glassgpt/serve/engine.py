@@ -320,8 +320,12 @@ class Engine:
         req = Request(prompt, params, on_event, images=images)
         req.owner = owner
         with self._lock:
-            if self.n_waiting >= self.max_queue:
-                raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting); retry shortly")
+            # max_queue bounds each owner's waiting requests (one 64-prompt request must not
+            # fill the queue for everyone), and 4 x max_queue bounds them all.
+            mine = len(self.waiting.get(owner, ()))
+            if mine >= self.max_queue or self.n_waiting >= 4 * self.max_queue:
+                raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting, {mine} of them "
+                                      "yours); retry shortly")
             self.n_waiting += 1
             if owner not in self.waiting:
                 self.waiting[owner] = collections.deque()
