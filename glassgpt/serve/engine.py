@@ -262,14 +262,15 @@ class Engine:
     def check_size(self, chars: int, params: SamplingParams, param: str = "messages") -> None:
         """The context check before tokenizing: `chars` characters (each at least one UTF-8
         byte) are at least chars / max_token_bytes tokens. Refuses only what cannot fit."""
+        # Only the prompt itself is judged here (with one token of completion); a completion
+        # that does not fit is left to `check`, whose message names the exact numbers. What
+        # passes is at most context x max_token_bytes characters: cheap to tokenize.
         at_least = -(-chars // self.max_token_bytes)
-        want = params.max_tokens or (0 if params.echo_logprobs else 1)
-        if at_least + want > self.context_window:
+        if at_least + (0 if params.echo_logprobs else 1) > self.context_window:
             where = "messages" if param == "messages" else "prompt"
             raise ContextLengthError(
                 f"This model's maximum context length is {self.context_window} tokens. However, your {where} "
-                f"{'are' if where == 'messages' else 'is'} at least {at_least} tokens long ({chars:,} characters)"
-                f"{f' and you requested {want} in the completion' if params.max_tokens else ''}. "
+                f"{'are' if where == 'messages' else 'is'} at least {at_least} tokens long ({chars:,} characters). "
                 f"Please reduce the length of the {where}.", param=param)
 
     def check(self, prompt_len: int, params: SamplingParams, param: str | None = None) -> int:
