@@ -109,8 +109,6 @@ def test_stop_sequence_excluded(client):
     (dict(messages=[]), "empty_array"),
     (dict(messages=user(), temperature=3), "invalid_value"),
     (dict(messages=user(), max_tokens=-1), "invalid_value"),
-    (dict(messages=[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]), "invalid_value"),
-    (dict(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), "invalid_value"),
     (dict(messages=user(), max_tokens=100_000), "context_length_exceeded"),
     (dict(messages=user(), stop=["a", "b", "c", "d", "e"]), "invalid_value"),
     (dict(messages=[{"role": "tool", "content": "x"}]), "invalid_value"),
@@ -741,3 +739,15 @@ def test_429_retry_after_and_ratelimit_headers(env):
     wait = int(resp.headers["retry-after"])
     assert f"Try again in {wait}s." in e.value.message and 1 <= wait <= 60
     assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+# --- role order as OpenAI accepts it -----------------------------------------------------------------------
+def test_same_role_turns_are_merged_and_assistant_may_come_first(client):
+    kw = dict(model=MODEL, max_tokens=6, temperature=0)
+    two = client.chat.completions.create(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], **kw)
+    one = client.chat.completions.create(messages=[{"role": "user", "content": "a\n\nb"}], **kw)
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    assert two.choices[0].message.content == one.choices[0].message.content
+    r = client.chat.completions.create(messages=[{"role": "assistant", "content": "Hi, how can I help?"},
+                                                 {"role": "user", "content": "x"}], **kw)
+    assert r.choices[0].finish_reason in ("stop", "length")

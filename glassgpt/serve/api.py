@@ -170,20 +170,16 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
     images: a list that receives (param, bytes) for every image part, in prompt order."""
     if not body.messages:
         raise ServeError("'messages' must contain at least one message.", param="messages", code="empty_array")
-    out, last_role = [], None
+    out = []
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
         if role not in ("system", "user", "assistant"):
             raise ServeError(f"Invalid role '{m.role}' in messages[{i}]: this server supports system, developer, "
                              "user and assistant messages (no tools).", param=f"messages[{i}].role", code="invalid_value")
-        # System messages may stand anywhere (openai/evals sends few-shot examples and bare
-        # prompts as system turns); user and assistant turns must alternate, user first.
-        if role in ("user", "assistant"):
-            want = "user" if last_role in (None, "assistant") else "assistant"
-            if role != want:
-                raise ServeError(f"messages[{i}]: roles out of order: expected a {want} message after "
-                                 f"{last_role or 'the start'}, got {role} (turns alternate user, assistant, user, ...).",
-                                 param=f"messages[{i}].role", code="invalid_value")
+        # Any order is accepted, as OpenAI accepts it: system messages anywhere (openai/evals
+        # sends few-shot examples as system turns), an assistant turn first, and two turns of
+        # the same role in a row (LangChain sends them), which are merged into one turn below
+        # so that the model sees alternating turns as in training.
         c = m.content
         if c is None:
             raise ServeError(f"messages[{i}].content is required.", param=f"messages[{i}].content", code="invalid_value")
@@ -212,9 +208,16 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                 else:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
                                      param=param + ".type", code="invalid_value")
-        out.append({"role": role, "content": parts})
-        if role != "system":
-            last_role = role
+        if out and role != "system" and out[-1]["role"] == role:
+            merged = out[-1]["content"] + [{"type": "text", "text": "\n\n"}] + parts
+            out[-1]["content"] = []
+            for p in merged:  # adjacent texts become one, tokenized as the joined text would be
+                if p["type"] == "text" and out[-1]["content"] and out[-1]["content"][-1]["type"] == "text":
+                    out[-1]["content"][-1] = {"type": "text", "text": out[-1]["content"][-1]["text"] + p["text"]}
+                else:
+                    out[-1]["content"].append(p)
+        else:
+            out.append({"role": role, "content": parts})
     return out
 
 
