@@ -61,3 +61,17 @@ def tiny_cfg(corpus_dir, cache_dir):
         return config.load(None, tiny_overrides(corpus_dir, cache_dir, **extra))
 
     return make
+
+
+def naive_greedy(model, prompt, n, image_embeds=None):
+    """Greedy by definition, the reference for every decoder: re-run the whole prefix for each
+    token (image embeddings spliced in at the prompt's <|image|> positions each time)."""
+    import torch
+
+    x = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            if len(x) >= model.cfg.seq_len:
+                break
+            x.append(int(model(torch.tensor([x], device=model.wte.weight.device), image_embeds=image_embeds)[0, -1].argmax()))
+    return x[len(prompt):]

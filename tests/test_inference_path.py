@@ -14,6 +14,8 @@ from glassgpt.evals.completion_fns.local import LocalModelFn
 from glassgpt.model.gpt import build
 from glassgpt.serve.engine import Engine, SamplingParams
 
+from conftest import naive_greedy
+
 TEXTS = ["hello world, the quick brown fox. " * 20, "def f(x):\n    return x + 1\n" * 20]
 WORDS = ["hello", "def f(x):", "the quick brown fox jumps", "x"]
 # Recorded from the previous decoders (GPT.generate, Engine._forward and local.py agreed).
@@ -34,15 +36,6 @@ def tiny():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return model.eval(), tok
-
-
-def naive_greedy(model, prompt, n):
-    """Greedy by definition: re-run the whole prefix for every token."""
-    x = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            x.append(int(model(torch.tensor([x]))[0, -1].argmax()))
-    return x[len(prompt):]
 
 
 def ids(choice):

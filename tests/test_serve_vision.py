@@ -34,7 +34,7 @@ from glassgpt.serve.testing import ServerThread  # noqa: E402
 from glassgpt.train.checkpoint import load_model  # noqa: E402
 from glassgpt.train.trainer import train  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402
+from conftest import naive_greedy, tiny_overrides  # noqa: E402
 
 VIS, TEXT = "vis", "text"
 # 32×32 images, 8×8 patches, pixel shuffle 2: 4 image tokens per image; a 64-token context.
@@ -46,12 +46,11 @@ VISION = dict(vision__enabled="true", vision__image_size=32, vision__patch_size=
 
 @torch.no_grad()
 def _greedy(model, tok, images, question, max_new_tokens=16):
-    """The reference answer: the model's own greedy decode, without the engine."""
+    """The reference answer: greedy by definition (full-prefix argmax), without the engine."""
     ids = tok.render_chat([{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]}],
                           True, V.n_image_tokens(model))
     V.check_fits(model, len(ids))
-    out = model.generate(torch.tensor([ids], device=model.wte.weight.device), min(max_new_tokens, model.cfg.seq_len - len(ids)),
-                         temperature=0, image_embeds=V.encode_images(model, images))[0, len(ids):].tolist()
+    out = naive_greedy(model, ids, max_new_tokens, image_embeds=V.encode_images(model, images))
     end = tok.special["<|assistant_end|>"]
     return tok.decode(out[: out.index(end)] if end in out else out).strip()
 

@@ -10,6 +10,7 @@ import torch
 from glassgpt import cli
 from glassgpt.errors import CheckpointError, TrainingError
 from glassgpt.train import checkpoint
+from glassgpt.serve.engine import Engine, SamplingParams
 from glassgpt.train.trainer import train
 
 from conftest import tiny_overrides
@@ -31,8 +32,8 @@ def test_tiny_run_learns_and_writes_run_dir(tiny_cfg, tmp_path):
     assert all(v["bpb"] > 0 for v in report["heldout"].values())
     assert report["flops"] == report["tokens"] * report["flops_per_token"]
     model, tok, cfg = checkpoint.load_model(run)
-    out = model.generate(torch.tensor([tok.encode("def ")]), 5, temperature=0)
-    assert out.shape == (1, len(tok.encode("def ")) + 5)
+    r = Engine(model, tok, device="cpu", max_batch=1).generate(tok.encode("def "), SamplingParams(max_tokens=5, temperature=0.0))
+    assert 1 <= len(r["choices"][0]["tokens"]) <= 5 and r["choices"][0]["finish_reason"] in ("length", "stop")
 
 
 @pytest.mark.parametrize("optimizer,schedule", [("adamw", "cosine"), ("muon", "wsd")])

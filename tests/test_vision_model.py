@@ -16,6 +16,8 @@ from glassgpt.model import vision as V  # noqa: E402
 from glassgpt.model.gpt import build  # noqa: E402
 from glassgpt.train import sources as S  # noqa: E402
 
+from conftest import naive_greedy  # noqa: E402
+
 VC = VisionConfig(enabled=True, image_size=32, patch_size=8, width=64, depth=2, head_dim=32, shuffle=2)
 
 
@@ -99,8 +101,7 @@ def test_ask_and_context_limit(model, tok):
     # the engine's greedy answer is the model's own greedy decode
     prompt = tok.render_chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit is this?"}]}],
                              True, VC.n_image_tokens)
-    gen = model.generate(torch.tensor([prompt]), 4, temperature=0, image_embeds=V.encode_images(model, [img]))
-    gen = gen[0, len(prompt):].tolist()
+    gen = naive_greedy(model, prompt, 4, image_embeds=V.encode_images(model, [img]))
     end = tok.special["<|assistant_end|>"]
     assert ans == tok.decode(gen[: gen.index(end)] if end in gen else gen).strip()
     with pytest.raises(V.VisionError, match="fewer images"):
@@ -125,7 +126,7 @@ def test_teacher_forced_exact_match_equals_greedy(model, tok):
     s = I.shapes(0, "heldout", 0)
     emb = V.encode_images(model, [s.image])
     prompt = tok.render_chat(s.messages(with_answer=False), True, VC.n_image_tokens)
-    gen = model.generate(torch.tensor([prompt]), 3, temperature=0, image_embeds=emb)[0, len(prompt):].tolist()
+    gen = naive_greedy(model, prompt, 3, image_embeds=emb)
     end = tok.special["<|assistant_end|>"]
     # make the model's own greedy output the "truth": exact match must say yes
     trick = I.Sample(s.image, s.question, tok.decode(gen[:2]), "shapes")

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from glassgpt.data import images as img_mod
 from glassgpt.data.images import Sample
+from glassgpt.evals.completion_fns.base import CompletionFn, CompletionResult
+from glassgpt.evals.elsuite.utils import first_completion
+from glassgpt.evals.elsuite.vision import heldout_samples
 from glassgpt.model.vision import VisionError, check_fits, n_image_tokens
 from glassgpt.train.sources import EVAL_TASKS, token_scores
 
@@ -96,8 +99,6 @@ def heldout_scores(model, tok, cfg, n: int = 300, tasks=EVAL_TASKS, batch: int =
 def heldout_table_for_run(run, n: int = 300, greedy: bool = False) -> dict:
     """{task: {"accuracy", "n"}}: held-out exact match per task (n is what was scored: digits has 300)."""
     if greedy:
-        from glassgpt.evals.elsuite.vision import accuracy_table
-
         return accuracy_table(run, n)
     scores = heldout_scores(*load(run), n=n)
     return {t: {"accuracy": sum(r[0] for _, r in rows) / max(1, len(rows)), "n": len(rows)} for t, rows in scores.items()}
@@ -145,3 +146,46 @@ def render_grid(run, out_png, per_task: int = 6, tasks=EVAL_TASKS) -> Path:
     grid.save(tmp)
     tmp.replace(out_png)
     return out_png
+
+
+class VisionLocalFn(CompletionFn):
+    """A local vision run as a completion function (chat prompts with image parts)."""
+
+    def __init__(self, run_dir, max_tokens: int = 16, name: str | None = None):
+        self.model, self.tok, self.cfg = load(run_dir)
+        # started once: eval runners call this from several threads, and the engine queues them
+        self.engine = engine_for(self.model, self.tok).start()
+        self.name = self.cache_id = name or f"vision:{run_dir}"
+        self.max_tokens = max_tokens
+
+    def __call__(self, prompt, **kwargs) -> CompletionResult:
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        images, texts = [], []
+        for m in prompt:
+            content = m.get("content", "")
+            for p in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
+                if p.get("type") == "image_url":
+                    images.append((p.get("image_url") or {}).get("url", ""))
+                elif p.get("type") == "image":
+                    images.append(p.get("path") or p.get("url", ""))
+                elif p.get("type") == "text":
+                    texts.append(p.get("text", ""))
+        text = ask(self.engine, images, "\n".join(texts), kwargs.get("max_tokens") or self.max_tokens)
+        return CompletionResult([text], prompt=prompt)
+
+
+def accuracy_table(run_dir, n: int = 200) -> dict:
+    """{task: {"accuracy", "n"}}: every vision eval against a local run, through the registry
+    classes' scoring rule (greedy answers from the serving engine)."""
+    fn = VisionLocalFn(run_dir)
+    seed = fn.cfg.train.seed
+    out = {}
+    try:
+        for task in ("digits", "shapes", "text", "charts"):
+            samples = heldout_samples(task, n, seed)
+            ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
+            out[task] = {"accuracy": sum(ok) / max(1, len(ok)), "n": len(samples)}
+    finally:
+        fn.engine.stop()
+    return out

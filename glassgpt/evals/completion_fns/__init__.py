@@ -81,7 +81,7 @@ def make_completion_fn(name: str, registry=None, base_url: Optional[str] = None,
         if not Path(run_dir).exists():
             raise EvalError(f"local run directory not found: {run_dir}")
         if _has_vision(run_dir):  # image-chat prompts need the run's encoder
-            from ..elsuite.vision import VisionLocalFn
+            from ..vision import VisionLocalFn
 
             fn = VisionLocalFn(run_dir, **{k: v for k, v in kwargs.items() if k in ("max_tokens", "name")})
         else:

@@ -6,8 +6,8 @@ that takes images. Without a samples_jsonl the held-out split of a built-in imag
 (digits, shapes, text, charts) is generated in-process, fixed by seed. Scoring: exact
 match of the stripped answer.
 
-`VisionLocalFn` is a completion function for a local vision checkpoint: it decodes the
-image parts and answers greedily through the serving engine (glassgpt.evals.vision.ask).
+The completion function for a local vision checkpoint (`vision:RUN`) is
+glassgpt.evals.vision.VisionLocalFn: it answers greedily through the serving engine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from .. import record
 from ..errors import EvalError
 from ..eval import Eval
 from ..metrics import get_accuracy, get_bootstrap_accuracy_std
-from ..completion_fns.base import CompletionFn, CompletionResult
 from .utils import first_completion
 
 
@@ -60,50 +59,3 @@ class VisionQA(Eval):
         self.eval_all_samples(recorder, self.get_samples())
         events = recorder.get_events("match")
         return {"accuracy": get_accuracy(events), "bootstrap_std": get_bootstrap_accuracy_std(events)}
-
-
-class VisionLocalFn(CompletionFn):
-    """A local vision run as a completion function (chat prompts with image parts)."""
-
-    def __init__(self, run_dir, max_tokens: int = 16, name: str | None = None):
-        from glassgpt.evals.vision import engine_for, load
-
-        self.model, self.tok, self.cfg = load(run_dir)
-        # started once: eval runners call this from several threads, and the engine queues them
-        self.engine = engine_for(self.model, self.tok).start()
-        self.name = self.cache_id = name or f"vision:{run_dir}"
-        self.max_tokens = max_tokens
-
-    def __call__(self, prompt, **kwargs) -> CompletionResult:
-        from glassgpt.evals.vision import ask
-
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        images, texts = [], []
-        for m in prompt:
-            content = m.get("content", "")
-            for p in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
-                if p.get("type") == "image_url":
-                    images.append((p.get("image_url") or {}).get("url", ""))
-                elif p.get("type") == "image":
-                    images.append(p.get("path") or p.get("url", ""))
-                elif p.get("type") == "text":
-                    texts.append(p.get("text", ""))
-        text = ask(self.engine, images, "\n".join(texts), kwargs.get("max_tokens") or self.max_tokens)
-        return CompletionResult([text], prompt=prompt)
-
-
-def accuracy_table(run_dir, n: int = 200) -> dict:
-    """{task: {"accuracy", "n"}}: every vision eval against a local run, through the registry
-    classes' scoring rule (greedy answers from the serving engine)."""
-    fn = VisionLocalFn(run_dir)
-    seed = fn.cfg.train.seed
-    out = {}
-    try:
-        for task in ("digits", "shapes", "text", "charts"):
-            samples = heldout_samples(task, n, seed)
-            ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
-            out[task] = {"accuracy": float(np.mean(ok)), "n": len(samples)}
-    finally:
-        fn.engine.stop()
-    return out
