@@ -13,7 +13,8 @@ def cmd_serve(args):
 
     serve(args.checkpoint, host=args.host, port=args.port, no_auth=args.no_auth, db=args.db, names=args.model_name,
           prices=args.price, max_batch=args.max_batch, max_queue=args.max_queue, device=args.device,
-          rpm=args.rpm, tpm=args.tpm, max_body=args.max_body_mb * 1024 * 1024)
+          rpm=args.rpm, tpm=args.tpm, max_body=args.max_body_mb * 1024 * 1024,
+          read_timeout=args.read_timeout)
 
 
 def cmd_chat(args):
@@ -77,8 +78,9 @@ def add_serve(sub, name):
     s.add_argument("--rpm", type=int, default=None, help="default requests per minute per key (keys may set their own)")
     s.add_argument("--tpm", type=int, default=None, help="default tokens per minute per key")
     s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
-    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503s")
+    s.add_argument("--max-queue", type=int, default=64, help="waiting requests per key before 503s (4x that in all)")
     s.add_argument("--max-body-mb", type=int, default=32)
+    s.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request body (408 after)")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")
     s.set_defaults(fn=cmd_serve)
 

@@ -74,3 +74,21 @@ def test_chat_loop_local(tmp_path):
     assert saved["messages"][0]["content"] == "again \nmore"
     assert msgs == saved["messages"]
     assert backend.usage["completion_tokens"] > 0
+
+
+def test_auth_cache_is_bounded_under_wrong_keys(tmp_path):
+    import pytest
+
+    from glassgpt.serve.errors import AuthError
+    from glassgpt.serve.store import Store
+
+    store = Store(tmp_path / "s.db", cache_size=100)
+    good, _ = store.create_key("ok")
+    store.authenticate(f"Bearer {good}")
+    for i in range(5000):
+        with pytest.raises(AuthError):
+            store.authenticate(f"Bearer sk-wrong-{i}")
+        if i % 50 == 0:
+            store.authenticate(f"Bearer {good}")  # a key in use stays cached (least recently used goes first)
+    assert len(store._cache) <= 100
+    assert store.authenticate(f"Bearer {good}").name == "ok"

@@ -150,3 +150,21 @@ def test_cancellation_frees_the_slot(loaded):
         assert r["choices"][0]["finish_reason"] in ("length", "stop")
     finally:
         eng.stop()
+
+
+def test_queue_bound_is_per_owner_and_turns_are_fair(loaded):
+    model, tok, _ = loaded
+    eng = Engine(model, tok, name="f", max_batch=2, max_queue=3, device="cpu")
+    sink = queue.Queue()
+    p = SamplingParams(max_tokens=2, n=2)
+    big = [eng.submit([tok.bos_id], SamplingParams(max_tokens=2, n=2), sink.put, owner="a") for _ in range(3)]
+    with pytest.raises(OverloadedError):  # key a has filled its share of the queue ...
+        eng.submit([tok.bos_id], p, sink.put, owner="a")
+    small = eng.submit([tok.bos_id], SamplingParams(max_tokens=2), sink.put, owner="b")  # ... key b has not
+    # not started: step by hand and record the order in which requests are admitted
+    order = []
+    real = eng._prefill
+    eng._prefill = lambda req: (order.append(req), real(req))[1]
+    while not all(r.done.is_set() for r in big + [small]):
+        eng._step()
+    assert order.index(small) == 1  # right after the request that held the slots, not after all of a's

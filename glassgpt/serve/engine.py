@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import hashlib
 import heapq
 import itertools
@@ -187,12 +188,18 @@ class Engine:
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
         # and a decode step attends over a slice of the cache instead of a gathered copy.
         self.free_slots = list(range(self.max_batch))
-        self.waiting: "queue.Queue[Request]" = queue.Queue()
+        # Waiting requests, one FIFO per owner (an API key), and the owners in the order they
+        # get their next turn. See _admit for the fairness rule.
+        self.waiting: dict[object, collections.deque[Request]] = {}
+        self.turns: collections.deque = collections.deque()
         self.n_waiting = 0
         self.running: list[_Seq] = []
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
         self.has_vision = getattr(model, "vision", None) is not None
         self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
+        vision = getattr(model, "vision", None)
+        # the encoder's input side: images are decoded at (about) this size, not larger
+        self.image_side = int(getattr(getattr(vision, "vc", None), "image_size", 0) or 0)
         self.image_id = tokenizer.image_id
         special = tokenizer.special
         self.end_ids = {special["<|assistant_end|>"], tokenizer.bos_id}
@@ -204,6 +211,7 @@ class Engine:
         self.max_image = 16 * 1024 * 1024
         self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
         self.steps = 0  # decode steps, read by /metrics
+        self._max_token_bytes: int | None = None
 
     @classmethod
     def from_checkpoint(cls, path, name: str | None = None, device: str | None = None, **kw) -> "Engine":
@@ -243,19 +251,43 @@ class Engine:
         return len(self.running)
 
     # --- submission -----------------------------------------------------------------
-    def check(self, prompt_len: int, params: SamplingParams) -> int:
-        """Validate lengths; returns the effective max_tokens."""
+    @property
+    def max_token_bytes(self) -> int:
+        """The longest token in bytes: a text of b bytes is at least b / this many tokens."""
+        if self._max_token_bytes is None:
+            tok = self.tokenizer
+            self._max_token_bytes = max(1, max(len(tok.decode_bytes([i])) for i in range(tok.vocab_size)))
+        return self._max_token_bytes
+
+    def check_size(self, chars: int, params: SamplingParams, param: str = "messages") -> None:
+        """The context check before tokenizing: `chars` characters (each at least one UTF-8
+        byte) are at least chars / max_token_bytes tokens. Refuses only what cannot fit."""
+        # Only the prompt itself is judged here (with one token of completion); a completion
+        # that does not fit is left to `check`, whose message names the exact numbers. What
+        # passes is at most context x max_token_bytes characters: cheap to tokenize.
+        at_least = -(-chars // self.max_token_bytes)
+        if at_least + (0 if params.echo_logprobs else 1) > self.context_window:
+            where = "messages" if param == "messages" else "prompt"
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_window} tokens. However, your {where} "
+                f"{'are' if where == 'messages' else 'is'} at least {at_least} tokens long ({chars:,} characters). "
+                f"Please reduce the length of the {where}.", param=param)
+
+    def check(self, prompt_len: int, params: SamplingParams, param: str | None = None) -> int:
+        """Validate lengths; returns the effective max_tokens. param: where the prompt came
+        from ('messages' or 'prompt'), named in the error as OpenAI does."""
         room = self.context_window - prompt_len
         if params.n > self.max_batch:
-            raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences")
+            raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences", param="n")
         if prompt_len < 1:
-            raise ServeError("the prompt is empty")
+            raise ServeError("the prompt is empty", param=param)
         want = params.max_tokens if params.max_tokens is not None else room
         if room < 0 or prompt_len + want > self.context_window or (want == 0 and not params.echo_logprobs):
+            where = "prompt" if param == "prompt" else "messages"
             raise ContextLengthError(
                 f"This model's maximum context length is {self.context_window} tokens. However, you requested "
-                f"{prompt_len + want} tokens ({prompt_len} in the messages, {want} in the completion). "
-                "Please reduce the length of the messages or completion.")
+                f"{prompt_len + want} tokens ({prompt_len} in the {where}, {want} in the completion). "
+                f"Please reduce the length of the {where} or completion.", param=param)
         return want
 
     def check_images(self, prompt: list[int], images) -> None:
@@ -278,19 +310,28 @@ class Engine:
                              f"n_image_tokens={self.image_tokens}")
 
     def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
-               images=None) -> Request:
+               images=None, owner=None) -> Request:
         """Queue a request. images: one per image in the prompt (see Request.images); the
-        prompt must come from render_chat(..., n_image_tokens=engine.image_tokens)."""
+        prompt must come from render_chat(..., n_image_tokens=engine.image_tokens).
+        owner: who asked (an API key id); owners share the batch fairly (see _admit)."""
         params.max_tokens = self.check(len(prompt), params)
         self.check_images(prompt, images)
         if images is not None and not isinstance(images, torch.Tensor) and len(images) == 0:
             images = None
         req = Request(prompt, params, on_event, images=images)
+        req.owner = owner
         with self._lock:
-            if self.n_waiting >= self.max_queue:
-                raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting); retry shortly")
+            # max_queue bounds each owner's waiting requests (one 64-prompt request must not
+            # fill the queue for everyone), and 4 x max_queue bounds them all.
+            mine = len(self.waiting.get(owner, ()))
+            if mine >= self.max_queue or self.n_waiting >= 4 * self.max_queue:
+                raise OverloadedError(f"the server is overloaded ({self.n_waiting} requests waiting, {mine} of them "
+                                      "yours); retry shortly")
             self.n_waiting += 1
-        self.waiting.put(req)
+            if owner not in self.waiting:
+                self.waiting[owner] = collections.deque()
+                self.turns.append(owner)
+            self.waiting[owner].append(req)
         self._wake.set()
         return req
 
@@ -328,12 +369,13 @@ class Engine:
         return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
                 "completion_tokens": req.completion_tokens}
 
-    async def stream(self, prompt: list[int], params: SamplingParams, images=None):
+    async def stream(self, prompt: list[int], params: SamplingParams, images=None, owner=None):
         """Async iterator of Events for one request; cancelling the iteration cancels the request.
         Raises OverloadedError / ContextLengthError before the first event."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images)
+        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images,
+                          owner=owner)
         return req, self._drain(req, q)
 
     async def _drain(self, req: Request, q: asyncio.Queue):
@@ -404,26 +446,52 @@ class Engine:
                 self._finish(seq, None, error=f"internal engine error: {e}")
         return bool(self.running)
 
+    def _next_request(self) -> Request | None:
+        """Take the next request to admit, or None (nothing waits, or its slots are not free).
+
+        Fairness: the owner with the fewest running sequences goes next, ties to whoever
+        was served least recently, so a request's n x prompts count against its owner's
+        share: while one key runs 64 prompts x n=16, another key's request is admitted as
+        soon as a slot frees, not after all of them. Within an owner, first come first
+        served. The chosen request waits until all its n slots are free (no owner is
+        skipped for one with a smaller request, so a large request cannot starve)."""
+        cancelled = []
+        with self._lock:
+            for owner in list(self.turns):  # drop requests whose clients went away meanwhile
+                q = self.waiting[owner]
+                keep = collections.deque(r for r in q if not r.cancelled.is_set())
+                if len(keep) != len(q):
+                    cancelled += [r for r in q if r.cancelled.is_set()]
+                    self.n_waiting -= len(q) - len(keep)
+                    self.waiting[owner] = keep
+                if not keep:
+                    del self.waiting[owner]
+                    self.turns.remove(owner)
+            req = None
+            if self.turns:
+                running = collections.Counter(s.req.owner for s in self.running)
+                owner = min(self.turns, key=lambda o: running[o])  # min keeps the first of equals
+                q = self.waiting[owner]
+                if len(self.free_slots) >= q[0].params.n:
+                    req = q.popleft()
+                    self.n_waiting -= 1
+                    self.turns.remove(owner)
+                    if q:
+                        self.turns.append(owner)  # served: to the back of the line
+                    else:
+                        del self.waiting[owner]
+        for r in cancelled:
+            r.done.set()
+            for i in range(r.params.n):
+                r.emit(Event("finish", index=i, finish_reason="cancelled"))
+        return req
+
     def _admit(self) -> None:
         admitted = 0
         while admitted < self.max_prefill_per_step:
-            try:
-                req = self.waiting.queue[0]  # peek: admit only when all n slots are free
-            except IndexError:
+            req = self._next_request()
+            if req is None:
                 return
-            if req.cancelled.is_set():
-                self.waiting.get_nowait()
-                with self._lock:
-                    self.n_waiting -= 1
-                req.done.set()
-                for i in range(req.params.n):
-                    req.emit(Event("finish", index=i, finish_reason="cancelled"))
-                continue
-            if len(self.free_slots) < req.params.n:
-                return
-            self.waiting.get_nowait()
-            with self._lock:
-                self.n_waiting -= 1
             try:
                 self._prefill(req)
             except GlassError as e:  # e.g. an image the encoder refused: the request's fault

@@ -9,6 +9,7 @@ class ServeError(GlassError):
     status = 400
     type = "invalid_request_error"
     code: str | None = None
+    retry_after = 1  # seconds, sent as `retry-after` with a 429 or 503
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int | None = None):
         super().__init__(message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import secrets
 import sqlite3
 import threading
@@ -68,7 +69,7 @@ def _hash(key: str) -> str:
 
 
 class Store:
-    def __init__(self, path, default_rpm: int | None = None, default_tpm: int | None = None):
+    def __init__(self, path, default_rpm: int | None = None, default_tpm: int | None = None, cache_size: int = 4096):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,11 @@ class Store:
         self.lock = threading.Lock()
         self.default_rpm, self.default_tpm = default_rpm, default_tpm
         self._windows: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._cache: dict[str, tuple[float, Key | None]] = {}
+        # hash → (checked at, record or None). Wrong keys are cached too (a flood of them must
+        # not become a flood of queries), so the cache is an LRU with a cap: a client without
+        # a valid key cannot grow it.
+        self._cache: collections.OrderedDict[str, tuple[float, Key | None]] = collections.OrderedDict()
+        self.cache_size = cache_size
 
     def close(self) -> None:
         self.db.close()
@@ -125,12 +130,15 @@ class Store:
             raise AuthError("The Authorization header must be 'Bearer YOUR_KEY'.")
         h = _hash(token)
         now = time.time()
-        hit = self._cache.get(h)
-        if hit is None or now - hit[0] > 5.0:  # revocation takes effect within 5 s across processes
-            with self.lock:
+        with self.lock:
+            hit = self._cache.get(h)
+            if hit is None or now - hit[0] > 5.0:  # revocation takes effect within 5 s across processes
                 row = self.db.execute("SELECT id, name, created, revoked, rpm, tpm FROM keys WHERE hash = ?", (h,)).fetchone()
-            hit = (now, Key(*row) if row else None)
-            self._cache[h] = hit
+                hit = (now, Key(*row) if row else None)
+                self._cache[h] = hit
+            self._cache.move_to_end(h)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         key = hit[1]
         if key is None:
             shown = token[:12] + "…" if len(token) > 12 else "***"
@@ -140,13 +148,75 @@ class Store:
         return key
 
     # --- rate limits -------------------------------------------------------------------------
+    def _limits(self, key: Key) -> tuple[int | None, int | None]:
+        return (key.rpm if key.rpm is not None else self.default_rpm,
+                key.tpm if key.tpm is not None else self.default_tpm)
+
+    def precheck_rate(self, key: Key | None) -> None:
+        """The part of the rate limit that needs no token count: a key whose window is already
+        full (requests, or tokens) is refused before its body is read or tokenized."""
+        if key is None:
+            return
+        rpm, tpm = self._limits(key)
+        if not rpm and not tpm:
+            return
+        now = time.time()
+        with self.lock:
+            win = self._windows.get(key.id)
+            if not win:
+                return
+            while win and now - win[0][0] > 60.0:
+                win.popleft()
+            if rpm and len(win) >= rpm:
+                raise self._rpm_error(key, rpm, now - win[0][0])
+            used = sum(t for _, t in win)
+            if tpm and used >= tpm:
+                raise self._tpm_error(key, tpm, used, 0, now - win[0][0])
+
+    def rate_headers(self, key: Key) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for a key with limits (none for a key without)."""
+        rpm, tpm = self._limits(key)
+        if not rpm and not tpm:
+            return {}
+        now = time.time()
+        with self.lock:
+            win = list(self._windows.get(key.id) or ())
+        win = [(t, n) for t, n in win if now - t <= 60.0]
+        out = {}
+        if rpm:
+            reset = 60.0 - (now - win[0][0]) if len(win) >= rpm else 0.0
+            out.update({"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(max(0, rpm - len(win))),
+                        "x-ratelimit-reset-requests": f"{math.ceil(reset)}s"})
+        if tpm:
+            used = sum(n for _, n in win)
+            reset = 60.0 - (now - win[0][0]) if win else 0.0  # when the oldest tokens leave the window
+            out.update({"x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": str(max(0, tpm - used)),
+                        "x-ratelimit-reset-tokens": f"{math.ceil(reset)}s"})
+        return out
+
+    @staticmethod
+    def _rpm_error(key: Key, rpm: int, age: float) -> RateLimitError:
+        wait = max(1, math.ceil(60.0 - age))
+        err = RateLimitError(f"Rate limit reached for key {key.id}: {rpm} requests per minute. "
+                             f"Try again in {wait}s.", code="rate_limit_exceeded")
+        err.retry_after = wait
+        return err
+
+    @staticmethod
+    def _tpm_error(key: Key, tpm: int, used: int, tokens: int, age: float) -> RateLimitError:
+        wait = max(1, math.ceil(60.0 - age))
+        err = RateLimitError(f"Rate limit reached for key {key.id}: {tpm} tokens per minute "
+                             f"(used {used}, requested {tokens}). Try again in {wait}s.", code="rate_limit_exceeded")
+        err.type = "tokens"
+        err.retry_after = wait
+        return err
+
     def check_rate(self, key: Key | None, tokens: int) -> None:
         """Sliding 60 s window per key: requests per minute and tokens per minute (prompt +
         requested completion tokens, as OpenAI estimates). Raises RateLimitError (429)."""
         if key is None:
             return
-        rpm = key.rpm if key.rpm is not None else self.default_rpm
-        tpm = key.tpm if key.tpm is not None else self.default_tpm
+        rpm, tpm = self._limits(key)
         if not rpm and not tpm:
             return
         now = time.time()
@@ -155,14 +225,12 @@ class Store:
             while win and now - win[0][0] > 60.0:
                 win.popleft()
             if rpm and len(win) >= rpm:
-                raise RateLimitError(f"Rate limit reached for key {key.id}: {rpm} requests per minute. "
-                                     f"Try again in {60 - (now - win[0][0]):.0f}s.", code="rate_limit_exceeded")
+                raise self._rpm_error(key, rpm, now - win[0][0])
             used = sum(t for _, t in win)
             if tpm and used + tokens > tpm:
-                err = RateLimitError(f"Rate limit reached for key {key.id}: {tpm} tokens per minute "
-                                     f"(used {used}, requested {tokens}).", code="rate_limit_exceeded")
-                err.type = "tokens"
-                raise err
+                # An empty window means the request alone exceeds the limit: waiting won't help,
+                # but the header still has to be a number; a minute is the honest upper bound.
+                raise self._tpm_error(key, tpm, used, tokens, now - win[0][0] if win else 0.0)
             win.append((now, tokens))
 
     # --- metering ----------------------------------------------------------------------------
@@ -176,6 +244,42 @@ class Store:
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (now, day, key_id, model, endpoint, prompt_tokens, completion_tokens, cost, status))
         return cost
+
+    # Live metering: a request's row is written when it starts ('running'), its completion
+    # tokens are updated as they are produced (batched, about once a second, by the server),
+    # and it is closed with its final status. A crash loses at most one interval of tokens;
+    # `reconcile` closes the rows a dead server left 'running'.
+    def open_usage(self, key_id: str | None, model: str, endpoint: str, prompt_tokens: int,
+                   price: tuple[float, float]) -> int:
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        with self.lock:
+            cur = self.db.execute("INSERT INTO usage (ts, day, key_id, model, endpoint, prompt_tokens, completion_tokens, "
+                                  "cost, status) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 'running')",
+                                  (now, day, key_id, model, endpoint, prompt_tokens, prompt_tokens / 1000 * price[0]))
+            return cur.lastrowid
+
+    def update_usage(self, rows: list[tuple[int, int, float, str | None]]) -> None:
+        """[(row, completion_tokens, cost, final status or None while running)], one transaction."""
+        if not rows:
+            return
+        with self.lock:
+            self.db.execute("BEGIN")
+            try:
+                for n, ct, cost, status in rows:
+                    self.db.execute("UPDATE usage SET completion_tokens = ?, cost = ?, status = COALESCE(?, status) "
+                                    "WHERE n = ?", (ct, cost, status, n))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def reconcile(self) -> int:
+        """Close the rows of requests a server was running when it died, keeping the tokens
+        metered up to then: status 'error'. Call it when a server starts on this database,
+        not while another server uses it. Returns how many rows it closed."""
+        with self.lock:
+            return self.db.execute("UPDATE usage SET status = 'error' WHERE status = 'running'").rowcount
 
     def usage(self, by: str = "key,day") -> list[dict]:
         """Totals grouped by key and/or day (UTC)."""
