@@ -40,7 +40,7 @@ def browser_page(tmp_path_factory):
     engine = Engine.from_checkpoint(tiny_checkpoint(), name="tiny", device="cpu", max_batch=4)
     with ServerThread(create_app([engine], store)) as srv, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)  # wait_for_function evaluates strings; the page itself runs under its CSP (test_strict_csp)
         page.goto(srv.url + "/")
         page.fill("#apikey", key)
         page.dispatch_event("#apikey", "change")
