@@ -40,6 +40,8 @@ def run_parser() -> argparse.ArgumentParser:
     _registry_args(p)
     p.add_argument("--completion_args", "--completion-args", default="",
                    help="key=value,... passed to the completion functions (e.g. price_per_1k=0.002,max_tokens=64)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="local:RUN models only: bf16 (auto: where the hardware has native bf16) or fp32 (default)")
     p.add_argument("--extra_eval_params", "--extra-eval-params", default="", help="key=value,... added to the eval's args")
     p.add_argument("--threads", type=int, default=10, help="samples evaluated concurrently (default 10)")
     p.add_argument("--rpm", "--requests-per-minute", type=float, default=None, dest="rpm",
@@ -93,7 +95,8 @@ def cmd_run(argv: list[str]) -> int:
     if a.cache:
         cache_dir = Path(a.cache_dir) if a.cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glassgpt" / "eval-responses"
     res = run_target(a.eval, a.completion_fn, registry, base_url=a.base_url, rpm=a.rpm, cache_dir=cache_dir,
-                     completion_args=parse_kv(a.completion_args), record_path=a.record_path, seed=a.seed,
+                     completion_args={**parse_kv(a.completion_args), **({"precision": a.precision} if a.precision else {})},
+                     record_path=a.record_path, seed=a.seed,
                      max_samples=a.max_samples, threads=a.threads, resume=a.resume,
                      skip_bad_samples=a.skip_bad_samples, show_progress=not a.no_progress,
                      extra_eval_params=parse_kv(a.extra_eval_params))

@@ -76,3 +76,45 @@ def test_bf16_run_trains_and_reports_its_precision(tiny_cfg, tmp_path):
     # bf16 matmuls round differently but learn the same thing: held-out loss within 2% of fp32's
     for name, r in ref["heldout"].items():
         assert rep["heldout"][name]["loss"] == pytest.approx(r["loss"], rel=0.02), name
+
+
+def test_engine_bf16_agrees_with_fp32():
+    """bf16 weights and KV cache against the fp32 engine on a trained tiny model: every prompt
+    token's logprob within 0.05 nats, and the top-1 token the same except at near ties."""
+    from glassgpt.serve.engine import Engine, SamplingParams
+    from glassgpt.serve.testing import tiny_checkpoint
+
+    ck = tiny_checkpoint()
+    e32 = Engine.from_checkpoint(ck, device="cpu", precision="fp32")
+    e16 = Engine.from_checkpoint(ck, device="cpu", precision="bf16")
+    assert e16.cache is None and e16.dtype == torch.bfloat16
+    assert next(e16.model.parameters()).dtype == torch.bfloat16 and e16.model.cos.dtype == torch.float32
+    texts = ["def add(a, b):\n    return a + b\n", "import os\nimport sys\n\nclass Foo:\n    pass\n",
+             "for i in range(10):\n    print(i)", "with open(path) as f:\n    data = f.read()\n"]
+    n = 0
+    for t in texts:
+        ids = e32.tokenizer.encode(t)[: e32.context_window - 1]
+        a, b = (e.generate(ids, SamplingParams(max_tokens=0, echo_logprobs=True, logprobs=True, top_logprobs=2))
+                ["prompt_logprobs"][1:] for e in (e32, e16))
+        for x, y in zip(a, b):
+            assert abs(x.logprob - y.logprob) <= 0.05
+            margin = x.top[0][1] - x.top[1][1]
+            assert x.top[0][0] == y.top[0][0] or margin < 0.1, (x.top, y.top)
+            n += 1
+    assert n > 40
+    out = e16.generate(e16.tokenizer.encode("def "), SamplingParams(max_tokens=8, temperature=0.0))
+    assert out["choices"][0]["tokens"]
+
+
+def test_eval_local_fn_takes_a_precision():
+    from glassgpt.evals.completion_fns import make_completion_fn
+    from glassgpt.serve.testing import tiny_checkpoint
+
+    ck = tiny_checkpoint()
+    f32 = make_completion_fn(f"local:{ck}")
+    f16 = make_completion_fn(f"local:{ck}", precision="bf16")
+    assert f16.precision == "bf16" and f32.precision is None and f16.cache_id != f32.cache_id
+    reqs = [("def add(a, b):\n", "    return a + b\n"), ("import ", "os\n")]
+    for (a, _), (b, _) in zip(f32.loglikelihood(reqs), f16.loglikelihood(reqs)):
+        assert abs(a - b) <= 0.05 * 8  # within 0.05 nats a token over a few tokens
+    assert f16(prompt="def ", max_tokens=4).get_completions()  # generation through the bf16 engine

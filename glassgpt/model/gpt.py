@@ -33,19 +33,22 @@ from glassgpt.config import ModelConfig
 
 class RMSNorm(torch.autograd.Function):
     """x / rms(x), without gain. Hand-written backward: on CPU, torch's F.rms_norm runs as a
-    chain of small kernels and measured ~3x slower than this (bench: docs/devlog.md)."""
+    chain of small kernels and measured ~3x slower than this (bench: docs/devlog.md).
+    Statistics in fp32 whatever x's dtype (bf16's eps alone is 0.8%); for fp32 x the casts are no-ops."""
 
     @staticmethod
     def forward(ctx, x):
-        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(torch.finfo(x.dtype).eps))
-        y = x * rstd
+        xf = x.float()
+        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(torch.finfo(torch.float32).eps))
+        y = (xf * rstd).to(x.dtype)
         ctx.save_for_backward(y, rstd)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         y, rstd = ctx.saved_tensors
-        return (grad - y * (grad * y).mean(-1, keepdim=True)).mul_(rstd)
+        g, yf = grad.float(), y.float()
+        return (g - yf * (g * yf).mean(-1, keepdim=True)).mul_(rstd).to(grad.dtype)
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

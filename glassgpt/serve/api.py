@@ -1138,7 +1138,8 @@ def parse_prices(items: list[str] | None) -> dict[str, tuple[float, float]]:
 def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_auth: bool = False,
           db: str = "runs/serve/serve.db", names: list[str] | None = None, prices: list[str] | None = None,
           max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
-          tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
+          tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0,
+          precision: str | None = None) -> None:
     """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve."""
     import uvicorn
 
@@ -1151,7 +1152,8 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     if names and len(names) != len(checkpoints):
         raise ServeError("give one --model-name per --checkpoint, or none")
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
-                                      max_batch=max_batch, max_queue=max_queue) for i, ck in enumerate(checkpoints)]
+                                      max_batch=max_batch, max_queue=max_queue, precision=precision)
+               for i, ck in enumerate(checkpoints)]
     store = Store(db, default_rpm=rpm, default_tpm=tpm)
     closed = store.reconcile()  # rows a killed server left running: billed up to its last write
     if closed:

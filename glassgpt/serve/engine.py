@@ -172,9 +172,17 @@ class Engine:
     the caller of `generate()` when no thread runs (see the module docstring)."""
 
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
-                 max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4):
+                 max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4,
+                 precision: str | None = None):
         self.device = pick_device(device) if device is None else device
         self.model = model.to(self.device).eval()
+        # precision None: fp32 weights, bf16 autocast and cache on CUDA, fp32 elsewhere. 'bf16': the
+        # engine's weights (it owns the model it is given) and KV cache in bf16, matmuls under bf16
+        # autocast; norm statistics, softmax and sampling stay fp32. 'auto': bf16 where native.
+        self.precision = dist.resolve_precision(precision, self.device) if precision else None
+        if self.precision == "bf16":
+            for p in self.model.parameters():  # parameters only: the RoPE tables stay fp32
+                p.data = p.data.to(torch.bfloat16)
         self.tokenizer = tokenizer
         self.mcfg = model.cfg
         self.cfg = cfg
@@ -183,7 +191,8 @@ class Engine:
         self.max_queue = int(max_queue)
         self.max_prefill_per_step = max(1, int(max_prefill_per_step))
         self.context_window = int(model.cos.size(0))
-        self.dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
+        on_cuda = str(self.device).startswith("cuda")
+        self.dtype = torch.bfloat16 if self.precision == "bf16" or (self.precision is None and on_cuda) else torch.float32
         self.cache: KVCache | None = None  # allocated at the first prefill
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
         # and a decode step attends over a slice of the cache instead of a gathered copy.
@@ -392,7 +401,7 @@ class Engine:
             req.cancel()
 
     def _autocast(self):
-        return dist.autocast(self.device)
+        return dist.autocast(self.device, self.precision)
 
     # --- sampling -----------------------------------------------------------------------
     def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:

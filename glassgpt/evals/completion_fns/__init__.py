@@ -66,6 +66,7 @@ def _has_vision(run_dir) -> bool:
 def make_completion_fn(name: str, registry=None, base_url: Optional[str] = None, limiter: Optional[RateLimiter] = None,
                        cache_dir: Optional[os.PathLike] = None, **kwargs) -> CompletionFn:
     name = name.strip()
+    precision = kwargs.pop("precision", None)  # local models only: an endpoint chose its own
     fn: CompletionFn
     cacheable = True
     if name == "dummy":
@@ -85,7 +86,7 @@ def make_completion_fn(name: str, registry=None, base_url: Optional[str] = None,
 
             fn = VisionLocalFn(run_dir, **{k: v for k, v in kwargs.items() if k in ("max_tokens", "name")})
         else:
-            fn = LocalModelFn.from_run_dir(run_dir, **kwargs)
+            fn = LocalModelFn.from_run_dir(run_dir, precision=precision, **kwargs)
     elif registry is not None and registry.get_completion_fn_spec(name) is not None:
         spec = registry.get_completion_fn_spec(name)
         from ..registry import load_class

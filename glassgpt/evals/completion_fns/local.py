@@ -43,8 +43,11 @@ def _block_size(model, cfg) -> Optional[int]:
 
 class LocalModelFn(CompletionFn):
     def __init__(self, model, tokenizer, cfg=None, name: str = "local", max_tokens: int = 64, batch_size: int = 8,
-                 block_size: Optional[int] = None, chat: Optional[bool] = None, seed: int = 0):
+                 block_size: Optional[int] = None, chat: Optional[bool] = None, seed: int = 0,
+                 precision: Optional[str] = None):
         import torch
+
+        from glassgpt.train import dist
 
         self.torch = torch
         self.model = model
@@ -60,6 +63,12 @@ class LocalModelFn(CompletionFn):
             self.device = next(model.parameters()).device
         except (AttributeError, StopIteration):
             self.device = torch.device("cpu")
+        # scoring and generation in one precision (the engine, built lazily, converts the weights for
+        # bf16); None: fp32, as before precision was a choice
+        self.precision = dist.resolve_precision(precision, str(self.device)) if precision else None
+        if self.precision:
+            self.cache_id = f"{name}@{self.precision}"
+        self._autocast = lambda: dist.autocast(self.device, self.precision or "fp32")
         self.gen = torch.Generator(device="cpu").manual_seed(int(seed))  # seeds of sampled requests
         self.bos_id = getattr(tokenizer, "bos_id", None)
         self._engine = None  # built at the first completion: scoring alone needs none
@@ -100,7 +109,7 @@ class LocalModelFn(CompletionFn):
 
                 # The eval runner's threads wait here rather than in the server's bounded queue.
                 self._engine = Engine(self.model, self.tok, name=self.name, max_batch=self.batch_size,
-                                      max_queue=1 << 20, device=str(self.device))
+                                      max_queue=1 << 20, device=str(self.device), precision=self.precision)
         return self._engine
 
     def __call__(self, prompt, max_tokens: Optional[int] = None, temperature: float = 0.0, stop=None, n: int = 1,
@@ -155,7 +164,8 @@ class LocalModelFn(CompletionFn):
                 for r, i in enumerate(chunk):
                     full = items[i][0]
                     x[r, : len(full) - 1] = torch.tensor(full[:-1])
-                logits = self.model(x.to(self.device))
+                with self._autocast():
+                    logits = self.model(x.to(self.device))
                 if isinstance(logits, tuple):
                     logits = logits[0]
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu()
@@ -187,7 +197,8 @@ class LocalModelFn(CompletionFn):
                 x = torch.zeros((len(chunk), T), dtype=torch.long)
                 for r, (_, inp, _) in enumerate(chunk):
                     x[r, : len(inp)] = torch.tensor(inp)
-                logits = self.model(x.to(self.device))
+                with self._autocast():
+                    logits = self.model(x.to(self.device))
                 if isinstance(logits, tuple):
                     logits = logits[0]
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu()
