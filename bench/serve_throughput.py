@@ -10,7 +10,10 @@ depend on the weights) and its context stretched to 1024 so that 512 tokens fit:
 2. aggregate decode tokens/s with 16 concurrent clients vs 1 (goal >= 4x on 2 CPU cores,
    from continuous batching: the 16 share each forward pass);
 3. time to first token p50/p99 for a 100-token prompt under that 16-client load, next to
-   the same prompt's TTFT on an idle engine.
+   the same prompt's TTFT on an idle engine;
+4. decode tokens/s with bf16 weights and KV cache against fp32 (the same weights), single
+   stream at 512 tokens of context and 16 clients, each phase alternated twice, best kept
+   (goal >= 1.5x on a CPU with native bf16). `--width 512 --depth 5` is the 20M shape.
 
 Clients are threads calling the engine directly (the HTTP layer is measured by the load
 test in tests/test_serve_load.py, not here).
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 
-def build_engine(checkpoint: str | None, max_batch: int):
+def build_engine(checkpoint: str | None, max_batch: int, shape: list[str] = ()):
     from glassgpt import config
     from glassgpt.data.tokenizer import Tokenizer
     from glassgpt.model.gpt import build
@@ -48,7 +51,7 @@ def build_engine(checkpoint: str | None, max_batch: int):
         if size > 3_000_000:
             break
     tok = Tokenizer.train(texts, 4096)
-    cfg = config.load("cpu", ["model.seq_len=1024"])
+    cfg = config.load("cpu", ["model.seq_len=1024", *shape])
     cfg.model.vocab_size = tok.vocab_size
     cfg.model.image_token_id = tok.image_id
     model = build(cfg.model, device="cpu", seed=0)
@@ -62,27 +65,10 @@ def build_engine(checkpoint: str | None, max_batch: int):
 
 
 def kv_vs_recompute(engine, ctx: int = 512, new: int = 32) -> tuple[float, float]:
-    from glassgpt.serve.engine import SamplingParams
-
     model = engine.model
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(300, engine.tokenizer.vocab_size - 20, (ctx,), generator=g).tolist()
-    stamps = []
-    done = threading.Event()
-
-    def on(ev):
-        if ev.kind == "token":
-            stamps.append(time.perf_counter())
-        if ev.kind == "finish":
-            done.set()
-
-    # engine: the decode phase only (first token → last token), greedy, end tokens ignored
-    engine.end_ids_backup = engine.end_ids
-    engine.end_ids = set()
-    engine.submit(prompt, SamplingParams(max_tokens=new + 1, temperature=0), on)
-    done.wait()
-    engine.end_ids = engine.end_ids_backup
-    kv = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    kv = kv_vs_recompute_kv_only(engine, ctx, new)  # the decode phase only (first token → last), greedy
     # recompute: the whole prefix through the model for every new token
     idx = torch.tensor([prompt])
     n = max(4, new // 4)
@@ -137,6 +123,50 @@ def load(engine, clients: int, seconds: float, prompt_len: int = 100, max_tokens
     return sum(counts) / (time.perf_counter() - t0), ttfts
 
 
+def precision_compare(engine, clients: int, seconds: float) -> None:
+    import copy
+
+    from glassgpt.serve.engine import Engine
+    from glassgpt.train.dist import cpu_capability
+
+    bf = Engine(copy.deepcopy(engine.model), engine.tokenizer, engine.cfg, name="bench-bf16", device="cpu",
+                max_batch=engine.max_batch, precision="bf16").start()
+    try:
+        single = {"fp32": [], "bf16": []}
+        multi = {"fp32": [], "bf16": []}
+        for _ in range(2):
+            for name, e in (("fp32", engine), ("bf16", bf)):
+                single[name].append(kv_vs_recompute_kv_only(e))
+                multi[name].append(load(e, clients, seconds)[0])
+        s32, s16, m32, m16 = max(single["fp32"]), max(single["bf16"]), max(multi["fp32"]), max(multi["bf16"])
+        print(f"[4] bf16 vs fp32 decode (CPU: {cpu_capability()}): single stream at 512 context {s16:.1f} vs "
+              f"{s32:.1f} tok/s -> {s16 / s32:.2f}x; {clients} clients {m16:.1f} vs {m32:.1f} tok/s -> "
+              f"{m16 / m32:.2f}x  (goal >= 1.5x)")
+    finally:
+        bf.stop()
+
+
+def kv_vs_recompute_kv_only(engine, ctx: int = 512, new: int = 32) -> float:
+    """The engine's decode tokens/s at ctx tokens of context (the first half of kv_vs_recompute)."""
+    from glassgpt.serve.engine import SamplingParams
+
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(300, engine.tokenizer.vocab_size - 20, (ctx,), generator=g).tolist()
+    stamps, done = [], threading.Event()
+
+    def on(ev):
+        if ev.kind == "token":
+            stamps.append(time.perf_counter())
+        if ev.kind == "finish":
+            done.set()
+
+    saved, engine.end_ids = engine.end_ids, set()
+    engine.submit(prompt, SamplingParams(max_tokens=new + 1, temperature=0), on)
+    done.wait()
+    engine.end_ids = saved
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -147,13 +177,20 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default=None, help="a run directory (default: cpu-preset shape, random weights)")
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each load phase")
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--width", type=int, default=0, help="model width (default: the cpu preset's); 512 with --depth 5: 20M")
+    ap.add_argument("--depth", type=int, default=0)
+    ap.add_argument("--only-precision", action="store_true", help="run section 4 only")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    engine = build_engine(a.checkpoint, max_batch=max(16, a.clients)).start()
+    shape = ([f"model.width={a.width}"] if a.width else []) + ([f"model.depth={a.depth}"] if a.depth else [])
+    engine = build_engine(a.checkpoint, max_batch=max(16, a.clients), shape=shape).start()
     try:
         m = engine.mcfg
         print(f"model: depth {m.depth}, d_model {m.d_model}, {sum(p.numel() for p in engine.model.parameters()):,} params, "
               f"context {engine.context_window}, torch threads {torch.get_num_threads()}")
+        if a.only_precision:
+            precision_compare(engine, a.clients, a.seconds)
+            return 0
         kv, re = kv_vs_recompute(engine)
         print(f"[1] decode at 512 context: KV cache {kv:.1f} tok/s vs recompute {re:.1f} tok/s  -> {kv / re:.1f}x  (goal >= 5x)")
         one, _ = load(engine, 1, a.seconds)
@@ -166,6 +203,7 @@ def main(argv=None):
         print(f"[3] TTFT, 100-token prompt, {a.clients} clients: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
               f"({len(ttft)} requests) = {p50 / idle50:.1f}x / {p99 / idle50:.1f}x the idle-engine TTFT "
               f"({idle50 * 1000:.0f} ms)")
+        precision_compare(engine, a.clients, a.seconds)
     finally:
         engine.stop()
     return 0
