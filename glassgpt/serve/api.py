@@ -756,12 +756,9 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         choices = [{"index": i, "message": {"role": "assistant", "content": "", "refusal": None, "annotations": []},
                     "logprobs": None, "finish_reason": None} for i in range(params.n)]
         toks = [[] for _ in range(params.n)]
-        status = "cancelled"
 
         def handle(ev):
-            nonlocal status
             if ev.kind == "error":
-                status = "error"
                 raise ServeError(ev.message, status=500)
             if ev.kind == "token":
                 toks[ev.index].append(ev.token)
@@ -770,21 +767,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 choices[ev.index]["message"]["content"] += ev.text
                 choices[ev.index]["finish_reason"] = ev.finish_reason
 
-        try:
-            await consume(events, request, handle)
-            status = "ok"
-        except ServeError as e:
-            if e.status != 499:
-                status = "error"
-            raise
-        except asyncio.CancelledError:  # the server is shutting down: the client got nothing
-            raise
-        except BaseException:
-            status = "error"
-            raise
-        finally:
-            req.cancel()
-            finish_meter(status)
+        await consume_metered(events, request, handle, [req], finish_meter)
         if params.logprobs:
             for i, c in enumerate(choices):
                 c["logprobs"] = chat_logprobs(engine.tokenizer, toks[i])
@@ -954,16 +937,13 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         texts = [""] * (len(prompts) * n)
         toks = [[] for _ in texts]
         reasons = [None] * len(texts)
-        status = "cancelled"
 
         def handle(item):
-            nonlocal status
             k, ev = item
             idx = k * n + ev.index
             if ev.kind == "prompt":
                 prompt_lps[k] = ev.prompt
             elif ev.kind == "error":
-                status = "error"
                 raise ServeError(ev.message, status=500)
             elif ev.kind == "token":
                 toks[idx].append(ev.token)
@@ -972,22 +952,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 texts[idx] += ev.text
                 reasons[idx] = ev.finish_reason
 
-        try:
-            await consume(merged(), request, handle)
-            status = "ok"
-        except ServeError as e:
-            if e.status != 499:
-                status = "error"
-            raise
-        except asyncio.CancelledError:  # the server is shutting down: the client got nothing
-            raise
-        except BaseException:
-            status = "error"
-            raise
-        finally:
-            for r in reqs:
-                r.cancel()
-            finish_meter(status)
+        await consume_metered(merged(), request, handle, reqs, finish_meter)
         choices = []
         for idx in range(len(texts)):
             k = idx // n
@@ -1090,6 +1055,28 @@ async def _wait_disconnect(request) -> None:
         msg = await request.receive()
         if msg["type"] == "http.disconnect":
             return
+
+
+async def consume_metered(events, request, handle, reqs, finish_meter) -> None:
+    """`consume` for a non-streaming request whose ledger row closes exactly once: ok, cancelled
+    (the client went away: 499) or error; the engine requests are cancelled whatever happens."""
+    status = "cancelled"
+    try:
+        await consume(events, request, handle)
+        status = "ok"
+    except ServeError as e:
+        if e.status != 499:
+            status = "error"
+        raise
+    except asyncio.CancelledError:  # the server is shutting down: the client got nothing
+        raise
+    except BaseException:
+        status = "error"
+        raise
+    finally:
+        for r in reqs:
+            r.cancel()
+        finish_meter(status)
 
 
 async def consume(events, request, handle) -> None:
