@@ -75,3 +75,14 @@ def naive_greedy(model, prompt, n, image_embeds=None):
                 break
             x.append(int(model(torch.tensor([x], device=model.wte.weight.device), image_embeds=image_embeds)[0, -1].argmax()))
     return x[len(prompt):]
+
+
+def check_arith_record(lines: list[dict], accuracy: float) -> None:
+    """Every recorded verdict of glassgpt-arith-2d is the rule applied to what was sampled (the
+    answer, then no further digit), and the accuracy is their mean: the expected verdicts, not a range."""
+    matches = [line["data"] for line in lines if line.get("type") == "match"]
+    assert matches
+    for m in matches:
+        got = m["sampled"].lstrip()
+        assert m["correct"] == (got.startswith(m["expected"]) and not got[len(m["expected"]):][:1].isdigit()), m
+    assert accuracy == sum(m["correct"] for m in matches) / len(matches)

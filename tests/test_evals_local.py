@@ -4,6 +4,7 @@ HumanEval in the sandbox, bits per byte."""
 import json
 
 import pytest
+
 import torch
 
 from glassgpt.evals import Registry
@@ -12,6 +13,8 @@ from glassgpt.evals.completion_fns.local import LocalModelFn
 from glassgpt.evals.runner import run_eval
 from glassgpt.evals.sandbox import run_program
 from glassgpt.model import gpt
+
+from conftest import check_arith_record
 
 
 class ByteTok:
@@ -113,7 +116,9 @@ def test_tiny_real_glassgpt_model(tmp_path):
     assert lp < 0
     res = run_eval("glassgpt-arith-2d", [fn], Registry(), record_path=tmp_path / "r.jsonl", show_progress=False,
                    max_samples=4, threads=2)
-    assert 0.0 <= res.final_report["accuracy"] <= 1.0 and res.final_report["errors"] == 0
+    assert res.final_report["errors"] == 0
+    check_arith_record([json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines() if line.strip()],
+                       res.final_report["accuracy"])
     # the same model through a saved run directory
     import dataclasses
 
