@@ -8,7 +8,7 @@ Transfer rule (written once; `rung_config` is the only place it lives):
   kind and seed are the target's.
 - **learning rate**: the trainer's own rule (`train.optim.lr_scale`: AdamW rates ∝ d^-1/2,
   Muon's rate fixed) — the rung and the target go through the same code path. `bench/lr_transfer.py`
-  checks it size by size (README: Muon's rate is the best of ×½/×1/×2 from w8 to w768; the AdamW
+  checks it size by size (docs/scaling.md: Muon's rate is the best of ×½/×1/×2 from w8 to w768; the AdamW
   rates' small rungs prefer ×2).
 - **batch**: the target's batch in sequences, halved until the shortest token budget of the
   rung gets at least `min_steps` optimizer steps; or (`batch="steps"`) proportional to the rung's
