@@ -415,7 +415,7 @@ class ChatSource(Source):
     name, eval_key = "chat", "chat_eval"
 
     def __init__(self, cfg: Config, tokenizer, rank: int = 0, world: int = 1, device="cpu",
-                 train=None, heldout=None):
+                 train=None, heldout=None, for_eval: bool = False):
         self.cfg, self.sc, self.tok, self.rank, self.world, self.device = cfg, cfg.sft, tokenizer, rank, world, device
         self.T = cfg.model.seq_len
         names = self.sc.sources or None
@@ -425,7 +425,7 @@ class ChatSource(Source):
             self.counts = {}
         self.heldout = heldout if heldout is not None else sft.build("heldout", names, self.sc.max_chars)[0]
         self.packed, self.skipped_long, self.trained_tokens = self._pack(train, cfg.train.seed)
-        if len(self.packed) < self.sc.batch_size * world:
+        if not for_eval and len(self.packed) < self.sc.batch_size * world:  # (for_eval: the eval only, e.g. of a base)
             raise DataError(f"{len(self.packed)} packed chat rows, fewer than one global batch of "
                             f"{self.sc.batch_size * world}; fetch the SFT sources (`glassgpt data fetch`) or lower "
                             "sft.batch_size")
