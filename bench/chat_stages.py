@@ -106,6 +106,13 @@ def main(argv=None) -> None:
     print("held-out bits per byte  " + "  ".join(f"{lg:>6}" for lg in langs))
     for name in runs:
         print(f"{name:22}  " + "  ".join(f"{bpb[name].get(lg, float('nan')):6.3f}" for lg in langs))
+    m = json.loads((a.base / "manifest.json").read_text())
+    bpt, langmap = m["tokenizer"].get("bytes_per_token", {}), m.get("languages", {})
+    print("bytes per token (held-out, base tokenizer): " +
+          ", ".join(f"{k} [{langmap.get(k, '?')}] {v:.2f}" for k, v in bpt.items() if k != "train"))
+    per_split = {n: reps[n].get("heldout", {}) for n in runs}
+    print("per source (bpb): " + ", ".join(f"{k} {per_split['base'][k]['bpb']:.3f}→{per_split['sft'][k]['bpb']:.3f}"
+                                           for k in per_split["base"] if k in per_split["sft"]))
     print()
 
     evals = {"sft": reps["sft"].get("chat", {}).get("eval")}
