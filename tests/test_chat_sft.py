@@ -109,3 +109,12 @@ def test_sft_stage_from_a_tiny_base_trains_and_evaluates(tiny_cfg, fake_sft, tmp
     assert rep["heldout"]  # the text source is still evaluated beside the chat
     metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert any("chat_eval" in m for m in metrics)
+
+
+def test_refusal_and_answer_verdicts():
+    assert src_mod.refused("I'm sorry, but I can't help with that.") and src_mod.refused("抱歉，我无法帮助你。")
+    assert not src_mod.refused("You cannot assign to a tuple; build a new one.")
+    assert src_mod.verdict("comply", "You cannot assign to a tuple.") and not src_mod.verdict("comply", "  ")
+    assert src_mod.verdict("support", "Please talk to a doctor or a counsellor.")
+    assert not src_mod.verdict("support", "I'm sorry, I can't help.")
+    assert src_mod.verdict("Paris", "The capital is paris.") and not src_mod.verdict("Paris", "Lyon")
