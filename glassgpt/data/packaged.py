@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from glassgpt.data.shards import is_val
 from glassgpt.data.sources import Document as _BaseDocument
+from glassgpt.data.sources import is_val
 from glassgpt.errors import DataError, closest
 
 log = logging.getLogger(__name__)
@@ -496,7 +496,7 @@ class Document(_BaseDocument):
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
-    """'train' or 'val', by the same hash the shard builder uses (glassgpt.data.shards.is_val)."""
+    """'train' or 'val', by the same hash the shard builder uses (glassgpt.data.sources.is_val)."""
     return "val" if is_val(doc_id, val_fraction) else "train"
 
 

@@ -29,17 +29,91 @@ from pathlib import Path
 
 import numpy as np
 
-from glassgpt.config import DataConfig
-from glassgpt.data import images, sources
+from glassgpt.config import DATA_OPTIONAL, DataConfig
+from glassgpt.data import images, packaged, sources
 from glassgpt.data.tokenizer import Tokenizer, train_from_documents
 from glassgpt.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-def is_val(name: str, fraction: float) -> bool:
-    """Deterministic document-level split by a hash of the document's name."""
-    return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
+is_val = sources.is_val  # deterministic document-level split by a hash of the document's name
+
+
+# --- the bilingual mix: packaged text beside the code ----------------------------------------------
+def packaged_specs(cfg: DataConfig) -> list[tuple[str, int]]:
+    """(source name, byte cap or 0) for each data.packaged entry ("name" or "name:BYTES")."""
+    out = []
+    for entry in cfg.packaged:
+        name, _, cap = str(entry).partition(":")
+        out.append((name, int(cap) if cap else cfg.packaged_cap))
+    return out
+
+
+def packaged_language(name: str) -> str:
+    return {"pretrain-zh": "zh"}.get(packaged.SOURCES[name].kind, "en") if name in packaged.SOURCES else "en"
+
+
+def _packaged_docs(name: str, cap: int, stats: sources.SourceStats | None = None):
+    """A packaged source's documents until `cap` UTF-8 bytes are read (0: all), counted into stats.
+    Bytes, not characters: a Chinese character is three of them, and the mix is balanced in bytes."""
+    seen = 0
+    for d in packaged.documents(name):
+        if cap and seen >= cap:
+            return
+        n = len(d.text.encode("utf-8"))
+        seen += n
+        if stats is not None:
+            stats.files += 1
+            stats.documents += 1
+            stats.bytes += n
+        yield d
+
+
+def _interleave(streams):
+    """Documents from several streams, always from the one that has given the fewest bytes so far:
+    a tokenizer budget smaller than the mix then sees every source in equal measure (code first,
+    then all the Chinese, would leave the BPE without Chinese merges)."""
+    live = [[0, i, iter(s)] for i, s in enumerate(streams)]
+    while live:
+        live.sort(key=lambda e: (e[0], e[1]))
+        entry = live[0]
+        d = next(entry[2], None)
+        if d is None:
+            live.pop(0)
+            continue
+        entry[0] += len(d.text.encode("utf-8"))
+        yield d
+
+
+def packaged_val_names(docs, fraction: float) -> set[str]:
+    """The held-out documents of one packaged source: those the name hash picks, or, where it picks
+    none (a capped source of a few 64 KB documents), the one whose hash is lowest, so every source
+    has a held-out set whenever it has two documents."""
+    names = [d.name for d in docs]
+    val = {n for n in names if is_val(n, fraction)}
+    if not val and len(names) >= 2:
+        val = {min(names, key=lambda n: zlib.crc32(n.encode()))}
+    return val
+
+
+def check_packaged(cfg: DataConfig) -> None:
+    """Every data.packaged source known, readable as text and fetched, before any work starts:
+    one line naming `glassgpt data fetch NAME` for the first that is not."""
+    for name, _ in packaged_specs(cfg):
+        if name not in packaged.SOURCES:
+            raise DataError(f"data.packaged: unknown source '{name}'; `glassgpt data list` shows them")
+        if packaged.SOURCES[name].reader is None:
+            raise DataError(f"data.packaged: source '{name}' is not pretraining text (it has no document reader)")
+        if packaged.manifest(name) is None:
+            raise DataError(f"data.packaged: source {name} is not fetched; run `glassgpt data fetch {name}`")
+
+
+def bytes_per_token(tok: Tokenizer, texts) -> float:
+    """UTF-8 bytes per token of these texts: how much the BPE compresses a language."""
+    texts = list(texts)
+    n = sum(len(ids) for ids in tok.encode_batch(texts))
+    return sum(len(t.encode("utf-8")) for t in texts) / max(1, n)
 
 
 def cache_key(cfg: DataConfig) -> str:
@@ -49,7 +123,15 @@ def cache_key(cfg: DataConfig) -> str:
     for k in ("tokenizer_extra", "site_packages"):
         if not d[k]:
             d.pop(k)  # so corpora prepared before the field existed stay valid
+    for k, default in DATA_OPTIONAL.items():
+        if d[k] == default:
+            d.pop(k)
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+    if cfg.packaged:  # a re-fetched package (new Debian point release) is a new corpus
+        check_packaged(cfg)
+        for name, _ in packaged_specs(cfg):
+            m = packaged.manifest(name)
+            h.update(json.dumps([name, m.get("version"), [f.get("sha256") for f in m.get("files", [])]]).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
         h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())
@@ -166,8 +248,11 @@ def _build(cfg: DataConfig, root: Path, tokenizer: Path | None = None) -> None:
         return _shards(cfg, root, tok, None, t0)
     tok_stats = sources.SourceStats("tokenizer")
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
-    train_texts = (d.text for d in _capped(sources.training_documents(cfg.paths, tok_stats, cfg.site_packages), cfg.max_bytes)
-                   if not is_val(d.name, cfg.val_fraction))
+    code = _capped(sources.training_documents(cfg.paths, tok_stats, cfg.site_packages), cfg.max_bytes)
+    if cfg.packaged:
+        code = _interleave([code] + [_packaged_docs(n, cap) for n, cap in packaged_specs(cfg)])
+    # (a tiny packaged source's fallback held-out document, packaged_val_names, may be seen here: by the BPE only)
+    train_texts = (d.text for d in code if not is_val(d.name, cfg.val_fraction))
     # A code BPE cuts task words into pieces (" circle" = ' c' 'ir' 'c' 'le'), and gathering them is a
     # hop a 2-layer LM must spend before it can look the object up in the image. The image tasks' text
     # is most of a vision run's stream, so the tokenizer learns it too (4,000 samples a source: every
@@ -190,8 +275,22 @@ def _shards(cfg: DataConfig, root: Path, tok: Tokenizer, tok_documents: int | No
     val_w = _ShardWriter(root, "val", dtype, cfg.shard_tokens)
     docs = _capped(sources.training_documents(cfg.paths, stats, cfg.site_packages), cfg.max_bytes)
     _tokenize_into(docs, tok, lambda d: val_w if is_val(d.name, cfg.val_fraction) else train_w)
-    splits["train"], splits["val"] = train_w.finish(), val_w.finish()
     source_stats.append(asdict(stats))
+    languages = {"val": "code"}
+    # Packaged text: its training documents join `train`; each source's held-out documents are a
+    # split of their own (val_<name>), evaluated like any held-out set, so bits per byte are per source.
+    val_ws = {}
+    for name, cap in packaged_specs(cfg):
+        pstats = sources.SourceStats(f"packaged:{name}")
+        val_ws[name] = _ShardWriter(root, f"val_{name}", dtype, cfg.shard_tokens)
+        languages[f"val_{name}"] = packaged_language(name)
+        docs = list(_packaged_docs(name, cap, pstats))  # capped: a few MB at most
+        val = packaged_val_names(docs, cfg.val_fraction)
+        _tokenize_into(docs, tok, lambda d, w=val_ws[name]: w if d.name in val else train_w)
+        source_stats.append({**asdict(pstats), "cap_bytes": cap, "language": packaged_language(name)})
+    splits["train"], splits["val"] = train_w.finish(), val_w.finish()
+    for name, w in val_ws.items():
+        splits[f"val_{name}"] = w.finish()
     if splits["train"]["tokens"] == 0:
         raise DataError("every document landed in the validation split; lower data.val_fraction")
     for name in cfg.heldout:
@@ -206,6 +305,7 @@ def _shards(cfg: DataConfig, root: Path, tok: Tokenizer, tok_documents: int | No
         _tokenize_into(_capped(sources.HELDOUT_SETS[name](hstats), cfg.max_bytes), tok, lambda d: w)
         splits[name] = w.finish()
         source_stats.append(asdict(hstats))
+        languages[name] = "code"
 
     sha = hashlib.sha256()
     for split in splits.values():
@@ -222,6 +322,13 @@ def _shards(cfg: DataConfig, root: Path, tok: Tokenizer, tok_documents: int | No
         "shards_sha256": sha.hexdigest(),
         "seconds": round(time.time() - t0, 2),
     }
+    if cfg.packaged:  # (absent otherwise: code-only manifests stay as they were)
+        manifest["languages"] = languages
+        manifest["tokenizer"]["bytes_per_token"] = {
+            s: round(v["bytes"] / max(1, v["tokens"] - v["documents"]), 3) for s, v in splits.items() if v["tokens"]}
+    for k, default in DATA_OPTIONAL.items():
+        if manifest["data_config"][k] == default:
+            manifest["data_config"].pop(k)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("corpus ready: %s train tokens, %s val tokens (%.1fs)", f"{splits['train']['tokens']:,}",
              f"{splits['val']['tokens']:,}", time.time() - t0)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import sysconfig
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -51,6 +52,12 @@ class SourceStats:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def is_val(name: str, fraction: float) -> bool:
+    """Deterministic document-level split by a hash of the document's name (here, below both the
+    shard builder and the packaged readers, so each can use it without importing the other)."""
+    return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
 
 
 def stdlib_root() -> Path:
