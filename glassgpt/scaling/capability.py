@@ -307,7 +307,7 @@ def actual(run_logps: list[float], problems_idx: list[int] | None = None) -> dic
 def compare(pred: dict, run_logps: list[float], problems_idx: list[int] | None = None) -> dict:
     """A prediction (fit_and_predict's, or its `unfiltered`) against a run scored on the same problems."""
     act = actual(run_logps, problems_idx)
-    ci = pred.get("ci90")  # a version-3 unfiltered fit registered before the sixth session has none
+    ci = pred.get("ci90")  # a version-3 unfiltered fit registered before 2026-11-29's interval change has none
     return {"actual": act["actual"], "actual_neg_mean_log_pass": act["neg_mean_log_pass"],
             "neg_mean_log_pass_error": pred["predicted_neg_mean_log_pass"] / act["neg_mean_log_pass"] - 1,
             "inside_ci90": ci[0] <= act["actual"] <= ci[1] if ci else None}

@@ -123,7 +123,7 @@ def analyse(ladder_dir: Path, n_boot: int = 200, llo_tolerance: float = 0.01, ma
 def ladder_regime(per_set: dict) -> None:
     """The rungs' regime belongs to their training, whichever set measures it: when most held-out
     sets see the rungs before a transition, the others are not trusted either. (Ratio-line bench,
-    fourteenth session: stdlib_tests convex and called confident at 1/5, 6.5–8.4% off, while val and
+    2026-11-30 (docs/devlog.md): stdlib_tests convex and called confident at 1/5, 6.5–8.4% off, while val and
     humaneval of the same ladders were concave.)"""
     shown = [n for n, e in per_set.items() if e["regime"].get("transient")]
     if len(shown) * 2 <= len(per_set):
