@@ -201,6 +201,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
         shutil.copy(corpus.root / "tokenizer.json", out / "tokenizer.json")
+        corpus.tokenizer.save_hf_config(out, m.seq_len)  # BOS/EOS for other libraries' loaders
         shutil.copy(corpus.root / "manifest.json", out / "manifest.json")
 
     torch.manual_seed(t.seed)
