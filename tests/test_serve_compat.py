@@ -124,7 +124,7 @@ def test_tokenize_detokenize_tokenizer_info(env, client):
     r = post(env, "/detokenize", {"tokens": [tok.bos_id] + tok.encode(TEXT)})
     assert r.status_code == 200 and r.json() == {"prompt": "<|bos|>" + TEXT}
     info = httpx.get(env["url"] + "/tokenizer_info", headers={"authorization": f"Bearer {env['key']}"}).json()
-    assert info["bos_token"] == "<|bos|>" and info["eos_token"] == "<|assistant_end|>"
+    assert info["bos_token"] == "<|bos|>" and info["eos_token"] == "<|bos|>"
     assert info["tokenizer_class"] and info["model_max_length"] == env["engine"].context_window
 
 
@@ -146,12 +146,12 @@ def test_tokenizer_routes_need_the_key_and_refuse_bad_input(env):
 def test_run_directory_declares_bos_and_eos():
     run = tiny_checkpoint()
     cfg = json.loads((run / "tokenizer_config.json").read_text())
-    assert cfg["bos_token"] == "<|bos|>" and cfg["eos_token"] == "<|assistant_end|>"
+    assert cfg["bos_token"] == "<|bos|>" and cfg["eos_token"] == "<|bos|>"
     spec = json.loads((run / "tokenizer.json").read_text())
     assert spec["post_processor"]["single"][0]["SpecialToken"]["id"] == "<|bos|>"
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(run))
-    assert (hf.bos_token, hf.eos_token) == ("<|bos|>", "<|assistant_end|>")
+    assert (hf.bos_token, hf.eos_token) == ("<|bos|>", "<|bos|>")
     from glassgpt.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load(run / "tokenizer.json")

@@ -112,9 +112,14 @@ class Tokenizer:
         tmp.replace(path)
 
     def hf_config(self, model_max_length: int | None = None) -> dict:
-        """What `tokenizer_config.json` says of this tokenizer (and the server's /tokenizer_info):
-        the BOS every document starts with, the EOS that ends an assistant turn, the pad token."""
-        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|assistant_end|>",
+        """What `tokenizer_config.json` says of this tokenizer (and the server's /tokenizer_info).
+
+        <|bos|> is both BOS and EOS, as GPT-2's <|endoftext|> is both: documents are joined in
+        training with only a <|bos|> between them, so it is what ends one (generation stops at
+        it, and at a chat turn's <|assistant_end|>). Clients that take "BOS or else EOS" as
+        the first token of a scored text (lm-eval's rolling windows, which read id 0 as no
+        BOS) get <|bos|> either way."""
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|bos|>",
                "pad_token": "<|pad|>", "unk_token": None, "add_bos_token": True, "add_eos_token": False,
                "clean_up_tokenization_spaces": False,
                "added_tokens_decoder": {str(i): {"content": name, "special": True, "lstrip": False, "rstrip": False,
