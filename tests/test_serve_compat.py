@@ -139,6 +139,10 @@ def test_tokenizer_routes_need_the_key_and_refuse_bad_input(env):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = post(env, "/detokenize", {"tokens": [10**9]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+    n = env["engine"].context_window * env["engine"].max_token_bytes * 4 + 1
+    for body in ({"prompt": "x" * n}, {"messages": [{"role": "user", "content": "x" * n}]}):
+        r = post(env, "/tokenize", body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = post(env, "/tokenize", {"model": "nope", "prompt": "x"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 

@@ -1064,9 +1064,14 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         if (body.prompt is None) == (body.messages is None):
             raise ServeError("Send either 'prompt' (text) or 'messages' (chat), not both or neither.",
                              param="prompt" if body.prompt is None else "messages", code="invalid_value")
-        if len(body.prompt or "") > e.context_window * e.max_token_bytes * 4:
-            raise ServeError(f"'prompt' is too long to tokenize here ({len(body.prompt):,} characters).",
-                             param="prompt", code="context_length_exceeded")
+        # Text far beyond what the context could hold is refused before tokenizing (seconds of work).
+        chars = len(body.prompt or "") + sum(len(m.content) if isinstance(m.content, str) else
+                                             sum(len(c.text or "") for c in m.content)
+                                             for m in body.messages or [] if m.content)
+        if chars > e.context_window * e.max_token_bytes * 4:
+            where = "prompt" if body.prompt is not None else "messages"
+            raise ContextLengthError(f"The {where} is too long to tokenize here: {chars:,} characters, when this "
+                                     f"model's context holds {e.context_window} tokens.", param=where)
 
         def work():
             if body.prompt is not None:
