@@ -23,7 +23,7 @@ import logging
 import random
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -164,6 +164,13 @@ class Sample:
     question: str
     answer: str
     task: str
+    # For questions phrased many ways (glassgpt.data.image_chat): the kind of question asked
+    # ("colour"), what its phrasings fill in ({"shape": "circle"}), and every fact the image
+    # answers, kind -> (English answer, Chinese answer), so later turns can ask about the same image.
+    kind: str = ""
+    slots: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    accept: dict = field(default_factory=dict)  # kind -> ([English], [Chinese]) answers that also count
 
     def messages(self, with_answer: bool = True) -> list[dict]:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
@@ -194,16 +201,25 @@ def _draw_split(make: Callable[[random.Random], tuple], seed: int, task: str, sp
 # --- real images: scikit-learn -------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _digits():
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("the digits source needs scikit-learn: pip install scikit-learn") from None
+    """The 1,797 digits from the fetched scikit-learn wheel (`glassgpt data fetch sklearn-digits`),
+    else from the installed scikit-learn: the same file, so the same arrays and split."""
     import numpy as np
 
-    d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.target))  # the split is fixed, whatever the run seed
+    from glassgpt.data import image_packs
+
+    got = image_packs.sklearn_digits()
+    if got is None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError("the digits source needs `glassgpt data fetch sklearn-digits` "
+                            "(or scikit-learn installed)") from None
+        d = load_digits()
+        got = d.images, d.target
+    images, target = got
+    order = np.random.default_rng(0).permutation(len(target))  # the split is fixed, whatever the run seed
     held, train = order[:DIGITS_HELDOUT], order[DIGITS_HELDOUT:]
-    return d.images, d.target, train, held
+    return images, target, train, held
 
 
 def _digit_image(pixels, shift=(0, 0)):
@@ -237,7 +253,9 @@ def digits(seed: int, split: str, index: int) -> Sample:
             raise DataError(f"digits has {len(held)} held-out images; index {index} does not exist")
         i = int(held[index])
         img = _digit_image(images[i])
-    return Sample(img, "Which digit is this?", str(int(target[i])), "digits")
+    d = int(target[i])
+    return Sample(img, "Which digit is this?", str(d), "digits", "digit",
+                  facts={"digit": (str(d), str(d)), "parity": (("even", "偶数"), ("odd", "奇数"))[d % 2]})
 
 
 @lru_cache(maxsize=1)
@@ -262,6 +280,19 @@ def photos(seed: int, split: str, index: int) -> Sample:
 
 
 # --- procedural: shapes --------------------------------------------------------------------
+# Chinese for the words the shapes task answers with (colours, shapes, directions).
+ZH = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "orange": "橙色",
+      "circle": "圆形", "square": "正方形", "triangle": "三角形",
+      "further left": "更靠左", "further right": "更靠右", "higher": "更高", "lower": "更低"}
+
+
+def zh_words(text: str) -> str:
+    """'red circle' -> '红色圆形'; words ZH does not know stay as they are."""
+    if text in ZH:
+        return ZH[text]
+    return "".join(ZH.get(w, w) for w in text.split())
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
            "yellow": (235, 200, 20), "purple": (140, 40, 170), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -317,6 +348,7 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
     if kind == "count":
         objs = _scene(rng, rng.randint(1, 6), radii)
         q, a = "How many shapes are there?", str(len(objs))
+        slots = {}
     elif kind in ("colour", "shape"):
         objs = _scene(rng, rng.randint(1, 4), radii)
         shapes = [o[0] for o in objs]
@@ -327,12 +359,14 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
                 objs, uniq = objs[:1], objs[:1]
             o = rng.choice(uniq)
             q, a = f"What colour is the {o[0]}?", o[1]
+            slots = {"shape": o[0]}
         else:
             uniq = [o for o in objs if cols.count(o[1]) == 1]
             if not uniq:
                 objs, uniq = objs[:1], objs[:1]
             o = rng.choice(uniq)
             q, a = f"What shape is the {o[1]} one?", o[0]
+            slots = {"colour": o[1]}
     else:
         while True:
             objs = _scene(rng, 2, radii)
@@ -352,8 +386,9 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
             first = (y1 < y2) == (word == "higher")  # image y grows downwards
         q = f"Which is {word}, the {c1} {s1} or the {c2} {s2}?"
         a = f"{c1} {s1}" if first else f"{c2} {s2}"
+        slots = {"dir": word, "a": f"{c1} {s1}", "b": f"{c2} {s2}"}
     key = f"{objs}|{q}"
-    return key, lambda: Sample(_render_scene(objs), q, a, "shapes")
+    return key, lambda: Sample(_render_scene(objs), q, a, "shapes", kind, slots, {kind: (a, zh_words(a))})
 
 
 def shapes(seed: int, split: str, index: int) -> Sample:
@@ -437,7 +472,8 @@ def _text_make(rng: random.Random, lengths: tuple[int, int] = (4, 8)):
         im = im.rotate(angle, resample=Image.BILINEAR, fillcolor=light)
         a = np.asarray(im, dtype=np.float32) + np.random.default_rng(nseed).normal(0, noise, im.size[::-1])
         return Sample(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L").convert("RGB"),
-                      "What does the text say?", text, "text")
+                      "What does the text say?", text, "text", "read",
+                      facts={"read": (text, text), "length": (str(len(text)), str(len(text)))})
 
     return text, build
 
@@ -462,14 +498,16 @@ def _charts_make(rng: random.Random):
     values = rng.sample(range(1, 10), n)  # distinct: "the largest" is unambiguous
     line = rng.random() < 0.25
     labels = BAR_LABELS[:n]
+    slots = {}
     if line:
-        q = "Which point is highest?"
+        q, kind = "Which point is highest?", "highest"
         a = labels[values.index(max(values))]
     elif rng.random() < 0.5:
-        q, a = "Which bar is largest?", labels[values.index(max(values))]
+        q, a, kind = "Which bar is largest?", labels[values.index(max(values))], "largest"
     else:
         j = rng.randrange(n)
-        q, a = f"What is the value of bar {labels[j]}?", str(values[j])
+        q, a, kind = f"What is the value of bar {labels[j]}?", str(values[j]), "value"
+        slots = {"bar": labels[j]}
     colour = rng.choice(list(COLOURS))
 
     def build():
@@ -496,7 +534,7 @@ def _charts_make(rng: random.Random):
             d.line(pts, fill=COLOURS[colour], width=2)
             for p in pts:
                 d.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=(0, 0, 0))
-        return Sample(im, q, a, "charts")
+        return Sample(im, q, a, "charts", kind, slots, {kind: (a, a)})
 
     return f"{values}|{line}|{q}", build
 
@@ -561,10 +599,15 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
     """A source by name, or `folder:PATH` for a user folder."""
     if name.startswith("folder:"):
         return Folder(name[len("folder:"):])
+    from glassgpt.data import image_packs  # the tasks read from fetched packages
+
+    if name in image_packs.TASKS:
+        return image_packs.TASKS[name]
     if name not in SOURCES:
         from glassgpt.errors import closest
 
-        raise DataError(f"unknown image source '{name}'{closest(name, SOURCES)}; known: {', '.join(SOURCES)}, folder:PATH")
+        known = {**SOURCES, **image_packs.TASKS}
+        raise DataError(f"unknown image source '{name}'{closest(name, known)}; known: {', '.join(known)}, folder:PATH")
     return SOURCES[name]
 
 
@@ -575,7 +618,13 @@ TASK_TEXTS_VERSION = 3  # 2: answers on their own line; 3: "Which is further lef
 
 def heldout_size(task: str) -> int | None:
     """How many held-out samples a task has (None: unlimited, procedurally drawn)."""
-    return DIGITS_HELDOUT if task == "digits" else None
+    if task == "digits":
+        return DIGITS_HELDOUT
+    if task == "flags":
+        from glassgpt.data import image_packs
+
+        return len(image_packs.flag_images("1x1"))
+    return None
 
 
 def heldout_samples(task: str, n: int, seed: int) -> list[Sample]:

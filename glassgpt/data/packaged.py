@@ -195,6 +195,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("fonts-cjk", "image", "pypi", f"cvttf-notosanscjk-{CJK_WEIGHTS[0]}", "1.0",
            ("cvttf_NotoSansCJK_*/*.otf",),
            "OFL-1.1", "Noto Sans CJK in seven weights (OpenType), for Chinese characters", "115 MB",
+           exclude=("*.data/*",),  # the wheel carries each font twice
            extra=tuple((f"cvttf-notosanscjk-{w}", "1.0") for w in CJK_WEIGHTS[1:])),
 ]}
 
