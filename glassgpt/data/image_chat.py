@@ -7,10 +7,10 @@ language), a short or a full-sentence answer, sometimes a follow-up about the sa
 later turn; and, now and then, a question with no image attached (the answer says there is none)
 or an image with a question that has nothing to do with it (the answer ignores the image).
 
-The phrasings used for evaluation are a separate hand-written file,
-glassgpt/evals/registry/data/glassgpt/vision_phrasings_heldout.yaml, read only by the evals
-(glassgpt.evals.elsuite.vision_chat). Nothing here reads it: tests check that the training path
-cannot load it and that none of its phrasings is one of these templates.
+The phrasings used for evaluation are a separate hand-written file in the evals' registry data
+(glassgpt.evals.elsuite.vision_chat.PHRASINGS_FILE), read only by the evals. Nothing here reads
+it: tests check that the training path cannot load it and that none of its phrasings is one of
+these templates.
 
 Messages use glassgpt.data.chat's parts; an answer a reading task must spell is a
 {"type": "spell", "text": ...} part, which `spelled` turns into one token per character.
