@@ -281,6 +281,11 @@ def test_unfetched_task_names_the_fetch(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"run `glassgpt data fetch flag-icons`|run `glassgpt data fetch iso-countries`"):
         image_packs.flags(0, "train", 0)
     assert image_packs.sklearn_digits() is None  # digits fall back to the installed scikit-learn
+    from glassgpt.train.sources import Mix
+
+    with pytest.raises(DataError, match=r"^image task emoji needs packages that are not fetched; run "
+                                        r"`glassgpt data fetch emoji-zh emoji-apple emoji-google emoji-facebook emoji-twitter`$"):
+        Mix("digits:1,emoji:1", 0)
     _clear_caches()
 
 

@@ -333,18 +333,26 @@ def common_words(n: int = 3000) -> tuple[str, ...]:
     return tuple(w for w, _ in counts.most_common(n))
 
 
+@lru_cache(maxsize=256)
+def _truetype(path: str, size: int):
+    """A font at a size, loaded once (a CJK font is 16 MB: loading it per sample was most of a sample's time)."""
+    from PIL import ImageFont
+
+    return ImageFont.truetype(path, size)
+
+
 def _render_glyphs(text: str, font_path: Path, rng: random.Random, max_size: int, min_size: int = 10):
     """Dark text centred on a light square with a slight rotation and noise (as images.text)."""
     import numpy as np
 
     Image = _pil()
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     light, dark = rng.randint(200, 255), rng.randint(0, 60)
     size = rng.randint(min_size + 4, max_size)
     try:
         while True:
-            font = ImageFont.truetype(str(font_path), size)
+            font = _truetype(str(font_path), size)
             x0, y0, x1, y1 = font.getbbox(text)
             if (x1 - x0 <= RENDER - 6 and y1 - y0 <= RENDER - 6) or size <= min_size:
                 break
@@ -420,3 +428,13 @@ def hanzi(seed: int, split: str, index: int) -> Sample:
 
 
 TASKS = {"emoji": emoji, "flags": flags, "words": words, "hanzi": hanzi}
+NEEDS = {"emoji": ("emoji-zh", *(f"emoji-{v}" for v in (*EMOJI_TRAIN, EMOJI_HELDOUT))),
+         "flags": ("flag-icons", "iso-countries"), "words": ("fonts-latin",), "hanzi": ("fonts-cjk",)}
+
+
+def check_fetched(task: str) -> None:
+    """Before any work: a task whose packages are not all fetched is one line naming the fetch."""
+    missing = [n for n in NEEDS.get(task, ()) if packaged.manifest(n, CACHE_DIR) is None]
+    if missing:
+        raise DataError(f"image task {task} needs packages that are not fetched; run "
+                        f"`glassgpt data fetch {' '.join(missing)}`")

@@ -217,6 +217,10 @@ class Mix:
 
     def __init__(self, mix: str, seed: int):
         self.entries = [(name, w, img_mod.get_source(name)) for name, w in img_mod.parse_mix(mix)]
+        from glassgpt.data import image_packs
+
+        for name, _, _ in self.entries:
+            image_packs.check_fetched(name)  # stop before any work, not at the first such sample
         self.seed = seed
         total = sum(w for _, w, _ in self.entries)
         self.cum = []
