@@ -158,14 +158,13 @@ Q: dict[tuple[str, str], dict[str, list[str]]] = {
                "抄写这个字。"],
     },
 }
-Q[("glyphs", "read")] = Q[("text", "read")]  # the short strings that teach the characters
 
 # (task, kind) -> {lang: [answers]}: "{a}" alone is the short answer; the rest are sentences.
 A: dict[tuple[str, str], dict[str, list[str]]] = {
-    ("digits", "digit"): {"en": ["{a}", "It's a {a}.", "That is the digit {a}.", "The digit is {a}."],
+    ("digits", "digit"): {"en": ["{a}", "It looks like {a}.", "That is the digit {a}.", "The digit is {a}."],
                           "zh": ["{a}", "这是数字{a}。", "图中的数字是{a}。", "是{a}。"]},
     ("digits", "parity"): {"en": ["{a}", "It's {a}."], "zh": ["{a}", "是{a}。"]},
-    ("shapes", "count"): {"en": ["{a}", "There are {a}.", "I count {a}."], "zh": ["{a}", "有{a}个。", "一共{a}个。"]},
+    ("shapes", "count"): {"en": ["{a}", "I count {a}.", "The number of shapes is {a}."], "zh": ["{a}", "有{a}个。", "一共{a}个。"]},
     ("shapes", "colour"): {"en": ["{a}", "It is {a}.", "The colour is {a}."], "zh": ["{a}", "是{a}的。", "颜色是{a}。"]},
     ("shapes", "shape"): {"en": ["{a}", "It's a {a}.", "That one is a {a}."], "zh": ["{a}", "是{a}。", "那是一个{a}。"]},
     ("shapes", "relation"): {"en": ["{a}", "The {a}.", "The {a} is."], "zh": ["{a}", "是{a}。", "{a}。"]},
@@ -186,8 +185,7 @@ A: dict[tuple[str, str], dict[str, list[str]]] = {
     ("hanzi", "read"): {"en": ["{a}", "It's the character {a}.", "That character is {a}."],
                         "zh": ["{a}", "这是“{a}”字。", "这个字是{a}。"]},
 }
-A[("glyphs", "read")] = A[("text", "read")]
-SPELLED = {"text", "glyphs", "words"}  # answers spelled one character a token (sources.answer_ids)
+SPELLED = {"text", "words"}  # answers spelled one character a token, as sources.answer_ids does (glyphs are task text)
 
 # Follow-ups that need no second fact: the other language's answer, or a confirmation.
 TRANSLATE = {"en": ["What is that in Chinese?", "And in Chinese?", "How do you say that in Chinese?"],
@@ -235,7 +233,7 @@ def _turn(s: Sample, kind: str, lang: str, rng: random.Random, first: bool):
     tmpl = rng.choice(A[key][lang])
     content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": q}]
     return [{"role": "user", "content": content},
-            {"role": "assistant", "content": answer_parts(s.task if kind in ("read",) else "", tmpl, a)}], tmpl, a
+            {"role": "assistant", "content": answer_parts(s.task if kind == "read" else "", tmpl, a)}], tmpl, a
 
 
 def conversation(s: Sample, rng: random.Random, lang: str | None = None, follow_up: float = 0.35) -> list[dict]:
@@ -252,13 +250,12 @@ def conversation(s: Sample, rng: random.Random, lang: str | None = None, follow_
         if others:
             msgs += _turn(s, rng.choice(others), lang, rng, False)[0]
         elif en != zh and rng.random() < 0.7:
-            other = "zh" if lang == "en" else "en"
             msgs += [{"role": "user", "content": rng.choice(TRANSLATE[lang])},
-                     {"role": "assistant", "content": answer_parts(s.task if other == "en" else "", "{a}",
-                                                                   en if other == "en" else zh)}]
+                     {"role": "assistant", "content": zh if lang == "en" else en}]
         else:
             qs, reply = CONFIRM[lang]
             full = tmpl if tmpl != "{a}" else A[(s.task, kind)][lang][1]
+            full = full[:1].lower() + full[1:] if lang == "en" and not full.startswith("{") else full
             msgs += [{"role": "user", "content": rng.choice(qs)},
                      {"role": "assistant", "content": answer_parts(s.task if kind == "read" else "",
                                                                    reply.replace("{full}", full), a)}]

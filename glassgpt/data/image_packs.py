@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from glassgpt.data import packaged
-from glassgpt.data.images import RENDER, Sample, _pil, _rng, to_rgb
+from glassgpt.data.imagefile import RENDER, Sample, _pil, _rng, load_image, to_rgb
 from glassgpt.errors import DataError
 
 EMOJI_TRAIN = ("apple", "google", "facebook")
@@ -57,8 +57,6 @@ def _files(name: str) -> dict[str, Path]:
 
 
 def _open_image(path: Path):
-    from glassgpt.data.images import load_image
-
     return load_image(path.read_bytes(), name=str(path))
 
 
@@ -96,7 +94,7 @@ def _clean_name(s: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def emoji_items(cache_key=None) -> tuple[dict, ...]:
+def emoji_items() -> tuple[dict, ...]:
     """Every emoji with a picture: {image, name, name_zh, category, vendors}. Names come from the
     emoji package's CLDR data (English and Chinese), keyed by the character; emoji.json's own
     upper-case name where the package lacks one."""
@@ -169,7 +167,7 @@ def emoji(seed: int, split: str, index: int) -> Sample:
 
 # --- flags ---------------------------------------------------------------------------------------
 @lru_cache(maxsize=2)
-def country_names(cache_key=None) -> dict[str, tuple[list[str], list[str]]]:
+def country_names() -> dict[str, tuple[list[str], list[str]]]:
     """{iso2 lower: ([English names], [Chinese names])} from i18n-iso-countries: the first name
     is the answer trained on, any of them counts."""
     f = _files("iso-countries")

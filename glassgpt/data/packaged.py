@@ -175,10 +175,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "BSD-3-Clause", "scikit-learn's 1,797 handwritten digits (8x8 scans, UCI optdigits)", "0.06 MB"),
     *(Source(f"emoji-{v}", "image", "npm", f"emoji-datasource-{v}", "16.0.0",
              ("package/emoji.json", f"package/img/{v}/64/*.png"),
-             lic, f"emoji drawn by {v.capitalize()}, 64x64 PNGs, names and categories (skin tones left out)", "12 MB",
+             lic, f"emoji drawn by {v.capitalize()}, 64x64 PNGs, names and categories (skin tones left out)", "6-11 MB",
              exclude=(f"package/img/{v}/64/*-1f3f[b-f]*",))
-      for v, lic in (("apple", "MIT (images: Apple's terms, see the package README)"), ("google", "MIT + Apache-2.0"),
-                     ("twitter", "MIT + CC-BY-4.0 (Twemoji)"), ("facebook", "MIT (images: Facebook's terms)"))),
+      for v, lic in (("apple", "MIT; images Apple's terms"), ("google", "MIT; images Apache-2.0"),
+                     ("twitter", "MIT; images CC-BY-4.0"), ("facebook", "MIT; images Facebook's terms"))),
     Source("emoji-zh", "image", "pypi", "emoji", "2.16.0",
            ("emoji/unicode_codes/emoji.json", "emoji/unicode_codes/emoji_zh.json"),
            "BSD-3-Clause", "emoji names in English and Chinese (the emoji package's CLDR data)", "0.8 MB"),

@@ -407,6 +407,7 @@ class ImageChatSource(Source):
         return {"vision": {"encoder_params": self.counts.params, "encoder_flops_per_image": self.counts.flops_per_image,
                            "image_tokens": self.vc.n_image_tokens, "images_per_step": self.vc.batch_size * self.world,
                            "mix": self.vc.mix, "text_weight": self.vc.text_weight, "freeze_lm": self.vc.freeze_lm,
+                           "chat": self.vc.chat, "skipped_long": self.skipped_long,
                            "heldout_accuracy": result}}
 
 
