@@ -72,7 +72,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "vocab_size", "image_token_id"}
 # Vision keys that are training settings, not encoder shapes.
 STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
-                          "init_from"}
+                          "init_from", "chat", "no_image", "unrelated", "follow_up"}
 
 
 @dataclass
