@@ -83,8 +83,14 @@ class Source:
 def build(cfg: Config, corpus: Corpus, d, autocast) -> list[Source]:
     """The run's sources, in loss order. Vision runs: image chat first, then text at
     vision.text_weight (the order of the two forwards, kept so curves stay as they were).
-    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained)."""
+    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained); an
+    alignment stage likewise, at align.text_weight."""
     text = TextSource(cfg, corpus, d, autocast)
+    if cfg.align.stage:  # an alignment stage (glassgpt.align.sources): its objective, then text
+        from glassgpt.align.sources import build as build_align
+
+        text.weight = cfg.align.text_weight
+        return [build_align(cfg, corpus.tokenizer, d, autocast), text]
     if cfg.sft.enabled:
         text.weight = cfg.sft.text_weight
         return [ChatSource(cfg, corpus.tokenizer, d.rank, d.world, d.device), text]
@@ -420,6 +426,9 @@ class ChatSource(Source):
         self.cfg, self.sc, self.tok, self.rank, self.world, self.device = cfg, cfg.sft, tokenizer, rank, world, device
         self.T = cfg.model.seq_len
         names = self.sc.sources or None
+        if train is None and self.sc.conversations:
+            train, self.counts = sft.load_jsonl(self.sc.conversations, "train"), {}
+            heldout = sft.load_jsonl(self.sc.conversations, "heldout") if heldout is None else heldout
         if train is None:
             train, self.counts = sft.build("train", names, self.sc.max_chars)
         else:
