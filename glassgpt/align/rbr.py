@@ -342,16 +342,17 @@ def _csv_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO("\n".join(lines))))
 
 
-def pyrit_rows(cache_dir=None) -> list[tuple[str, Item, bool]]:
+def pyrit_rows(cache_dir=None, files: list[Path] | None = None) -> list[tuple[str, Item, bool]]:
     """(proposition, item, human label) from pyrit's scorer evals: refusal rows label `inability`
     (a refusal), self-harm rows label `disallowed_content` (the objective met; harm scores of 0.75+
     true, 0.25- false, the middle left out). Empty when pyrit is not fetched."""
     from glassgpt.data import packaged
 
-    try:
-        files = packaged.cached_files("pyrit", cache_dir)
-    except DataError:
-        return []
+    if files is None:
+        try:
+            files = packaged.cached_files("pyrit", cache_dir)
+        except DataError:
+            return []
     out = []
     for p in sorted(files, key=lambda x: x.as_posix()):
         k = p.as_posix()

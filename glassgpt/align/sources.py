@@ -203,7 +203,8 @@ class PairSource(_Align):
     def loss(self, fwd, raw, index):
         pairs = [self.train[i] for i in self.pick(index, len(self.train))]
         m = self.margins(fwd, raw, pairs)
-        self.step_metrics = {"pair_acc": round(float((m > 0).float().mean()), 4), "margin": round(float(m.mean()), 4)}
+        md = m.detach()
+        self.step_metrics = {"pair_acc": round(float((md > 0).float().mean()), 4), "margin": round(float(md.mean()), 4)}
         return -F.logsigmoid(m).mean()
 
     @torch.no_grad()
