@@ -318,16 +318,17 @@ def completions_for(conv, extra: dict[str, str] | None = None) -> list[tuple[str
 
 def labelled(rubric: Rubric, convs: list, per_category: int = 80, extra: dict | None = None) -> list[Labelled]:
     """Labelled completions for the harmful / sensitive / benign conversations (up to `per_category`
-    prompts each, hash-chosen): each prompt with the responses of `completions_for`, labelled by their
+    train prompts each and half as many held-out, hash-chosen): each prompt with the responses of `completions_for`, labelled by their
     template's propositions and ranked by the rubric from those labels. The split is the conversation's."""
-    chosen: dict[str, list] = {}
+    chosen: dict[tuple[str, str], list] = {}
     for c in sorted(convs, key=lambda c: sft._h("lab", c.id)):
-        if c.category in CATEGORIES and len(chosen.setdefault(c.category, [])) < per_category:
+        limit = per_category if c.split == "train" else max(1, per_category // 2)
+        if c.category in CATEGORIES and len(chosen.setdefault((c.category, c.split), [])) < limit:
             if c.category != "sensitive" or c.expect == sft.SUPPORT_EXPECT:
-                chosen[c.category].append(c)
+                chosen[(c.category, c.split)].append(c)
     out = []
     for cat in CATEGORIES:
-        for c in chosen.get(cat, []):
+        for c in chosen.get((cat, "train"), []) + chosen.get((cat, "heldout"), []):
             prompt = next(m["content"] for m in reversed(c.messages) if m["role"] == "user")
             for kind, text in completions_for(c, (extra or {}).get(c.id)):
                 labels = {n: n in KIND_LABELS[kind] for n in rubric.names}
