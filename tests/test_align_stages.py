@@ -167,3 +167,55 @@ def test_engine_generate_batch_is_deterministic(sft_run):
     a, b = run(), run()
     assert a == b and len(a) == 2 and all(len(r) == 3 for r in a)
     assert len({tuple(x) for r in a for x in r}) > 1  # sampled, not one greedy answer
+
+
+def test_align_eval_in_process_and_against_glassgpt_serve(sft_run, tmp_path, monkeypatch, capsys):
+    from glassgpt.cli import main
+    from glassgpt.serve.api import create_app
+    from glassgpt.serve.engine import Engine
+    from glassgpt.serve.testing import ServerThread
+
+    _, conv, root = sft_run
+    local = tmp_path / "local.json"
+    assert main(["align", "eval", str(root / "sft"), "--conversations", str(conv), "--samples", "2",
+                 "--max-tokens", "6", "--json", str(local)]) == 0
+    out = capsys.readouterr().out
+    assert "not_unsafe" in out and "adversarial_factuality" in out
+    monkeypatch.setenv("OPENAI_API_KEY", "unused-no-auth")
+    remote = tmp_path / "remote.json"
+    with ServerThread(create_app([Engine.from_checkpoint(root / "sft", name="glassgpt-sft")], auth=False)) as srv:
+        assert main(["align", "eval", "glassgpt-sft", "--base-url", f"{srv.url}/v1", "--conversations", str(conv),
+                     "--samples", "2", "--max-tokens", "6", "--json", str(remote)]) == 0
+    a, b = json.loads(local.read_text()), json.loads(remote.read_text())
+    assert a["n"] == b["n"] and sum(a["n"].values()) > 0
+    # the same greedy model, in-process and over HTTP: the same answers
+    assert a["samples"] == b["samples"] and a["headline"] == b["headline"]
+
+
+def test_align_cli_rubric_and_bad_input(sft_run, tmp_path, capsys):
+    from glassgpt.cli import main
+
+    _, conv, _ = sft_run
+    w = tmp_path / "w.json"
+    assert main(["align", "rubric", "--conversations", str(conv), "--weights-out", str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "apology" in out and "weights harmful" in out and set(json.loads(w.read_text())) == {"harmful", "sensitive", "benign"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("propositions: {apology: {text: a}}\nclasses: {x: {sorry: true}}\ncategories: {}\n")
+    assert main(["align", "rubric", "--rubric", str(bad), "--conversations", str(conv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "class 'x' uses unknown proposition 'sorry'" in err
+    assert main(["train", "--preset", "tiny", "--align.stage=rlhf", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown align.stage 'rlhf'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_align_quick(tmp_path, capsys):
+    from conftest import load_bench
+
+    bench = load_bench("align")
+    assert bench.main(["--quick", "--out", str(tmp_path / "q"), "--seeds", "2", "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    for label in ("SFT", "DPO", "RM-only RL (GRPO)", "RL+RBR (GRPO)", "RL+RBR (PPO)"):
+        assert label in out
+    assert "reward model held-out pair accuracy" in out and "cpu:" in out
