@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from glassgpt.align.rbr import Grader, RubricError
 from glassgpt.data import chat
 
 
@@ -117,21 +118,18 @@ def trained_propositions(path) -> list[str]:
                               "classifier.propositions)") from None
 
 
-def ClassifierGrader(rubric, path, device: str = "cpu"):  # noqa: N802 — a grader class, built at run time
+class ClassifierGrader(Grader):
     """The trained proposition classifier as an RBR grader: sigmoid of its logits per proposition."""
-    from glassgpt.align.rbr import Grader, RubricError
 
-    names = trained_propositions(path)
-    if names != rubric.names:
-        raise RubricError(f"classifier {path} was trained on propositions {names}, the rubric has {rubric.names}; "
-                          "retrain it (align.stage=classifier) after a rubric change")
-    scorer = Scorer.load(path, device)
+    def __init__(self, rubric, path, device: str = "cpu"):
+        super().__init__(rubric)
+        names = trained_propositions(path)
+        if names != rubric.names:
+            raise RubricError(f"classifier {path} was trained on propositions {names}, the rubric has "
+                              f"{rubric.names}; retrain it (align.stage=classifier) after a rubric change")
+        self.name = f"classifier:{path}"
+        self.scorer = Scorer.load(path, device)
 
-    class _Classifier(Grader):
-        name = f"classifier:{path}"
-
-        def grade(self, items):
-            logits = scorer([([{"role": "user", "content": it.prompt}], it.response) for it in items])
-            return 1.0 / (1.0 + np.exp(-logits))
-
-    return _Classifier(rubric)
+    def grade(self, items):
+        logits = self.scorer([([{"role": "user", "content": it.prompt}], it.response) for it in items])
+        return 1.0 / (1.0 + np.exp(-logits))

@@ -312,12 +312,29 @@ class RLSource(_Align):
         if not self.prompts:
             raise DataError(f"no RL prompts fit the {self.T}-token context with align.max_new_tokens="
                             f"{self.a.max_new_tokens} answer tokens")
+        # prompts by kind, taken in turn: thousands of fact questions must not drown a few hundred
+        # harmful ones
+        self.kinds: dict[str, list[dict]] = {}
+        for p in self.prompts:
+            kind = "adversarial" if p["category"] in ("false_premise", "misconception", "false_claim") else p["category"]
+            self.kinds.setdefault(kind, []).append(p)
         self.rubric = rbr.load_rubric(self.a.rubric or None)
         self.rules = rbr.RuleGrader(self.rubric)
         self.ref = self.rm = self.rbr = self.engine = None
         self.nan_streak = 0
         self.nan_skipped = 0
         self.rbr_fit: dict = {}
+
+    def pick_prompts(self, index: int) -> list[dict]:
+        """The prompts of micro-batch `index`: kinds in turn, each kind through seeded permutations."""
+        kinds = sorted(self.kinds)
+        out = []
+        for k in range(index * self.a.batch_size, (index + 1) * self.a.batch_size):
+            kind = kinds[k % len(kinds)]
+            items, j = self.kinds[kind], k // len(kinds)
+            perm = np.random.default_rng([self.cfg.train.seed, 17, sft._h(kind) % 2**31, j // len(items)]).permutation(len(items))
+            out.append(items[int(perm[j % len(items)])])
+        return out
 
     def _render(self, msgs):
         return chat.render(self.tok, chat.with_system(msgs))
@@ -393,7 +410,7 @@ class RLSource(_Align):
 
     def loss(self, fwd, raw, index):
         a, G = self.a, self.a.group
-        items = [self.prompts[i] for i in self.pick(index, len(self.prompts))]
+        items = self.pick_prompts(index)
         seqs, texts = self.rollouts(raw, items, index)
         rep = [it for it in items for _ in range(G)]
         terms = self.rewards(rep, texts)

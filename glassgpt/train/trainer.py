@@ -123,9 +123,11 @@ def load_stage_weights(raw, parent: Parent) -> None:
     reward, value, classifier) the parent lacks stays as initialised; one the parent has and this
     config does not is left behind."""
     state = parent.state
-    for mod in ("vision", "head"):
-        if getattr(raw, mod, None) is None or (mod == "head" and raw.head.weight.shape != state.get("head.weight", raw.head.weight).shape):
-            state = {k: v for k, v in state.items() if not k.startswith(mod + ".")}
+    if getattr(raw, "vision", None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith("vision.")}
+    head = getattr(raw, "head", None)
+    if head is None or ("head.weight" in state and state["head.weight"].shape != head.weight.shape):
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # another stage's head
     ours = raw.state_dict()
     for k, v in state.items():
         if k in ours and ours[k].shape != v.shape:
