@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from glassgpt.align.rbr import Grader, RubricError
 from glassgpt.data import chat
 
 
@@ -116,20 +115,3 @@ def trained_propositions(path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"{run}: not a finished proposition classifier run (report.json has no "
                               "classifier.propositions)") from None
-
-
-class ClassifierGrader(Grader):
-    """The trained proposition classifier as an RBR grader: sigmoid of its logits per proposition."""
-
-    def __init__(self, rubric, path, device: str = "cpu"):
-        super().__init__(rubric)
-        names = trained_propositions(path)
-        if names != rubric.names:
-            raise RubricError(f"classifier {path} was trained on propositions {names}, the rubric has "
-                              f"{rubric.names}; retrain it (align.stage=classifier) after a rubric change")
-        self.name = f"classifier:{path}"
-        self.scorer = Scorer.load(path, device)
-
-    def grade(self, items):
-        logits = self.scorer([([{"role": "user", "content": it.prompt}], it.response) for it in items])
-        return 1.0 / (1.0 + np.exp(-logits))

@@ -234,6 +234,25 @@ class ModelGrader(Grader):
                         dtype=np.float64).reshape(len(items), len(self.rubric.names))
 
 
+class ClassifierGrader(Grader):
+    """The trained proposition classifier as an RBR grader: sigmoid of its logits per proposition."""
+
+    def __init__(self, rubric, path, device: str = "cpu"):
+        super().__init__(rubric)
+        from glassgpt.align import heads
+
+        names = heads.trained_propositions(path)
+        if names != rubric.names:
+            raise RubricError(f"classifier {path} was trained on propositions {names}, the rubric has "
+                              f"{rubric.names}; retrain it (align.stage=classifier) after a rubric change")
+        self.name = f"classifier:{path}"
+        self.scorer = heads.Scorer.load(path, device)
+
+    def grade(self, items):
+        logits = self.scorer([([{"role": "user", "content": it.prompt}], it.response) for it in items])
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
 def make_grader(spec: str, rubric: Rubric, base_url: str | None = None, device: str = "cpu") -> Grader:
     """'rules', 'model:NAME' (an OpenAI-compatible chat model at base_url) or 'classifier:RUN' (a
     proposition classifier trained by `align.stage=classifier`)."""
@@ -243,8 +262,6 @@ def make_grader(spec: str, rubric: Rubric, base_url: str | None = None, device: 
     if kind == "model" and arg:
         return ModelGrader(rubric, arg, base_url)
     if kind == "classifier" and arg:
-        from glassgpt.align.heads import ClassifierGrader
-
         return ClassifierGrader(rubric, arg, device=device)
     raise ConfigError(f"unknown grader '{spec}'; use rules, model:NAME (with --grader-base-url) or classifier:RUN")
 

@@ -60,6 +60,15 @@ def uncensored(cache_dir=None) -> dict[str, dict[str, str]]:
     return out
 
 
+def build_sources(cfg: Config, corpus, d, autocast) -> list[Source]:
+    """The stage's objective, then the pretraining text at align.text_weight (0: evaluated only)."""
+    from glassgpt.train.sources import TextSource
+
+    text = TextSource(cfg, corpus, d, autocast)
+    text.weight = cfg.align.text_weight
+    return [build(cfg, corpus.tokenizer, d, autocast), text]
+
+
 def build(cfg: Config, tok, d, autocast) -> Source:
     if d.world > 1:
         raise ConfigError(f"align.stage={cfg.align.stage} runs in one process (no torchrun yet)")

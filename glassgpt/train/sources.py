@@ -83,14 +83,9 @@ class Source:
 def build(cfg: Config, corpus: Corpus, d, autocast) -> list[Source]:
     """The run's sources, in loss order. Vision runs: image chat first, then text at
     vision.text_weight (the order of the two forwards, kept so curves stay as they were).
-    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained); an
-    alignment stage likewise, at align.text_weight."""
+    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained). (An
+    alignment stage's sources come from glassgpt.align.sources.build_sources, the same way.)"""
     text = TextSource(cfg, corpus, d, autocast)
-    if cfg.align.stage:  # an alignment stage (glassgpt.align.sources): its objective, then text
-        from glassgpt.align.sources import build as build_align
-
-        text.weight = cfg.align.text_weight
-        return [build_align(cfg, corpus.tokenizer, d, autocast), text]
     if cfg.sft.enabled:
         text.weight = cfg.sft.text_weight
         return [ChatSource(cfg, corpus.tokenizer, d.rank, d.world, d.device), text]

@@ -211,7 +211,12 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     raw = build(m, device=d.device, seed=t.seed)  # identical on every rank: same seed
     precision = dist_mod.resolve_precision(t.precision, d.device)
     autocast = dist_mod.autocast(d.device, precision)
-    sources = sources_mod.build(cfg, corpus, d, autocast)
+    if cfg.align.stage:  # an alignment stage: sources with objectives of their own (glassgpt.align)
+        from glassgpt.align.sources import build_sources
+
+        sources = build_sources(cfg, corpus, d, autocast)
+    else:
+        sources = sources_mod.build(cfg, corpus, d, autocast)
     for src in sources:
         src.attach(raw)  # e.g. the image encoder as raw.vision
     start, opt_states = 0, None
