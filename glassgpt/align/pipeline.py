@@ -147,8 +147,8 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def _rel(new, old):
-    return "—" if new is None or old is None or old == 0 else f"{(new - old) / old:+.0%}"
+def _rel(new, old, digits: int = 0):
+    return "—" if new is None or old is None or old == 0 else f"{(new - old) / old:+.{digits}%}"
 
 
 def table(results: dict) -> str:
@@ -161,7 +161,7 @@ def table(results: dict) -> str:
         rs = results[r]
         cells = "".join(f"{_stat([x['eval']['headline'][k] for x in rs]):>14}" for k, _ in COLUMNS)
         bpb = _mean([x["bpb"] for x in rs])
-        tax = _rel(bpb, sft_bpb) if r != "sft" else ""
+        tax = _rel(bpb, sft_bpb, 1) if r != "sft" else ""
         secs = _mean([x.get("seconds") for x in rs])
         lines.append(f"{LABELS[r]:<20}{len(rs):>6}{cells}{(f'{bpb:.3f}' if bpb else '—'):>8}{tax:>8}"
                      f"{(f'{secs / 60:.1f}m' if secs else '—'):>8}")
