@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from glassgpt import cli_data, cli_evals, cli_scaling, cli_serve, cli_train, cli_vision, config
+from glassgpt import cli_align, cli_data, cli_evals, cli_scaling, cli_serve, cli_train, cli_vision, config
 from glassgpt.errors import ArgumentParser, UsageError, exit_code
 
 # Every subcommand: name → the function that adds its parser and sets `fn` (the command) and,
@@ -26,6 +26,7 @@ COMMANDS = {
     "predict": cli_scaling.add_predict,
     "verify": cli_scaling.add_verify,
     "eval": cli_evals.add_eval,
+    "align": cli_align.add_align,
     "vision": cli_vision.add_vision,
     "serve": cli_serve.add_serve,
     "chat": cli_serve.add_chat,

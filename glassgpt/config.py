@@ -172,6 +172,42 @@ class SftConfig:
     eval_samples: int = 8  # held-out conversations per (category, language) at each eval
     eval_max_tokens: int = 48  # the answer budget: an answer must end within it to count as formatted
     eval_batch: int = 16  # conversations decoded together by the engine
+    conversations: str = ""  # a JSONL of conversations (data.sft.write_jsonl format) instead of the built sources
+
+
+STAGES = ("rm", "classifier", "dpo", "grpo", "ppo")
+
+
+@dataclass
+class AlignConfig:
+    """Alignment stages (glassgpt.align): a reward model, an RBR proposition classifier, DPO, GRPO or
+    PPO, each a batch source of the one trainer, started from a chat SFT run with --init-from. Off by
+    default (stage ""): other runs are unchanged."""
+
+    stage: str = ""  # "rm", "classifier", "dpo", "grpo", "ppo"
+    steps: int = 0  # optimizer steps (0: from train.tokens, as other stages)
+    conversations: str = ""  # a JSONL of SFT conversations (glassgpt.data.sft.write_jsonl); empty: sft.build
+    sources: list[str] = field(default_factory=list)  # SFT sources to read (empty: all)
+    batch_size: int = 8  # pairs (rm, dpo), labelled completions (classifier) or prompts (grpo, ppo) per step
+    text_weight: float = 0.0  # pretraining text beside (0: evaluated only: the alignment tax)
+    per_kind: int = 600  # preference pairs per kind (train split)
+    beta: float = 0.1  # DPO's β
+    kl_coef: float = 0.05  # RL: β of the −β·KL(policy ‖ SFT) in the reward
+    group: int = 4  # RL: samples per prompt (GRPO's group; PPO samples as many)
+    max_new_tokens: int = 32  # RL rollouts and the eval's answers
+    temperature: float = 1.0  # RL rollouts
+    clip: float = 0.2  # PPO / GRPO ratio clip
+    vf_coef: float = 0.5  # PPO value loss weight
+    gae_lambda: float = 0.95  # PPO
+    reward_model: str = ""  # RL: an `align.stage=rm` run (empty: no RM term)
+    rm_weight: float = 1.0
+    rbr_weight: float = 1.0  # RL: weight of the rule-based reward (0: RM only)
+    fact_weight: float = 1.0  # RL: weight of the factuality rules
+    grader: str = "rules"  # rules | model:NAME | classifier:RUN
+    grader_base_url: str = ""  # for model:NAME graders (an OpenAI-compatible endpoint)
+    rubric: str = ""  # a rubric YAML (empty: the shipped glassgpt/align/rubric.yaml)
+    rbr_weights: str = ""  # a JSON of fitted weights per category (empty: fitted at the start)
+    eval_samples: int = 8  # held-out prompts per eval set at each eval
 
 
 @dataclass
@@ -214,6 +250,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict:
@@ -224,6 +261,10 @@ class Config:
             d.pop("vision")
         if self.sft == SftConfig():  # likewise for runs that are not chat SFT
             d.pop("sft")
+        elif not self.sft.conversations:  # SFT runs from before the key existed keep their identity
+            d["sft"].pop("conversations")
+        if self.align == AlignConfig():  # and for runs that are not alignment stages
+            d.pop("align")
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
@@ -237,7 +278,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig,
-            "sft": SftConfig, "scaling": ScalingConfig}
+            "sft": SftConfig, "align": AlignConfig, "scaling": ScalingConfig}
 
 
 def preset_names() -> list[str]:
@@ -404,6 +445,17 @@ def validate(cfg: Config) -> None:
         if s.batch_size <= 0 or s.text_weight < 0 or s.eval_samples < 0 or s.eval_max_tokens <= 0 or s.eval_batch <= 0:
             raise ConfigError("sft.batch_size, sft.eval_max_tokens and sft.eval_batch must be positive, "
                               "sft.text_weight and sft.eval_samples non-negative")
+    a = cfg.align
+    if a.stage:
+        if a.stage not in STAGES:
+            raise ConfigError(f"unknown align.stage '{a.stage}'{closest(a.stage, STAGES)}; stages: {', '.join(STAGES)}")
+        if s.enabled or v.enabled:
+            raise ConfigError("align.stage with sft.enabled or vision.enabled in one run: train them as separate stages")
+        if a.batch_size <= 0 or a.group <= 0 or a.max_new_tokens <= 0 or a.steps < 0 or a.beta <= 0 or a.kl_coef < 0:
+            raise ConfigError("align.batch_size, align.group, align.max_new_tokens and align.beta must be positive, "
+                              "align.steps and align.kl_coef non-negative")
+        if a.stage == "grpo" and a.group < 2:
+            raise ConfigError("align.stage=grpo needs align.group >= 2 (the group is the baseline)")
     for entry in cfg.data.packaged:
         name, _, cap = str(entry).partition(":")
         if not name or (cap and not cap.isdigit()):

@@ -19,11 +19,11 @@ def choices(parser):
 def test_every_registered_command_is_on_the_parser_and_calls_something():
     p = cli.build_parser()
     assert list(choices(p)) == list(cli.COMMANDS)
-    assert {"train", "speedrun", "prepare", "data", "ladder", "predict", "verify", "eval", "vision", "serve", "chat",
-            "keys", "usage"} == set(cli.COMMANDS)
+    assert {"train", "speedrun", "prepare", "data", "ladder", "predict", "verify", "eval", "align", "vision", "serve",
+            "chat", "keys", "usage"} == set(cli.COMMANDS)
     argv = {"train": ["--out", "r"], "ladder": ["run", "--ladder", "l"], "verify": ["--prediction", "p", "--run", "r",
             "--out", "o"], "vision": ["ask", "r", "--image", "i.png", "q"], "serve": ["--checkpoint", "c"],
-            "keys": ["list"], "data": ["list"], "predict": ["--target", "tiny", "--ladder", "l"]}
+            "keys": ["list"], "data": ["list"], "predict": ["--target", "tiny", "--ladder", "l"], "align": ["rubric"]}
     for name in cli.COMMANDS:
         args, _ = p.parse_known_args([name, *argv.get(name, [])])
         assert callable(args.fn), name

@@ -1156,3 +1156,27 @@ def write_jsonl(path, split: str, sources=None, max_chars: int = 2000, seed: int
             fh.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
     tmp.replace(path)
     return counts
+
+
+def load_jsonl(path, split: str) -> list[Conversation]:
+    """The conversations of one split from a JSONL written by `write_jsonl` (or by hand, in its
+    format): tests, benches and small runs bring their own conversations this way."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"conversations file not found: {path}")
+    out = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            c = Conversation(d["messages"], d.get("source", "file"), d["category"], d.get("language", "en"), d["id"],
+                             d["split"], d.get("expect"), d.get("template"), d.get("fact"))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}:{k}: not a conversation ({type(e).__name__}: {e}); each line needs id, split, "
+                            "category and messages") from None
+        if c.split == split:
+            out.append(c)
+    return out

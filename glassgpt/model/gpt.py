@@ -217,14 +217,17 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
-                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False):
+                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False,
+                hidden: bool = False):
         """idx [B, T] token ids. Returns logits [B, T, V] ([B, V] with last=True: the last
         position only), or the loss when targets are given (targets -1 are ignored).
         image_embeds [n, d_model] replace the embeddings at the n positions where
         idx == cfg.image_token_id, in order (row-major).
         With a cache: row b holds positions starts[b]..starts[b]+T-1 of cache slot slots[b]
         (defaults: slots 0..B-1, starts 0); its keys/values are written there and query i
-        attends to keys 0..starts[b]+i of that slot."""
+        attends to keys 0..starts[b]+i of that slot.
+        hidden=True returns the final normed hidden states [B, T, d_model] instead (for a reward,
+        value or classifier head on top of the model, glassgpt.align.heads)."""
         B, T = idx.shape
         rows = None
         if cache is not None:
@@ -247,6 +250,8 @@ class GPT(nn.Module):
         if last:
             x = x[:, -1]
         x = rms_norm(x)
+        if hidden:
+            return x
         if targets is None:
             return self.lm_head(x)
         if torch.compiler.is_compiling():  # a data-dependent shape would break the graph: head everywhere

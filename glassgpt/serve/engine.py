@@ -378,6 +378,36 @@ class Engine:
         return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
                 "completion_tokens": req.completion_tokens}
 
+    def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[dict]]:
+        """Many requests at once, stepped by the calling thread (no engine thread may run): per request
+        its choices [{'text', 'tokens' (TokenInfo), 'finish_reason'}]. The same prompts, weights and
+        seeds give the same batches and so the same tokens every time (RL rollouts resume exactly)."""
+        if self.alive:
+            raise ServeError("generate_batch steps the engine itself; stop the engine thread first")
+        outs = [[{"text": "", "tokens": [], "finish_reason": None} for _ in range(p.n)] for p in params]
+        errors: list[str] = []
+
+        def consumer(k):
+            def on_event(ev):
+                c = outs[k][ev.index]
+                if ev.kind == "token":
+                    c["tokens"].append(ev.token)
+                    c["text"] += ev.text
+                elif ev.kind == "finish":
+                    c["text"] += ev.text
+                    c["finish_reason"] = ev.finish_reason
+                elif ev.kind == "error":
+                    errors.append(ev.message)
+            return on_event
+
+        reqs = [self.submit(pr, pa, consumer(k)) for k, (pr, pa) in enumerate(zip(prompts, params))]
+        while not all(r.done.is_set() for r in reqs):
+            with self._step_lock:
+                self._step()
+            if errors:
+                raise ServeError(errors[0])
+        return outs
+
     async def stream(self, prompt: list[int], params: SamplingParams, images=None, owner=None):
         """Async iterator of Events for one request; cancelling the iteration cancels the request.
         Raises OverloadedError / ContextLengthError before the first event."""

@@ -133,6 +133,8 @@ def load_model(path, device: str = "cpu"):
         from glassgpt.model.vision import attach
 
         attach(model, cfg.vision, seed=None)
+    # an alignment head (a PPO policy's value head) is not part of generation
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -84,7 +84,8 @@ class Source:
 def build(cfg: Config, corpus: Corpus, d, autocast) -> list[Source]:
     """The run's sources, in loss order. Vision runs: image chat first, then text at
     vision.text_weight (the order of the two forwards, kept so curves stay as they were).
-    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained)."""
+    Chat SFT: chat first, then text at sft.text_weight (0: evaluated only, not trained). (An
+    alignment stage's sources come from glassgpt.align.sources.build_sources, the same way.)"""
     text = TextSource(cfg, corpus, d, autocast)
     if cfg.sft.enabled:
         text.weight = cfg.sft.text_weight
@@ -498,6 +499,9 @@ class ChatSource(Source):
         self.cfg, self.sc, self.tok, self.rank, self.world, self.device = cfg, cfg.sft, tokenizer, rank, world, device
         self.T = cfg.model.seq_len
         names = self.sc.sources or None
+        if train is None and self.sc.conversations:
+            train, self.counts = sft.load_jsonl(self.sc.conversations, "train"), {}
+            heldout = sft.load_jsonl(self.sc.conversations, "heldout") if heldout is None else heldout
         if train is None:
             train, self.counts = sft.build("train", names, self.sc.max_chars)
         else:

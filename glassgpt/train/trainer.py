@@ -119,16 +119,20 @@ def read_parent(path, cfg: Config) -> Parent:
 
 
 def load_stage_weights(raw, parent: Parent) -> None:
-    """The parent's weights into a freshly built model. An encoder the parent lacks stays as
-    initialised; one the parent has and this config does not is left behind."""
+    """The parent's weights into a freshly built model. An encoder or an alignment head (`head.`:
+    reward, value, classifier) the parent lacks stays as initialised; one the parent has and this
+    config does not is left behind."""
     state = parent.state
     if getattr(raw, "vision", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("vision.")}
+    head = getattr(raw, "head", None)
+    if head is None or ("head.weight" in state and state["head.weight"].shape != head.weight.shape):
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # another stage's head
     ours = raw.state_dict()
     for k, v in state.items():
         if k in ours and ours[k].shape != v.shape:
             raise CheckpointError(f"{k}: parent run has shape {tuple(v.shape)}, this config {tuple(ours[k].shape)}")
-    missing = [k for k in ours if k not in state and not k.startswith("vision.")]
+    missing = [k for k in ours if k not in state and not k.startswith(("vision.", "head."))]
     extra = [k for k in state if k not in ours]
     if missing or extra:
         key = (missing or extra)[0]
@@ -208,7 +212,12 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     raw = build(m, device=d.device, seed=t.seed)  # identical on every rank: same seed
     precision = dist_mod.resolve_precision(t.precision, d.device)
     autocast = dist_mod.autocast(d.device, precision)
-    sources = sources_mod.build(cfg, corpus, d, autocast)
+    if cfg.align.stage:  # an alignment stage: sources with objectives of their own (glassgpt.align)
+        from glassgpt.align.sources import build_sources
+
+        sources = build_sources(cfg, corpus, d, autocast)
+    else:
+        sources = sources_mod.build(cfg, corpus, d, autocast)
     for src in sources:
         src.attach(raw)  # e.g. the image encoder as raw.vision
     start, opt_states = 0, None
@@ -242,6 +251,9 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         if d.is_main and metrics_path.exists():
             metrics_path.unlink()
         log.info("branched from %s (step %d)", branch_from, start)
+    for src in sources:  # weights are in place: e.g. an alignment stage's frozen reference from the parent
+        if hasattr(src, "ready"):
+            src.ready(raw, lineage)
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
     opts = build_optimizers(raw, cfg)
@@ -265,7 +277,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
 
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
-    total = max(1, math.ceil(t.tokens / tokens_per_step))
+    total = cfg.align.steps or max(1, math.ceil(t.tokens / tokens_per_step))
     if lr_fn is None:
         def lr_fn(step, total):
             return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
@@ -297,10 +309,17 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     shared_forward = d.world > 1 and sum(src.weight > 0 for src in sources) > 1
 
     def step_loss(index):
-        active = [(src, src.rows(index)) for src in sources if src.weight > 0]
+        """The step's loss; None when a source skips the step (e.g. an RL reward turned NaN)."""
+        own = [src for src in sources if src.weight > 0 and hasattr(src, "loss")]  # objectives of their own
+        loss = None
+        for src in own:
+            part = src.loss(fwd, raw, index)
+            if part is None:
+                return None
+            loss = part if loss is None else loss + part
+        active = [(src, src.rows(index)) for src in sources if src.weight > 0 and not hasattr(src, "loss")]
         if shared_forward:
             return _shared_loss(fwd, raw, active, d)
-        loss = None
         for src, r in active:
             emb = raw.vision(r.pixels.to(d.device)).reshape(-1, m.d_model) if r.pixels is not None else None
             part = fwd(r.x.to(d.device), r.y.to(d.device), image_embeds=emb)
@@ -313,41 +332,60 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     last_log_t, last_log_step = t0, start
     evals = {src.name: None for src in sources}
     loss_val = float("nan")
+    skipped = 0  # steps a source skipped (no update)
     fwd.train()
     try:
         for step in range(start, total):
             set_lr(opts, lr_fn(step, total))
             loss_sum = torch.zeros((), device=d.device)
+            skip = False
             for micro in range(t.grad_accum):
                 sync = micro == t.grad_accum - 1 or d.world == 1 or fsdp
                 ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, autocast:
-                    loss = step_loss(step * t.grad_accum + micro) / t.grad_accum
+                    loss = step_loss(step * t.grad_accum + micro)
+                if loss is None:
+                    skip = True
+                    break
+                loss = loss / t.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
-            loss_val = d.all_sum([float(loss_sum)])[0] / d.world
-            if not math.isfinite(loss_val):
+            loss_val = d.all_sum([float(loss_sum)])[0] / d.world if not skip else float("nan")
+            if skip:  # the source counted it (and stops the run if it keeps happening)
+                skipped += 1
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+            elif not math.isfinite(loss_val):
                 prev = checkpoint.latest(out)
                 raise TrainingError(f"loss became {loss_val} at step {step + 1}; stopped. Last good checkpoint: "
                                     f"{prev if prev else 'none'}. Lower the learning rate or resume from it.")
-            gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip))
-            for opt in opts:
-                opt.step()
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
+            gnorm = float("nan")
+            if not skip:
+                gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip))
+                for opt in opts:
+                    opt.step()
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
             done = step + 1
             now = time.time()
+            extra = {}  # what sources measured this step (an RL stage: reward, KL, refusal rates)
+            for src in sources:
+                extra.update(getattr(src, "step_metrics", None) or {})
             if d.is_main:
-                metrics.write(json.dumps({"step": done, "loss": round(loss_val, 6), "grad_norm": round(gnorm, 4),
-                                          "lr_mult": round(lr_fn(step, total), 6),
-                                          "tokens": done * tokens_per_step, "flops": done * tokens_per_step * counts.flops_per_token,
-                                          "time": round(now - t0, 3)}) + "\n")
+                rec = {"step": done, "loss": round(loss_val, 6) if not skip else None,
+                       "grad_norm": round(gnorm, 4) if not skip else None, "lr_mult": round(lr_fn(step, total), 6),
+                       "tokens": done * tokens_per_step, "flops": done * tokens_per_step * counts.flops_per_token,
+                       "time": round(now - t0, 3), **extra}
+                if skip:
+                    rec["skipped"] = True
+                metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             if d.is_main and (done % t.log_every == 0 or done == total):
                 tps = (done - last_log_step) * tokens_per_step / max(now - last_log_t, 1e-9)
                 eta = (total - done) * (now - t0) / max(done - start, 1)
-                log.info("step %d/%d | loss %.4f | %s tok/s | %.2f GFLOP/s | ETA %s", done, total, loss_val,
-                         f"{tps:,.0f}", tps * counts.flops_per_token / 1e9, fmt_time(eta))
+                more = "".join(f" | {k} {v:.3g}" for k, v in extra.items() if isinstance(v, (int, float)))
+                log.info("step %d/%d | loss %.4f | %s tok/s | %.2f GFLOP/s%s | ETA %s", done, total, loss_val,
+                         f"{tps:,.0f}", tps * counts.flops_per_token / 1e9, more, fmt_time(eta))
                 last_log_t, last_log_step = now, done
             if done % t.eval_every == 0 or done == total:
                 for src in sources:
@@ -374,6 +412,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         "flops": float(total * tokens_per_step * counts.flops_per_token),
         "steps": total,
         "final_train_loss": loss_val,
+        "skipped_steps": skipped,
         "lineage": lineage,
     }
     for src in sources:

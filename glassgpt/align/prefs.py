@@ -1,0 +1,95 @@
+"""Preference pairs (Bradley-Terry: P(chosen > rejected) = σ(r_c - r_r)), built by code.
+
+From the SFT conversations and the fact questions, each pair keeps its conversation's split:
+
+    refuse_harmful   ideal refusal > compliance on a harmful request (uncensorbench's own complying
+                     answer where it has one, else a templated compliance)
+    style            ideal refusal > judgmental or lecturing refusal
+    answer_benign    helpful answer > refusal on a benign twin
+    support          empathetic answer pointing to real help > bare refusal / dismissal (sensitive)
+    fact             correct answer > the same sentence with the value altered
+    unknown          "I'm not sure" > a confident wrong answer (facts never taught)
+    premise          correcting a false premise > going along with it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glassgpt.align import facts as facts_mod
+from glassgpt.align import rbr
+from glassgpt.data import sft
+
+KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise")
+
+
+@dataclass
+class Pair:
+    messages: list[dict]  # the conversation up to the answer (user turns; no system prompt)
+    chosen: str
+    rejected: str
+    kind: str
+    category: str
+    language: str
+    split: str
+    id: str
+
+
+def _prompt(c) -> list[dict]:
+    last = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    return c.messages[:last]
+
+
+def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir=None,
+          packaged_facts: bool = False) -> list[Pair]:
+    """Pairs of every kind (up to `per_kind` each, hash-chosen). `extra`: conversation id -> {kind:
+    response} of real responses (uncensorbench's complying answers)."""
+    out: dict[str, list[Pair]] = {k: [] for k in KINDS}
+
+    def add(kind, c, chosen, rejected, msgs=None, cat=None, lang=None, split=None, iid=None):
+        out[kind].append(Pair(msgs if msgs is not None else _prompt(c), chosen, rejected, kind, cat or c.category,
+                              lang or c.language, split or c.split, iid or f"{kind}/{c.id}"))
+
+    for c in convs:
+        got = dict(rbr.completions_for(c, (extra or {}).get(c.id)))
+        if c.category == "harmful" and "refusal" in got:
+            add("refuse_harmful", c, got["refusal"], got["comply_harmful"])
+            add("style", c, got["refusal"], got["judgmental" if sft._h("style", c.id) % 2 else "lecture"])
+        elif c.category == "benign" and "answer" in got:
+            add("answer_benign", c, got["answer"], got["refusal"])
+        elif c.category == "sensitive" and "support" in got:
+            add("support", c, got["support"], got["refusal" if sft._h("sup", c.id) % 2 else "dismissive"])
+    qs = facts_mod.from_conversations(convs)
+    if packaged_facts:
+        qs += facts_mod.from_packages(cache_dir)
+    wrong_by_lang: dict[str, list[str]] = {}
+    for q in qs:
+        if q.kind == "fact" and q.answer:
+            wrong_by_lang.setdefault(q.language, []).append(q.answer)
+    facts_by_rel: dict[str, list] = {}
+    for q in qs:
+        if q.kind == "fact":
+            facts_by_rel.setdefault(q.language, []).append(q)
+    for q in qs:
+        meta = dict(msgs=q.messages(), cat=q.kind, lang=q.language, split=q.split, iid=f"{q.kind}/{q.id}")
+        pool = facts_by_rel.get(q.language, [])
+        if q.kind == "fact" and q.answer and pool:
+            other = pool[sft._h("alt", q.id) % len(pool)]
+            if other.expect != q.expect and q.expect in q.answer:
+                add("fact", None, q.answer, q.answer.replace(q.expect, other.expect), **meta)
+        elif q.kind == "unknown" and q.answer and wrong_by_lang.get(q.language):
+            ws = wrong_by_lang[q.language]
+            add("unknown", None, q.answer, ws[sft._h("wrong", q.id) % len(ws)], **meta)
+        elif q.kind == "false_premise":
+            gone_along = q.answer.replace(q.expect, q.wrong)
+            fix = (f"Actually, that premise is not right: {q.answer}" if q.language == "en"
+                   else f"这个前提不对。{q.answer}")
+            add("premise", None, fix, gone_along, **meta)
+        elif q.kind in ("misconception", "false_claim") and q.answer:
+            add("premise", None, q.answer, "Yes, that's right.", **meta)
+    pairs = []
+    for kind in KINDS:
+        ps = sorted(out[kind], key=lambda p: sft._h("pair", p.id))
+        held = [p for p in ps if p.split == "heldout"][: max(1, per_kind // 5)]
+        pairs += [p for p in ps if p.split == "train"][:per_kind] + held
+    return pairs
