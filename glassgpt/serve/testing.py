@@ -16,16 +16,18 @@ from pathlib import Path
 _TINY: dict[str, Path] = {}
 
 
-def tiny_checkpoint(tokens: int = 20000) -> Path:
-    """Train the `tiny` preset once per process (seconds) and return its run directory."""
-    key = str(tokens)
+def tiny_checkpoint(tokens: int = 20000, seq_len: int | None = None) -> Path:
+    """Train the `tiny` preset once per process (seconds) and return its run directory.
+    seq_len: a longer context than the preset's 64 tokens (e.g. for whole JSON answers)."""
+    key = f"{tokens}:{seq_len}"
     if key not in _TINY:
         from glassgpt import config
         from glassgpt.train.trainer import train
 
         root = Path(tempfile.mkdtemp(prefix="glassgpt-serve-"))
         atexit.register(shutil.rmtree, root, True)
-        cfg = config.load("tiny", [f"train.tokens={tokens}", f"data.cache_dir={root / 'cache'}", "data.heldout=[]"])
+        extra = [f"model.seq_len={seq_len}"] if seq_len else []
+        cfg = config.load("tiny", [f"train.tokens={tokens}", f"data.cache_dir={root / 'cache'}", "data.heldout=[]", *extra])
         train(cfg, root / "run")
         _TINY[key] = root / "run"
     return _TINY[key]
