@@ -41,11 +41,11 @@ def user(text="hello"):
     return [{"role": "user", "content": text}]
 
 
-def test_200_random_schemas_always_validate(env):
-    """200 requests, each with its own random schema, 8 at a time (batched with each other
-    and with unconstrained requests): every answer parses and validates."""
+def check_random_schemas(env, count: int) -> None:
+    """`count` requests, each with its own random schema, 8 at a time (batched with each other
+    and with unconstrained requests): every answer parses and validates, finish_reason "stop"."""
     rng = random.Random(1234)
-    schemas = [random_schema(rng) for _ in range(200)]
+    schemas = [random_schema(rng) for _ in range(count)]
 
     def ask(i):
         body = {"model": MODEL, "messages": user(f"Answer in JSON, number {i}."), "max_tokens": 400, "seed": i,
@@ -58,7 +58,7 @@ def test_200_random_schemas_always_validate(env):
         return r.json()["choices"][0]
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(ask, range(200)))
+        results = list(pool.map(ask, range(count)))
     bad = []
     for i, ch in enumerate(results):
         try:
@@ -66,7 +66,17 @@ def test_200_random_schemas_always_validate(env):
             assert ch["finish_reason"] == "stop"
         except (ValueError, jsonschema.ValidationError, AssertionError) as e:
             bad.append((i, ch["finish_reason"], ch["message"]["content"][:200], str(e)[:200]))
-    assert not bad, f"{len(bad)} of 200 failed: {bad[:3]}"
+    assert not bad, f"{len(bad)} of {count} failed: {bad[:3]}"
+
+
+def test_random_schemas_always_validate(env):
+    check_random_schemas(env, 40)
+
+
+@pytest.mark.slow
+def test_200_random_schemas_always_validate(env):
+    """The issue's must-hold: 200 random schemas, 100% valid (about 35 s on 2 busy cores)."""
+    check_random_schemas(env, 200)
 
 
 def test_json_object_and_streaming_json_schema(env, client):
@@ -221,11 +231,12 @@ def test_tool_calls_stream_in_openai_shape(client):
     jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
 
 
-def test_tool_choice_auto_gives_text_or_valid_calls(client):
+def test_tool_choice_auto_gives_text_or_valid_calls(env, client):
+    lt = env["engine"].tokenizer.encode("<")[0]
     kinds = set()
     for seed in range(6):
         r = client.chat.completions.create(model=MODEL, messages=user("hi"), tools=[WEATHER], max_tokens=60, seed=seed,
-                                           logit_bias={"60": 3} if seed % 2 else None)  # '<' (60) more likely
+                                           logit_bias={str(lt): 5} if seed % 2 else None)  # a call more likely
         ch = r.choices[0]
         if ch.message.tool_calls:
             kinds.add("call")
@@ -300,7 +311,7 @@ BAD = [
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[0].tool_calls"),
-    ("/v1/chat/completions", {"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
 ]
 
 

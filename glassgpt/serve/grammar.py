@@ -117,11 +117,11 @@ class Constraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """logits with every token the grammar forbids next set to -inf."""
-        allowed = torch.frombuffer(bytearray(self.m.compute_logit_bias()), dtype=torch.uint8)[: self.vocab_size]
-        out = torch.full_like(logits, float("-inf"))
-        keep = allowed.to(logits.device) != 0
-        out[: self.vocab_size][keep] = logits[: self.vocab_size][keep]
-        return out
+        # One byte per token (0: forbidden), computed by the library without the GIL.
+        banned = torch.frombuffer(bytearray(self.m.compute_logit_bias()), dtype=torch.uint8)[: self.vocab_size] == 0
+        if logits.numel() > self.vocab_size:  # rows past the tokenizer's vocabulary are never allowed
+            banned = torch.nn.functional.pad(banned, (0, logits.numel() - self.vocab_size), value=True)
+        return logits.masked_fill(banned.to(logits.device), float("-inf"))
 
     def accept(self, token: int) -> bool:
         """Advance past the sampled token; False if the grammar refused it (cannot happen
