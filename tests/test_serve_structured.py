@@ -326,3 +326,17 @@ def test_bad_inputs_are_400_naming_the_param(env, path, extra, param):
     assert err["type"] == "invalid_request_error" and err["message"]
     if param is not None:
         assert err["param"] == param, err
+
+
+def test_call_cut_by_max_tokens_is_text_with_length(client):
+    kw = dict(model=MODEL, messages=user(), tools=[WEATHER], tool_choice="required", max_tokens=4)
+    r = client.chat.completions.create(**kw)
+    ch = r.choices[0]
+    assert ch.finish_reason == "length" and not ch.message.tool_calls
+    assert "<tool_call>".startswith(ch.message.content) or ch.message.content.startswith("<tool_call>")
+    text, reasons = "", []
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            reasons.append(c.finish_reason)
+    assert text == ch.message.content and reasons[-1] == "length"

@@ -349,9 +349,10 @@ def legacy_logprobs(tok, infos, text_start: int = 0) -> dict:
 
 class ToolCallText:
     """One choice's text read as a tool-call answer or a text answer. With tools, the grammar
-    lets a text answer not begin with '<', so the first character decides: a call answer is
-    `<tool_call>{...}</tool_call>`… (glassgpt.data.chat's format); each complete call becomes
-    an OpenAI tool call."""
+    keeps a text answer from beginning with '<', so the first character decides: a call answer
+    is `<tool_call>{...}</tool_call>`… (glassgpt.data.chat's format); each complete call becomes
+    an OpenAI tool call. A call answer cut before any call completed stays text, as the
+    non-streaming answer has it."""
 
     def __init__(self):
         self.text, self.calling, self.calls = "", None, []
@@ -880,6 +881,13 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                         elif ev.kind == "finish":
                             if tools_on:
                                 for c in tool_chunks(ev.index, ev.text):
+                                    yield sse(c)
+                                held = calls[ev.index]
+                                if held.calling and not held.calls and held.text:  # cut before a call completed
+                                    c = {**base, "choices": [{"index": ev.index, "delta": {"content": held.text},
+                                                              "logprobs": None, "finish_reason": None}]}
+                                    if include_usage:
+                                        c["usage"] = None
                                     yield sse(c)
                             elif ev.text:
                                 c = {**base, "choices": [{"index": ev.index, "delta": {"content": ev.text},

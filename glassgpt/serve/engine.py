@@ -128,6 +128,7 @@ class Request:
         self.completion_tokens = 0  # over all choices, updated by the engine as it goes
         self.finished_choices = 0
         self.first_token_at: float | None = None
+        self.bias: torch.Tensor | None = None  # params.logit_bias as a dense row, built at the first sample
 
     def cancel(self) -> None:
         """Stop generating at the next token boundary (e.g. the client disconnected)."""
@@ -417,7 +418,7 @@ class Engine:
         the tokens generated so far in this sequence), and the tokens its grammar forbids masked."""
         p = seq.req.params
         if p.logit_bias:
-            bias = getattr(seq.req, "bias", None)
+            bias = seq.req.bias
             if bias is None:  # built once per request, shared by its choices
                 bias = torch.zeros_like(logits)
                 ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
