@@ -340,3 +340,22 @@ def test_call_cut_by_max_tokens_is_text_with_length(client):
             text += c.delta.content or ""
             reasons.append(c.finish_reason)
     assert text == ch.message.content and reasons[-1] == "length"
+
+
+def test_sdk_parse_with_a_pydantic_model(client):
+    """The SDK's structured-output helper: a pydantic model becomes a strict json_schema, and the
+    SDK parses the answer back into the model."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=8)
+        population: int = Field(ge=0, le=10_000_000)
+        capital: bool
+        climate: Literal["dry", "wet"]
+
+    r = client.chat.completions.parse(model=MODEL, messages=user("a city"), response_format=City, max_tokens=120,
+                                      seed=1)
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City) and r.choices[0].finish_reason == "stop"

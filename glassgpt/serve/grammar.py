@@ -95,10 +95,10 @@ class Grammars:
 
 
 def _json_rule(schema: dict | None, param: str) -> str:
-    schema = {"type": "object"} if schema is None else dict(schema)
-    if not isinstance(schema, dict):
+    if schema is not None and not isinstance(schema, dict):
         raise ServeError(f"'{param}' must hold a JSON Schema object.", param=param, code="invalid_value")
-    schema["x-guidance"] = {**JSON_STYLE, **(schema.get("x-guidance") or {})}
+    schema = {"type": "object"} if schema is None else dict(schema)
+    schema["x-guidance"] = JSON_STYLE  # the compiler's options: ours, whatever the schema says
     return "%json " + json.dumps(schema)
 
 
