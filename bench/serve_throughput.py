@@ -15,9 +15,10 @@ depend on the weights) and its context stretched to 1024 so that 512 tokens fit:
    stream at 512 tokens of context and 16 clients, each phase alternated twice, best kept
    (goal >= 1.5x on a CPU with native bf16). `--width 512 --depth 5` is the 20M shape.
 5. constrained decoding (`response_format` json_schema through llguidance, random schemas from
-   glassgpt.serve.testing) against unconstrained decoding of the same prompts: decode time per
-   token (first token to last, so prefill and grammar compilation are left out), single stream
-   and 16 clients. `--only-structured` runs this section alone.
+   glassgpt.serve.testing), single stream and 16 clients: the time spent inside the grammar per
+   sequence-token as a share of the constrained decode step, and the decode time per token
+   against unconstrained decoding of the same prompts (first token to last, so prefill and
+   grammar compilation are left out). `--only-structured` runs this section alone.
 
 Clients are threads calling the engine directly (the HTTP layer is measured by the load
 test in tests/test_serve_load.py, not here).

@@ -9,9 +9,9 @@ follow: a JSON value's closing brace) or when the model picks the end token wher
 grammar allows it; max_tokens still cuts it ("length"), as OpenAI does.
 
 The grammar library is llguidance: of the three maintained libraries measured by
-`bench/structured_overhead.py` (llguidance, xgrammar, outlines-core) it costs the least per
-generated token on CPU and compiles a schema in about a millisecond (docs/serving.md has the
-numbers). Its tokenizer view is built once per engine from glassgpt's own vocabulary: every
+`bench/structured_overhead.py` (llguidance, xgrammar, outlines-core) it is the one whose
+answers always validated, at a per-token cost of a few percent of a decode step and a few
+milliseconds to compile a schema (docs/serving.md has the numbers). Its tokenizer view is built once per engine from glassgpt's own vocabulary: every
 token's bytes (the byte-level BPE maps each id to bytes exactly), special tokens marked as
 such, and <|assistant_end|> as the end token.
 
