@@ -23,7 +23,8 @@ SUBCOMMANDS = ("list", "report", "fetch-registry")
 
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry_path", "--registry-path", action="append", default=[], metavar="DIR",
-                   help="a registry directory in the openai/evals layout (repeatable); also $GLASSGPT_EVALS_REGISTRY")
+                   help="a registry directory in the openai/evals layout (repeatable); also $GLASSGPT_EVALS_REGISTRY; "
+                        "the one `glassgpt eval fetch-registry` unpacked is always read")
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -86,11 +87,11 @@ def _print_results(res) -> None:
 
 def cmd_run(argv: list[str]) -> int:
     from glassgpt.evals.completion_fns import parse_kv
-    from glassgpt.evals.registry import Registry, env_registry_paths
+    from glassgpt.evals.registry import Registry, default_registry_paths
     from glassgpt.evals.runner import run_target
 
     a = run_parser().parse_args(argv)
-    registry = Registry(env_registry_paths() + [Path(p) for p in a.registry_path])
+    registry = Registry(default_registry_paths(a.registry_path))
     cache_dir = None
     if a.cache:
         cache_dir = Path(a.cache_dir) if a.cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glassgpt" / "eval-responses"
@@ -105,14 +106,14 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
-    from glassgpt.evals.registry import Registry, env_registry_paths
+    from glassgpt.evals.registry import Registry, default_registry_paths
 
     p = ArgumentParser(prog="glassgpt eval list", description="List the evals the registries hold.")
     _registry_args(p)
     p.add_argument("--all", action="store_true", help="also list evals whose class glassgpt does not implement")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    reg = Registry(env_registry_paths() + [Path(x) for x in a.registry_path])
+    reg = Registry(default_registry_paths(a.registry_path))
     rows = reg.listing()
     n_ok = sum(r["supported"] for r in rows)
     if a.json:
@@ -158,7 +159,10 @@ def cmd_fetch(argv: list[str]) -> int:
     p.add_argument("--wheel", default=None, help="unpack this already-downloaded wheel instead")
     a = p.parse_args(argv)
     path = fetch_registry(a.dest, a.version, a.wheel)
-    print(f"registry unpacked to {path}\nuse it with: glassgpt eval list --registry_path {path}")
+    if a.dest is None:
+        print(f"registry unpacked to {path}\nfound by default from now on: glassgpt eval list")
+    else:
+        print(f"registry unpacked to {path}\nuse it with: glassgpt eval list --registry_path {path}")
     return 0
 
 

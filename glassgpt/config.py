@@ -137,6 +137,13 @@ class VisionConfig:
     lr: float = 0.002  # AdamW, encoder and projector
     muon_lr: float = 0.0  # > 0: Muon at this rate for the encoder's weight matrices and conv filters (not the first)
     eval_samples: int = 200  # held-out samples per task at each eval
+    # Image chat as people ask it (glassgpt.data.image_chat): phrased questions in English and
+    # Chinese under the chat system prompt, follow-ups, no-image and unrelated questions. With
+    # sft.enabled the assistant's text chat trains beside it (the vision stage of the chat model).
+    chat: bool = False
+    no_image: float = 0.05  # share of conversations asking about an image with none attached
+    unrelated: float = 0.05  # share with an image and a question that is not about it
+    follow_up: float = 0.35  # share of image conversations with a second question about the same image
 
     @property
     def grid(self) -> int:
@@ -384,12 +391,16 @@ def validate(cfg: Config) -> None:
                               f"divisible by patch_size/2")
         if v.width % v.head_dim:
             raise ConfigError(f"vision.width={v.width} must be a multiple of vision.head_dim={v.head_dim}")
+        if not (0 <= v.no_image <= 1 and 0 <= v.unrelated <= 1 and 0 <= v.follow_up <= 1 and v.no_image + v.unrelated <= 1):
+            raise ConfigError("vision.no_image, vision.unrelated and vision.follow_up are shares in [0, 1], "
+                              "no_image + unrelated at most 1")
         if v.batch_size <= 0 or v.text_weight < 0 or v.muon_lr < 0:
             raise ConfigError("vision.batch_size must be positive, vision.text_weight and vision.muon_lr non-negative")
     s = cfg.sft
     if s.enabled:
-        if v.enabled:
-            raise ConfigError("sft.enabled and vision.enabled in one run: train them as separate stages (--init-from)")
+        if v.enabled and not v.chat:
+            raise ConfigError("sft.enabled and vision.enabled in one run train the chat model's vision stage: set "
+                              "vision.chat=true (phrased image chat beside the text chat), or train them as separate stages")
         if s.batch_size <= 0 or s.text_weight < 0 or s.eval_samples < 0 or s.eval_max_tokens <= 0 or s.eval_batch <= 0:
             raise ConfigError("sft.batch_size, sft.eval_max_tokens and sft.eval_batch must be positive, "
                               "sft.text_weight and sft.eval_samples non-negative")

@@ -2,7 +2,8 @@
 
 Behaviour is scripted per test: `mode` = "ok" (echo the last message upper-cased),
 "429" (rate-limit the first `fail_first` calls), "500", "garbage" (non-JSON body),
-"down" (close the connection)."""
+"down" (close the connection). `models`: the ids GET /v1/models lists; every request's
+(method, path, body) is kept in `requests`."""
 
 import json
 import threading
@@ -10,8 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Stub:
-    def __init__(self, mode="ok", fail_first=0, reply=None):
+    def __init__(self, mode="ok", fail_first=0, reply=None, models=()):
         self.mode, self.fail_first, self.reply = mode, fail_first, reply
+        self.models = list(models)
+        self.requests = []
         self.calls = 0
         self.lock = threading.Lock()
         stub = self
@@ -20,9 +23,25 @@ class Stub:
             def log_message(self, *a):
                 pass
 
+            def do_GET(self):
+                stub.requests.append(("GET", self.path, None))
+                if not self.path.endswith("/models"):
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                               "owned_by": "stub"} for m in stub.models]}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self):
                 n = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
+                stub.requests.append(("POST", self.path, body))
                 with stub.lock:
                     stub.calls += 1
                     call = stub.calls

@@ -314,7 +314,8 @@ def test_list_shows_cached_status(fake, tmp_path):
 def test_registry_is_complete_and_pinned():
     for s in packaged.SOURCES.values():
         assert s.manager in packaged.CLIENTS and s.members and s.licence and s.what and s.size
-        assert s.kind in {"pretrain-en", "pretrain-zh", "chat", "safety", "factuality", "long"}
+        assert s.kind in {"pretrain-en", "pretrain-zh", "chat", "safety", "factuality", "long", "image"}
+        assert all(v for _, v in s.extra), s.name  # every further package pinned too
         assert (s.version is None) == (s.manager == "deb"), s.name  # PyPI/npm pinned; Debian records
         assert s.reader is None or s.reader in packaged.READERS
 

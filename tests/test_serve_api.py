@@ -222,7 +222,8 @@ def test_legacy_echo_logprobs(client):
     c = r.choices[0]
     assert c.text == "import os\nimport sys"
     assert "".join(c.logprobs.tokens) == c.text
-    assert all(isinstance(x, float) and x <= 0 for x in c.logprobs.token_logprobs)
+    assert c.logprobs.token_logprobs[0] is None  # as OpenAI: the first echoed token has no logprob
+    assert all(isinstance(x, float) and x <= 0 for x in c.logprobs.token_logprobs[1:])
     assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(c.logprobs.tokens)
     r2 = client.completions.create(model=MODEL, prompt=["a = 1", "b = 2"], max_tokens=3, n=2, temperature=0)
     assert [c.index for c in r2.choices] == [0, 1, 2, 3]

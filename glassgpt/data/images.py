@@ -10,172 +10,35 @@ Sources yield `Sample(image, question, answer, task)`: one chat turn with one im
   `scenes` captions the shapes scenes ("red circle, blue square", left to right).
 - `folder`: a folder of images with a JSONL of captions or question/answer pairs.
 
-`load_image` turns user bytes (API, chat, folders) into an RGB image or raises one
-`ImageError` with a one-line message: corrupt, truncated, empty, tiny, huge, animated,
-CMYK, 16-bit and non-image inputs are refused, never crashed on.
+`load_image` (glassgpt.data.imagefile, re-exported here) turns user bytes (API, chat, folders)
+into an RGB image or raises one `ImageError` with a one-line message: corrupt, truncated,
+empty, tiny, huge, animated, CMYK, 16-bit and non-image inputs are refused, never crashed on.
+The tasks read from fetched packages (emoji, flags, words, hanzi) are glassgpt.data.image_packs.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
-import warnings
 import zlib
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
+from glassgpt.data import image_packs
+from glassgpt.data.imagefile import (  # noqa: F401  (re-exported: the public names of image input)
+    FORMATS, MAX_PIXELS, MAX_SIDE, MIN_SIDE, RENDER, ImageError, Sample, _pil, _rng, decode_data_url, load_image,
+    to_data_url, to_rgb)
 from glassgpt.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE = 4  # pixels; a 1×1 image carries nothing to see
-MAX_SIDE = 8192
-MAX_PIXELS = 36_000_000  # checked from the header, before any pixel is decoded
-FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-RENDER = 64  # side of procedurally rendered images (the encoder resizes anyway)
 HELDOUT_BUCKETS = 10  # 1 in 10 content hashes is held out for procedural tasks
 DIGITS_HELDOUT = 300
 
 
-class ImageError(DataError):
-    """An image that cannot be used: corrupt, truncated, too small or large, or unsupported."""
-
-
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImageError("image input needs Pillow: pip install pillow") from None
-    return Image
-
-
-# --- decoding and validation ---------------------------------------------------------------
-def load_image(src, *, name: str = "image", animated: str = "error"):
-    """bytes, a path, or a PIL image → an RGB PIL image (validated).
-
-    animated: "error" refuses multi-frame images; "first" takes the first frame (the API's
-    GIF rule). Every failure is an ImageError with a message that names `name`."""
-    Image = _pil()
-    from PIL import UnidentifiedImageError
-
-    if isinstance(src, Image.Image):
-        im = src
-    else:
-        if isinstance(src, (str, Path)):
-            p = Path(src)
-            name = name if name != "image" else str(p)
-            try:
-                data = p.read_bytes()
-            except FileNotFoundError:
-                raise ImageError(f"{name}: file not found") from None
-            except OSError as e:
-                raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
-        elif isinstance(src, (bytes, bytearray, memoryview)):
-            data = bytes(src)
-        else:
-            raise ImageError(f"{name}: expected image bytes, a path or a PIL image, not {type(src).__name__}")
-        if not data:
-            raise ImageError(f"{name}: the file is empty (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            if isinstance(e, UnidentifiedImageError):
-                raise ImageError(f"{name}: not an image Pillow can read (send PNG, JPEG, WebP or GIF)") from None
-            raise ImageError(f"{name}: image is too large (limit {MAX_SIDE}×{MAX_SIDE}, {MAX_PIXELS:,} pixels)") from None
-        except Exception as e:  # a damaged header
-            raise ImageError(f"{name}: corrupt image header ({type(e).__name__})") from None
-        if im.format not in FORMATS:
-            raise ImageError(f"{name}: {im.format} images are not accepted (send PNG, JPEG, WebP or GIF)")
-    w, h = im.size
-    if w == 0 or h == 0:
-        raise ImageError(f"{name}: image has zero size ({w}×{h})")
-    if w < MIN_SIDE or h < MIN_SIDE:
-        raise ImageError(f"{name}: image is {w}×{h}; at least {MIN_SIDE}×{MIN_SIDE} pixels are needed")
-    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
-        raise ImageError(f"{name}: image is {w}×{h}, too large (limit {MAX_SIDE}×{MAX_SIDE}, {MAX_PIXELS:,} pixels); downscale it")
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1 and animated != "first":
-        raise ImageError(f"{name}: animated image with {frames} frames; send a single still image")
-    if im.mode == "CMYK":
-        raise ImageError(f"{name}: CMYK images are not supported; convert it to RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") or im.info.get("bits", 8) > 8 \
-            or (getattr(im, "format", None) == "PNG" and im.mode.startswith("I")):
-        raise ImageError(f"{name}: 16-bit or high-bit-depth images ({im.mode}) are not supported; save it as 8-bit")
-    if im.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "La"):
-        raise ImageError(f"{name}: image mode {im.mode} is not supported; convert it to RGB")
-    try:
-        if frames > 1:
-            im.seek(0)
-        im.load()
-    except Exception as e:  # truncated data, bad checksums, broken compressed streams
-        raise ImageError(f"{name}: truncated or corrupt image data ({str(e).splitlines()[0][:80] or type(e).__name__})") from None
-    return to_rgb(im)
-
-
-def to_rgb(im):
-    """Any 8-bit mode → RGB; transparency composited onto white."""
-    Image = _pil()
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "RGBa", "La"):
-        bg = Image.new("RGB", im.size, (255, 255, 255))
-        bg.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
-        return bg
-    return im.convert("RGB")
-
-
-def decode_data_url(url: str, *, name: str = "image", animated: str = "first"):
-    """`data:image/...;base64,...` → RGB image (ImageError otherwise)."""
-    import base64
-    import binascii
-
-    if not isinstance(url, str) or not url.startswith("data:"):
-        raise ImageError(f"{name}: expected a data: URL")
-    head, sep, payload = url.partition(",")
-    if not sep or ";base64" not in head:
-        raise ImageError(f"{name}: expected data:image/<format>;base64,<data>")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError(f"{name}: malformed base64 data") from None
-    return load_image(data, name=name, animated=animated)
-
-
-def to_data_url(im, fmt: str = "PNG") -> str:
-    import base64
-
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 # --- samples and splits --------------------------------------------------------------------
-@dataclass
-class Sample:
-    image: object  # PIL.Image (RGB)
-    question: str
-    answer: str
-    task: str
-
-    def messages(self, with_answer: bool = True) -> list[dict]:
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
-        if with_answer:
-            msgs.append({"role": "assistant", "content": self.answer})
-        return msgs
-
-
-def _rng(seed: int, *parts) -> random.Random:
-    return random.Random(zlib.crc32(repr((seed,) + parts).encode()))
-
-
 def is_heldout_key(key: str) -> bool:
     return zlib.crc32(key.encode()) % HELDOUT_BUCKETS == 0
 
@@ -194,16 +57,23 @@ def _draw_split(make: Callable[[random.Random], tuple], seed: int, task: str, sp
 # --- real images: scikit-learn -------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _digits():
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("the digits source needs scikit-learn: pip install scikit-learn") from None
+    """The 1,797 digits from the fetched scikit-learn wheel (`glassgpt data fetch sklearn-digits`),
+    else from the installed scikit-learn: the same file, so the same arrays and split."""
     import numpy as np
 
-    d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.target))  # the split is fixed, whatever the run seed
+    got = image_packs.sklearn_digits()
+    if got is None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError("the digits source needs `glassgpt data fetch sklearn-digits` "
+                            "(or scikit-learn installed)") from None
+        d = load_digits()
+        got = d.images, d.target
+    images, target = got
+    order = np.random.default_rng(0).permutation(len(target))  # the split is fixed, whatever the run seed
     held, train = order[:DIGITS_HELDOUT], order[DIGITS_HELDOUT:]
-    return d.images, d.target, train, held
+    return images, target, train, held
 
 
 def _digit_image(pixels, shift=(0, 0)):
@@ -237,7 +107,9 @@ def digits(seed: int, split: str, index: int) -> Sample:
             raise DataError(f"digits has {len(held)} held-out images; index {index} does not exist")
         i = int(held[index])
         img = _digit_image(images[i])
-    return Sample(img, "Which digit is this?", str(int(target[i])), "digits")
+    d = int(target[i])
+    return Sample(img, "Which digit is this?", str(d), "digits", "digit",
+                  facts={"digit": (str(d), str(d)), "parity": (("even", "偶数"), ("odd", "奇数"))[d % 2]})
 
 
 @lru_cache(maxsize=1)
@@ -262,6 +134,19 @@ def photos(seed: int, split: str, index: int) -> Sample:
 
 
 # --- procedural: shapes --------------------------------------------------------------------
+# Chinese for the words the shapes task answers with (colours, shapes, directions).
+ZH = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "orange": "橙色",
+      "circle": "圆形", "square": "正方形", "triangle": "三角形",
+      "further left": "更靠左", "further right": "更靠右", "higher": "更高", "lower": "更低"}
+
+
+def zh_words(text: str) -> str:
+    """'red circle' -> '红色圆形'; words ZH does not know stay as they are."""
+    if text in ZH:
+        return ZH[text]
+    return "".join(ZH.get(w, w) for w in text.split())
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
            "yellow": (235, 200, 20), "purple": (140, 40, 170), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -317,6 +202,7 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
     if kind == "count":
         objs = _scene(rng, rng.randint(1, 6), radii)
         q, a = "How many shapes are there?", str(len(objs))
+        slots = {}
     elif kind in ("colour", "shape"):
         objs = _scene(rng, rng.randint(1, 4), radii)
         shapes = [o[0] for o in objs]
@@ -327,12 +213,14 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
                 objs, uniq = objs[:1], objs[:1]
             o = rng.choice(uniq)
             q, a = f"What colour is the {o[0]}?", o[1]
+            slots = {"shape": o[0]}
         else:
             uniq = [o for o in objs if cols.count(o[1]) == 1]
             if not uniq:
                 objs, uniq = objs[:1], objs[:1]
             o = rng.choice(uniq)
             q, a = f"What shape is the {o[1]} one?", o[0]
+            slots = {"colour": o[1]}
     else:
         while True:
             objs = _scene(rng, 2, radii)
@@ -352,8 +240,9 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
             first = (y1 < y2) == (word == "higher")  # image y grows downwards
         q = f"Which is {word}, the {c1} {s1} or the {c2} {s2}?"
         a = f"{c1} {s1}" if first else f"{c2} {s2}"
+        slots = {"dir": word, "a": f"{c1} {s1}", "b": f"{c2} {s2}"}
     key = f"{objs}|{q}"
-    return key, lambda: Sample(_render_scene(objs), q, a, "shapes")
+    return key, lambda: Sample(_render_scene(objs), q, a, "shapes", kind, slots, {kind: (a, zh_words(a))})
 
 
 def shapes(seed: int, split: str, index: int) -> Sample:
@@ -437,7 +326,8 @@ def _text_make(rng: random.Random, lengths: tuple[int, int] = (4, 8)):
         im = im.rotate(angle, resample=Image.BILINEAR, fillcolor=light)
         a = np.asarray(im, dtype=np.float32) + np.random.default_rng(nseed).normal(0, noise, im.size[::-1])
         return Sample(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L").convert("RGB"),
-                      "What does the text say?", text, "text")
+                      "What does the text say?", text, "text", "read",
+                      facts={"read": (text, text), "length": (str(len(text)), str(len(text)))})
 
     return text, build
 
@@ -462,14 +352,16 @@ def _charts_make(rng: random.Random):
     values = rng.sample(range(1, 10), n)  # distinct: "the largest" is unambiguous
     line = rng.random() < 0.25
     labels = BAR_LABELS[:n]
+    slots = {}
     if line:
-        q = "Which point is highest?"
+        q, kind = "Which point is highest?", "highest"
         a = labels[values.index(max(values))]
     elif rng.random() < 0.5:
-        q, a = "Which bar is largest?", labels[values.index(max(values))]
+        q, a, kind = "Which bar is largest?", labels[values.index(max(values))], "largest"
     else:
         j = rng.randrange(n)
-        q, a = f"What is the value of bar {labels[j]}?", str(values[j])
+        q, a, kind = f"What is the value of bar {labels[j]}?", str(values[j]), "value"
+        slots = {"bar": labels[j]}
     colour = rng.choice(list(COLOURS))
 
     def build():
@@ -496,7 +388,7 @@ def _charts_make(rng: random.Random):
             d.line(pts, fill=COLOURS[colour], width=2)
             for p in pts:
                 d.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=(0, 0, 0))
-        return Sample(im, q, a, "charts")
+        return Sample(im, q, a, "charts", kind, slots, {kind: (a, a)})
 
     return f"{values}|{line}|{q}", build
 
@@ -561,10 +453,13 @@ def get_source(name: str) -> Callable[[int, str, int], Sample]:
     """A source by name, or `folder:PATH` for a user folder."""
     if name.startswith("folder:"):
         return Folder(name[len("folder:"):])
+    if name in image_packs.TASKS:  # the tasks read from fetched packages
+        return image_packs.TASKS[name]
     if name not in SOURCES:
         from glassgpt.errors import closest
 
-        raise DataError(f"unknown image source '{name}'{closest(name, SOURCES)}; known: {', '.join(SOURCES)}, folder:PATH")
+        known = {**SOURCES, **image_packs.TASKS}
+        raise DataError(f"unknown image source '{name}'{closest(name, known)}; known: {', '.join(known)}, folder:PATH")
     return SOURCES[name]
 
 
@@ -575,7 +470,11 @@ TASK_TEXTS_VERSION = 3  # 2: answers on their own line; 3: "Which is further lef
 
 def heldout_size(task: str) -> int | None:
     """How many held-out samples a task has (None: unlimited, procedurally drawn)."""
-    return DIGITS_HELDOUT if task == "digits" else None
+    if task == "digits":
+        return DIGITS_HELDOUT
+    if task == "flags":
+        return len(image_packs.flag_images("1x1"))
+    return None
 
 
 def heldout_samples(task: str, n: int, seed: int) -> list[Sample]:

@@ -20,6 +20,7 @@ changed shape under a floating (Debian) version.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fnmatch
 import gzip
@@ -57,7 +58,7 @@ MANIFEST_VERSION = 1
 @dataclass(frozen=True)
 class Source:
     name: str
-    kind: str  # pretrain-en | pretrain-zh | chat | safety | factuality | long
+    kind: str  # pretrain-en | pretrain-zh | chat | safety | factuality | long | image
     manager: str  # pypi | npm | deb
     package: str
     version: str | None  # pinned; None where the distribution decides (Debian): the manifest records it
@@ -66,7 +67,30 @@ class Source:
     what: str
     size: str  # approximate unpacked size, for `data list`
     reader: str | None = None  # key into READERS, None for sources read by their own stage (evals, align)
+    exclude: tuple[str, ...] = ()  # globs left out even where a member glob matches (e.g. skin-tone variants)
+    # More packages of the same manager, (package, version) each, fetched with `package` into one
+    # entry; their files sit under files/<package>/ (two packages' package/LICENSE must not collide).
+    extra: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def packages(self) -> tuple[tuple[str, str | None], ...]:
+        return ((self.package, self.version),) + tuple(self.extra)
+
+
+# Font families of the reading task (npm @fontsource/<family>, regular weight, Latin subset): print
+# families first, then handwriting ones. Which are held out is glassgpt.data.image_packs' rule.
+LATIN_FONTS = (
+    "roboto", "open-sans", "lato", "montserrat", "oswald", "raleway", "merriweather", "noto-serif", "ubuntu",
+    "playfair-display", "poppins", "nunito", "rubik", "work-sans", "fira-sans", "lora", "eb-garamond", "roboto-slab",
+    "roboto-mono", "source-code-pro", "ibm-plex-sans", "ibm-plex-serif", "josefin-sans", "quicksand", "bitter", "arvo",
+    "inconsolata", "space-mono", "pt-serif", "libre-baskerville",
+    # handwriting and brush scripts
+    "caveat", "indie-flower", "patrick-hand", "kalam", "dancing-script", "pacifico", "shadows-into-light",
+    "permanent-marker", "satisfy", "gloria-hallelujah", "architects-daughter", "homemade-apple", "courgette",
+    "handlee", "comic-neue", "schoolbell", "coming-soon", "gochi-hand",
+)
+LATIN_FONT_VERSIONS = {"source-code-pro": "5.3.1"}  # the rest are 5.3.0
+CJK_WEIGHTS = ("regular", "thin", "light", "demilight", "medium", "bold", "black")
 
 # The versions are the ones the notes verified; Debian's float with the point release.
 SOURCES: dict[str, Source] = {s.name: s for s in [
@@ -145,6 +169,34 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("pyrit", "safety", "pypi", "pyrit", "1.1.0",
            ("pyrit/datasets/scorer_evals/*.csv", "pyrit/datasets/seed_datasets/local/adv_bench.prompt"),
            "MIT", "PyRIT human-labelled scorer evals (objective, response, score) and AdvBench seeds", "1.7 MB"),
+    # -- images (read by glassgpt.data.image_packs, never as text)
+    Source("sklearn-digits", "image", "pypi", "scikit-learn", "1.9.1",
+           ("sklearn/datasets/data/digits.csv.gz",),
+           "BSD-3-Clause", "scikit-learn's 1,797 handwritten digits (8x8 scans, UCI optdigits)", "0.06 MB"),
+    *(Source(f"emoji-{v}", "image", "npm", f"emoji-datasource-{v}", "16.0.0",
+             ("package/emoji.json", f"package/img/{v}/64/*.png"),
+             lic, f"emoji drawn by {v.capitalize()}, 64x64 PNGs, names and categories (skin tones left out)", "6-11 MB",
+             exclude=(f"package/img/{v}/64/*-1f3f[b-f]*",))
+      for v, lic in (("apple", "MIT; images Apple's terms"), ("google", "MIT; images Apache-2.0"),
+                     ("twitter", "MIT; images CC-BY-4.0"), ("facebook", "MIT; images Facebook's terms"))),
+    Source("emoji-zh", "image", "pypi", "emoji", "2.16.0",
+           ("emoji/unicode_codes/emoji.json", "emoji/unicode_codes/emoji_zh.json"),
+           "BSD-3-Clause", "emoji names in English and Chinese (the emoji package's CLDR data)", "0.8 MB"),
+    Source("flag-icons", "image", "npm", "flag-icons", "7.5.0",
+           ("package/flags/4x3/*.svg", "package/flags/1x1/*.svg", "package/country.json"),
+           "MIT", "country and region flags as SVG, a 4x3 and a 1x1 drawing of each", "3 MB"),
+    Source("iso-countries", "image", "npm", "i18n-iso-countries", "7.14.0",
+           ("package/langs/en.json", "package/langs/zh.json"),
+           "MIT", "country names in English and Chinese, keyed by ISO 3166 code", "0.05 MB"),
+    Source("fonts-latin", "image", "npm", f"@fontsource/{LATIN_FONTS[0]}", "5.3.0",
+           ("package/files/*-latin-400-normal.woff",),
+           "OFL-1.1 (each family)", f"{len(LATIN_FONTS)} Latin font families (print and handwriting), regular weight, WOFF",
+           "1.5 MB", extra=tuple((f"@fontsource/{f}", LATIN_FONT_VERSIONS.get(f, "5.3.0")) for f in LATIN_FONTS[1:])),
+    Source("fonts-cjk", "image", "pypi", f"cvttf-notosanscjk-{CJK_WEIGHTS[0]}", "1.0",
+           ("cvttf_NotoSansCJK_*/*.otf",),
+           "OFL-1.1", "Noto Sans CJK in seven weights (OpenType), for Chinese characters", "115 MB",
+           exclude=("*.data/*",),  # the wheel carries each font twice
+           extra=tuple((f"cvttf-notosanscjk-{w}", "1.0") for w in CJK_WEIGHTS[1:])),
 ]}
 
 CLIENTS = {"pypi": "pip", "npm": "npm", "deb": "apt-get"}
@@ -167,7 +219,8 @@ def _cache(cache_dir) -> Path:
 
 
 def matches(src: Source, member: str) -> bool:
-    return any(fnmatch.fnmatchcase(member, g) for g in src.members)
+    return any(fnmatch.fnmatchcase(member, g) for g in src.members) \
+        and not any(fnmatch.fnmatchcase(member, g) for g in src.exclude)
 
 
 # --------------------------------------------------------------------------- clients
@@ -191,11 +244,14 @@ def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def download(src: Source, workdir: Path) -> tuple[Path, str]:
-    """Download src's package into workdir with its own client; returns (archive, version)."""
+def download(src: Source, workdir: Path, package: str | None = None, version: str | None = None) -> tuple[Path, str]:
+    """Download src's package (or another of its packages) into workdir with its own client;
+    returns (archive, version)."""
     client = CLIENTS[src.manager]
     if not _which(client):
         raise ClientMissing(f"source {src.name} needs `{client}`, which is not installed")
+    if package is not None:
+        src = dataclasses.replace(src, package=package, version=version)
     if src.manager == "pypi":
         spec = f"{src.package}=={src.version}"
         # wheels only: an sdist would need a build step, and every pinned version has a wheel
@@ -373,7 +429,9 @@ def verify(name: str, cache_dir=None) -> dict:
     if m is None:
         raise DataError(f"source {name} is not fetched (no readable {root / MANIFEST}); "
                         f"run `glassgpt data fetch {name}`")
-    if m.get("members") != list(src.members) or (src.version is not None and m.get("version") != src.version):
+    if m.get("members") != list(src.members) or m.get("exclude", []) != list(src.exclude) \
+            or (src.version is not None and m.get("version") != src.version) \
+            or (src.extra and [(a.get("package"), a.get("version")) for a in m.get("archives", [])] != list(src.packages)):
         raise DataError(f"source {name} in {root} was fetched for another recipe "
                         f"({m.get('package')} {m.get('version')}); run `glassgpt data fetch {name}`")
     for f in m["files"]:
@@ -395,11 +453,19 @@ def _build(src: Source, root: Path) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{src.name}-", dir=root) as tmp:
         tmp = Path(tmp)
-        work = tmp / "download"
-        work.mkdir()
-        archive, version = download(src, work)
         staged = tmp / "entry"
-        files = unpack(src, archive, staged / "files", work)
+        files, archives = [], []
+        for k, (pkg, ver) in enumerate(src.packages):
+            work = tmp / f"download-{k}"
+            work.mkdir()
+            archive, got = download(src, work, pkg, ver)
+            # one package: its files as they are; several: each under its own name
+            dest = staged / "files" / (pkg if src.extra else "")
+            files += [{**f, "path": f"{pkg}/{f['path']}"} if src.extra else f for f in unpack(src, archive, dest, work)]
+            archives.append({"package": pkg, "version": got, "archive": archive.name, "sha256": _sha256(archive)})
+            if k == 0:
+                version = got
+            shutil.rmtree(work)  # a large package's archive goes as soon as its members are out
         entry = root / src.name
         # Only this source's entry is replaced; from here to the manifest's rename the entry has
         # no manifest, so an interruption reads as "not cached", never as a good cache.
@@ -412,9 +478,11 @@ def _build(src: Source, root: Path) -> dict:
             "manager": src.manager,
             "package": src.package,
             "version": version,
-            "archive": archive.name,
-            "archive_sha256": _sha256(archive),
+            "archive": archives[0]["archive"],
+            "archive_sha256": archives[0]["sha256"],
+            **({"archives": archives} if src.extra else {}),
             "members": list(src.members),
+            **({"exclude": list(src.exclude)} if src.exclude else {}),
             "licence": src.licence,
             "fetched_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": files,

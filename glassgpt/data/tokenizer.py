@@ -9,12 +9,14 @@ lossy UTF-8 decoder), so `decode_bytes(encode_bytes(b)) == b` for every b.
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 from tokenizers import Regex, Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from glassgpt.errors import ConfigError, DataError
 
@@ -35,6 +37,7 @@ SPECIAL_TOKENS = [
     "<|image|>",
 ]
 
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (used by ByteLevel)."""
@@ -70,6 +73,12 @@ class Tokenizer:
         if any(v is None for v in self.special.values()):
             raise DataError("tokenizer file lacks glassgpt's special tokens; retrain it")
         self.bos_id = self.special["<|bos|>"]
+        self.special_names = {i: name for name, i in self.special.items()}
+        # Declared in the saved tokenizer.json (a post-processor that puts <|bos|> first), so
+        # that other libraries loading the file add the BOS a document starts with when asked
+        # to add special tokens. glassgpt's own encode never adds it (add_special_tokens=False).
+        hf.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", self.bos_id)])
         self.pad_id = self.special["<|pad|>"]
         self.image_id = self.special["<|image|>"]
         self._byte_id = [hf.token_to_id(BYTE_TO_CHAR[b]) for b in range(256)]
@@ -101,6 +110,41 @@ class Tokenizer:
         tmp = Path(str(path) + ".tmp")
         self.hf.save(str(tmp))
         tmp.replace(path)
+
+    def hf_config(self, model_max_length: int | None = None) -> dict:
+        """What `tokenizer_config.json` says of this tokenizer (and the server's /tokenizer_info).
+
+        <|bos|> is both BOS and EOS, as GPT-2's <|endoftext|> is both: documents are joined in
+        training with only a <|bos|> between them, so it is what ends one (generation stops at
+        it, and at a chat turn's <|assistant_end|>). Clients that take "BOS or else EOS" as
+        the first token of a scored text (lm-eval's rolling windows, which read id 0 as no
+        BOS) get <|bos|> either way."""
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|bos|>",
+               "pad_token": "<|pad|>", "unk_token": None, "add_bos_token": True, "add_eos_token": False,
+               "clean_up_tokenization_spaces": False,
+               "added_tokens_decoder": {str(i): {"content": name, "special": True, "lstrip": False, "rstrip": False,
+                                                 "normalized": False, "single_word": False}
+                                        for i, name in sorted(self.special_names.items())}}
+        if model_max_length:
+            cfg["model_max_length"] = int(model_max_length)
+        return cfg
+
+    def save_hf_config(self, directory: Path, model_max_length: int | None = None) -> None:
+        """tokenizer_config.json beside tokenizer.json, so `transformers.AutoTokenizer` (and
+        lm-evaluation-harness with tokenizer=RUN_DIR) know the BOS and EOS."""
+        path = Path(directory) / "tokenizer_config.json"
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(self.hf_config(model_max_length), indent=1) + "\n")
+        tmp.replace(path)
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Like encode, but a special token's name in the text is that token (as vLLM's and
+        transformers' tokenizers read it): for /tokenize, where a client looks up the ids of
+        `<|bos|>` and the like. The generation endpoints use encode: user text never forges a turn."""
+        out: list[int] = []
+        for i, piece in enumerate(_SPECIAL_SPLIT.split(text)):
+            out += [self.special[piece]] if i % 2 else self.encode(piece)
+        return out
 
     @classmethod
     def load(cls, path: Path) -> "Tokenizer":

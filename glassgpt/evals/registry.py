@@ -122,6 +122,24 @@ def env_registry_paths() -> list[Path]:
     return [Path(p) for p in raw.split(os.pathsep) if p]
 
 
+def default_registry_paths(extra: Sequence[os.PathLike] = ()) -> list[Path]:
+    """The registries an eval is looked up in after the built-in one, later ones winning: the
+    reference registry that `glassgpt eval fetch-registry` unpacked (when it has been run; as
+    the reference's own registry is always there for `oaieval`), $GLASSGPT_EVALS_REGISTRY,
+    then `extra` (--registry_path). A directory named twice is read once."""
+    from .fetch import default_cache_dir
+
+    fetched = default_cache_dir() / "registry"
+    paths = ([fetched] if fetched.is_dir() else []) + env_registry_paths() + [Path(p) for p in extra]
+    out, seen = [], set()
+    for p in paths:
+        key = p.resolve() if p.exists() else p
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 class Registry:
     def __init__(self, registry_paths: Sequence[os.PathLike] = (), builtin: bool = True):
         self.paths: list[Path] = ([BUILTIN_REGISTRY] if builtin else []) + [Path(p) for p in registry_paths]
@@ -222,9 +240,13 @@ class Registry:
             return "eval", [name]
         if name in raw["eval_sets"]:
             return "set", self.get_eval_set(name)
+        from .fetch import default_cache_dir
+
+        hint = "" if (default_cache_dir() / "registry").is_dir() else \
+            " (the reference registry is not here yet: `glassgpt eval fetch-registry` gets it)"
         raise EvalError(
             f"unknown eval or eval set '{name}'{closest(name, list(raw['evals']) + list(raw['eval_sets']))}; "
-            "see `glassgpt eval list`"
+            f"see `glassgpt eval list`{hint}"
         )
 
     def data_path(self, spec_registry: Path, rel: str) -> Path:

@@ -63,6 +63,45 @@ def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
     return out["choices"][0]["text"].strip()
 
 
+def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
+    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) answered
+    greedily through the serving engine, rendered as the API renders it; the assistant's text."""
+    from glassgpt.serve.engine import SamplingParams
+
+    model, tok = engine.model, engine.tokenizer
+    rendered, images = [], []
+    for m in messages:
+        content = m.get("content", "")
+        if isinstance(content, str):
+            rendered.append(m)
+            continue
+        parts = []
+        for p in content:
+            if p.get("type") == "image_url":
+                images.append((p.get("image_url") or {}).get("url", ""))
+                parts.append({"type": "image"})
+            elif p.get("type") == "image":
+                images.append(p.get("path") or p.get("url", ""))
+                parts.append({"type": "image"})
+            else:
+                parts.append(p)
+        rendered.append({**m, "content": parts})
+    if images and getattr(model, "vision", None) is None:
+        raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
+    ids = tok.render_chat(rendered, True, n_image_tokens(model) if images else 0)
+    check_fits(model, len(ids))
+    params = SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
+    started = not engine.alive
+    if started:
+        engine.start()
+    try:
+        out = engine.generate(ids, params, images=images or None)
+    finally:
+        if started:
+            engine.stop()
+    return out["choices"][0]["text"].strip()
+
+
 def ask_run(run, images: list[str], question: str, max_new_tokens: int = 16) -> str:
     """`glassgpt vision ask`: one question about one or more images (paths or data: URLs)."""
     model, tok, _ = load(run)
@@ -161,17 +200,9 @@ class VisionLocalFn(CompletionFn):
     def __call__(self, prompt, **kwargs) -> CompletionResult:
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
-        images, texts = [], []
-        for m in prompt:
-            content = m.get("content", "")
-            for p in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
-                if p.get("type") == "image_url":
-                    images.append((p.get("image_url") or {}).get("url", ""))
-                elif p.get("type") == "image":
-                    images.append(p.get("path") or p.get("url", ""))
-                elif p.get("type") == "text":
-                    texts.append(p.get("text", ""))
-        text = ask(self.engine, images, "\n".join(texts), kwargs.get("max_tokens") or self.max_tokens)
+        # the whole prompt as the API renders it: a system message and earlier turns are kept
+        # (the chat model's vision stage was trained under its system prompt)
+        text = ask_messages(self.engine, prompt, kwargs.get("max_tokens") or self.max_tokens)
         return CompletionResult([text], prompt=prompt)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import codecs
 import io
 import ipaddress
 import json
@@ -36,7 +37,7 @@ from glassgpt.data import chat
 from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
 from glassgpt.serve.errors import ContextLengthError, ServeError
 from glassgpt.serve.metrics import Metrics
-from glassgpt.serve.schema import ChatCompletionRequest, CompletionRequest
+from glassgpt.serve.schema import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from glassgpt.serve.store import DEFAULT_PRICE, KNOWN_PRICES, Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ _IMAGE_MAGIC = {
     "gif": (b"GIF87a", b"GIF89a"),
     "webp": (b"RIFF",),
 }
+
+
+# Paths under the API key (and its rate limit): the OpenAI routes and vLLM's tokenizer routes.
+API_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
@@ -334,17 +339,73 @@ def chat_logprobs(tok, infos) -> dict:
             "refusal": None}
 
 
-def legacy_logprobs(tok, infos, text_start: int = 0) -> dict:
+def legacy_token(tok, tid: int) -> str:
+    """A token as OpenAI's legacy logprobs name it: its text when its bytes are whole UTF-8,
+    else `bytes:\\xNN...` (a piece of a character; keys stay distinct instead of all
+    becoming U+FFFD), and a special token by its name (`<|bos|>`), as OpenAI shows
+    `<|endoftext|>`."""
+    if tid in tok.special_names:
+        return tok.special_names[tid]
+    raw = tok.decode_bytes([tid])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def legacy_logprobs(tok, infos, text_start: int = 0, text_len: int | None = None, first_null: bool = False,
+                    names_in_text: bool = False) -> dict:
+    """OpenAI's legacy `logprobs` object for a run of tokens.
+
+    text_offset: where each token starts in the text, counted in characters of the decoded
+    text (a token that ends inside a character starts where that character starts), and
+    never past `text_len` (a stop sequence may have cut the text short). top_logprobs
+    always holds the chosen token too, as OpenAI's does, so it has up to k+1 entries.
+    first_null: the first token is the start of an echoed prompt, which has no logprob.
+    names_in_text: the text shows special tokens by name (an echoed token-id prompt)."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tokens, lps, tops, offs = [], [], [], []
     off = text_start
-    for t in infos:
-        s = token_text(tok, t.id)
-        tokens.append(s)
+    end = None if text_len is None else text_start + text_len
+    for i, t in enumerate(infos):
+        name = legacy_token(tok, t.id)
+        tokens.append(name)
+        offs.append(off if end is None else min(off, end))
+        if names_in_text and t.id in tok.special_names:
+            off += len(dec.decode(b"", final=True)) + len(name)
+            dec.reset()
+        else:
+            off += len(dec.decode(tok.decode_bytes([t.id])))
+        if first_null and i == 0 or t.logprob is None:
+            lps.append(None)
+            tops.append(None)
+            continue
         lps.append(t.logprob)
-        tops.append({token_text(tok, i): lp for i, lp in t.top} if t.top or t.logprob is not None else None)
-        offs.append(off)
-        off += len(s)
+        top = {legacy_token(tok, j): lp for j, lp in t.top}
+        top.setdefault(name, t.logprob)
+        tops.append(top)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
+
+
+def echo_text(tok, ids) -> str:
+    """The text of a token-id prompt: its bytes as UTF-8, special tokens by name."""
+    out, run = [], []
+    for t in ids:
+        if t in tok.special_names:
+            out.append(tok.decode(run) + tok.special_names[t])
+            run = []
+        else:
+            run.append(t)
+    return "".join(out) + tok.decode(run)
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+    """`usage` with the detail objects OpenAI sends (no prompt cache, no reasoning, no audio)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
 class ToolCallText:
@@ -590,7 +651,7 @@ class Gate:
                 e = self._local_check(scope, headers)
                 if e is not None:
                     raise e
-            elif scope["path"].startswith("/v1/"):
+            elif scope["path"].startswith(API_PREFIXES):
                 key = self.srv.store.authenticate(headers.get("authorization"))
                 scope.setdefault("state", {})["api_key"] = key  # for the x-ratelimit-* headers, 429 included
                 if scope["method"] == "POST":
@@ -622,7 +683,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         hdrs = scope.get("headers") or []
         ctype = dict(hdrs).get(b"content-type", b"")
-        if scope["path"].startswith("/v1/") and b"json" not in ctype:
+        if scope["path"].startswith(API_PREFIXES) and b"json" not in ctype:
             # The official API reads the body as JSON whatever the content type (curl -d sends a form type).
             # (Without keys, Gate has already refused non-JSON bodies.)
             scope = {**scope, "headers": [(k, v) for k, v in hdrs if k != b"content-type"] + [(b"content-type", b"application/json")]}
@@ -908,8 +969,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                     status = "ok"
                     if include_usage:
                         ct = req.completion_tokens
-                        yield sse({**base, "choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": ct,
-                                                                    "total_tokens": len(prompt) + ct}})
+                        yield sse({**base, "choices": [], "usage": usage_body(len(prompt), ct)})
                     yield "data: [DONE]\n\n"
                 finally:
                     req.cancel()
@@ -949,7 +1009,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
         srv.metrics.request("/v1/chat/completions", 200)
         return {"id": rid, "object": "chat.completion", "created": created, "model": engine.name,
                 "system_fingerprint": engine.fingerprint, "choices": choices, "service_tier": "default",
-                "usage": {"prompt_tokens": len(prompt), "completion_tokens": ct, "total_tokens": len(prompt) + ct}}
+                "usage": usage_body(len(prompt), ct)}
 
     # --- legacy completions ------------------------------------------------------------------------
     @app.post("/v1/completions")
@@ -1008,8 +1068,12 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
 
         if body.max_tokens == 0 and not echo:
             raise ServeError("'max_tokens' must be at least 1 unless 'echo' is true.", param="max_tokens")
-        # The document starts with <|bos|> as in training; it is not echoed nor billed.
-        full = [[tok.bos_id] + ids for ids in prompts]
+        # A text prompt is a document, which starts with <|bos|> as in training (not echoed, not
+        # billed). Token ids are taken as given, as vLLM takes them: a client that scores text
+        # (lm-eval's rolling windows) sends its own <|bos|> and must not get a second one.
+        from_text = not (p and isinstance(p, list) and not all(isinstance(x, str) for x in p))
+        lead = [tok.bos_id] if from_text else []
+        full = [lead + ids for ids in prompts]
         for ids in full:
             engine.check(len(ids), params(), param="prompt")
         prompt_tokens = sum(len(ids) for ids in prompts)
@@ -1063,12 +1127,18 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 for r in reqs:
                     r.cancel()
 
-        prompt_texts = [tok.decode(ids) for ids in prompts]
+        # Token-id prompts are echoed with their special tokens by name, as OpenAI echoes <|endoftext|>.
+        prompt_texts = [tok.decode(ids) if from_text else echo_text(tok, ids) for ids in prompts]
         prompt_lps = [None] * len(prompts)
 
+        def prompt_infos(k):
+            return prompt_lps[k][len(lead):] if prompt_lps[k] is not None else []
+
         def prompt_part(k):
-            lp = prompt_lps[k]
-            return legacy_logprobs(tok, lp[1:]) if lp is not None else None
+            if prompt_lps[k] is None:
+                return None
+            return legacy_logprobs(tok, prompt_infos(k), text_len=len(prompt_texts[k]), first_null=True,
+                                   names_in_text=not from_text)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -1098,7 +1168,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                         if ev.kind == "token":
                             if not ev.text and not want_lp:
                                 continue
-                            lp = legacy_logprobs(tok, [ev.token], offsets[idx]) if want_lp else None
+                            lp = legacy_logprobs(tok, [ev.token], offsets[idx], len(ev.text)) if want_lp else None
                             offsets[idx] += len(ev.text)
                             yield sse({**base, "choices": [{"text": ev.text, "index": idx, "logprobs": lp, "finish_reason": None}]})
                         elif ev.kind == "finish":
@@ -1107,8 +1177,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                     status = "ok"
                     if include_usage:
                         ct = completion_tokens()
-                        yield sse({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ct,
-                                                                    "total_tokens": prompt_tokens + ct}})
+                        yield sse({**base, "choices": [], "usage": usage_body(prompt_tokens, ct)})
                     yield "data: [DONE]\n\n"
                 finally:
                     for r in reqs:
@@ -1145,15 +1214,72 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 text = prompt_texts[k] + text
             if want_lp:
                 if echo and prompt_lps[k] is not None:
-                    lp = legacy_logprobs(tok, prompt_lps[k][1:] + toks[idx])
+                    head = prompt_part(k)
+                    tail = legacy_logprobs(tok, toks[idx], len(prompt_texts[k]), len(text) - len(prompt_texts[k]))
+                    lp = {f: head[f] + tail[f] for f in head}
                 else:
-                    lp = legacy_logprobs(tok, toks[idx])
+                    lp = legacy_logprobs(tok, toks[idx], text_len=len(text))
             choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": reasons[idx]})
         ct = completion_tokens()
         srv.metrics.request("/v1/completions", 200)
         return {"id": rid, "object": "text_completion", "created": created, "model": engine.name,
                 "system_fingerprint": engine.fingerprint, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ct, "total_tokens": prompt_tokens + ct}}
+                "usage": usage_body(prompt_tokens, ct)}
+
+    # --- the tokenizer, as vLLM's endpoints have it (lm-evaluation-harness probes them) ----------------
+    def engine_for(model: str | None) -> Engine:
+        if model is None:
+            if len(srv.engines) > 1:
+                raise ServeError(f"This server has {len(srv.engines)} models; say which one with 'model'.",
+                                 param="model", code="missing_required_parameter")
+            return next(iter(srv.engines.values()))
+        return srv.engine(model)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(model: str | None = None, key=Depends(require_key)):
+        e = engine_for(model)
+        srv.metrics.request("/tokenizer_info", 200)
+        return e.tokenizer.hf_config(e.context_window)
+
+    @app.post("/tokenize")
+    async def tokenize_route(body: TokenizeRequest, key=Depends(require_key)):
+        e = engine_for(body.model)
+        tok = e.tokenizer
+        if (body.prompt is None) == (body.messages is None):
+            raise ServeError("Send either 'prompt' (text) or 'messages' (chat), not both or neither.",
+                             param="prompt" if body.prompt is None else "messages", code="invalid_value")
+        # Text far beyond what the context could hold is refused before tokenizing (seconds of work).
+        chars = len(body.prompt or "") + sum(len(m.content) if isinstance(m.content, str) else
+                                             sum(len(c.text or "") for c in m.content)
+                                             for m in body.messages or [] if m.content)
+        if chars > e.context_window * e.max_token_bytes * 4:
+            where = "prompt" if body.prompt is not None else "messages"
+            raise ContextLengthError(f"The {where} is too long to tokenize here: {chars:,} characters, when this "
+                                     f"model's context holds {e.context_window} tokens.", param=where)
+
+        def work():
+            if body.prompt is not None:
+                ids = tok.encode_with_specials(clean(body.prompt))
+                return [tok.bos_id] + ids if body.add_special_tokens in (None, True) else ids
+            chat = ChatCompletionRequest(model=e.name, messages=body.messages)
+            # The chat rendering has its <|bos|> already, as the chat endpoint bills it.
+            return tok.render_chat(chat_messages(chat, e), add_generation_prompt=body.add_generation_prompt is not False,
+                                   n_image_tokens=e.image_tokens)
+
+        ids = await run_in_threadpool(work)
+        srv.metrics.request("/tokenize", 200)
+        return {"count": len(ids), "max_model_len": e.context_window, "tokens": ids,
+                "token_strs": [legacy_token(tok, i) for i in ids] if body.return_token_strs else None}
+
+    @app.post("/detokenize")
+    async def detokenize_route(body: DetokenizeRequest, key=Depends(require_key)):
+        e = engine_for(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < e.tokenizer.vocab_size]
+        if bad:
+            raise ServeError(f"token id {bad[0]} is outside this model's vocabulary of {e.tokenizer.vocab_size}.",
+                             param="tokens", code="invalid_value")
+        srv.metrics.request("/detokenize", 200)
+        return {"prompt": echo_text(e.tokenizer, body.tokens)}
 
     # --- models, health, metrics, page ------------------------------------------------------------
     def model_card(e: Engine) -> dict:

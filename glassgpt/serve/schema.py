@@ -137,3 +137,20 @@ class CompletionRequest(_Loose):
 
 
 Role = Literal["system", "developer", "user", "assistant"]
+
+
+class TokenizeRequest(_Loose):
+    """vLLM's /tokenize: a text `prompt`, or chat `messages` rendered as the chat endpoint
+    renders them. `model` may be left out when one model is served."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool | None = None  # default: true for a prompt, false for messages (as vLLM)
+    add_generation_prompt: bool | None = True
+    return_token_strs: bool | None = False
+
+
+class DetokenizeRequest(_Loose):
+    model: str | None = None
+    tokens: list[int]

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glassgpt.config import Config, VisionConfig
-from glassgpt.data import chat, sft
+from glassgpt.data import chat, image_chat, sft
 from glassgpt.data import images as img_mod
 from glassgpt.data.images import Sample
 from glassgpt.data.shards import Corpus, Loader
@@ -47,6 +47,7 @@ from glassgpt.train.optim import Muon
 log = logging.getLogger(__name__)
 
 EVAL_TASKS = ("digits", "shapes", "text", "charts")
+CHAT_EVAL_TASKS = EVAL_TASKS + ("emoji", "flags", "words", "hanzi")
 
 
 @dataclass
@@ -87,7 +88,10 @@ def build(cfg: Config, corpus: Corpus, d, autocast) -> list[Source]:
     text = TextSource(cfg, corpus, d, autocast)
     if cfg.sft.enabled:
         text.weight = cfg.sft.text_weight
-        return [ChatSource(cfg, corpus.tokenizer, d.rank, d.world, d.device), text]
+        chat_src = ChatSource(cfg, corpus.tokenizer, d.rank, d.world, d.device)
+        if cfg.vision.enabled:  # the chat model's vision stage: image chat beside its text chat
+            return [ImageChatSource(cfg, corpus.tokenizer, d.rank, d.world), chat_src, text]
+        return [chat_src, text]
     if not cfg.vision.enabled:
         return [text]
     text.weight = cfg.vision.text_weight
@@ -186,17 +190,25 @@ def sample_ids(tok, s: Sample, n_img: int) -> tuple[list[int], list[bool]]:
 
 def collate(tok, samples: list[Sample], n_img: int, T: int, image_size: int):
     """→ x [B, T], y [B, T] (-1 except the answer and its end token), pixels [B, 3, S, S]."""
-    x = torch.full((len(samples), T), tok.pad_id, dtype=torch.long)
-    y = torch.full((len(samples), T), -1, dtype=torch.long)
-    for i, s in enumerate(samples):
-        ids, trained = sample_ids(tok, s, n_img)
+    rows = [(*sample_ids(tok, s, n_img), [s.image], s.task) for s in samples]
+    return collate_rows(tok, rows, T, image_size)
+
+
+def collate_rows(tok, rows: list[tuple], T: int, image_size: int):
+    """Rows (ids, trained, images, task) → x [B, T], y [B, T], pixels [n, 3, S, S] (None when no
+    row has an image), the images in the order of their <|image|> runs."""
+    x = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    images = []
+    for i, (ids, trained, ims, task) in enumerate(rows):
         if trained.index(True) >= T:
-            raise VisionError(f"a {s.task} prompt takes {trained.index(True)} tokens, more than the {T}-token "
+            raise VisionError(f"a {task} prompt takes {trained.index(True)} tokens, more than the {T}-token "
                               "context; raise model.seq_len")
         xi, yi = chat.targets(ids[: T + 1], trained[: T + 1])
         x[i, : len(xi)] = torch.tensor(xi)
         y[i, : len(yi)] = torch.tensor(yi)
-    return x, y, preprocess([s.image for s in samples], image_size)
+        images += ims
+    return x, y, (preprocess(images, image_size) if images else None)
 
 
 class Mix:
@@ -205,6 +217,10 @@ class Mix:
 
     def __init__(self, mix: str, seed: int):
         self.entries = [(name, w, img_mod.get_source(name)) for name, w in img_mod.parse_mix(mix)]
+        from glassgpt.data import image_packs
+
+        for name, _, _ in self.entries:
+            image_packs.check_fetched(name)  # stop before any work, not at the first such sample
         self.seed = seed
         total = sum(w for _, w, _ in self.entries)
         self.cum = []
@@ -226,11 +242,18 @@ def token_scores(model, tok, samples: list[Sample], vc: VisionConfig) -> list[tu
     <|assistant_end|> whose argmax is right, their mean cross-entropy in nats). A greedy decode
     returns exactly the answer iff the argmax at every answer position (end token included) is
     the answer's token, so one forward scores a batch."""
+    rows = [(*sample_ids(tok, s, vc.n_image_tokens), [s.image], s.task) for s in samples]
+    return row_scores(model, tok, rows, vc)
+
+
+@torch.no_grad()
+def row_scores(model, tok, rows: list[tuple], vc: VisionConfig) -> list[tuple[bool, float, float]]:
+    """token_scores of rows (ids, trained, images, task) already rendered."""
     dev = model.wte.weight.device
     was = model.training
     model.eval()
-    x, y, px = collate(tok, samples, vc.n_image_tokens, model.cfg.seq_len, vc.image_size)
-    emb = model.vision(px.to(dev)).reshape(-1, model.cfg.d_model)
+    x, y, px = collate_rows(tok, rows, model.cfg.seq_len, vc.image_size)
+    emb = model.vision(px.to(dev)).reshape(-1, model.cfg.d_model) if px is not None else None
     logits = model(x.to(dev), image_embeds=emb).float()
     model.train(was)
     y = y.to(dev)
@@ -295,6 +318,8 @@ class ImageChatSource(Source):
         B = self.vc.batch_size
         first = (index * self.world + self.rank) * B
         T, n_img = self.cfg.model.seq_len, self.vc.n_image_tokens
+        if self.vc.chat:
+            return self._chat_rows(first, B, T, n_img)
         samples = []
         for j in range(B):
             for attempt in range(20):  # a sample too long for the context is skipped, not fatal
@@ -311,6 +336,39 @@ class ImageChatSource(Source):
         L = int((x != self.tok.pad_id).sum(1).max())
         return Rows(x[:, :L], y[:, :L], px)
 
+    def conversation(self, k: int) -> tuple[list[dict], list]:
+        """Conversation k of the image-chat stream and its images: a pure function of (seed, k)."""
+        rng = img_mod._rng(self.cfg.train.seed, "image-chat", k)
+        s = self.mix.sample(k)
+        u = rng.random()
+        if u < self.vc.no_image:
+            return image_chat.no_image_conversation(s, rng), []
+        if u < self.vc.no_image + self.vc.unrelated:
+            return image_chat.unrelated_conversation(rng), [s.image]
+        return image_chat.conversation(s, rng, follow_up=self.vc.follow_up), [s.image]
+
+    def chat_row(self, msgs: list[dict], images: list, task: str = "image_chat") -> tuple:
+        """A conversation under the chat system prompt, rendered by the one chat renderer."""
+        ids, trained = chat.training_row(self.tok, chat.with_system(image_chat.spelled(self.tok, msgs)),
+                                         self.vc.n_image_tokens)
+        return ids, trained, images, task
+
+    def _chat_rows(self, first: int, B: int, T: int, n_img: int) -> Rows:
+        rows = []
+        for j in range(B):
+            for attempt in range(20):  # a conversation too long for the context is skipped, not fatal
+                row = self.chat_row(*self.conversation(first + j + attempt * 1_000_003))
+                if len(row[0]) <= T + 1:
+                    break
+                self.skipped_long += 1
+            else:
+                raise VisionError(f"image conversations do not fit the {T}-token context ({n_img} image tokens "
+                                  "each); raise model.seq_len")
+            rows.append(row)
+        x, y, px = collate_rows(self.tok, rows, T, self.vc.image_size)
+        L = int((x != self.tok.pad_id).sum(1).max())
+        return Rows(x[:, :L], y[:, :L], px)
+
     def heldout(self, task: str, n: int) -> list[Sample]:
         if (task, n) not in self._heldout:
             self._heldout[(task, n)] = img_mod.heldout_samples(task, n, self.cfg.train.seed)
@@ -320,8 +378,27 @@ class ImageChatSource(Source):
     def evaluate(self, model=None) -> dict:
         # the unwrapped model: every rank scores all samples itself, no collective in the forward
         n = self.vc.eval_samples
-        tasks = [t for t in EVAL_TASKS if t in {name for name, _, _ in self.mix.entries}]
-        return {t: exact_match(self.raw, self.tok, self.heldout(t, n), self.vc) for t in tasks}
+        names = {name for name, _, _ in self.mix.entries}
+        if not self.vc.chat:
+            tasks = [t for t in EVAL_TASKS if t in names]
+            return {t: exact_match(self.raw, self.tok, self.heldout(t, n), self.vc) for t in tasks}
+        # chat: each held-out image asked in a training phrasing (English and Chinese in turn), the
+        # short answer scored by teacher forcing; the registry evals score held-out phrasings
+        out = {}
+        for t in (t for t in CHAT_EVAL_TASKS if t in names):
+            rows = []
+            for i, s in enumerate(self.heldout(t, n)):
+                lang = image_chat.LANGS[i % 2]
+                q = image_chat.question(s, lang, image_chat.Q[(s.task, s.kind)][lang][0])
+                a = s.facts[s.kind][0 if lang == "en" else 1]
+                msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]},
+                        {"role": "assistant", "content": image_chat.answer_parts(s.task if s.kind == "read" else "", "{a}", a)}]
+                rows.append(self.chat_row(msgs, [s.image], t))
+            ok = []
+            for i in range(0, len(rows), 64):
+                ok += [r[0] for r in row_scores(self.raw, self.tok, rows[i : i + 64], self.vc)]
+            out[t] = sum(ok) / max(1, len(ok))
+        return out
 
     def summary(self, result: dict) -> str:
         return ", ".join(f"{k} {v:.1%}" for k, v in result.items())
@@ -330,6 +407,7 @@ class ImageChatSource(Source):
         return {"vision": {"encoder_params": self.counts.params, "encoder_flops_per_image": self.counts.flops_per_image,
                            "image_tokens": self.vc.n_image_tokens, "images_per_step": self.vc.batch_size * self.world,
                            "mix": self.vc.mix, "text_weight": self.vc.text_weight, "freeze_lm": self.vc.freeze_lm,
+                           "chat": self.vc.chat, "skipped_long": self.skipped_long,
                            "heldout_accuracy": result}}
 
 

@@ -72,7 +72,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "vocab_size", "image_token_id"}
 # Vision keys that are training settings, not encoder shapes.
 STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
-                          "init_from"}
+                          "init_from", "chat", "no_image", "unrelated", "follow_up"}
 
 
 @dataclass
@@ -201,6 +201,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
         shutil.copy(corpus.root / "tokenizer.json", out / "tokenizer.json")
+        corpus.tokenizer.save_hf_config(out, m.seq_len)  # BOS/EOS for other libraries' loaders
         shutil.copy(corpus.root / "manifest.json", out / "manifest.json")
 
     torch.manual_seed(t.seed)

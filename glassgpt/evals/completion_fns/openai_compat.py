@@ -65,6 +65,7 @@ class OpenAICompatFn(CompletionFn):
         pc = price_per_1k_completion if price_per_1k_completion is not None else price_per_1k
         self.price = {"prompt": float(pp), "completion": float(pc)} if pp is not None and pc is not None else None
         self.retries = 0
+        self._tokenize_ok: Optional[bool] = None  # whether the server has vLLM's /tokenize
 
     def _retrying(self, create, **kwargs):
         oa = self._openai
@@ -122,22 +123,66 @@ class OpenAICompatFn(CompletionFn):
         record_sampling(prompt=sent, sampled=completions, model=getattr(raw, "model", self.model), usage=usage)
         return CompletionResult(completions, usage=usage, raw=raw, prompt=sent)
 
+    def _tokenize(self, text: str, bos: bool) -> Optional[list[int]]:
+        """The server's own tokenizer through vLLM's /tokenize (glassgpt serve and vLLM have
+        it; OpenAI has not): None when the endpoint has no such route."""
+        if self._tokenize_ok is False or not self.base_url:
+            return None
+        import httpx
+
+        root = self.base_url.rstrip("/")
+        root = root[:-3] if root.endswith("/v1") else root
+        try:
+            r = httpx.post(root + "/tokenize", json={"model": self.model, "prompt": text, "add_special_tokens": bos},
+                           headers={"authorization": f"Bearer {self.client.api_key}"}, timeout=self.client.timeout)
+            ids = r.json().get("tokens") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            ids = None
+        if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
+            self._tokenize_ok = False
+            log.info("%s: no /tokenize at %s; scoring aligns on the echoed tokens instead", self.model, root)
+            return None
+        self._tokenize_ok = True
+        return ids
+
     def loglikelihood(self, requests):
-        """Conditional log-probabilities through the completions endpoint (echo + logprobs)."""
+        """Conditional log-probabilities through the completions endpoint (echo + logprobs).
+
+        The continuation is found by tokens, never by character offsets (a character may be
+        split across tokens). Where the server tokenizes over /tokenize, context and
+        continuation are tokenized apart, the context with the tokenizer's BOS, and sent as
+        token ids: the same numbers as an in-process forward pass. Elsewhere (OpenAI) the
+        context and the whole text are sent as two prompts, and the continuation starts
+        after the tokens the two have in common."""
         out = []
         for context, continuation in requests:
-            raw = self._retrying(self.client.completions.create, model=self.model, prompt=context + continuation,
-                                 max_tokens=0, echo=True, logprobs=0, temperature=0)
+            kw = dict(model=self.model, max_tokens=0, echo=True, logprobs=1, temperature=0)
+            ctx_ids = self._tokenize(context, bos=True)
+            cont_ids = self._tokenize(continuation, bos=False) if ctx_ids is not None else None
             try:
-                lp = raw.choices[0].logprobs
-                offsets, token_lps, tops = lp.text_offset, lp.token_logprobs, lp.top_logprobs
+                if cont_ids is not None:
+                    raw = self._retrying(self.client.completions.create, prompt=[ctx_ids + cont_ids], **kw)
+                    lp, start = raw.choices[0].logprobs, len(ctx_ids)
+                elif context:
+                    raw = self._retrying(self.client.completions.create, prompt=[context, context + continuation], **kw)
+                    ch = sorted(raw.choices, key=lambda c: c.index)
+                    head, lp = ch[0].logprobs.tokens, ch[1].logprobs
+                    start = 0
+                    while start < min(len(head), len(lp.tokens)) and head[start] == lp.tokens[start]:
+                        start += 1
+                else:
+                    raw = self._retrying(self.client.completions.create, prompt=continuation, **kw)
+                    lp, start = raw.choices[0].logprobs, 0
+                token_lps, tops = lp.token_logprobs, lp.top_logprobs
             except (AttributeError, IndexError, TypeError):
                 raise CompletionError(f"{self.model}: endpoint does not return echo logprobs") from None
             total, greedy = 0.0, True
-            for i, (off, tlp) in enumerate(zip(offsets, token_lps)):
-                if off >= len(context) and tlp is not None:
-                    total += float(tlp)
-                    if tops and i < len(tops) and tops[i]:
-                        greedy = greedy and tlp >= max(tops[i].values()) - 1e-9
+            for i in range(start, len(token_lps)):
+                tlp = token_lps[i]
+                if tlp is None:
+                    continue
+                total += float(tlp)
+                if tops and i < len(tops) and tops[i]:
+                    greedy = greedy and tlp >= max(tops[i].values()) - 1e-9
             out.append((total, greedy))
         return out
