@@ -14,6 +14,11 @@ depend on the weights) and its context stretched to 1024 so that 512 tokens fit:
 4. decode tokens/s with bf16 weights and KV cache against fp32 (the same weights), single
    stream at 512 tokens of context and 16 clients, each phase alternated twice, best kept
    (goal >= 1.5x on a CPU with native bf16). `--width 512 --depth 5` is the 20M shape.
+5. constrained decoding (`response_format` json_schema through llguidance, random schemas from
+   glassgpt.serve.testing), single stream and 16 clients: the time spent inside the grammar per
+   sequence-token as a share of the constrained decode step, and the decode time per token
+   against unconstrained decoding of the same prompts (first token to last, so prefill and
+   grammar compilation are left out). `--only-structured` runs this section alone.
 
 Clients are threads calling the engine directly (the HTTP layer is measured by the load
 test in tests/test_serve_load.py, not here).
@@ -167,6 +172,83 @@ def kv_vs_recompute_kv_only(engine, ctx: int = 512, new: int = 32) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+def structured_compare(engine, clients: int, n_requests: int = 32) -> None:
+    """Constrained vs unconstrained decoding, the same prompts and seeds. Two measures: the
+    decode time per token of each request (first token to last: prefill and grammar compilation
+    left out), and the time spent inside the grammar (mask and advance, timed where the engine
+    calls them) per constrained token. The first is at the mercy of a shared machine; the second
+    is the overhead itself, next to the decode time per token measured in the same run."""
+    import random
+
+    from glassgpt.serve import grammar
+    from glassgpt.serve.api import Server
+    from glassgpt.serve.engine import SamplingParams
+    from glassgpt.serve.testing import random_schema
+
+    grammars = Server([engine], None, auth=False).grammars(engine)
+    rng = random.Random(0)
+    schemas = [random_schema(rng) for _ in range(n_requests)]
+    vocab = engine.tokenizer.vocab_size
+    inside = [0.0]  # seconds spent in the grammar's mask and advance (engine thread only)
+    mask, accept = grammar.Constraint.mask, grammar.Constraint.accept
+
+    def timed(f):
+        def wrapped(*a):
+            t0 = time.perf_counter()
+            try:
+                return f(*a)
+            finally:
+                inside[0] += time.perf_counter() - t0
+        return wrapped
+
+    def run(k: int, constrained: bool) -> tuple[float, int]:
+        """k concurrent clients share the requests; returns (decode seconds summed over requests, tokens)."""
+        spans, lock = [], threading.Lock()
+
+        def client(c):
+            for i in range(c, n_requests, k):
+                g = torch.Generator().manual_seed(i)
+                prompt = torch.randint(300, vocab - 20, (32,), generator=g).tolist()
+                con = grammars.matcher(grammars.json_schema(schemas[i], "s"), "s") if constrained else None
+                stamps, q = [], queue.Queue()
+                engine.submit(prompt, SamplingParams(max_tokens=64, temperature=1.0, seed=i, constraint=con), q.put)
+                while True:
+                    ev = q.get()
+                    if ev.kind == "token":
+                        stamps.append(time.perf_counter())
+                    if ev.kind in ("finish", "error"):
+                        break
+                if len(stamps) > 1:
+                    with lock:
+                        spans.append((stamps[-1] - stamps[0], len(stamps) - 1))
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(k)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(s for s, _ in spans), sum(n for _, n in spans)
+
+    grammar.Constraint.mask, grammar.Constraint.accept = timed(mask), timed(accept)
+    try:
+        for k in (1, clients):
+            free, con, work = [], [], []
+            for _ in range(2):  # alternated, best kept: the machine is shared
+                t, n = run(k, False)
+                free.append(t / n)
+                inside[0] = 0.0
+                t, n = run(k, True)
+                con.append(t / n)
+                work.append(inside[0] / n)  # grammar seconds per constrained token (every sequence's)
+            f, c, w = min(free), min(con), min(work)
+            # with k sequences per step, a step's grammar work is k x w: compare per step
+            print(f"[5] constrained decoding (json_schema, llguidance), {k} client(s): grammar work {w * 1e3:.3f} ms per "
+                  f"sequence-token = {w * k / c:.1%} of a constrained decode step ({c * 1e3:.2f} ms; unconstrained "
+                  f"{f * 1e3:.2f} ms, ratio {c / f:.2f}x on this shared machine)")
+    finally:
+        grammar.Constraint.mask, grammar.Constraint.accept = mask, accept
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -180,6 +262,7 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=0, help="model width (default: the cpu preset's); 512 with --depth 5: 20M")
     ap.add_argument("--depth", type=int, default=0)
     ap.add_argument("--only-precision", action="store_true", help="run section 4 only")
+    ap.add_argument("--only-structured", action="store_true", help="run section 5 only")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     shape = ([f"model.width={a.width}"] if a.width else []) + ([f"model.depth={a.depth}"] if a.depth else [])
@@ -190,6 +273,9 @@ def main(argv=None):
               f"context {engine.context_window}, torch threads {torch.get_num_threads()}")
         if a.only_precision:
             precision_compare(engine, a.clients, a.seconds)
+            return 0
+        if a.only_structured:
+            structured_compare(engine, a.clients)
             return 0
         kv, re = kv_vs_recompute(engine)
         print(f"[1] decode at 512 context: KV cache {kv:.1f} tok/s vs recompute {re:.1f} tok/s  -> {kv / re:.1f}x  (goal >= 5x)")
@@ -204,6 +290,7 @@ def main(argv=None):
               f"({len(ttft)} requests) = {p50 / idle50:.1f}x / {p99 / idle50:.1f}x the idle-engine TTFT "
               f"({idle50 * 1000:.0f} ms)")
         precision_compare(engine, a.clients, a.seconds)
+        structured_compare(engine, a.clients)
     finally:
         engine.stop()
     return 0

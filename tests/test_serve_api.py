@@ -111,7 +111,8 @@ def test_stop_sequence_excluded(client):
     (dict(messages=user(), max_tokens=-1), "invalid_value"),
     (dict(messages=user(), max_tokens=100_000), "context_length_exceeded"),
     (dict(messages=user(), stop=["a", "b", "c", "d", "e"]), "invalid_value"),
-    (dict(messages=[{"role": "tool", "content": "x"}]), "invalid_value"),
+    (dict(messages=[{"role": "robot", "content": "x"}]), "invalid_value"),
+    (dict(messages=[{"role": "tool", "content": "x"}]), "missing_required_parameter"),
 ])
 def test_sdk_bad_request(client, kw, code):
     with pytest.raises(openai.BadRequestError) as e:

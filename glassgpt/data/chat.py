@@ -8,12 +8,21 @@ part is {'type': 'text', 'text': …}, {'type': 'ids', 'ids': [...]} (tokens alr
 chosen, e.g. an answer spelled one character a token) or anything else, which is an image:
 `n_image_tokens` copies of <|image|> for the vision encoder to fill.
 
+Tools are plain text inside these turns (no special tokens, so every checkpoint reads them):
+the function list joins the system turn (`tools_text`), an assistant's calls are
+`<tool_call>{"name": …, "arguments": {…}}</tool_call>` after its text (`tool_calls_text`),
+and a tool's result is a user turn `<tool_result name="…" id="…">…</tool_result>`
+(`tool_result_text`); `parse_tool_calls` reads calls back from generated text.
+
 Training rows put the loss on the assistant turns only: each assistant token and that
 turn's <|assistant_end|> (the model must learn to stop), not <|assistant_start|> (the
 renderer writes it) and nothing the system or user said.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 from glassgpt.errors import DataError
 
@@ -29,6 +38,56 @@ def with_system(messages: list[dict], system: str | None = DEFAULT_SYSTEM) -> li
     if not system or (messages and messages[0].get("role") == "system"):
         return list(messages)
     return [{"role": "system", "content": system}] + list(messages)
+
+
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def tools_text(tools: list[dict]) -> str:
+    """The functions a model may call, for the system turn. tools: [{'name', 'description',
+    'parameters'}] (the `function` objects of OpenAI's `tools`)."""
+    lines = ["You can call these functions. To call one, answer with "
+             f'{TOOL_CALL_OPEN}{{"name": NAME, "arguments": {{...}}}}{TOOL_CALL_CLOSE} (one per call).']
+    for t in tools:
+        desc = f": {t['description']}" if t.get("description") else ""
+        lines.append(f"- {t['name']}{desc} Parameters: {json.dumps(t.get('parameters') or {}, ensure_ascii=False)}")
+    return "\n".join(lines)
+
+
+def tool_calls_text(calls: list[dict]) -> str:
+    """An assistant's calls as text; calls: [{'name', 'arguments'}], arguments a JSON string
+    (as OpenAI sends them) or an object."""
+    out = []
+    for c in calls:
+        args = c.get("arguments") or "{}"
+        try:
+            args = json.loads(args) if isinstance(args, str) else args
+        except ValueError:  # a client's malformed arguments are shown as the string they sent
+            pass
+        out.append(TOOL_CALL_OPEN + json.dumps({"name": c.get("name", ""), "arguments": args}, ensure_ascii=False)
+                   + TOOL_CALL_CLOSE)
+    return "".join(out)
+
+
+def tool_result_text(content: str, name: str | None = None, call_id: str | None = None) -> str:
+    attrs = "".join(f' {k}="{v}"' for k, v in (("name", name), ("id", call_id)) if v)
+    return f"<tool_result{attrs}>{content}</tool_result>"
+
+
+_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
+
+
+def parse_tool_calls(text: str) -> list[dict]:
+    """[{'name', 'arguments' (a JSON string)}] of every complete call in `text`, in order."""
+    calls = []
+    for m in _CALL.finditer(text):
+        try:
+            c = json.loads(m.group(1))
+        except ValueError:
+            continue
+        if isinstance(c, dict) and isinstance(c.get("name"), str):
+            calls.append({"name": c["name"], "arguments": json.dumps(c.get("arguments", {}), ensure_ascii=False)})
+    return calls
 
 
 def _render(tok, messages: list[dict], n_image_tokens: int) -> tuple[list[int], list[bool]]:

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from glassgpt.data import chat
 from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
 from glassgpt.serve.errors import ContextLengthError, ServeError
 from glassgpt.serve.metrics import Metrics
@@ -176,18 +178,28 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
     if not body.messages:
         raise ServeError("'messages' must contain at least one message.", param="messages", code="empty_array")
     out = []
+    names = {}  # tool call id -> function name, from the assistant turns so far
     for i, m in enumerate(body.messages):
-        role = "system" if m.role == "developer" else m.role
-        if role not in ("system", "user", "assistant"):
-            raise ServeError(f"Invalid role '{m.role}' in messages[{i}]: this server supports system, developer, "
-                             "user and assistant messages (no tools).", param=f"messages[{i}].role", code="invalid_value")
+        role = {"developer": "system", "tool": "user"}.get(m.role, m.role)
+        if m.role not in ("system", "developer", "user", "assistant", "tool"):
+            raise ServeError(f"Invalid value: '{m.role}'. Supported values are: 'system', 'assistant', 'user', 'tool', "
+                             "and 'developer'.", param=f"messages[{i}].role", code="invalid_value")
         # Any order is accepted, as OpenAI accepts it: system messages anywhere (openai/evals
         # sends few-shot examples as system turns), an assistant turn first, and two turns of
         # the same role in a row (LangChain sends them), which are merged into one turn below
-        # so that the model sees alternating turns as in training.
+        # so that the model sees alternating turns as in training. A tool's result is a user
+        # turn to the model (it comes from outside), rendered by glassgpt.data.chat.
         c = m.content
-        if c is None:
+        if m.tool_calls and m.role != "assistant":
+            raise ServeError(f"messages[{i}]: only assistant messages may have 'tool_calls'.",
+                             param=f"messages[{i}].tool_calls", code="invalid_value")
+        if m.role == "tool" and not m.tool_call_id:
+            raise ServeError(f"Missing parameter 'tool_call_id': messages[{i}] with role 'tool' must answer a tool call.",
+                             param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+        if c is None and not (m.role == "assistant" and m.tool_calls):
             raise ServeError(f"messages[{i}].content is required.", param=f"messages[{i}].content", code="invalid_value")
+        if c is None:
+            c = ""
         parts = []
         if isinstance(c, str):
             parts = [{"type": "text", "text": clean(c)}]
@@ -199,7 +211,7 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                         raise ServeError(f"{param}: a text part needs 'text'.", param=param, code="invalid_value")
                     parts.append({"type": "text", "text": clean(p.text)})
                 elif p.type == "image_url":
-                    if role != "user":
+                    if m.role != "user":
                         raise ServeError(f"{param}: images are only allowed in user messages.", param=param)
                     if p.image_url is None:
                         raise ServeError(f"{param}: an image_url part needs 'image_url': {{'url': ...}}.", param=param)
@@ -213,6 +225,14 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                 else:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
                                      param=param + ".type", code="invalid_value")
+        if m.role == "tool":
+            text = "".join(p["text"] for p in parts)  # text only: images are refused above
+            parts = [{"type": "text", "text": chat.tool_result_text(text, names.get(m.tool_call_id), m.tool_call_id)}]
+        if m.tool_calls:
+            for call in m.tool_calls:
+                names[call.id] = call.function.name
+            calls = [{"name": t.function.name, "arguments": clean(t.function.arguments)} for t in m.tool_calls]
+            parts = [p for p in parts if p["type"] != "text" or p["text"]] + [{"type": "text", "text": chat.tool_calls_text(calls)}]
         if out and role != "system" and out[-1]["role"] == role:
             merged = out[-1]["content"] + [{"type": "text", "text": "\n\n"}] + parts
             out[-1]["content"] = []
@@ -223,12 +243,82 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                     out[-1]["content"].append(p)
         else:
             out.append({"role": role, "content": parts})
+    if body.tools and body.tool_choice != "none":  # the functions join the (first) system turn
+        listing = chat.tools_text([t.function.model_dump(exclude={"strict"}) for t in body.tools])
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = out[0]["content"] + [{"type": "text", "text": "\n\n" + listing}]
+        else:
+            out.insert(0, {"role": "system", "content": [{"type": "text", "text": listing}]})
     return out
 
 
 def clean(text: str) -> str:
     """JSON may carry lone surrogates (\\ud800), which are not UTF-8: replace them."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def sampling_extras(body, engine: Engine) -> dict:
+    """logit_bias and the penalties as SamplingParams fields, validated as OpenAI validates them."""
+    bias = None
+    if body.logit_bias:
+        if len(body.logit_bias) > 300:
+            raise ServeError("Invalid 'logit_bias': at most 300 tokens may be biased.", param="logit_bias",
+                             code="invalid_value")
+        bias, vocab = {}, engine.tokenizer.vocab_size
+        for k, v in body.logit_bias.items():
+            if not re.fullmatch(r"[0-9]{1,12}", k):
+                raise ServeError(f"Invalid key in 'logit_bias': {k[:40]}. Keys must be token ids (non-negative "
+                                 "integers, as strings).", param="logit_bias", code="invalid_value")
+            if int(k) >= vocab:
+                raise ServeError(f"Invalid key in 'logit_bias': {k}. This model's token ids are 0 to {vocab - 1}.",
+                                 param="logit_bias", code="invalid_value")
+            if not -100 <= v <= 100:
+                raise ServeError(f"Invalid value for 'logit_bias' key {k}: {v}. Values must be between -100 and 100.",
+                                 param="logit_bias", code="invalid_value")
+            bias[int(k)] = float(v)
+    return {"logit_bias": bias, "presence_penalty": body.presence_penalty or 0.0,
+            "frequency_penalty": body.frequency_penalty or 0.0}
+
+
+def constraint_for(body: ChatCompletionRequest, srv: "Server", engine: Engine):
+    """The grammar a chat request's answer must follow (response_format, tools), as a
+    grammar.Constraint, or None. Runs in a worker thread: compiling takes milliseconds."""
+    rf, tools, choice = body.response_format, body.tools or [], body.tool_choice
+    if body.functions is not None or body.function_call is not None:
+        field = "functions" if body.functions is not None else "function_call"
+        raise ServeError(f"'{field}' is deprecated and not supported here; use 'tools' and 'tool_choice'.",
+                         param=field, code="unsupported_parameter")
+    if choice is not None and not tools:
+        raise ServeError("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice",
+                         code="invalid_value")
+    text_json = rf is not None and rf.type != "text"
+    schema = None
+    if rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None:
+            raise ServeError("Missing required parameter: 'response_format.json_schema'.",
+                             param="response_format.json_schema", code="missing_required_parameter")
+        schema = rf.json_schema.schema_ if rf.json_schema.schema_ is not None else {}
+    mode = "none" if choice == "none" or not tools else "auto" if choice in (None, "auto") else "required"
+    if not text_json and mode == "none":
+        return None
+    g = srv.grammars(engine)
+    if mode == "none":
+        return g.matcher(g.json_schema(schema, "response_format"), "response_format.json_schema.schema")
+    seen = set()
+    for i, t in enumerate(tools):
+        if t.function.name in seen:
+            raise ServeError(f"Duplicate function name '{t.function.name}' in 'tools'.", param=f"tools[{i}].function.name",
+                             code="invalid_value")
+        seen.add(t.function.name)
+        g.matcher(g.json_schema(t.function.parameters, "tools"), f"tools[{i}].function.parameters")  # names a bad one
+    fns = [t.function.model_dump(include={"name", "parameters"}) for t in tools]
+    if not isinstance(choice, (str, type(None))):
+        fns = [f for f in fns if f["name"] == choice.function.name]
+        if not fns:
+            raise ServeError(f"Invalid 'tool_choice': no function named '{choice.function.name}' in 'tools'.",
+                             param="tool_choice.function.name", code="invalid_value")
+    grammar = g.tool_grammar(fns, mode, schema, text_json, parallel=body.parallel_tool_calls is not False)
+    return g.matcher(grammar, "tools")
 
 
 def stop_list(stop) -> list[str]:
@@ -318,6 +408,32 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
+class ToolCallText:
+    """One choice's text read as a tool-call answer or a text answer. With tools, the grammar
+    keeps a text answer from beginning with '<', so the first character decides: a call answer
+    is `<tool_call>{...}</tool_call>`… (glassgpt.data.chat's format); each complete call becomes
+    an OpenAI tool call. A call answer cut before any call completed stays text, as the
+    non-streaming answer has it."""
+
+    def __init__(self):
+        self.text, self.calling, self.calls = "", None, []
+
+    def feed(self, text: str) -> tuple[str, list[tuple[int, dict]]]:
+        """Add text; returns (content to show, [(index, call)] newly complete)."""
+        self.text += text
+        if self.calling is None and self.text:
+            self.calling = self.text.startswith("<")
+        if not self.calling:
+            return text, []
+        found = chat.parse_tool_calls(self.text)
+        new = []
+        for k in range(len(self.calls), len(found)):
+            call = {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": found[k]}
+            self.calls.append(call)
+            new.append((k, call))
+        return "", new
+
+
 def sse(obj) -> str:
     return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
 
@@ -346,6 +462,17 @@ class Server:
         self.started = int(time.time())
         self.live: set[Meter] = set()  # meters of requests still running
         self.meter_interval = 1.0  # seconds between writes of running requests' tokens
+        self._grammars: dict[str, object] = {}
+        self._grammars_lock = threading.Lock()
+
+    def grammars(self, engine: Engine):
+        """The grammar library's view of an engine's tokenizer, built at the first request that needs it."""
+        with self._grammars_lock:
+            if engine.name not in self._grammars:
+                from glassgpt.serve.grammar import Grammars
+
+                self._grammars[engine.name] = Grammars(engine.tokenizer, engine.tokenizer.special["<|assistant_end|>"])
+            return self._grammars[engine.name]
 
     def price(self, model: str) -> tuple[float, float]:
         return self.prices.get(model) or KNOWN_PRICES.get(model) or self.prices.get("*") or DEFAULT_PRICE
@@ -718,7 +845,9 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
             stop=stop_list(body.stop), seed=body.seed, n=body.n or 1,
-            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
+            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0, **sampling_extras(body, engine))
+        # With tools (and tool_choice not "none") an answer that starts with a call is returned as tool_calls.
+        tools_on = bool(body.tools) and body.tool_choice != "none"
         # A size check that needs no tokenizer: a text of c characters is at least c/B tokens
         # when no token is longer than B bytes, so a message far over the context is refused
         # here, in microseconds, instead of after seconds of tokenizing.
@@ -731,6 +860,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             # Validation, base64, tokenizing and the context check run in a worker thread: a
             # long prompt takes seconds there, while the event loop keeps serving /health.
             messages = chat_messages(body, engine, raw_images)
+            params.constraint = constraint_for(body, srv, engine)
             # Each image part becomes engine.image_tokens <|image|> positions (billed as prompt tokens).
             prompt = engine.tokenizer.render_chat(messages, n_image_tokens=engine.image_tokens)
             try:
@@ -764,6 +894,22 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 "system_fingerprint": engine.fingerprint}
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
 
+        calls = [ToolCallText() for _ in range(params.n)]
+
+        def tool_chunks(index: int, text: str):
+            """Chunks for one choice's new text: content deltas, or tool_calls deltas as calls complete."""
+            content, new = calls[index].feed(text)
+            deltas = [{"content": content}] if content else []
+            for k, call in new:  # OpenAI's shape: id, type and name first, then the arguments
+                deltas.append({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                               "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                deltas.append({"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
+            for d in deltas:
+                c = {**base, "choices": [{"index": index, "delta": d, "logprobs": None, "finish_reason": None}]}
+                if include_usage:
+                    c["usage"] = None
+                yield c
+
         if body.stream:
             async def gen():
                 status = "cancelled"
@@ -782,17 +928,38 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                         if ev.kind == "token":
                             if not ev.text and not params.logprobs:
                                 continue
-                            ch = {"index": ev.index, "delta": {"content": ev.text},
-                                  "logprobs": chat_logprobs(engine.tokenizer, [ev.token]) if params.logprobs else None,
-                                  "finish_reason": None}
+                            if tools_on:
+                                for c in tool_chunks(ev.index, ev.text):
+                                    yield sse(c)
+                                if not params.logprobs:
+                                    continue
+                                ch = {"index": ev.index, "delta": {}, "finish_reason": None,
+                                      "logprobs": chat_logprobs(engine.tokenizer, [ev.token])}
+                            else:
+                                ch = {"index": ev.index, "delta": {"content": ev.text},
+                                      "logprobs": chat_logprobs(engine.tokenizer, [ev.token]) if params.logprobs else None,
+                                      "finish_reason": None}
                         elif ev.kind == "finish":
-                            if ev.text:
+                            if tools_on:
+                                for c in tool_chunks(ev.index, ev.text):
+                                    yield sse(c)
+                                held = calls[ev.index]
+                                if held.calling and not held.calls and held.text:  # cut before a call completed
+                                    c = {**base, "choices": [{"index": ev.index, "delta": {"content": held.text},
+                                                              "logprobs": None, "finish_reason": None}]}
+                                    if include_usage:
+                                        c["usage"] = None
+                                    yield sse(c)
+                            elif ev.text:
                                 c = {**base, "choices": [{"index": ev.index, "delta": {"content": ev.text},
                                                           "logprobs": None, "finish_reason": None}]}
                                 if include_usage:
                                     c["usage"] = None
                                 yield sse(c)
-                            ch = {"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}
+                            reason = ev.finish_reason
+                            if tools_on and reason == "stop" and calls[ev.index].calling:
+                                reason = "tool_calls"
+                            ch = {"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": reason}
                         else:
                             continue
                         c = {**base, "choices": [ch]}
@@ -828,6 +995,13 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                 choices[ev.index]["finish_reason"] = ev.finish_reason
 
         await consume_metered(events, request, handle, [req], finish_meter)
+        for i, c in enumerate(choices):
+            if tools_on:
+                calls[i].feed(c["message"]["content"])
+                if calls[i].calls:  # a call cut by max_tokens stays text, with finish_reason "length"
+                    c["message"].update(content=None, tool_calls=calls[i].calls)
+                    if c["finish_reason"] == "stop":
+                        c["finish_reason"] = "tool_calls"
         if params.logprobs:
             for i, c in enumerate(choices):
                 c["logprobs"] = chat_logprobs(engine.tokenizer, toks[i])
@@ -880,7 +1054,17 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                                   top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
                                   stop=stop_list(body.stop), seed=body.seed, n=n, logprobs=want_lp,
                                   top_logprobs=body.logprobs or 0,
-                                  echo_logprobs=echo and (want_lp or body.max_tokens == 0))
+                                  echo_logprobs=echo and (want_lp or body.max_tokens == 0), **extras)
+
+        extras = sampling_extras(body, engine)
+        if body.best_of is not None and body.best_of < n:
+            raise ServeError(f"'best_of' ({body.best_of}) must be at least 'n' ({n}).", param="best_of",
+                             code="invalid_value")
+        if body.best_of is not None and body.best_of > n:
+            # Generating best_of candidates and returning the n most likely is not implemented: refused
+            # rather than silently returning n unranked samples.
+            raise ServeError("'best_of' greater than 'n' is not supported by this server; leave it out or set it "
+                             "equal to 'n'.", param="best_of", code="unsupported_parameter")
 
         if body.max_tokens == 0 and not echo:
             raise ServeError("'max_tokens' must be at least 1 unless 'echo' is true.", param="max_tokens")

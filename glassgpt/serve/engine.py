@@ -75,6 +75,11 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     echo_logprobs: bool = False  # log-probabilities of the prompt tokens too (legacy echo)
+    # Logits processors, applied per sequence in the sampling step (see Engine._process):
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    presence_penalty: float = 0.0  # OpenAI's penalties over the tokens this sequence generated
+    frequency_penalty: float = 0.0
+    constraint: object | None = None  # a grammar.Constraint at its start; each choice gets a copy
 
 
 @dataclass
@@ -123,6 +128,7 @@ class Request:
         self.completion_tokens = 0  # over all choices, updated by the engine as it goes
         self.finished_choices = 0
         self.first_token_at: float | None = None
+        self.bias: torch.Tensor | None = None  # params.logit_bias as a dense row, built at the first sample
 
     def cancel(self) -> None:
         """Stop generating at the next token boundary (e.g. the client disconnected)."""
@@ -155,6 +161,8 @@ class _Seq:
             self.gen = torch.Generator(device="cpu")
             self.gen.manual_seed((int(p.seed) * 1_000_003 + index) % (2**63))
         self.finished = False
+        self.constraint = p.constraint.fork() if p.constraint is not None else None
+        self.counts: torch.Tensor | None = None  # times each token was generated (for the penalties)
 
     def holdback(self) -> int:
         """Characters at the end of text that might be the start of a stop sequence."""
@@ -434,9 +442,31 @@ class Engine:
         return dist.autocast(self.device, self.precision)
 
     # --- sampling -----------------------------------------------------------------------
+    def _process(self, seq: _Seq, logits: torch.Tensor) -> torch.Tensor:
+        """The logits this sequence samples from: the request's logit_bias added, OpenAI's
+        penalties subtracted (logit[j] -= count[j] * frequency + (count[j] > 0) * presence, over
+        the tokens generated so far in this sequence), and the tokens its grammar forbids masked."""
+        p = seq.req.params
+        if p.logit_bias:
+            bias = seq.req.bias
+            if bias is None:  # built once per request, shared by its choices
+                bias = torch.zeros_like(logits)
+                ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
+                bias[ids.to(logits.device)] = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype,
+                                                           device=logits.device)
+                seq.req.bias = bias
+            logits = logits + bias
+        if seq.counts is not None and (p.presence_penalty or p.frequency_penalty):
+            logits = logits - seq.counts * p.frequency_penalty - (seq.counts > 0).to(logits.dtype) * p.presence_penalty
+        if seq.constraint is not None:
+            logits = seq.constraint.mask(logits)
+        return logits
+
     def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:
         p = seq.req.params
+        # Log-probabilities are the model's own (before bias, penalties and grammar), as reported.
         logp = F.log_softmax(logits, dim=-1)
+        logits = self._process(seq, logits)
         if p.temperature < 1e-4:  # greedy (a tiny temperature would overflow the softmax)
             tok = int(torch.argmax(logits))
         else:
@@ -629,6 +659,13 @@ class Engine:
         if info.id in s.stop_ids:  # the chat end token: not content, not counted
             self._finish(s, "stop")
             return
+        if s.constraint is not None and not s.constraint.accept(info.id):
+            self._finish(s, None, error="internal engine error: the grammar refused the sampled token")
+            return
+        if req.params.presence_penalty or req.params.frequency_penalty:
+            if s.counts is None:
+                s.counts = torch.zeros(logits.numel(), dtype=torch.float32, device=logits.device)
+            s.counts[info.id] += 1
         s.generated += 1
         req.completion_tokens += 1
         if req.first_token_at is None:
@@ -648,6 +685,9 @@ class Engine:
         delta = s.text[s.sent:safe] if safe > s.sent else ""
         s.sent = max(s.sent, safe)
         req.emit(Event("token", index=s.index, token=info, text=delta))
+        if s.constraint is not None and s.constraint.complete:  # the grammar admits nothing more
+            self._finish(s, "stop")
+            return
         if s.generated >= s.max_new or s.length >= self.context_window:
             self._finish(s, "length")
             return

@@ -1,12 +1,14 @@
 """Request bodies of the OpenAI-compatible API, as pydantic models.
 
 They are the OpenAPI schema too (what the fuzz test reads). Unknown fields are ignored,
-as the official API ignores them; wrong types and out-of-range values are 400s.
+as the official API ignores them; wrong types and out-of-range values are 400s. Types are
+strict, as OpenAI's schema has them: `max_tokens: true`, `stream: "yes"` and `prompt: [true]`
+are refused, not coerced (an integer is still a number: `temperature: 1` is fine).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +16,7 @@ INT64 = 2**63 - 1
 
 
 class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ImageURL(_Loose):
@@ -28,10 +30,56 @@ class ContentPart(_Loose):
     image_url: ImageURL | None = None
 
 
+class FunctionCall(_Loose):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Loose):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Loose):
     role: str
     content: Union[str, list[ContentPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+class FunctionDef(_Loose):
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Loose):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Loose):
+    name: str
+
+
+class ToolChoiceNamed(_Loose):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Loose):
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Loose):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class StreamOptions(_Loose):
@@ -54,6 +102,16 @@ class ChatCompletionRequest(_Loose):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], ToolChoiceNamed, None] = None
+    parallel_tool_calls: bool | None = None
+    # Deprecated by OpenAI in favour of tools; refused with a 400 that says so.
+    functions: list[Any] | None = None
+    function_call: Any = None
 
 
 class CompletionRequest(_Loose):
@@ -72,6 +130,10 @@ class CompletionRequest(_Loose):
     stream_options: StreamOptions | None = None
     suffix: str | None = None
     user: str | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    best_of: int | None = Field(None, ge=1, le=128)
 
 
 Role = Literal["system", "developer", "user", "assistant"]

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: a tiny trained checkpoint, a server in a thread.
+"""Helpers for tests and benchmarks: a tiny trained checkpoint, a server in a thread, random
+JSON schemas.
 
 Only loopback addresses: the server binds 127.0.0.1 on a free port chosen by the OS.
 """
@@ -16,16 +17,18 @@ from pathlib import Path
 _TINY: dict[str, Path] = {}
 
 
-def tiny_checkpoint(tokens: int = 20000) -> Path:
-    """Train the `tiny` preset once per process (seconds) and return its run directory."""
-    key = str(tokens)
+def tiny_checkpoint(tokens: int = 20000, seq_len: int | None = None) -> Path:
+    """Train the `tiny` preset once per process (seconds) and return its run directory.
+    seq_len: a longer context than the preset's 64 tokens (e.g. for whole JSON answers)."""
+    key = f"{tokens}:{seq_len}"
     if key not in _TINY:
         from glassgpt import config
         from glassgpt.train.trainer import train
 
         root = Path(tempfile.mkdtemp(prefix="glassgpt-serve-"))
         atexit.register(shutil.rmtree, root, True)
-        cfg = config.load("tiny", [f"train.tokens={tokens}", f"data.cache_dir={root / 'cache'}", "data.heldout=[]"])
+        extra = [f"model.seq_len={seq_len}"] if seq_len else []
+        cfg = config.load("tiny", [f"train.tokens={tokens}", f"data.cache_dir={root / 'cache'}", "data.heldout=[]", *extra])
         train(cfg, root / "run")
         _TINY[key] = root / "run"
     return _TINY[key]
@@ -58,3 +61,40 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
+
+
+WORDS = ["name", "age", "city", "tags", "id", "score", "items", "ok", "kind", "note", "size", "level", "meta", "x"]
+
+
+def random_schema(rng, depth: int = 0) -> dict:
+    """A seeded random schema: objects (nested), arrays, enums, strings, integers, numbers,
+    booleans, required fields. Strings and arrays are bounded so that an answer fits."""
+    kinds = ["string", "integer", "number", "boolean", "enum"] + (["object", "object", "array"] if depth < 3 else [])
+    kind = "object" if depth == 0 else rng.choice(kinds)
+    if kind == "object":
+        names = rng.sample(WORDS, rng.randint(1, 4 if depth < 2 else 2))
+        props = {n: random_schema(rng, depth + 1) for n in names}
+        return {"type": "object", "properties": props, "required": rng.sample(names, rng.randint(0, len(names))),
+                "additionalProperties": False}
+    if kind == "array":
+        s = {"type": "array", "items": random_schema(rng, depth + 1), "maxItems": rng.randint(1, 3)}
+        if rng.random() < 0.5:
+            s["minItems"] = 1
+        return s
+    if kind == "string":
+        s = {"type": "string", "maxLength": rng.randint(1, 12)}
+        if rng.random() < 0.3:
+            s["minLength"] = 1
+        return s
+    if kind == "integer":
+        s = {"type": "integer"}
+        if rng.random() < 0.5:
+            lo = rng.randint(-50, 50)
+            s.update(minimum=lo, maximum=lo + rng.randint(0, 1000))
+        return s
+    if kind == "number":
+        return {"type": "number"} if rng.random() < 0.5 else {"type": "number", "minimum": 0, "maximum": 1}
+    if kind == "boolean":
+        return {"type": "boolean"}
+    values = rng.sample(["red", "green", "blue", 1, 2, 3, "a b", None, True], rng.randint(1, 4))
+    return {"enum": values}
