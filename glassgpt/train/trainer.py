@@ -243,7 +243,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         log.info("branched from %s (step %d)", branch_from, start)
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
-    opts = build_optimizers(raw, cfg)
+    opts = build_optimizers(raw, cfg, precision)
     for src in sources:
         opts += src.optimizers()
     if opt_states is not None:
