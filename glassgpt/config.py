@@ -226,6 +226,11 @@ class Config:
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
+    @property
+    def stage(self) -> str:
+        """The kind of model a run makes, as serving reports it: 'sft' (chat-tuned), 'vision' or 'base'."""
+        return "sft" if self.sft.enabled else "vision" if self.vision.enabled else "base"
+
     def save(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
