@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     x, y = batch[:, :-1], batch[:, 1:]
     for prec in a.precisions.split(","):
         model = build(cfg.model, seed=0)
-        opts = build_optimizers(model, cfg)
+        opts = build_optimizers(model, cfg, prec)
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
 
         def step():

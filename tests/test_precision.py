@@ -118,3 +118,26 @@ def test_eval_local_fn_takes_a_precision():
     for (a, _), (b, _) in zip(f32.loglikelihood(reqs), f16.loglikelihood(reqs)):
         assert abs(a - b) <= 0.05 * 8  # within 0.05 nats a token over a few tokens
     assert f16(prompt="def ", max_tokens=4).get_completions()  # generation through the bf16 engine
+
+
+def test_muon_newton_schulz_runs_in_bf16_only_for_bf16_runs():
+    import torch
+
+    from glassgpt.config import Config
+    from glassgpt.model.gpt import build
+    from glassgpt.train import optim
+
+    cfg = Config()
+    cfg.model.depth, cfg.model.width, cfg.model.head_dim, cfg.model.vocab_size = 1, 64, 32, 64
+    model = build(cfg.model, seed=0)
+    fp32 = [o for o in optim.build_optimizers(model, cfg) if isinstance(o, optim.Muon)][0]
+    bf16 = [o for o in optim.build_optimizers(model, cfg, "bf16") if isinstance(o, optim.Muon)][0]
+    assert not fp32.ns_bf16 and bf16.ns_bf16
+    g = torch.randn(2, 32, 48, generator=torch.Generator().manual_seed(0))
+    a, b = optim.zeropower_newton_schulz(g), optim.zeropower_newton_schulz(g, bf16=True)
+    assert a.dtype == b.dtype == torch.float32
+    # both orthogonalise: singular values near 1 (the quintic iteration leaves them in ~[0.7, 1.2])
+    for x in (a, b):
+        s = torch.linalg.svdvals(x)
+        assert s.min() > 0.5 and s.max() < 1.3
+    assert (a - b).abs().max() < 0.05 and not torch.equal(a, b)

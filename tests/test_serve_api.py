@@ -349,7 +349,7 @@ def test_terminal_chat_against_the_server(env):
     script = iter(["hi", "/quit"])
     out = io.StringIO()
     msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=4)
-    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"]  # a base model: no default system prompt
     assert backend.usage["completion_tokens"] > 0
 
 

@@ -2,7 +2,11 @@
 
 import io
 import json
+from pathlib import Path
 
+import glassgpt
+
+from glassgpt.data.chat import DEFAULT_SYSTEM
 from glassgpt.serve.chat import LocalBackend, read_message, run_chat
 from glassgpt.serve.engine import Engine
 from glassgpt.serve.store import Store
@@ -64,7 +68,8 @@ def test_chat_loop_local(tmp_path):
     script = iter(["hello", "/reset", "again \\", "more", f"/save {save}", "/quit"])
     out = io.StringIO()
     try:
-        msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=5)
+        # no system prompt: the default one alone would fill the tiny model's 64-token context
+        msgs = run_chat(backend, read=lambda _: next(script), out=out, temperature=0, max_tokens=5, system="")
     finally:
         eng.stop()
     text = out.getvalue()
@@ -92,3 +97,20 @@ def test_auth_cache_is_bounded_under_wrong_keys(tmp_path):
             store.authenticate(f"Bearer {good}")  # a key in use stays cached (least recently used goes first)
     assert len(store._cache) <= 100
     assert store.authenticate(f"Bearer {good}").name == "ok"
+
+
+def test_default_system_prompt_goes_to_chat_models_only_and_the_page_sends_the_same():
+    eng = Engine.from_checkpoint(tiny_checkpoint(), name="tiny", device="cpu", max_batch=1)
+    assert eng.stage == "base"
+    try:
+        msgs = run_chat(LocalBackend(eng), read=lambda _, s=iter(["hello", "/quit"]): next(s), out=io.StringIO(),
+                        temperature=0, max_tokens=3)
+        assert [m["role"] for m in msgs] == ["user", "assistant"]
+        eng.stage = "sft"  # as a chat SFT run's engine reports it (Config.stage)
+        msgs = run_chat(LocalBackend(eng), read=lambda _, s=iter(["/save /dev/null", "/quit"]): next(s),
+                        out=io.StringIO(), temperature=0, max_tokens=3)
+        assert msgs == [{"role": "system", "content": DEFAULT_SYSTEM}]
+    finally:
+        eng.stop()
+    page = (Path(glassgpt.__file__).parent / "serve" / "web" / "app.js").read_text()
+    assert f'const DEFAULT_SYSTEM = {json.dumps(DEFAULT_SYSTEM, ensure_ascii=False)};' in page

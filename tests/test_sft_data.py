@@ -442,3 +442,24 @@ def test_templates_meet_the_phrasing_budget():
         assert len(set(ts)) == len(ts), (rel, lang)
         assert sum(sft.is_heldout_template(i) for i in range(len(ts))) >= 2
         assert all("{s}" in t for t in ts)
+
+
+def test_facts_become_pretraining_statements_without_the_unknown_countries(cache):
+    en = list(sft.fact_documents("facts-en"))
+    zh = list(sft.fact_documents("facts-zh"))
+    text = "\n".join(d.text for d in en)
+    train, held, _ = _both(sources=["countryinfo", "bsd-quiz"])
+    # every taught fact's answer sentence is stated, in each of the renderings
+    taught = {c.messages[-1]["content"] for c in train if c.category == "fact" and c.language == "en"}
+    lines = text.splitlines()
+    assert taught <= set(lines)
+    assert all(lines.count(t) == sft.FACT_RENDERINGS for t in taught)
+    # a country the model must not know is never the subject of a statement (it may be a neighbour)
+    unknown = {c.fact.split("/")[1] for c in held if c.category == "unknown_fact"}
+    assert unknown
+    for subject in unknown:
+        about = [ln for ln in lines if subject in ln]
+        assert all(" borders " in ln and not ln.startswith(subject) for ln in about), about
+    assert {d.language for d in zh} == {"zh"} and any("布拉沃城" in d.text for d in zh)
+    assert len({d.name for d in en}) == len(en)  # names are the split's identity: unique
+    assert [d.text for d in sft.fact_documents("facts-en")] == [d.text for d in en]  # deterministic

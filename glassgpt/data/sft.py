@@ -46,6 +46,9 @@ SPLITS = ("train", "heldout")
 CATEGORIES = ("chitchat", "faq", "fact", "word", "api", "arithmetic", "harmful", "sensitive",
               "benign", "multiturn", "unknown_fact")
 ITEM_HELDOUT = 0.1  # by-item split fraction, for sources whose items are independent
+# Train questions per fact: a small model learns a fact from repetition, and a held-out phrasing
+# from having seen the fact asked several ways (2 left facts at chance; docs/assistant.md).
+TRAIN_PHRASINGS = 4
 FACT_HELDOUT = 0.25  # fraction of facts that also get a held-out (reserved-template) question
 UNKNOWN_COUNTRIES = 0.03  # ~7 of 250 countries never shown in train
 
@@ -273,8 +276,17 @@ class Fact:
     extra: dict = field(default_factory=dict)  # extra answer fields (pinyin); "sentence": answer is whole
 
 
+def answer_sentence(f: Fact, lang: str) -> str:
+    """The fact stated in one sentence: the SFT answer, and the pretraining text's statement."""
+    text = f.answer[lang][0]
+    if f.extra.get("sentence"):
+        return text
+    extra = {k: v for k, v in f.extra.items() if k != "sentence"}
+    return ANSWERS[(f.relation, lang)].format(s=f.subject[lang], a=text, **extra)
+
+
 def _fact_items(facts: list[Fact], source: str, category: str, seed: int, unknown: set[str] = frozenset(),
-                train_phrasings: int = 2) -> Iterator[Conversation]:
+                train_phrasings: int = TRAIN_PHRASINGS) -> Iterator[Conversation]:
     """Each fact: `train_phrasings` train questions from the open templates, and for a hash-chosen
     FACT_HELDOUT of facts one held-out question from a reserved template. Facts whose key is in
     `unknown` appear only in held-out, answered "I'm not sure"."""
@@ -294,8 +306,7 @@ def _fact_items(facts: list[Fact], source: str, category: str, seed: int, unknow
                             language=lang, id=f"{source}/{fid}/t{i}", split="heldout",
                             expect=DONT_KNOW_EXPECT[lang], template=f"{f.relation}/{lang}/{i}", fact=fid)
                 continue
-            extra = {k: v for k, v in f.extra.items() if k != "sentence"}
-            answer = text if f.extra.get("sentence") else ANSWERS[(f.relation, lang)].format(s=subj, a=text, **extra)
+            answer = answer_sentence(f, lang)
             r = random.Random(_h(seed, fid))
             for i in r.sample(open_ix, min(train_phrasings, len(open_ix))):
                 yield _conv([tmpl[i].format(s=subj), answer], source=source, category=category, language=lang,
@@ -549,7 +560,8 @@ def invented_country_items(seed: int, n: int = 40) -> Iterator[Conversation]:
                         expect=DONT_KNOW_EXPECT[lang], template=f"{rel}/{lang}/{i}")
 
 
-def _countryinfo(files, seed, skip, cccedict_files=None) -> Iterator[Conversation]:
+def countryinfo_facts(files, skip: Counter, cccedict_files=None) -> tuple[list[Fact], set[str]]:
+    """Every country's facts and the keys of those never taught (the unknown countries')."""
     countries = _countries(files)
     if not countries:
         raise packaged._changed(files[0] if files else Path("countryinfo"), "countryinfo country JSON")
@@ -558,7 +570,11 @@ def _countryinfo(files, seed, skip, cccedict_files=None) -> Iterator[Conversatio
     zh = chinese_names(names, cccedict_files) if cccedict_files else {}
     unknown_names = unknown_countries(sorted(c["name"] for c in countries))
     facts = country_facts(countries, zh)
-    unknown = {f.key for f in facts if f.key.split("/")[1] in unknown_names}
+    return facts, {f.key for f in facts if f.key.split("/")[1] in unknown_names}
+
+
+def _countryinfo(files, seed, skip, cccedict_files=None) -> Iterator[Conversation]:
+    facts, unknown = countryinfo_facts(files, skip, cccedict_files)
     yield from _fact_items(facts, "countryinfo", "fact", seed, unknown)
     yield from invented_country_items(seed)
 
@@ -592,6 +608,10 @@ def _quiz_lines(path: Path) -> list[list[str]]:
 
 
 def _bsd_quiz(files: list[Path], seed: int, skip: Counter) -> Iterator[Conversation]:
+    yield from _fact_items(bsd_facts(files, skip), "bsd-quiz", "fact", seed)
+
+
+def bsd_facts(files: list[Path], skip: Counter) -> list[Fact]:
     by = {p.name: p for p in files}
     facts = []
     if "elements" in by:
@@ -612,7 +632,48 @@ def _bsd_quiz(files: list[Path], seed: int, skip: Counter) -> Iterator[Conversat
             facts.append(Fact("state_capital", {"en": st}, {"en": (cap, cap)}, f"us-state/{st}/capital"))
     if not facts:
         raise packaged._changed(files[0] if files else Path("bsd-quiz"), "bsdgames quiz files (elements, state)")
-    yield from _fact_items(facts, "bsd-quiz", "fact", seed)
+    return facts
+
+
+# --------------------------------------------------------------------------- facts as pretraining text
+# The issue's knowledge sources are taught twice: as plain statements in the base model's text and
+# as questions in SFT. A fact only asked (2 phrasings, under one pass) was not learned at all: the
+# first run answered 12.5% of held-out fact questions. Each rendering is the same statements in a
+# new seeded order, cut into documents; a held-out document is an unseen arrangement of facts that
+# other renderings teach, so `val_facts-<lang>` measures recall, not novelty. Unknown countries'
+# facts never appear.
+
+FACT_SOURCES = {"facts-en": "en", "facts-zh": "zh"}  # derived pretraining sources (data.packaged names)
+FACT_NEEDS = ("countryinfo", "bsd-quiz")  # cccedict is used for Chinese names when fetched
+FACT_RENDERINGS = 8
+FACTS_PER_DOC = 40
+
+
+def fact_statements(language: str, cache_dir=None) -> list[str]:
+    skip: Counter = Counter()
+    facts, unknown = countryinfo_facts(packaged.cached_files("countryinfo", cache_dir), skip,
+                                       _optional_files("cccedict", cache_dir))
+    facts = [f for f in facts if f.key not in unknown] + bsd_facts(packaged.cached_files("bsd-quiz", cache_dir), skip)
+    return [answer_sentence(f, language) for f in facts if language in f.answer and language in f.subject]
+
+
+def _optional_files(name: str, cache_dir=None) -> list[Path] | None:
+    try:
+        return packaged.cached_files(name, cache_dir)
+    except DataError:
+        return None
+
+
+def fact_documents(name: str, cache_dir=None) -> Iterator[packaged.Document]:
+    """The documents of a derived fact source (FACT_SOURCES): FACT_RENDERINGS seeded orders of the
+    statements, FACTS_PER_DOC to a document."""
+    language = FACT_SOURCES[name]
+    statements = fact_statements(language, cache_dir)
+    for r in range(FACT_RENDERINGS):
+        order = random.Random(_h("facts", language, r)).sample(statements, len(statements))
+        for k in range(0, len(order), FACTS_PER_DOC):
+            yield packaged.Document(name=f"{name}/r{r}/{k // FACTS_PER_DOC}", text="\n".join(order[k:k + FACTS_PER_DOC]) + "\n",
+                                    source=name, language=language)
 
 
 # --------------------------------------------------------------------------- words
@@ -782,7 +843,7 @@ ACK = {"en": ["Nice to know!", "Got it.", "Thanks for telling me.", "Noted."],
        "zh": ["好的,记住了。", "明白了。", "谢谢你告诉我。", "知道了。"]}
 # the unrelated middle turn: arithmetic keeps it self-contained and checkable
 MIDDLE = {"en": ("What is {a} + {b}?", "{a} + {b} = {c}."), "zh": ("{a} + {b} 等于多少?", "{a} + {b} = {c}。")}
-RECALL_ITEMS = 1000
+RECALL_ITEMS = 4000  # recall is copying from the context: a skill learned from many examples
 
 
 def _multiturn(files, seed, skip):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from glassgpt.config import DATA_OPTIONAL, DataConfig
-from glassgpt.data import images, packaged, sources
+from glassgpt.data import images, packaged, sft, sources
 from glassgpt.data.tokenizer import Tokenizer, train_from_documents
 from glassgpt.errors import DataError
 
@@ -51,14 +51,25 @@ def packaged_specs(cfg: DataConfig) -> list[tuple[str, int]]:
 
 
 def packaged_language(name: str) -> str:
+    if name in sft.FACT_SOURCES:
+        return sft.FACT_SOURCES[name]
     return {"pretrain-zh": "zh"}.get(packaged.SOURCES[name].kind, "en") if name in packaged.SOURCES else "en"
+
+
+def _needs(name: str) -> tuple[str, ...]:
+    """The fetched packages a data.packaged entry reads: itself, or a derived source's inputs."""
+    return sft.FACT_NEEDS if name in sft.FACT_SOURCES else (name,)
+
+
+def _documents(name: str):
+    return sft.fact_documents(name) if name in sft.FACT_SOURCES else packaged.documents(name)
 
 
 def _packaged_docs(name: str, cap: int, stats: sources.SourceStats | None = None):
     """A packaged source's documents until `cap` UTF-8 bytes are read (0: all), counted into stats.
     Bytes, not characters: a Chinese character is three of them, and the mix is balanced in bytes."""
     seen = 0
-    for d in packaged.documents(name):
+    for d in _documents(name):
         if cap and seen >= cap:
             return
         n = len(d.text.encode("utf-8"))
@@ -101,12 +112,17 @@ def check_packaged(cfg: DataConfig) -> None:
     """Every data.packaged source known, readable as text and fetched, before any work starts:
     one line naming `glassgpt data fetch NAME` for the first that is not."""
     for name, _ in packaged_specs(cfg):
-        if name not in packaged.SOURCES:
-            raise DataError(f"data.packaged: unknown source '{name}'; `glassgpt data list` shows them")
-        if packaged.SOURCES[name].reader is None:
+        if name in sft.FACT_SOURCES:
+            pass
+        elif name not in packaged.SOURCES:
+            known = ", ".join(sorted(sft.FACT_SOURCES))
+            raise DataError(f"data.packaged: unknown source '{name}'; `glassgpt data list` shows them (derived: {known})")
+        elif packaged.SOURCES[name].reader is None:
             raise DataError(f"data.packaged: source '{name}' is not pretraining text (it has no document reader)")
-        if packaged.manifest(name) is None:
-            raise DataError(f"data.packaged: source {name} is not fetched; run `glassgpt data fetch {name}`")
+        for need in _needs(name):
+            if packaged.manifest(need) is None:
+                what = f"source {name}" if need == name else f"source {name} needs {need}, which"
+                raise DataError(f"data.packaged: {what} is not fetched; run `glassgpt data fetch {need}`")
 
 
 def bytes_per_token(tok: Tokenizer, texts) -> float:
@@ -130,8 +146,11 @@ def cache_key(cfg: DataConfig) -> str:
     if cfg.packaged:  # a re-fetched package (new Debian point release) is a new corpus
         check_packaged(cfg)
         for name, _ in packaged_specs(cfg):
-            m = packaged.manifest(name)
-            h.update(json.dumps([name, m.get("version"), [f.get("sha256") for f in m.get("files", [])]]).encode())
+            for need in _needs(name) + (("cccedict",) if name in sft.FACT_SOURCES else ()):
+                m = packaged.manifest(need) or {}
+                h.update(json.dumps([need, m.get("version"), [f.get("sha256") for f in m.get("files", [])]]).encode())
+            if name in sft.FACT_SOURCES:  # the statements are built by code: its version is part of the corpus
+                h.update(json.dumps([name, sft.FACT_RENDERINGS, sft.FACTS_PER_DOC]).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
         h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())

@@ -1285,7 +1285,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
     def model_card(e: Engine) -> dict:
         pp, pc = srv.price(e.name)
         return {"id": e.name, "object": "model", "created": srv.started, "owned_by": "glassgpt",
-                "context_window": e.context_window, "vision": e.has_vision,
+                "context_window": e.context_window, "vision": e.has_vision, "stage": e.stage,
                 "pricing": {"prompt_per_1k": pp, "completion_per_1k": pc}}
 
     @app.get("/v1/models")

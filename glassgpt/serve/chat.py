@@ -37,6 +37,10 @@ class LocalBackend:
     def vision(self) -> bool:
         return self.engine.has_vision
 
+    @property
+    def stage(self) -> str:
+        return self.engine.stage
+
     def stream(self, messages: list[dict], temperature: float, max_tokens: int | None) -> Iterator[str]:
         tok = self.engine.tokenizer
         rendered, images = [], []
@@ -89,9 +93,12 @@ class RemoteBackend:
             raise ServeError(f"cannot list models at {base_url}: {e}") from None
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         try:
-            self.vision = bool(getattr(self.client.models.retrieve(self.name), "vision", True))
+            card = self.client.models.retrieve(self.name)
+            self.vision = bool(getattr(card, "vision", True))
+            # another vendor's chat model, perhaps: treat an unknown stage as chat-tuned
+            self.stage = getattr(card, "stage", None) or "sft"
         except openai.APIError:
-            self.vision = True  # not a glassgpt server, perhaps: let the server answer
+            self.vision, self.stage = True, "sft"  # not a glassgpt server, perhaps: let the server answer
 
     def stream(self, messages: list[dict], temperature: float, max_tokens: int | None) -> Iterator[str]:
         try:
@@ -148,10 +155,15 @@ def image_part(path) -> dict:
 def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature: float = 0.8,
              max_tokens: int | None = None, system: str | None = None, images: list | None = None) -> list[dict]:
     """The chat loop; returns the conversation at exit. images: paths attached to the first
-    user message (as /image PATH would)."""
+    user message (as /image PATH would). system: None sends, to a chat-tuned model, the default
+    system prompt it was tuned under (data.chat.DEFAULT_SYSTEM, as the page does), to others none;
+    "" sends none."""
+    from glassgpt.data.chat import DEFAULT_SYSTEM
     from glassgpt.errors import GlassError
 
     out = out or sys.stdout
+    if system is None:
+        system = DEFAULT_SYSTEM if backend.stage == "sft" else ""
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     pending = [image_part(p) for p in images or []]

@@ -213,6 +213,8 @@ class Engine:
         self.running: list[_Seq] = []
         # A model with an encoder takes images: their embeddings are spliced in at prefill.
         self.has_vision = getattr(model, "vision", None) is not None
+        # chat-tuned models get the default system prompt they were tuned under when a client sends none
+        self.stage = cfg.stage if cfg is not None else ("vision" if self.has_vision else "base")
         self.image_tokens = n_image_tokens(model)  # <|image|> positions per image (0: text only)
         vision = getattr(model, "vision", None)
         # the encoder's input side: images are decoded at (about) this size, not larger

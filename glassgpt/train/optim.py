@@ -43,13 +43,15 @@ def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
     ], []
 
 
-def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False) -> torch.Tensor:
     """Approximately orthogonalise g (U Vᵀ of its SVD), or each matrix of a stack [..., m, n], with a
     quintic Newton-Schulz iteration whose coefficients push singular values towards 1 fast (Keller Jordan)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     # bf16 on GPU, as in Keller Jordan's Muon: for the gpu preset's 97M model the iteration is ~1.6e12
-    # FLOPs a step, ~30 ms at fp32 rates beside a ~130 ms step; on CPU bf16 matmuls are slower, so fp32.
-    x = g.bfloat16() if g.is_cuda else g.float()
+    # FLOPs a step, ~30 ms at fp32 rates beside a ~130 ms step. On a CPU only when the run is bf16
+    # (native bf16: AMX runs these matmuls ~2x faster than fp32); an fp32 run keeps fp32 here, so its
+    # numbers do not move.
+    x = g.bfloat16() if g.is_cuda or bf16 else g.float()
     transposed = x.size(-2) > x.size(-1)
     if transposed:
         x = x.mT
@@ -64,8 +66,9 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank
     (grads already averaged)."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_bf16=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
     def step(self):
@@ -84,7 +87,7 @@ class Muon(torch.optim.Optimizer):
                 same_shape.setdefault(g.shape, []).append((p, g))
             # same-shaped matrices orthogonalised as one stack: small ones are overhead-bound (bench/vision_step.py)
             for (rows, cols), items in same_shape.items():
-                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"])
+                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"], self.ns_bf16)
                 scale = max(1.0, rows / cols) ** 0.5  # tall matrices: same RMS step
                 for (p, _), update in zip(items, updates):
                     if group["weight_decay"]:
@@ -92,11 +95,12 @@ class Muon(torch.optim.Optimizer):
                     p.add_(update.view_as(p), alpha=-group["lr"] * scale)
 
 
-def build_optimizers(model, cfg: Config) -> list[torch.optim.Optimizer]:
+def build_optimizers(model, cfg: Config, precision: str = "fp32") -> list[torch.optim.Optimizer]:
+    """precision: the run's resolved precision; 'bf16' runs Muon's Newton-Schulz in bf16."""
     adam_groups, muon_groups = param_groups(model, cfg)
     opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
     if muon_groups:
-        opts.append(Muon(muon_groups))
+        opts.append(Muon(muon_groups, ns_bf16=precision == "bf16"))
     for opt in opts:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]

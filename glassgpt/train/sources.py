@@ -40,7 +40,7 @@ from glassgpt.data import chat, image_chat, sft
 from glassgpt.data import images as img_mod
 from glassgpt.data.images import Sample
 from glassgpt.data.shards import Corpus, Loader
-from glassgpt.errors import ConfigError, DataError
+from glassgpt.errors import ConfigError, DataError, closest
 from glassgpt.model.vision import VisionError, attach, count, preprocess
 from glassgpt.train.optim import Muon
 
@@ -449,6 +449,13 @@ def eval_items(heldout: list, n: int) -> list:
     return [c for k in sorted(groups) for c in groups[k]]
 
 
+def answer_budget(tok, conv, floor: int) -> int:
+    """Tokens an answer may take and still count as formatted: sft.eval_max_tokens, or the reference
+    answer's length and a margin where that is longer (a FAQ answer is a paragraph, a capital a word)."""
+    ref = [m for m in conv.messages if m["role"] == "assistant"][-1]["content"]
+    return max(floor, len(tok.encode(ref)) + 8)
+
+
 def prompt_of(tok, conv) -> list[int]:
     """The conversation up to its last assistant turn, under the default system prompt, ready for
     the model to give that turn (multi-turn items: turn 3 must recall what turn 1 said)."""
@@ -487,6 +494,22 @@ def score(items: list, answers: list[tuple[str, bool]]) -> dict:
     return {"headline": head, "table": table}
 
 
+def repeated(convs: list, repeat: list[str]) -> list:
+    """Each conversation of a category named in sft.repeat ("category:N") N times: a small category
+    (136 benign look-alikes beside ~2,600 harmful requests) otherwise teaches that everything that
+    looks harmful is refused."""
+    times = {}
+    for entry in repeat:
+        cat, _, n = str(entry).partition(":")
+        if cat not in sft.CATEGORIES:
+            raise ConfigError(f"sft.repeat: unknown category '{cat}'{closest(cat, sft.CATEGORIES)}; "
+                            f"categories: {', '.join(sft.CATEGORIES)}")
+        if not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"sft.repeat: '{entry}' needs a whole number of times ≥ 1 (write {cat}:4)")
+        times[cat] = int(n)
+    return [c for c in convs for _ in range(times.get(c.category, 1))]
+
+
 class ChatSource(Source):
     """Chat SFT rows: sft.build('train') conversations under chat.DEFAULT_SYSTEM, loss on the
     assistant turns only, packed several to a row of seq_len; held-out answers decoded greedily
@@ -506,6 +529,7 @@ class ChatSource(Source):
             train, self.counts = sft.build("train", names, self.sc.max_chars)
         else:
             self.counts = {}
+        train = repeated(train, self.sc.repeat)
         self.heldout = heldout if heldout is not None else sft.build("heldout", names, self.sc.max_chars)[0]
         self.packed, self.skipped_long, self.trained_tokens = self._pack(train, cfg.train.seed)
         if not for_eval and len(self.packed) < self.sc.batch_size * world:  # (for_eval: the eval only, e.g. of a base)
@@ -559,18 +583,17 @@ class ChatSource(Source):
             L = max(L, len(xi))
         return Rows(x[:, :L], y[:, :L])
 
-    def decode(self, model, prompts: list[list[int]]) -> list[tuple[str, bool]]:
+    def decode(self, model, prompts: list[list[int]], budgets: list[int]) -> list[tuple[str, bool]]:
         """Greedy answers through the serving Engine, batched: (text, ended with <|assistant_end|>
-        within sft.eval_max_tokens)."""
+        within its budget)."""
         from glassgpt.serve.engine import Engine, SamplingParams
 
-        budget = self.sc.eval_max_tokens
         eng = Engine(model, self.tok, device=str(self.device), max_batch=self.sc.eval_batch,
                      max_queue=max(64, len(prompts))).start()
         outs = [{"text": "", "finish": None} for _ in prompts]
         reqs = []
         try:
-            for p, o in zip(prompts, outs):
+            for p, budget, o in zip(prompts, budgets, outs):
                 def on_event(ev, o=o):
                     if ev.kind in ("token", "finish"):
                         o["text"] += ev.text
@@ -588,14 +611,15 @@ class ChatSource(Source):
     @torch.no_grad()
     def evaluate(self, model=None) -> dict:
         raw = self.raw if self.raw is not None else model
-        room = raw.cfg.seq_len - self.sc.eval_max_tokens
         items = eval_items(self.heldout, self.sc.eval_samples)
         prompts = [prompt_of(self.tok, c) for c in items]
-        keep = [i for i, p in enumerate(prompts) if len(p) <= room]  # a prompt the context cannot answer in
-        items, prompts = [items[i] for i in keep], [prompts[i] for i in keep]
+        budgets = [answer_budget(self.tok, c, self.sc.eval_max_tokens) for c in items]
+        # a prompt the context cannot answer in is left out
+        keep = [i for i, p in enumerate(prompts) if len(p) + budgets[i] <= raw.cfg.seq_len]
+        items, prompts, budgets = [items[i] for i in keep], [prompts[i] for i in keep], [budgets[i] for i in keep]
         was = raw.training
         try:
-            answers = self.decode(raw, prompts) if prompts else []
+            answers = self.decode(raw, prompts, budgets) if prompts else []
         finally:
             raw.train(was)  # the engine puts the model in eval mode
         result = score(items, answers)

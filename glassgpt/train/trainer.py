@@ -256,7 +256,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
             src.ready(raw, lineage)
     if fsdp:
         dist_mod.wrap(raw, d, fsdp=True)  # shards the parameters in place (DTensors)
-    opts = build_optimizers(raw, cfg)
+    opts = build_optimizers(raw, cfg, precision)
     for src in sources:
         opts += src.optimizers()
     if opt_states is not None:

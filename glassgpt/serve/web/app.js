@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 
 // Shown as the system field's placeholder and sent when the field is empty, so what the
 // user reads there is exactly what the model is given.
-const DEFAULT_SYSTEM = "You are glassgpt, a helpful assistant.";
+const DEFAULT_SYSTEM = "You are glassgpt, a helpful assistant. Answer in the language of the question.";
 const KEY_CONVERSATIONS = "glassgpt.conversations", KEY_CURRENT = "glassgpt.current";
 
 function newId() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
