@@ -1126,7 +1126,7 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
           db: str = "runs/serve/serve.db", names: list[str] | None = None, prices: list[str] | None = None,
           max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
           tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0,
-          precision: str | None = None) -> None:
+          precision: str | None = None, header_timeout: float = 10.0) -> None:
     """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve."""
     import uvicorn
 
@@ -1149,6 +1149,9 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
                      read_timeout=read_timeout)
     log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
              "off" if no_auth else "on")
-    # timeout_keep_alive closes idle connections between requests; h11's size limit on an
-    # incomplete request head (16 KB by default) bounds what a slow header sender can hold.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    # timeout_keep_alive closes idle connections between requests, the protocol closes one whose
+    # request head is not complete within header_timeout (slowloris), and h11's size limit on an
+    # incomplete head (16 KB by default) bounds what it can hold meanwhile.
+    from glassgpt.serve.http import protocol
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5, http=protocol(header_timeout))
