@@ -1140,12 +1140,16 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
                          "create a key with `glassgpt keys create` instead")
     if not checkpoints:
         raise ServeError("pass at least one --checkpoint DIR")
+    if not header_timeout > 0:
+        raise ServeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
+    if threads is not None and threads < 1:
+        raise ServeError(f"--threads must be at least 1, not {threads}")
     names = list(names or [])
     if names and len(names) != len(checkpoints):
         raise ServeError("give one --model-name per --checkpoint, or none")
     # On a small CPU box the engine's matmul threads and the event loop compete for the same
-    # cores: with 2 cores, 2 torch threads made a 32-row decode step 8x slower (the OpenMP
-    # threads wait on each other whenever the loop takes a core) and /health waited on it.
+    # cores: beside one busy core, torch on both of 2 cores made a 32-row decode step 3-4x slower
+    # than on one (bench/serve_contention.py: OpenMP's threads wait for each other).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads or max(1, cores - 1))
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
