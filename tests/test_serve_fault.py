@@ -511,7 +511,9 @@ def test_32_streams_under_attack_then_sigkill(tmp_path, corpus_dir, cache_dir):
             assert got and set(got) <= expect, (kind, got)
         n_junk = sum(sum(attack["statuses"].get(k, {}).values()) for k in ("random path", "wrong key"))
         assert n_junk == 10_000 or SECONDS < 30, n_junk  # all 10,000 were answered within the load
-        assert slow and max(slow) <= HEADER_TIMEOUT + 1.5, slow
+        # cut at the header timeout, late by at most what the event loop was late anyway (the
+        # /health probe's worst answer), plus a second for the attacker's own polling
+        assert slow and max(slow) <= HEADER_TIMEOUT + max(lat) + 1.0, (max(slow), max(lat))
         assert paths <= {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}", "/health",
                          "/metrics", "unmatched", "/"}, paths
 
