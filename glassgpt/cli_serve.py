@@ -15,7 +15,7 @@ def cmd_serve(args):
           prices=args.price, max_batch=args.max_batch, max_queue=args.max_queue, device=args.device,
           precision=args.precision,
           rpm=args.rpm, tpm=args.tpm, max_body=args.max_body_mb * 1024 * 1024,
-          read_timeout=args.read_timeout)
+          read_timeout=args.read_timeout, header_timeout=args.header_timeout, threads=args.threads)
 
 
 def cmd_chat(args):
@@ -82,6 +82,10 @@ def add_serve(sub, name):
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests per key before 503s (4x that in all)")
     s.add_argument("--max-body-mb", type=int, default=32)
     s.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request body (408 after)")
+    s.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers (the connection is closed after)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the engines (default: the machine's cores minus one, at least 1)")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="weights and KV cache: bf16 (auto: where the hardware has native bf16) or fp32 "

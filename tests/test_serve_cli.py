@@ -54,6 +54,18 @@ def test_serve_refuses_bad_setups(tmp_path, capsys):
     assert "corrupt" in err and "Traceback" not in err
 
 
+def test_serve_refuses_a_header_timeout_that_is_not_positive(tmp_path, capsys):
+    assert cli(["serve", "--checkpoint", str(tmp_path), "--header-timeout", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--header-timeout must be a positive number" in err and "Traceback" not in err
+
+
+def test_serve_refuses_zero_threads(tmp_path, capsys):
+    assert cli(["serve", "--checkpoint", str(tmp_path), "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be at least 1" in err and "Traceback" not in err
+
+
 def test_read_message_multiline():
     lines = iter(["first \\", "second", '"""', "a", "b", '"""'])
     assert read_message(lambda _: next(lines)) == "first \nsecond"

@@ -1436,8 +1436,13 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
           db: str = "runs/serve/serve.db", names: list[str] | None = None, prices: list[str] | None = None,
           max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
           tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0,
-          precision: str | None = None) -> None:
-    """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve."""
+          precision: str | None = None, header_timeout: float = 10.0, threads: int | None = None) -> None:
+    """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve.
+    threads: torch's CPU threads for the engines (default: one core fewer than the machine has,
+    at least one, so that the event loop keeps a core for HTTP)."""
+    import os
+
+    import torch
     import uvicorn
 
     if no_auth and not is_loopback(host):
@@ -1445,9 +1450,18 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
                          "create a key with `glassgpt keys create` instead")
     if not checkpoints:
         raise ServeError("pass at least one --checkpoint DIR")
+    if not header_timeout > 0:
+        raise ServeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
+    if threads is not None and threads < 1:
+        raise ServeError(f"--threads must be at least 1, not {threads}")
     names = list(names or [])
     if names and len(names) != len(checkpoints):
         raise ServeError("give one --model-name per --checkpoint, or none")
+    # On a small CPU box the engine's matmul threads and the event loop compete for the same
+    # cores: beside one busy core, torch on both of 2 cores made a 32-row decode step 3-4x slower
+    # than on one (bench/serve_contention.py: OpenMP's threads wait for each other).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads or max(1, cores - 1))
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
                                       max_batch=max_batch, max_queue=max_queue, precision=precision)
                for i, ck in enumerate(checkpoints)]
@@ -1459,6 +1473,9 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
                      read_timeout=read_timeout)
     log.info("serving %s on http://%s:%d (auth %s)", ", ".join(e.name for e in engines), host, port,
              "off" if no_auth else "on")
-    # timeout_keep_alive closes idle connections between requests; h11's size limit on an
-    # incomplete request head (16 KB by default) bounds what a slow header sender can hold.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    # timeout_keep_alive closes idle connections between requests, the protocol closes one whose
+    # request head is not complete within header_timeout (slowloris), and h11's size limit on an
+    # incomplete head (16 KB by default) bounds what it can hold meanwhile.
+    from glassgpt.serve.http import protocol
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5, http=protocol(header_timeout))
