@@ -225,6 +225,9 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                 else:
                     raise ServeError(f"{param}: unsupported content part type '{p.type}' (use 'text' or 'image_url').",
                                      param=param + ".type", code="invalid_value")
+        if role == "user" and not m.tool_calls and all(p["type"] == "text" and not p["text"].strip() for p in parts):
+            raise ServeError(f"messages[{i}].content: a user message must not be empty or only whitespace.",
+                             param=f"messages[{i}].content", code="invalid_value")
         if m.role == "tool":
             text = "".join(p["text"] for p in parts)  # text only: images are refused above
             parts = [{"type": "text", "text": chat.tool_result_text(text, names.get(m.tool_call_id), m.tool_call_id)}]
@@ -243,6 +246,9 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                     out[-1]["content"].append(p)
         else:
             out.append({"role": role, "content": parts})
+    if engine.stage == "sft" and not any(m["role"] == "system" for m in out):
+        # a chat-tuned model was tuned under this system prompt: without it, it answers worse
+        out.insert(0, {"role": "system", "content": [{"type": "text", "text": chat.DEFAULT_SYSTEM}]})
     if body.tools and body.tool_choice != "none":  # the functions join the (first) system turn
         listing = chat.tools_text([t.function.model_dump(exclude={"strict"}) for t in body.tools])
         if out and out[0]["role"] == "system":
