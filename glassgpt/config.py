@@ -32,7 +32,14 @@ class ModelConfig:
     seq_len: int = 256
     vocab_size: int = 0  # 0: taken from the tokenizer at run time
     rope_base: float = 10000.0
-    rope_scale: float = 1.0  # >1 stretches positions (position interpolation) for long context
+    # Long context (docs/long_context.md): how RoPE is stretched past the length a model was trained at.
+    # rope_scale is the factor s for every kind; "linear" with s = 1 is plain RoPE (the default, as
+    # before these keys existed). "none": plain RoPE, no factor. "linear": position interpolation
+    # (positions / s). "ntk": NTK-aware base scaling (base · s^(d/(d-2))). "yarn": per-frequency-band
+    # interpolation with a ramp and attention temperature 0.1·ln(s) + 1 (needs rope_original_len).
+    rope_scale: float = 1.0
+    rope_scaling: str = "linear"
+    rope_original_len: int = 0  # the context the weights were trained at (0: not given)
     image_token_id: int = -1  # token whose positions take spliced-in image embeddings
 
     @property
@@ -82,6 +89,9 @@ class DataConfig:
 # DataConfig keys that are left out of a run's config (and its sha256) while they hold their defaults,
 # so runs and corpora from before they existed keep their identity.
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
+# Likewise for ModelConfig: a run without long-context settings keeps its identity.
+MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0}
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
 @dataclass
@@ -220,6 +230,9 @@ class Config:
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
+        for k, default in MODEL_OPTIONAL.items():
+            if d["model"][k] == default:
+                d["model"].pop(k)
         return d
 
     def sha256(self) -> str:
@@ -341,6 +354,40 @@ def load(preset: str | None = None, overrides: list[str] | None = None) -> Confi
     return cfg
 
 
+# Past this length the CPU flash-attention kernel works in tiles of 256 queries x 512 keys, and the
+# engine prefills in chunks of a power of two: long windows are kept to whole tiles.
+LONG_SEQ, SEQ_MULTIPLE = 4096, 256
+
+
+def validate_rope(m: ModelConfig) -> None:
+    """The RoPE and window settings, one line per mistake (see ModelConfig's comments)."""
+    if m.rope_scaling not in ROPE_SCALINGS:
+        raise ConfigError(f"unknown model.rope_scaling '{m.rope_scaling}'{closest(m.rope_scaling, ROPE_SCALINGS)}; "
+                          f"choose one of: {', '.join(ROPE_SCALINGS)}")
+    if not m.rope_scale >= 1.0:  # also NaN
+        raise ConfigError(f"model.rope_scale={m.rope_scale} must be >= 1 (the factor a window is stretched by)")
+    if m.rope_base <= 1.0:
+        raise ConfigError(f"model.rope_base={m.rope_base} must be > 1")
+    if m.head_dim % 2 or m.head_dim < 4:
+        raise ConfigError(f"model.head_dim={m.head_dim} must be even and at least 4 (RoPE rotates pairs)")
+    if m.rope_original_len < 0:
+        raise ConfigError(f"model.rope_original_len={m.rope_original_len} must be >= 0")
+    if m.seq_len > LONG_SEQ and m.seq_len % SEQ_MULTIPLE:
+        raise ConfigError(f"model.seq_len={m.seq_len} must be a multiple of {SEQ_MULTIPLE} above {LONG_SEQ} tokens "
+                          f"(the attention kernel's tile); e.g. {m.seq_len // SEQ_MULTIPLE * SEQ_MULTIPLE}")
+    if m.rope_scaling == "none" and m.rope_scale != 1.0:
+        raise ConfigError(f"model.rope_scaling=none takes no model.rope_scale (got {m.rope_scale}); "
+                          "choose linear, ntk or yarn to stretch the window")
+    if m.rope_scaling == "yarn" and m.rope_original_len < 2:
+        raise ConfigError("model.rope_scaling=yarn needs model.rope_original_len, the context the weights were "
+                          "trained at (e.g. 2048)")
+    if m.rope_original_len and m.rope_scaling in ("linear", "yarn") and m.rope_original_len * m.rope_scale < m.seq_len:
+        need = m.seq_len / m.rope_original_len
+        raise ConfigError(f"model.seq_len={m.seq_len} cannot be reached from rope_original_len={m.rope_original_len} "
+                          f"with rope_scale={m.rope_scale} ({m.rope_scaling} stretches it to "
+                          f"{int(m.rope_original_len * m.rope_scale)}); set model.rope_scale={need:g}")
+
+
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if m.mlp not in ("relu2", "swiglu"):
@@ -363,6 +410,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be positive")
     if m.depth <= 0 or m.seq_len <= 1:
         raise ConfigError("model.depth must be positive and model.seq_len at least 2")
+    validate_rope(m)
     sc = cfg.scaling
     if sc.line not in ("ratio", "tokens"):
         raise ConfigError(f"scaling.line must be 'ratio' or 'tokens', not '{sc.line}'")

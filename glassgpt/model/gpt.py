@@ -1,7 +1,7 @@
 """The glassgpt decoder: one file, read in one sitting.
 
 A decoder-only transformer in the modern style (as in nanochat / Llama):
-- RoPE positions (with an optional position-interpolation scale for long context),
+- RoPE positions, stretched for long context by position interpolation, NTK-aware or YaRN scaling,
 - RMSNorm without learnable gain (one less thing to tune; Muon does not need it),
 - QK-norm, so attention logits stay bounded without a softmax temperature hack,
 - grouped-query attention (fewer K/V heads: a smaller KV cache when serving),
@@ -57,13 +57,39 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return RMSNorm.apply(x)
 
 
+def rope_frequencies(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies [head_dim/2], attention factor) for cfg's RoPE scaling (config.ROPE_SCALINGS).
+
+    s = rope_scale. linear: all of them / s (position interpolation; rope_tables divides the
+    positions instead, as it always has, so old runs get bit-identical tables);
+    ntk: the base raised to base · s^(d/(d-2)), so the lowest frequency is interpolated by s
+    and the highest is left as trained; yarn: per band of dimensions by how many turns it makes
+    over the original window L: more than beta_fast=32 turns kept (extrapolated), fewer than
+    beta_slow=1 turn divided by s, a linear ramp between; and softmax sharpened by
+    t = 0.1·ln(s) + 1 applied to q and k (cos and sin), i.e. logits × t²."""
+    d, half, s = cfg.head_dim, cfg.head_dim // 2, cfg.rope_scale
+    base = cfg.rope_base * s ** (d / (d - 2)) if cfg.rope_scaling == "ntk" else cfg.rope_base
+    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float32, device=device) / half))
+    if cfg.rope_scaling != "yarn" or s == 1.0:
+        return inv_freq, 1.0
+
+    def band(turns):  # the dimension index whose wavelength fits `turns` times in the original window
+        return d * math.log(cfg.rope_original_len / (turns * 2 * math.pi)) / (2 * math.log(cfg.rope_base))
+
+    lo, hi = max(math.floor(band(32)), 0), min(math.ceil(band(1)), d - 1)
+    hi = max(hi, lo + 1e-3)
+    ramp = ((torch.arange(half, dtype=torch.float32, device=device) - lo) / (hi - lo)).clamp(0, 1)  # 1: interpolate
+    return inv_freq * (1 - ramp) + inv_freq / s * ramp, 0.1 * math.log(s) + 1.0
+
+
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [seq_len, head_dim/2]; rope_scale > 1 squeezes positions (interpolation)."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(half, dtype=torch.float32, device=device) / half))
-    pos = torch.arange(cfg.seq_len, dtype=torch.float32, device=device) / cfg.rope_scale
+    """cos/sin tables [seq_len, head_dim/2] (times the attention factor, which scales q and k)."""
+    inv_freq, factor = rope_frequencies(cfg, device)
+    pos = torch.arange(cfg.seq_len, dtype=torch.float32, device=device)
+    if cfg.rope_scaling == "linear":
+        pos = pos / cfg.rope_scale
     angles = torch.outer(pos, inv_freq)
-    return angles.cos(), angles.sin()
+    return angles.cos() * factor, angles.sin() * factor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
