@@ -178,6 +178,32 @@ class SftConfig:
 
 
 @dataclass
+class LongConfig:
+    """Long-context training (docs/long_context.md). Off by default: runs are unchanged.
+    A long-context stage is a run started with --init-from at a longer model.seq_len and a RoPE
+    scaling (model.rope_*); these keys shape its text rows."""
+
+    # An in-stage curriculum "LEN:FRACTION,...": the first FRACTION of the steps trains on rows of LEN
+    # tokens, and so on, at the same tokens per step (batch_size x seq_len / LEN rows). Each LEN
+    # divides model.seq_len. Empty: every row is model.seq_len long.
+    curriculum: str = ""
+    doc_mask: bool = False  # attention stays within each document of a packed row (BOS starts one)
+
+    def schedule(self, seq_len: int) -> list[tuple[int, float]]:
+        """[(row length, fraction of steps)], in order; [(seq_len, 1.0)] without a curriculum."""
+        if not self.curriculum.strip():
+            return [(seq_len, 1.0)]
+        out = []
+        for part in self.curriculum.split(","):
+            n, sep, f = part.strip().partition(":")
+            try:
+                out.append((int(n), float(f)))
+            except ValueError:
+                raise ConfigError(f"long.curriculum entry '{part.strip()}' must be LEN:FRACTION (e.g. 2048:0.5)") from None
+        return out
+
+
+@dataclass
 class ScalingConfig:
     """How to plan the scaling ladder when this config is the target (glassgpt.scaling.ladder.plan).
 
@@ -217,6 +243,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    long: LongConfig = field(default_factory=LongConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict:
@@ -227,6 +254,8 @@ class Config:
             d.pop("vision")
         if self.sft == SftConfig():  # likewise for runs that are not chat SFT
             d.pop("sft")
+        if self.long == LongConfig():  # and for runs without long-context rows
+            d.pop("long")
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
@@ -243,7 +272,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig,
-            "sft": SftConfig, "scaling": ScalingConfig}
+            "sft": SftConfig, "long": LongConfig, "scaling": ScalingConfig}
 
 
 def preset_names() -> list[str]:
@@ -441,6 +470,13 @@ def validate(cfg: Config) -> None:
         if s.batch_size <= 0 or s.text_weight < 0 or s.eval_samples < 0 or s.eval_max_tokens <= 0 or s.eval_batch <= 0:
             raise ConfigError("sft.batch_size, sft.eval_max_tokens and sft.eval_batch must be positive, "
                               "sft.text_weight and sft.eval_samples non-negative")
+    sched = cfg.long.schedule(m.seq_len)
+    for n, f in sched:
+        if n < 2 or n > m.seq_len or m.seq_len % n or not f > 0:
+            raise ConfigError(f"long.curriculum entry {n}:{f}: the length must divide model.seq_len={m.seq_len} "
+                              "and the fraction be positive")
+    if abs(sum(f for _, f in sched) - 1.0) > 1e-6:
+        raise ConfigError(f"long.curriculum fractions sum to {sum(f for _, f in sched):g}, not 1")
     for entry in cfg.data.packaged:
         name, _, cap = str(entry).partition(":")
         if not name or (cap and not cap.isdigit()):

@@ -113,3 +113,128 @@ def test_rope_config_accepts_a_yarn_extension():
     cfg = config.load(None, ["model.seq_len=32768", "model.rope_scaling=yarn", "model.rope_scale=16",
                              "model.rope_original_len=2048"])
     assert cfg.to_dict()["model"]["rope_scaling"] == "yarn"
+
+
+# --- long packaged texts --------------------------------------------------------------------------
+def test_cut_long_keeps_every_paragraph_in_order_within_the_limit():
+    from glassgpt.data.packaged import cut_long
+
+    paras = [f"paragraph {i} " + "word " * (i % 7 * 20) for i in range(300)]
+    text = "\n\n".join(paras) + "\n\n" + "x" * 2500  # and one paragraph longer than the limit
+    pieces = cut_long(text, limit=1000)
+    assert all(len(p.encode()) <= 1000 for p in pieces)
+    assert "".join("".join(pieces).split()) == "".join(text.split())  # nothing lost, nothing reordered
+    assert len(pieces) > 10
+
+
+def test_long_text_reader_json_and_gzip(tmp_path):
+    import gzip
+    import json
+
+    from glassgpt.data import packaged
+
+    root = tmp_path / "guwenguanzhi" / "files" / "package" / "dist" / "mengxue"
+    root.mkdir(parents=True)
+    f = root / "guwenguanzhi.json"
+    f.write_text(json.dumps({"title": "古文观止", "content": [
+        {"title": "卷一", "content": [{"chapter": "郑伯克段于鄢", "source": "左传", "paragraphs": ["初，郑武公娶于申。"]},
+                                      {"chapter": "周郑交质", "paragraphs": ["郑武公、庄公为平王卿士。"]}]}]},
+                            ensure_ascii=False))
+    (doc,) = packaged.READERS["long-text"](packaged.SOURCES["guwenguanzhi"], [f])
+    assert doc.language == "zh" and doc.name == "guwenguanzhi/package/dist/mengxue/guwenguanzhi.json#0"
+    assert doc.text.index("郑伯克段于鄢") < doc.text.index("初，郑武公娶于申。") < doc.text.index("周郑交质")
+    gz = tmp_path / "jargon" / "files" / "jargon.txt.gz"
+    gz.parent.mkdir(parents=True)
+    gz.write_bytes(gzip.compress(("hacker: n.\n\n" * 40000).encode()))
+    docs = list(packaged.READERS["long-text"](packaged.SOURCES["jargon"], [gz]))
+    assert len(docs) == 2 and [d.name[-2:] for d in docs] == ["#0", "#1"]  # 480 KB in documents of <= 256 KB
+    gz.write_bytes(b"not gzip")
+    with pytest.raises(Exception, match="jargon.txt.gz is not a readable gzip file"):
+        list(packaged.READERS["long-text"](packaged.SOURCES["jargon"], [gz]))
+
+
+def test_long_sources_registered_with_licences():
+    from glassgpt.data import packaged
+
+    for name in ("jargon", "debian-reference", "perl-long", "python-long", "guwenguanzhi"):
+        s = packaged.SOURCES[name]
+        assert s.kind == "long" and s.reader == "long-text" and s.licence
+
+
+# --- document masking -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["linear", "yarn"])
+def test_doc_masking_equals_separate_document_forwards(kind):
+    cfg = mcfg(seq_len=48, rope_scaling=kind, rope_scale=2.0, rope_original_len=24 if kind == "yarn" else 0)
+    torch.manual_seed(0)
+    model = build(cfg, seed=1)
+    for blk in model.blocks:  # non-zero residual branches, so attention shows in the output
+        torch.nn.init.normal_(blk.attn.c_proj.weight, std=0.05)
+        torch.nn.init.normal_(blk.mlp.c_proj.weight, std=0.05)
+    x = torch.randint(0, 97, (2, 40))
+    cuts = [[0, 13, 30, 40], [0, 40]]  # row 0: three documents; row 1: one
+    docs = torch.zeros_like(x)
+    for b, c in enumerate(cuts):
+        for k, (a, e) in enumerate(zip(c, c[1:])):
+            docs[b, a:e] = k
+    with torch.no_grad():
+        masked = model(x, docs=docs)
+        plain = model(x)
+        for b, c in enumerate(cuts):
+            for a, e in zip(c, c[1:]):
+                alone = model(x[b:b + 1, a:e])[0]  # the document at position 0, by itself
+                torch.testing.assert_close(masked[b, a:e], alone, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(masked[1], plain[1])  # one document: plain causal attention
+    assert (masked[0, 13:] - plain[0, 13:]).abs().max() > 1e-3  # later documents no longer see earlier ones
+
+
+def test_doc_masking_gradients_flow():
+    cfg = mcfg(seq_len=32)
+    model = build(cfg, seed=1)
+    x = torch.randint(0, 97, (2, 32))
+    docs = (torch.arange(32) >= 10).long().expand(2, 32)
+    model(x, x, docs=docs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- the long-context stage -------------------------------------------------------------------------
+def test_curriculum_parse_and_errors():
+    cfg = config.load(None, ["model.seq_len=64", "long.curriculum=16:0.5,32:0.25,64:0.25"])
+    assert cfg.long.schedule(64) == [(16, 0.5), (32, 0.25), (64, 0.25)]
+    assert "long" in cfg.to_dict() and "long" not in config.Config().to_dict()
+    for bad, match in [("24:1", "must divide model.seq_len=64"), ("16:0.5,64:0.4", "sum to 0.9"),
+                       ("16-0.5", "must be LEN:FRACTION")]:
+        with pytest.raises(ConfigError, match=match):
+            config.load(None, ["model.seq_len=64", f"long.curriculum={bad}"])
+
+
+def test_long_stage_curriculum_doc_mask_and_tokenizer_check(tiny_cfg, tmp_path):
+    from glassgpt.errors import CheckpointError
+    from glassgpt.train.trainer import train
+
+    train(tiny_cfg(train__tokens=4 * 32 * 4), tmp_path / "base")
+    stage = dict(model__seq_len=128, model__rope_scaling="yarn", model__rope_scale=4.0, model__rope_original_len=32,
+                 long__curriculum="32:0.5,128:0.5", long__doc_mask="true", train__batch_size=1,
+                 train__tokens=128 * 4, train__eval_every=4)
+    with pytest.raises(CheckpointError, match="parent's tokenizer has a 320-token vocabulary, this config's "
+                                              "data.vocab_size=300") as e:
+        train(tiny_cfg(data__vocab_size=300, **stage), tmp_path / "bad", init_from=tmp_path / "base")
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
+    from glassgpt.data.shards import Corpus, prepare
+    from glassgpt.train import sources as sources_mod
+
+    cfg = tiny_cfg(**stage)
+    rep = train(cfg, tmp_path / "long", init_from=tmp_path / "base")
+    assert rep["steps"] == 4 and rep["lineage"]["kind"] == "init"
+    assert rep["config"]["long"] == {"curriculum": "32:0.5,128:0.5", "doc_mask": True}
+    # the rows the source gave: 4 rows of 32 for the first two steps, then 1 of 128; documents counted by BOS
+    corpus = Corpus(prepare(cfg.data, tokenizer=tmp_path / "base" / "tokenizer.json"))
+
+    class D:
+        rank, world, device = 0, 1, "cpu"
+
+    src = sources_mod.TextSource(cfg, corpus, D(), None)
+    shapes = [tuple(src.rows(i).x.shape) for i in range(4)]
+    assert shapes == [(4, 32), (4, 32), (1, 128), (1, 128)]
+    r = src.rows(0)
+    bos = corpus.tokenizer.bos_id
+    assert torch.equal(r.docs, torch.cumsum(r.x == bos, 1))

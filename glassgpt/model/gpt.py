@@ -152,18 +152,24 @@ class Attention(nn.Module):
         self.c_qkv = nn.Linear(cfg.d_model, (self.h + 2 * self.kv) * self.hd, bias=False)
         self.c_proj = nn.Linear(self.h * self.hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, rows: CacheRows | None = None):
+    def forward(self, x, cos, sin, rows: CacheRows | None = None, spans=None):
         B, T, _ = x.shape
         qk, v = self.c_qkv(x).split([(self.h + self.kv) * self.hd, self.kv * self.hd], dim=-1)
         # Norm and rotate queries and keys together: half the elementwise kernels on CPU.
         qk = apply_rope(rms_norm(qk.view(B, T, self.h + self.kv, self.hd)), cos, sin)
         q, k = qk.transpose(1, 2).split([self.h, self.kv], dim=1)
         v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
-        if rows is None:  # training or a plain forward: causal attention over this call alone
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        gqa = self.kv != self.h
+        if spans is not None:  # document masking: each document of a row attends within itself only
+            y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, a:e], k[b:b + 1, :, a:e],
+                                                                     v[b:b + 1, :, a:e], is_causal=True, enable_gqa=gqa)
+                                      for a, e in row], dim=2) for b, row in enumerate(spans)])
+        elif rows is None:  # training or a plain forward: causal attention over this call alone
+            # no mask tensor, so CPU and GPU take the flash kernel: no T×T matrix at 32K tokens
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # with a cache: each row attends to its slot's prefix and its own new keys
             k, v = rows.update(self.layer, k, v)
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=self.kv != self.h)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=gqa)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
 
 
@@ -205,8 +211,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, rows=None):
-        x = x + self.attn(rms_norm(x), cos, sin, rows)
+    def forward(self, x, cos, sin, rows=None, spans=None):
+        x = x + self.attn(rms_norm(x), cos, sin, rows, spans)
         return x + self.mlp(rms_norm(x))
 
 
@@ -243,14 +249,18 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
-                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False):
+                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False,
+                docs: torch.Tensor | None = None):
         """idx [B, T] token ids. Returns logits [B, T, V] ([B, V] with last=True: the last
         position only), or the loss when targets are given (targets -1 are ignored).
         image_embeds [n, d_model] replace the embeddings at the n positions where
         idx == cfg.image_token_id, in order (row-major).
         With a cache: row b holds positions starts[b]..starts[b]+T-1 of cache slot slots[b]
         (defaults: slots 0..B-1, starts 0); its keys/values are written there and query i
-        attends to keys 0..starts[b]+i of that slot."""
+        attends to keys 0..starts[b]+i of that slot.
+        docs [B, T] (training, no cache): a document index per position, non-decreasing along a
+        row; attention then stays within each document (positions keep counting across them:
+        RoPE sees only distances, so a document scores as it would alone)."""
         B, T = idx.shape
         rows = None
         if cache is not None:
@@ -268,8 +278,9 @@ class GPT(nn.Module):
         # RoPE angles broadcast over heads: [T, 1, D/2] shared by all rows, or [B, T, 1, D/2] per row.
         pos = slice(0, T) if rows is None else rows.pos
         cos, sin = self.cos[pos].to(x.dtype).unsqueeze(-2), self.sin[pos].to(x.dtype).unsqueeze(-2)
+        spans = doc_spans(docs) if docs is not None and rows is None else None
         for block in self.blocks:
-            x = block(x, cos, sin, rows)
+            x = block(x, cos, sin, rows, spans)
         if last:
             x = x[:, -1]
         x = rms_norm(x)
@@ -284,6 +295,20 @@ class GPT(nn.Module):
         if reduction != "none":
             return loss
         return torch.zeros(targets.shape, dtype=loss.dtype, device=loss.device).masked_scatter(keep, loss)
+
+
+def doc_spans(docs: torch.Tensor) -> list[list[tuple[int, int]]] | None:
+    """Per row, the (start, end) of each document in `docs` [B, T]; None when no row has two
+    (the plain causal kernel then serves). One device sync, once per forward."""
+    d = docs.cpu()
+    cuts = (d[:, 1:] != d[:, :-1]).nonzero().tolist()
+    if not cuts:
+        return None
+    T = d.size(1)
+    bounds = [[0] for _ in range(d.size(0))]
+    for b, t in cuts:
+        bounds[b].append(t + 1)
+    return [list(zip(bs, bs[1:] + [T])) for bs in bounds]
 
 
 def build(cfg: ModelConfig, device="cpu", seed: int | None = 0) -> GPT:
