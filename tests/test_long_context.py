@@ -238,3 +238,108 @@ def test_long_stage_curriculum_doc_mask_and_tokenizer_check(tiny_cfg, tmp_path):
     r = src.rows(0)
     bos = corpus.tokenizer.bos_id
     assert torch.equal(r.docs, torch.cumsum(r.x == bos, 1))
+
+
+# --- attention cost and chunked prefill ----------------------------------------------------------
+def test_flop_count_includes_attention_square_at_32k():
+    """On the meta device (no memory): torch's counter over a 32K forward equals flops.count,
+    and at 32K attention's T² term is most of it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from glassgpt.model.flops import count
+    from glassgpt.model.gpt import GPT
+
+    T = 32768
+    cfg = mcfg(seq_len=T, vocab_size=512, rope_scaling="yarn", rope_scale=16.0, rope_original_len=2048)
+    with torch.device("meta"):
+        model = GPT(cfg)
+        with FlopCounterMode(display=False) as fc:
+            model(torch.zeros(1, T, dtype=torch.long))
+    c = count(cfg)
+    assert fc.get_total_flops() == c.flops_per_token_fwd * T
+    attn = cfg.depth * 2 * (2 * T * cfg.n_heads * cfg.head_dim)
+    assert attn / c.flops_per_token_fwd > 0.9
+    assert count(cfg, 256).flops_per_token < c.flops_per_token / 40  # the term grows with T
+
+
+def test_chunked_prefill_equals_full_prefill():
+    from glassgpt.model.gpt import KVCache
+
+    cfg = mcfg(seq_len=96, kv_groups=2)
+    model = build(cfg, seed=3)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.attn.c_proj.weight, std=0.05)
+        torch.nn.init.normal_(blk.mlp.c_proj.weight, std=0.05)
+    x = torch.randint(0, 97, (1, 90))
+    with torch.no_grad():
+        full = model(x)[0]
+        cache = KVCache(cfg, 2, 96, "cpu", torch.float32)
+        parts = [model(x[:, a:a + 32], cache=cache, slots=[1], starts=[a])[0] for a in range(0, 90, 32)]
+    torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
+
+
+def _engine(**kw):
+    from glassgpt.data.tokenizer import Tokenizer
+    from glassgpt.serve.engine import Engine
+
+    tok = Tokenizer.train(["def f(x):\n    return x + 1\n" * 20, "hello world " * 50], 300)
+    cfg = mcfg(seq_len=256, vocab_size=tok.vocab_size)
+    model = build(cfg, seed=5)
+    torch.manual_seed(0)  # the same weights in every engine of a test
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.attn.c_proj.weight, std=0.05)
+        torch.nn.init.normal_(blk.mlp.c_proj.weight, std=0.05)
+    return Engine(model, tok, device="cpu", **kw), tok
+
+
+def test_engine_chunked_prefill_same_tokens_and_logprobs():
+    from glassgpt.serve.engine import SamplingParams
+
+    whole, tok = _engine(max_batch=2, prefill_chunk=512)
+    chunked, _ = _engine(max_batch=2, prefill_chunk=7)
+    prompt = tok.encode("def f(x):\n    return x + 1\n" * 6)
+    p = SamplingParams(max_tokens=12, temperature=0.0, echo_logprobs=True)
+    a, b = whole.generate(prompt, p), chunked.generate(prompt, p)
+    assert [t.id for t in a["choices"][0]["tokens"]] == [t.id for t in b["choices"][0]["tokens"]]
+    assert len(a["prompt_logprobs"]) == len(prompt) == len(b["prompt_logprobs"])
+    np.testing.assert_allclose([t.logprob for t in a["prompt_logprobs"][1:]],
+                               [t.logprob for t in b["prompt_logprobs"][1:]], atol=1e-4)
+
+
+def test_long_prefill_interleaves_with_running_decodes():
+    """While a long prompt is written chunk by chunk, a running stream gets a token every step."""
+    from glassgpt.serve.engine import SamplingParams
+
+    eng, tok = _engine(max_batch=2, prefill_chunk=16)
+    eng.end_ids = set()  # the stream must not stop on its own during the test
+    short = eng.submit([tok.bos_id], SamplingParams(max_tokens=30, temperature=0.0), lambda ev: None)
+    eng._step()  # the short request is admitted, prefilled and decoding
+    (seq,) = eng.running
+    long = eng.submit([tok.bos_id] + [65] * 159, SamplingParams(max_tokens=2, temperature=0.0), lambda ev: None)
+    before = seq.generated
+    for k in range(1, 10):
+        eng._step()
+        assert eng.prefilling[0].done == 16 * k and seq.generated == before + k
+    while not (short.done.is_set() and long.done.is_set()):
+        eng._step()
+    assert long.completion_tokens == 2 and short.completion_tokens == 30
+
+
+def test_kv_budget_refuses_what_cannot_fit():
+    from glassgpt.serve.engine import SamplingParams
+    from glassgpt.serve.errors import ContextLengthError
+
+    eng, tok = _engine(max_batch=4)
+    assert eng.slot_len == 256 and eng.max_batch == 4
+    per_token = eng.kv_token_bytes
+    assert per_token == 2 * 2 * 4 * 16 * 4  # depth x (k, v) x kv_heads x head_dim x fp32 bytes
+    small, _ = _engine(max_batch=4, kv_cache_mb=100 * per_token / 2**20)  # room for 100 positions in all
+    assert small.slot_len == 100 and small.max_batch == 1 and small.kv_cache_bytes == 100 * per_token
+    with pytest.raises(ContextLengthError, match="KV cache holds 100 tokens per sequence .* model's context of 256 "
+                                                 "tokens. However, you requested 150 tokens") as e:
+        small.submit(list(range(1, 101)), SamplingParams(max_tokens=50), lambda ev: None)
+    assert e.value.code == "context_length_exceeded" and "\n" not in str(e.value)
+    with pytest.raises(ContextLengthError, match="maximum context length is 256 tokens"):
+        small.submit(list(range(1, 300)), SamplingParams(max_tokens=1), lambda ev: None)
+    r = small.generate(list(range(1, 90)), SamplingParams(temperature=0.0))  # no max_tokens: up to the slot
+    assert r["completion_tokens"] <= 11
