@@ -343,3 +343,83 @@ def test_kv_budget_refuses_what_cannot_fit():
         small.submit(list(range(1, 300)), SamplingParams(max_tokens=1), lambda ev: None)
     r = small.generate(list(range(1, 90)), SamplingParams(temperature=0.0))  # no max_tokens: up to the slot
     assert r["completion_tokens"] <= 11
+
+
+# --- evals across the window ------------------------------------------------------------------------
+def _count(t):
+    return len(t) // 4
+
+
+@pytest.mark.parametrize("kind", ["passkey", "needle", "multi_needle", "conversation"])
+def test_haystack_samples_are_sized_and_placed(kind):
+    from glassgpt.evals import longctx
+    from glassgpt.evals.prompt import to_text
+
+    for n in (1024, 8192):
+        for depth in (0.0, 0.5, 1.0):
+            s = longctx.make_sample(kind, n, depth, 0, _count, answer_tokens=16)
+            texts = s.get("inputs") or [to_text(s["input"]) if kind == "conversation" else s["input"]]
+            for t in texts:
+                assert 0.8 * n <= _count(t) <= n - 16, (kind, n, _count(t))
+            ideals = s["ideal"] if isinstance(s["ideal"], list) else [s["ideal"]]
+            for ideal in ideals:
+                assert ideal in texts[0]
+            if kind in ("passkey", "needle"):
+                where = texts[0].index(ideal) / len(texts[0])
+                assert abs(where - depth) < 0.05, (kind, depth, where)
+    a = longctx.make_sample(kind, 2048, 0.5, 1, _count)
+    assert a == longctx.make_sample(kind, 2048, 0.5, 1, _count)  # deterministic
+    assert a != longctx.make_sample(kind, 2048, 0.5, 2, _count)
+
+
+def test_haystack_eval_scores_an_oracle_and_a_guesser(tmp_path):
+    import re
+
+    from glassgpt.evals import Registry
+    from glassgpt.evals.completion_fns import ScriptedCompletionFn
+    from glassgpt.evals.prompt import to_text
+    from glassgpt.evals.runner import run_eval
+
+    def oracle(prompt, **kw):  # reads the haystack the way a perfect model would
+        text = to_text(prompt)
+        q = text.rstrip().splitlines()[-1]
+        if "pass key?" in q:
+            return " " + re.search(r"The pass key is (\d{5})", text).group(1)
+        if "soup is" in q:
+            city = re.search(r"ingredient of (\w+)'s famous soup is$", q).group(1)
+            return " " + re.search(rf"The secret ingredient of {city}'s famous soup is (\w+)\.", text).group(1)
+        if "magic number of" in q:
+            thing = q.split("magic number of ")[1][: -len(" is")]
+            return " " + re.search(rf"The magic number of {thing} is (\d+)\.", text).group(1)
+        return " " + re.search(r"my \w+ is called (\w+)", text).group(1)
+
+    reg = Registry()
+    for name in ("glassgpt-passkey-depths-1k", "glassgpt-needle-depths-2k", "glassgpt-multineedle-8k",
+                 "glassgpt-conversation-8k"):
+        good = run_eval(name, [ScriptedCompletionFn(fn=oracle)], reg, record_path=tmp_path / f"{name}.jsonl",
+                        show_progress=False)
+        bad = run_eval(name, [ScriptedCompletionFn(default=" 12345")], reg, record_path=tmp_path / f"{name}-b.jsonl",
+                       show_progress=False)
+        assert good.final_report["accuracy"] == 1.0 and good.final_report["fraction"] == 1.0, name
+        assert bad.final_report["accuracy"] == 0.0 and bad.final_report["fraction"] == 0.0, name
+
+
+def test_grid_heatmap_and_loss_by_position(tmp_path):
+    from glassgpt.evals import longctx
+
+    eng, tok = _engine(max_batch=1)
+    g = longctx.grid(eng, "needle", lengths=(128, 200, 512), depths=(0.0, 1.0), max_tokens=4)
+    assert g["acc"][2] == [None, None]  # past the 256-token window: skipped, not truncated
+    assert all(0.0 <= v <= 1.0 for row in g["acc"][:2] for v in row)
+    table = longctx.format_grid(g)
+    assert "512 |     -     - |     -" in table
+    longctx.heatmap([g, g], tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    rows = torch.randint(0, tok.vocab_size, (2, 257))
+    bs = longctx.loss_by_position(eng.model, rows)
+    assert [(b["lo"], b["hi"]) for b in bs] == [(0, 32), (32, 64), (64, 128), (128, 256)]
+    with torch.no_grad():
+        ref = eng.model(rows[:, :-1], rows[:, 1:], reduction="none")
+    assert bs[1]["loss"] == pytest.approx(float(ref[:, 32:64].mean()), rel=1e-5)
+    longctx.plot_loss_by_position({"a": bs}, tmp_path / "l.png")
+    assert (tmp_path / "l.png").stat().st_size > 1000
