@@ -310,7 +310,7 @@ def test_long_prefill_interleaves_with_running_decodes():
     """While a long prompt is written chunk by chunk, a running stream gets a token every step."""
     from glassgpt.serve.engine import SamplingParams
 
-    eng, tok = _engine(max_batch=2, prefill_chunk=16)
+    eng, tok = _engine(max_batch=2, prefill_chunk=16, prefill_share=None)
     eng.end_ids = set()  # the stream must not stop on its own during the test
     short = eng.submit([tok.bos_id], SamplingParams(max_tokens=30, temperature=0.0), lambda ev: None)
     eng._step()  # the short request is admitted, prefilled and decoding
@@ -323,6 +323,22 @@ def test_long_prefill_interleaves_with_running_decodes():
     while not (short.done.is_set() and long.done.is_set()):
         eng._step()
     assert long.completion_tokens == 2 and short.completion_tokens == 30
+
+
+def test_prefill_share_sizes_chunks_from_measured_costs():
+    """While streams decode, a chunk gets about prefill_share decode steps' worth of time."""
+    from glassgpt.serve.engine import SamplingParams
+
+    eng, tok = _engine(max_batch=2, prefill_chunk=128, prefill_share=2.0)
+    eng.end_ids = set()
+    eng.submit([tok.bos_id], SamplingParams(max_tokens=40, temperature=0.0), lambda ev: None)
+    eng._step()
+    eng._t_decode, eng._t_token = 0.010, 0.001  # as if measured: 2 x 10 ms of prefill = 20 tokens a step
+    eng.submit([tok.bos_id] + [65] * 199, SamplingParams(max_tokens=1), lambda ev: None)
+    eng._admit()
+    eng._t_decode, eng._t_token = 0.010, 0.001
+    eng._prefill_chunks()
+    assert eng.prefilling[0].done == 20
 
 
 def test_kv_budget_refuses_what_cannot_fit():

@@ -188,7 +188,8 @@ class Engine:
 
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
                  max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4,
-                 precision: str | None = None, prefill_chunk: int = 512, kv_cache_mb: float | None = None):
+                 precision: str | None = None, prefill_chunk: int = 2048, prefill_share: float | None = 2.0,
+                 kv_cache_mb: float | None = None):
         self.device = pick_device(device) if device is None else device
         self.model = model.to(self.device).eval()
         # precision None: fp32 weights, bf16 autocast and cache on CUDA, fp32 elsewhere. 'bf16': the
@@ -220,9 +221,16 @@ class Engine:
         self.slot_len = max(1, min(self.context_window, budget // self.kv_token_bytes))
         self.max_batch = max(1, min(self.max_batch, budget // (self.slot_len * self.kv_token_bytes)))
         self.kv_cache_bytes = self.max_batch * self.slot_len * self.kv_token_bytes
-        # Chunked prefill: at most prefill_chunk prompt tokens a scheduler step, between decode steps,
-        # so a 32K prompt delays running streams by one chunk's forward per token, not the whole prefill.
+        # Chunked prefill (the idea of vLLM's): a prompt is written prefill_chunk tokens at a time
+        # (which also bounds the chunk's mask), and while other sequences decode, each scheduler step
+        # gives the prefill about prefill_share times the time of a decode step, sized from the
+        # measured cost per prompt token, so a 32K prompt stretches running streams' inter-token
+        # gaps by ~(1 + prefill_share)x instead of stalling them for the whole prefill.
+        # prefill_share None: always prefill_chunk tokens a step.
         self.prefill_chunk = max(1, int(prefill_chunk))
+        self.prefill_share = prefill_share
+        self._t_decode: float | None = None  # seconds per decode step (moving average)
+        self._t_token: float | None = None  # seconds per prefill token at the latest context
         self.prefilling: collections.deque[_Prefill] = collections.deque()
         self.cache: KVCache | None = None  # allocated at the first prefill
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
@@ -579,6 +587,8 @@ class Engine:
         """Up to prefill_chunk prompt tokens this step, first admitted first: short prompts finish
         in one step as before; a long one goes on at the next step, after a decode step."""
         budget = self.prefill_chunk
+        if self.running and self.prefill_share and self._t_decode and self._t_token:
+            budget = int(min(budget, max(16, self.prefill_share * self._t_decode / self._t_token)))
         while self.prefilling and budget > 0:
             pf = self.prefilling[0]
             if pf.req.cancelled.is_set():
@@ -589,6 +599,7 @@ class Engine:
                     pf.req.emit(Event("finish", index=i, finish_reason="cancelled"))
                 continue
             n = min(len(pf.req.prompt) - pf.done, budget)
+            t0 = time.perf_counter()
             try:
                 last = self._prefill_chunk(pf, n)
             except Exception as e:
@@ -600,6 +611,7 @@ class Engine:
                 pf.req.emit(Event("error", message=str(e) if isinstance(e, GlassError) else f"internal engine error: {e}"))
                 continue
             budget -= n
+            self._t_token = (time.perf_counter() - t0) / n  # the cost grows with the context: the latest counts
             if last is not None:
                 self.prefilling.popleft()
                 self._start(pf, last)
@@ -669,8 +681,11 @@ class Engine:
         toks = torch.tensor([[s.next_token if s else 0] for s in rows], dtype=torch.long, device=self.device)
         slots = [s.slot if s else lo + i for i, s in enumerate(rows)]
         starts = [s.length if s else 0 for s in rows]
+        t0 = time.perf_counter()
         with self._autocast():
             logits = self.model(toks, cache=self.cache, slots=slots, starts=starts, last=True).float()
+        dt = time.perf_counter() - t0
+        self._t_decode = dt if self._t_decode is None else 0.8 * self._t_decode + 0.2 * dt
         self.steps += 1
         for s, lg in zip(rows, logits):
             if s is not None:
