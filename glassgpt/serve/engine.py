@@ -1,9 +1,10 @@
 """The inference engine: batched KV cache, sampling, continuous batching.
 
 One background thread owns the model. Requests wait in a bounded queue; at every token
-boundary the scheduler admits waiting requests into free cache *slots* (prefill), then
-runs one decode step for every running sequence together, so concurrent users share
-the forward passes. A sequence leaves the batch the moment it finishes or its client
+boundary the scheduler admits waiting requests into free cache *slots*, writes the next
+chunk of admitted prompts into the cache (chunked prefill: a 32K prompt is written over
+many steps, so it does not stall running streams), then runs one decode step for every
+running sequence together, so concurrent users share the forward passes. A sequence leaves the batch the moment it finishes or its client
 goes away; its slot is reused by the next request without waiting for the others.
 
 This is the one decoding path of glassgpt (the API, `glassgpt chat`, the evals' local
