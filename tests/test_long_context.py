@@ -355,6 +355,8 @@ def test_kv_budget_refuses_what_cannot_fit():
                                                  "tokens. However, you requested 150 tokens") as e:
         small.submit(list(range(1, 101)), SamplingParams(max_tokens=50), lambda ev: None)
     assert e.value.code == "context_length_exceeded" and "\n" not in str(e.value)
+    with pytest.raises(ContextLengthError, match="holds 100 tokens .* you requested 121 tokens \\(120 in the messages, 1 in"):
+        small.submit(list(range(1, 121)), SamplingParams(), lambda ev: None)  # no max_tokens, prompt past the cache
     with pytest.raises(ContextLengthError, match="maximum context length is 256 tokens"):
         small.submit(list(range(1, 300)), SamplingParams(max_tokens=1), lambda ev: None)
     r = small.generate(list(range(1, 90)), SamplingParams(temperature=0.0))  # no max_tokens: up to the slot

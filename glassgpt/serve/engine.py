@@ -2,10 +2,11 @@
 
 One background thread owns the model. Requests wait in a bounded queue; at every token
 boundary the scheduler admits waiting requests into free cache *slots*, writes the next
-chunk of admitted prompts into the cache (chunked prefill: a 32K prompt is written over
-many steps, so it does not stall running streams), then runs one decode step for every
-running sequence together, so concurrent users share the forward passes. A sequence leaves the batch the moment it finishes or its client
-goes away; its slot is reused by the next request without waiting for the others.
+chunk of admitted prompts into the cache (chunked prefill: a 32K prompt is written over many
+steps, so it does not stall running streams), then runs one decode step for every running
+sequence together, so concurrent users share the forward passes. A sequence leaves the batch
+the moment it finishes or its client goes away; its slot is reused by the next request
+without waiting for the others.
 
 This is the one decoding path of glassgpt (the API, `glassgpt chat`, the evals' local
 completion function and one-off calls such as a vision question all come here). It drives
@@ -332,11 +333,12 @@ class Engine:
             raise ServeError("the prompt is empty", param=param)
         want = params.max_tokens if params.max_tokens is not None else room
         where = "prompt" if param == "prompt" else "messages"
-        if self.slot_len < self.context_window and prompt_len + want > self.slot_len and prompt_len + want <= self.context_window:
+        need = prompt_len + max(want, 0 if params.echo_logprobs else 1)
+        if self.slot_len < need <= self.context_window:  # fits the model, not this server's KV cache
             raise ContextLengthError(
                 f"This server's KV cache holds {self.slot_len} tokens per sequence ({self.kv_cache_bytes / 2**20:.0f} MB), "
                 f"less than the model's context of {self.context_window} tokens. However, you requested "
-                f"{prompt_len + want} tokens ({prompt_len} in the {where}, {want} in the completion). "
+                f"{need} tokens ({prompt_len} in the {where}, {need - prompt_len} in the completion). "
                 f"Please reduce the length of the {where} or completion.", param=param)
         if room < 0 or prompt_len + want > self.context_window or (want == 0 and not params.echo_logprobs):
             raise ContextLengthError(
