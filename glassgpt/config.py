@@ -32,7 +32,14 @@ class ModelConfig:
     seq_len: int = 256
     vocab_size: int = 0  # 0: taken from the tokenizer at run time
     rope_base: float = 10000.0
-    rope_scale: float = 1.0  # >1 stretches positions (position interpolation) for long context
+    # Long context (docs/long_context.md): how RoPE is stretched past the length a model was trained at.
+    # rope_scale is the factor s for every kind; "linear" with s = 1 is plain RoPE (the default, as
+    # before these keys existed). "none": plain RoPE, no factor. "linear": position interpolation
+    # (positions / s). "ntk": NTK-aware base scaling (base · s^(d/(d-2))). "yarn": per-frequency-band
+    # interpolation with a ramp and attention temperature 0.1·ln(s) + 1 (needs rope_original_len).
+    rope_scale: float = 1.0
+    rope_scaling: str = "linear"
+    rope_original_len: int = 0  # the context the weights were trained at (0: not given)
     image_token_id: int = -1  # token whose positions take spliced-in image embeddings
 
     @property
@@ -82,6 +89,9 @@ class DataConfig:
 # DataConfig keys that are left out of a run's config (and its sha256) while they hold their defaults,
 # so runs and corpora from before they existed keep their identity.
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
+# Likewise for ModelConfig: a run without long-context settings keeps its identity.
+MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0}
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
 @dataclass
@@ -177,6 +187,7 @@ class SftConfig:
 
 
 STAGES = ("rm", "classifier", "dpo", "grpo", "ppo")
+CHAT_STAGES = ("sft", "dpo", "grpo", "ppo")  # stages whose model chats under data.chat.DEFAULT_SYSTEM
 
 
 @dataclass
@@ -209,6 +220,32 @@ class AlignConfig:
     rubric: str = ""  # a rubric YAML (empty: the shipped glassgpt/align/rubric.yaml)
     rbr_weights: str = ""  # a JSON of fitted weights per category (empty: fitted at the start)
     eval_samples: int = 8  # held-out prompts per eval set at each eval
+
+
+@dataclass
+class LongConfig:
+    """Long-context training (docs/long_context.md). Off by default: runs are unchanged.
+    A long-context stage is a run started with --init-from at a longer model.seq_len and a RoPE
+    scaling (model.rope_*); these keys shape its text rows."""
+
+    # An in-stage curriculum "LEN:FRACTION,...": the first FRACTION of the steps trains on rows of LEN
+    # tokens, and so on, at the same tokens per step (batch_size x seq_len / LEN rows). Each LEN
+    # divides model.seq_len. Empty: every row is model.seq_len long.
+    curriculum: str = ""
+    doc_mask: bool = False  # attention stays within each document of a packed row (BOS starts one)
+
+    def schedule(self, seq_len: int) -> list[tuple[int, float]]:
+        """[(row length, fraction of steps)], in order; [(seq_len, 1.0)] without a curriculum."""
+        if not self.curriculum.strip():
+            return [(seq_len, 1.0)]
+        out = []
+        for part in self.curriculum.split(","):
+            n, sep, f = part.strip().partition(":")
+            try:
+                out.append((int(n), float(f)))
+            except ValueError:
+                raise ConfigError(f"long.curriculum entry '{part.strip()}' must be LEN:FRACTION (e.g. 2048:0.5)") from None
+        return out
 
 
 @dataclass
@@ -252,6 +289,7 @@ class Config:
     vision: VisionConfig = field(default_factory=VisionConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    long: LongConfig = field(default_factory=LongConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def to_dict(self) -> dict:
@@ -266,9 +304,14 @@ class Config:
             d["sft"].pop("conversations")
         if self.align == AlignConfig():  # and for runs that are not alignment stages
             d.pop("align")
+        if self.long == LongConfig():  # and for runs without long-context rows
+            d.pop("long")
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
+        for k, default in MODEL_OPTIONAL.items():
+            if d["model"][k] == default:
+                d["model"].pop(k)
         return d
 
     def sha256(self) -> str:
@@ -276,7 +319,10 @@ class Config:
 
     @property
     def stage(self) -> str:
-        """The kind of model a run makes, as serving reports it: 'sft' (chat-tuned), 'vision' or 'base'."""
+        """The kind of model a run makes, as serving reports it: 'base', 'vision', 'sft' (chat-tuned,
+        with or without image chat) or its alignment stage (align.stage)."""
+        if self.align.stage:
+            return self.align.stage
         return "sft" if self.sft.enabled else "vision" if self.vision.enabled else "base"
 
     def save(self, path: Path) -> None:
@@ -284,7 +330,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "vision": VisionConfig,
-            "sft": SftConfig, "align": AlignConfig, "scaling": ScalingConfig}
+            "sft": SftConfig, "align": AlignConfig, "long": LongConfig, "scaling": ScalingConfig}
 
 
 def preset_names() -> list[str]:
@@ -395,6 +441,40 @@ def load(preset: str | None = None, overrides: list[str] | None = None) -> Confi
     return cfg
 
 
+# Past this length the CPU flash-attention kernel works in tiles of 256 queries x 512 keys, and the
+# engine prefills in chunks of a power of two: long windows are kept to whole tiles.
+LONG_SEQ, SEQ_MULTIPLE = 4096, 256
+
+
+def validate_rope(m: ModelConfig) -> None:
+    """The RoPE and window settings, one line per mistake (see ModelConfig's comments)."""
+    if m.rope_scaling not in ROPE_SCALINGS:
+        raise ConfigError(f"unknown model.rope_scaling '{m.rope_scaling}'{closest(m.rope_scaling, ROPE_SCALINGS)}; "
+                          f"choose one of: {', '.join(ROPE_SCALINGS)}")
+    if not m.rope_scale >= 1.0:  # also NaN
+        raise ConfigError(f"model.rope_scale={m.rope_scale} must be >= 1 (the factor a window is stretched by)")
+    if m.rope_base <= 1.0:
+        raise ConfigError(f"model.rope_base={m.rope_base} must be > 1")
+    if m.head_dim % 2 or m.head_dim < 4:
+        raise ConfigError(f"model.head_dim={m.head_dim} must be even and at least 4 (RoPE rotates pairs)")
+    if m.rope_original_len < 0:
+        raise ConfigError(f"model.rope_original_len={m.rope_original_len} must be >= 0")
+    if m.seq_len > LONG_SEQ and m.seq_len % SEQ_MULTIPLE:
+        raise ConfigError(f"model.seq_len={m.seq_len} must be a multiple of {SEQ_MULTIPLE} above {LONG_SEQ} tokens "
+                          f"(the attention kernel's tile); e.g. {m.seq_len // SEQ_MULTIPLE * SEQ_MULTIPLE}")
+    if m.rope_scaling == "none" and m.rope_scale != 1.0:
+        raise ConfigError(f"model.rope_scaling=none takes no model.rope_scale (got {m.rope_scale}); "
+                          "choose linear, ntk or yarn to stretch the window")
+    if m.rope_scaling == "yarn" and m.rope_original_len < 2:
+        raise ConfigError("model.rope_scaling=yarn needs model.rope_original_len, the context the weights were "
+                          "trained at (e.g. 2048)")
+    if m.rope_original_len and m.rope_scaling in ("linear", "yarn") and m.rope_original_len * m.rope_scale < m.seq_len:
+        need = m.seq_len / m.rope_original_len
+        raise ConfigError(f"model.seq_len={m.seq_len} cannot be reached from rope_original_len={m.rope_original_len} "
+                          f"with rope_scale={m.rope_scale} ({m.rope_scaling} stretches it to "
+                          f"{int(m.rope_original_len * m.rope_scale)}); set model.rope_scale={need:g}")
+
+
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if m.mlp not in ("relu2", "swiglu"):
@@ -417,6 +497,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be positive")
     if m.depth <= 0 or m.seq_len <= 1:
         raise ConfigError("model.depth must be positive and model.seq_len at least 2")
+    validate_rope(m)
     sc = cfg.scaling
     if sc.line not in ("ratio", "tokens"):
         raise ConfigError(f"scaling.line must be 'ratio' or 'tokens', not '{sc.line}'")
@@ -462,6 +543,13 @@ def validate(cfg: Config) -> None:
                               "align.steps and align.kl_coef non-negative")
         if a.stage == "grpo" and a.group < 2:
             raise ConfigError("align.stage=grpo needs align.group >= 2 (the group is the baseline)")
+    sched = cfg.long.schedule(m.seq_len)
+    for n, f in sched:
+        if n < 2 or n > m.seq_len or m.seq_len % n or not f > 0:
+            raise ConfigError(f"long.curriculum entry {n}:{f}: the length must divide model.seq_len={m.seq_len} "
+                              "and the fraction be positive")
+    if abs(sum(f for _, f in sched) - 1.0) > 1e-6:
+        raise ConfigError(f"long.curriculum fractions sum to {sum(f for _, f in sched):g}, not 1")
     for entry in cfg.data.packaged:
         name, _, cap = str(entry).partition(":")
         if not name or (cap and not cap.isdigit()):

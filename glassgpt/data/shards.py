@@ -53,6 +53,8 @@ def packaged_specs(cfg: DataConfig) -> list[tuple[str, int]]:
 def packaged_language(name: str) -> str:
     if name in sft.FACT_SOURCES:
         return sft.FACT_SOURCES[name]
+    if name in packaged.LONG_ZH:
+        return "zh"
     return {"pretrain-zh": "zh"}.get(packaged.SOURCES[name].kind, "en") if name in packaged.SOURCES else "en"
 
 

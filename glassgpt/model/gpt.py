@@ -1,7 +1,7 @@
 """The glassgpt decoder: one file, read in one sitting.
 
 A decoder-only transformer in the modern style (as in nanochat / Llama):
-- RoPE positions (with an optional position-interpolation scale for long context),
+- RoPE positions, stretched for long context by position interpolation, NTK-aware or YaRN scaling,
 - RMSNorm without learnable gain (one less thing to tune; Muon does not need it),
 - QK-norm, so attention logits stay bounded without a softmax temperature hack,
 - grouped-query attention (fewer K/V heads: a smaller KV cache when serving),
@@ -57,13 +57,39 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return RMSNorm.apply(x)
 
 
+def rope_frequencies(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies [head_dim/2], attention factor) for cfg's RoPE scaling (config.ROPE_SCALINGS).
+
+    s = rope_scale. linear: all of them / s (position interpolation; rope_tables divides the
+    positions instead, as it always has, so old runs get bit-identical tables);
+    ntk: the base raised to base · s^(d/(d-2)), so the lowest frequency is interpolated by s
+    and the highest is left as trained; yarn: per band of dimensions by how many turns it makes
+    over the original window L: more than beta_fast=32 turns kept (extrapolated), fewer than
+    beta_slow=1 turn divided by s, a linear ramp between; and softmax sharpened by
+    t = 0.1·ln(s) + 1 applied to q and k (cos and sin), i.e. logits × t²."""
+    d, half, s = cfg.head_dim, cfg.head_dim // 2, cfg.rope_scale
+    base = cfg.rope_base * s ** (d / (d - 2)) if cfg.rope_scaling == "ntk" else cfg.rope_base
+    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float32, device=device) / half))
+    if cfg.rope_scaling != "yarn" or s == 1.0:
+        return inv_freq, 1.0
+
+    def band(turns):  # the dimension index whose wavelength fits `turns` times in the original window
+        return d * math.log(cfg.rope_original_len / (turns * 2 * math.pi)) / (2 * math.log(cfg.rope_base))
+
+    lo, hi = max(math.floor(band(32)), 0), min(math.ceil(band(1)), d - 1)
+    hi = max(hi, lo + 1e-3)
+    ramp = ((torch.arange(half, dtype=torch.float32, device=device) - lo) / (hi - lo)).clamp(0, 1)  # 1: interpolate
+    return inv_freq * (1 - ramp) + inv_freq / s * ramp, 0.1 * math.log(s) + 1.0
+
+
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [seq_len, head_dim/2]; rope_scale > 1 squeezes positions (interpolation)."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(half, dtype=torch.float32, device=device) / half))
-    pos = torch.arange(cfg.seq_len, dtype=torch.float32, device=device) / cfg.rope_scale
+    """cos/sin tables [seq_len, head_dim/2] (times the attention factor, which scales q and k)."""
+    inv_freq, factor = rope_frequencies(cfg, device)
+    pos = torch.arange(cfg.seq_len, dtype=torch.float32, device=device)
+    if cfg.rope_scaling == "linear":
+        pos = pos / cfg.rope_scale
     angles = torch.outer(pos, inv_freq)
-    return angles.cos(), angles.sin()
+    return angles.cos() * factor, angles.sin() * factor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -126,18 +152,24 @@ class Attention(nn.Module):
         self.c_qkv = nn.Linear(cfg.d_model, (self.h + 2 * self.kv) * self.hd, bias=False)
         self.c_proj = nn.Linear(self.h * self.hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, rows: CacheRows | None = None):
+    def forward(self, x, cos, sin, rows: CacheRows | None = None, spans=None):
         B, T, _ = x.shape
         qk, v = self.c_qkv(x).split([(self.h + self.kv) * self.hd, self.kv * self.hd], dim=-1)
         # Norm and rotate queries and keys together: half the elementwise kernels on CPU.
         qk = apply_rope(rms_norm(qk.view(B, T, self.h + self.kv, self.hd)), cos, sin)
         q, k = qk.transpose(1, 2).split([self.h, self.kv], dim=1)
         v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
-        if rows is None:  # training or a plain forward: causal attention over this call alone
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        gqa = self.kv != self.h
+        if spans is not None:  # document masking: each document of a row attends within itself only
+            y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, a:e], k[b:b + 1, :, a:e],
+                                                                     v[b:b + 1, :, a:e], is_causal=True, enable_gqa=gqa)
+                                      for a, e in row], dim=2) for b, row in enumerate(spans)])
+        elif rows is None:  # training or a plain forward: causal attention over this call alone
+            # no mask tensor, so CPU and GPU take the flash kernel: no T×T matrix at 32K tokens
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # with a cache: each row attends to its slot's prefix and its own new keys
             k, v = rows.update(self.layer, k, v)
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=self.kv != self.h)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=gqa)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
 
 
@@ -179,8 +211,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, rows=None):
-        x = x + self.attn(rms_norm(x), cos, sin, rows)
+    def forward(self, x, cos, sin, rows=None, spans=None):
+        x = x + self.attn(rms_norm(x), cos, sin, rows, spans)
         return x + self.mlp(rms_norm(x))
 
 
@@ -218,7 +250,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
                 slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False,
-                hidden: bool = False):
+                docs: torch.Tensor | None = None, hidden: bool = False):
         """idx [B, T] token ids. Returns logits [B, T, V] ([B, V] with last=True: the last
         position only), or the loss when targets are given (targets -1 are ignored).
         image_embeds [n, d_model] replace the embeddings at the n positions where
@@ -226,6 +258,9 @@ class GPT(nn.Module):
         With a cache: row b holds positions starts[b]..starts[b]+T-1 of cache slot slots[b]
         (defaults: slots 0..B-1, starts 0); its keys/values are written there and query i
         attends to keys 0..starts[b]+i of that slot.
+        docs [B, T] (training, no cache): a document index per position, non-decreasing along a
+        row; attention then stays within each document (positions keep counting across them:
+        RoPE sees only distances, so a document scores as it would alone).
         hidden=True returns the final normed hidden states [B, T, d_model] instead (for a reward,
         value or classifier head on top of the model, glassgpt.align.heads)."""
         B, T = idx.shape
@@ -245,8 +280,9 @@ class GPT(nn.Module):
         # RoPE angles broadcast over heads: [T, 1, D/2] shared by all rows, or [B, T, 1, D/2] per row.
         pos = slice(0, T) if rows is None else rows.pos
         cos, sin = self.cos[pos].to(x.dtype).unsqueeze(-2), self.sin[pos].to(x.dtype).unsqueeze(-2)
+        spans = doc_spans(docs) if docs is not None and rows is None else None
         for block in self.blocks:
-            x = block(x, cos, sin, rows)
+            x = block(x, cos, sin, rows, spans)
         if last:
             x = x[:, -1]
         x = rms_norm(x)
@@ -263,6 +299,20 @@ class GPT(nn.Module):
         if reduction != "none":
             return loss
         return torch.zeros(targets.shape, dtype=loss.dtype, device=loss.device).masked_scatter(keep, loss)
+
+
+def doc_spans(docs: torch.Tensor) -> list[list[tuple[int, int]]] | None:
+    """Per row, the (start, end) of each document in `docs` [B, T]; None when no row has two
+    (the plain causal kernel then serves). One device sync, once per forward."""
+    d = docs.cpu()
+    cuts = (d[:, 1:] != d[:, :-1]).nonzero().tolist()
+    if not cuts:
+        return None
+    T = d.size(1)
+    bounds = [[0] for _ in range(d.size(0))]
+    for b, t in cuts:
+        bounds[b].append(t + 1)
+    return [list(zip(bs, bs[1:] + [T])) for bs in bounds]
 
 
 def build(cfg: ModelConfig, device="cpu", seed: int | None = 0) -> GPT:

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from glassgpt.config import CHAT_STAGES
 from glassgpt.data import chat
 from glassgpt.serve.engine import Engine, SamplingParams, token_bytes, token_text
 from glassgpt.serve.errors import ContextLengthError, ServeError
@@ -246,7 +247,7 @@ def chat_messages(body: ChatCompletionRequest, engine: Engine, images: list | No
                     out[-1]["content"].append(p)
         else:
             out.append({"role": role, "content": parts})
-    if engine.stage == "sft" and not any(m["role"] == "system" for m in out):
+    if engine.stage in CHAT_STAGES and not any(m["role"] == "system" for m in out):
         # a chat-tuned model was tuned under this system prompt: without it, it answers worse
         out.insert(0, {"role": "system", "content": [{"type": "text", "text": chat.DEFAULT_SYSTEM}]})
     if body.tools and body.tool_choice != "none":  # the functions join the (first) system turn

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+from glassgpt.config import CHAT_STAGES
 from glassgpt.serve.engine import Engine, SamplingParams
 from glassgpt.serve.errors import ServeError
 
@@ -163,7 +164,7 @@ def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature:
 
     out = out or sys.stdout
     if system is None:
-        system = DEFAULT_SYSTEM if backend.stage == "sft" else ""
+        system = DEFAULT_SYSTEM if backend.stage in CHAT_STAGES else ""
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     pending = [image_part(p) for p in images or []]

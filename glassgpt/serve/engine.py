@@ -1,10 +1,12 @@
 """The inference engine: batched KV cache, sampling, continuous batching.
 
 One background thread owns the model. Requests wait in a bounded queue; at every token
-boundary the scheduler admits waiting requests into free cache *slots* (prefill), then
-runs one decode step for every running sequence together, so concurrent users share
-the forward passes. A sequence leaves the batch the moment it finishes or its client
-goes away; its slot is reused by the next request without waiting for the others.
+boundary the scheduler admits waiting requests into free cache *slots*, writes the next
+chunk of admitted prompts into the cache (chunked prefill: a 32K prompt is written over many
+steps, so it does not stall running streams), then runs one decode step for every running
+sequence together, so concurrent users share the forward passes. A sequence leaves the batch
+the moment it finishes or its client goes away; its slot is reused by the next request
+without waiting for the others.
 
 This is the one decoding path of glassgpt (the API, `glassgpt chat`, the evals' local
 completion function and one-off calls such as a vision question all come here). It drives
@@ -175,13 +177,29 @@ class _Seq:
         return best
 
 
+DEFAULT_KV_MB = 4096  # the KV cache's default ceiling (see Engine.__init__)
+
+
+@dataclass
+class _Prefill:
+    """An admitted request whose prompt is being written into its cache slot, chunk by chunk."""
+
+    req: Request
+    slots: list[int]
+    emb: torch.Tensor | None  # image embeddings, consumed in prompt order
+    done: int = 0  # prompt positions written
+    used: int = 0  # embedding rows consumed
+    echo: list | None = None  # prompt TokenInfos (echo_logprobs)
+
+
 class Engine:
     """Serves generation requests: from a background thread after `start()`, or stepped by
     the caller of `generate()` when no thread runs (see the module docstring)."""
 
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
                  max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4,
-                 precision: str | None = None):
+                 precision: str | None = None, prefill_chunk: int = 2048, prefill_share: float | None = 2.0,
+                 kv_cache_mb: float | None = None):
         self.device = pick_device(device) if device is None else device
         self.model = model.to(self.device).eval()
         # precision None: fp32 weights, bf16 autocast and cache on CUDA, fp32 elsewhere. 'bf16': the
@@ -201,6 +219,29 @@ class Engine:
         self.context_window = int(model.cos.size(0))
         on_cuda = str(self.device).startswith("cuda")
         self.dtype = torch.bfloat16 if self.precision == "bf16" or (self.precision is None and on_cuda) else torch.float32
+        # KV-cache memory, accounted before anything is allocated: each running sequence holds one
+        # slot of slot_len positions. kv_cache_mb bounds the cache (default: max_batch whole-context
+        # slots, at most DEFAULT_KV_MB); a budget under one whole context shortens slot_len, and
+        # `check` refuses a request that cannot fit (context_length_exceeded, both numbers) instead
+        # of running out of memory at a 32K prompt.
+        m = self.mcfg
+        self.kv_token_bytes = m.depth * 2 * m.n_kv_heads * m.head_dim * torch.finfo(self.dtype).bits // 8
+        budget = (min(self.max_batch * self.context_window * self.kv_token_bytes, DEFAULT_KV_MB << 20)
+                  if kv_cache_mb is None else int(kv_cache_mb * 2**20))
+        self.slot_len = max(1, min(self.context_window, budget // self.kv_token_bytes))
+        self.max_batch = max(1, min(self.max_batch, budget // (self.slot_len * self.kv_token_bytes)))
+        self.kv_cache_bytes = self.max_batch * self.slot_len * self.kv_token_bytes
+        # Chunked prefill (the idea of vLLM's): a prompt is written prefill_chunk tokens at a time
+        # (which also bounds the chunk's mask), and while other sequences decode, each scheduler step
+        # gives the prefill about prefill_share times the time of a decode step, sized from the
+        # measured cost per prompt token, so a 32K prompt stretches running streams' inter-token
+        # gaps by ~(1 + prefill_share)x instead of stalling them for the whole prefill.
+        # prefill_share None: always prefill_chunk tokens a step.
+        self.prefill_chunk = max(1, int(prefill_chunk))
+        self.prefill_share = prefill_share
+        self._t_decode: float | None = None  # seconds per decode step (moving average)
+        self._t_token: float | None = None  # seconds per prefill token at the latest context
+        self.prefilling: collections.deque[_Prefill] = collections.deque()
         self.cache: KVCache | None = None  # allocated at the first prefill
         # Lowest free slot first (a heap), so running sequences stay packed in slots 0..B-1
         # and a decode step attends over a slice of the cache instead of a gathered copy.
@@ -295,14 +336,21 @@ class Engine:
     def check(self, prompt_len: int, params: SamplingParams, param: str | None = None) -> int:
         """Validate lengths; returns the effective max_tokens. param: where the prompt came
         from ('messages' or 'prompt'), named in the error as OpenAI does."""
-        room = self.context_window - prompt_len
+        room = self.slot_len - prompt_len
         if params.n > self.max_batch:
             raise ServeError(f"n={params.n} exceeds this server's batch of {self.max_batch} sequences", param="n")
         if prompt_len < 1:
             raise ServeError("the prompt is empty", param=param)
         want = params.max_tokens if params.max_tokens is not None else room
+        where = "prompt" if param == "prompt" else "messages"
+        need = prompt_len + max(want, 0 if params.echo_logprobs else 1)
+        if self.slot_len < need <= self.context_window:  # fits the model, not this server's KV cache
+            raise ContextLengthError(
+                f"This server's KV cache holds {self.slot_len} tokens per sequence ({self.kv_cache_bytes / 2**20:.0f} MB), "
+                f"less than the model's context of {self.context_window} tokens. However, you requested "
+                f"{need} tokens ({prompt_len} in the {where}, {need - prompt_len} in the completion). "
+                f"Please reduce the length of the {where} or completion.", param=param)
         if room < 0 or prompt_len + want > self.context_window or (want == 0 and not params.echo_logprobs):
-            where = "prompt" if param == "prompt" else "messages"
             raise ContextLengthError(
                 f"This model's maximum context length is {self.context_window} tokens. However, you requested "
                 f"{prompt_len + want} tokens ({prompt_len} in the {where}, {want} in the completion). "
@@ -505,17 +553,18 @@ class Engine:
 
     @torch.no_grad()
     def _step(self) -> bool:
-        """Admit waiting requests, then one decode step for every running sequence.
-        Returns whether any sequence is running."""
+        """Admit waiting requests, write up to prefill_chunk prompt tokens into the cache, then
+        one decode step for every running sequence. Returns whether any work remains."""
         try:
             self._admit()
+            self._prefill_chunks()
             if self.running:
                 self._decode_step()
         except Exception as e:  # never let one bad batch kill the server
             log.exception("engine step failed")
             for seq in list(self.running):
                 self._finish(seq, None, error=f"internal engine error: {e}")
-        return bool(self.running)
+        return bool(self.running or self.prefilling)
 
     def _next_request(self) -> Request | None:
         """Take the next request to admit, or None (nothing waits, or its slots are not free).
@@ -540,7 +589,8 @@ class Engine:
                     self.turns.remove(owner)
             req = None
             if self.turns:
-                running = collections.Counter(s.req.owner for s in self.running)
+                running = collections.Counter([s.req.owner for s in self.running] +
+                                              [pf.req.owner for pf in self.prefilling for _ in pf.slots])
                 owner = min(self.turns, key=lambda o: running[o])  # min keeps the first of equals
                 q = self.waiting[owner]
                 if len(self.free_slots) >= q[0].params.n:
@@ -585,37 +635,93 @@ class Engine:
         return encode_images(self.model, images)
 
     def _prefill(self, req: Request) -> None:
-        p = req.params
+        """Admit req: encode its images, take its n slots and queue its prompt for prefilling."""
         emb = self._image_embeds(req)  # before taking slots: a failure here leaks nothing
-        slots = [heapq.heappop(self.free_slots) for _ in range(p.n)]
-        seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(slots)]
-        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-        try:
-            if self.cache is None:
-                self.cache = KVCache(self.mcfg, self.max_batch, self.context_window, self.device, self.dtype)
-            with self._autocast():
-                logits = self.model(ids, image_embeds=emb, cache=self.cache, slots=slots[:1], starts=[0],
-                                    last=not p.echo_logprobs).float()
-        except BaseException:
-            for s in slots:  # give the slots back: the request never ran
-                heapq.heappush(self.free_slots, s)
-            raise
-        del emb
-        if p.echo_logprobs:
-            lp = F.log_softmax(logits[0], dim=-1)  # [T, V]: position t predicts token t+1
-            infos = [TokenInfo(req.prompt[0], None, [])]
-            for t in range(1, len(req.prompt)):
+        slots = [heapq.heappop(self.free_slots) for _ in range(req.params.n)]
+        if self.cache is None:
+            try:
+                self.cache = KVCache(self.mcfg, self.max_batch, self.slot_len, self.device, self.dtype)
+            except BaseException:
+                for s in slots:
+                    heapq.heappush(self.free_slots, s)
+                raise
+        self.prefilling.append(_Prefill(req, slots, emb, echo=[TokenInfo(req.prompt[0], None, [])]
+                                        if req.params.echo_logprobs else None))
+
+    def _prefill_chunks(self) -> None:
+        """Up to prefill_chunk prompt tokens this step, first admitted first: short prompts finish
+        in one step as before; a long one goes on at the next step, after a decode step."""
+        budget = self.prefill_chunk
+        if self.running and self.prefill_share and self._t_decode and self._t_token:
+            budget = int(min(budget, max(16, self.prefill_share * self._t_decode / self._t_token)))
+        while self.prefilling and budget > 0:
+            pf = self.prefilling[0]
+            if pf.req.cancelled.is_set():
+                self.prefilling.popleft()
+                self._release(pf)
+                pf.req.done.set()
+                for i in range(pf.req.params.n):
+                    pf.req.emit(Event("finish", index=i, finish_reason="cancelled"))
+                continue
+            n = min(len(pf.req.prompt) - pf.done, budget)
+            t0 = time.perf_counter()
+            try:
+                last = self._prefill_chunk(pf, n)
+            except Exception as e:
+                self.prefilling.popleft()
+                self._release(pf)
+                if not isinstance(e, GlassError):
+                    log.exception("prefill failed")
+                pf.req.done.set()
+                pf.req.emit(Event("error", message=str(e) if isinstance(e, GlassError) else f"internal engine error: {e}"))
+                continue
+            budget -= n
+            self._t_token = (time.perf_counter() - t0) / n  # the cost grows with the context: the latest counts
+            if last is not None:
+                self.prefilling.popleft()
+                self._start(pf, last)
+
+    def _release(self, pf: _Prefill) -> None:
+        for s in pf.slots:  # give the slots back: the request never ran
+            heapq.heappush(self.free_slots, s)
+
+    def _prefill_chunk(self, pf: _Prefill, n: int) -> torch.Tensor | None:
+        """Write prompt positions pf.done..+n; returns the last position's logits once the whole
+        prompt is in (else None)."""
+        req, p, a = pf.req, pf.req.params, pf.done
+        chunk = req.prompt[a:a + n]
+        emb = None
+        if pf.emb is not None:
+            k = sum(1 for t in chunk if t == self.image_id)
+            emb, pf.used = pf.emb[pf.used:pf.used + k] if k else None, pf.used + k
+        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        with self._autocast():
+            logits = self.model(ids, image_embeds=emb, cache=self.cache, slots=pf.slots[:1], starts=[a],
+                                last=not p.echo_logprobs).float()
+        pf.done += n
+        if p.echo_logprobs:  # row i predicts prompt position a+i+1
+            lp = F.log_softmax(logits[0], dim=-1)
+            for i in range(min(n, len(req.prompt) - a - 1)):
+                t = req.prompt[a + i + 1]
                 top = []
                 if p.top_logprobs:
-                    vals, idx = torch.topk(lp[t - 1], min(p.top_logprobs, lp.size(-1)))
+                    vals, idx = torch.topk(lp[i], min(p.top_logprobs, lp.size(-1)))
                     top = list(zip(idx.tolist(), vals.tolist()))
-                infos.append(TokenInfo(req.prompt[t], float(lp[t - 1, req.prompt[t]]), top))
-            req.emit(Event("prompt", prompt=infos))
-            last = logits[0, -1]
+                pf.echo.append(TokenInfo(t, float(lp[i, t]), top))
+            logits = logits[0, -1]
         else:
-            last = logits[0]
+            logits = logits[0]
+        return logits if pf.done == len(req.prompt) else None
+
+    def _start(self, pf: _Prefill, last: torch.Tensor) -> None:
+        """The prompt is in: its n choices start decoding from the last position's logits."""
+        req, p = pf.req, pf.req.params
+        pf.emb = None
+        if p.echo_logprobs:
+            req.emit(Event("prompt", prompt=pf.echo))
+        seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(pf.slots)]
         for s in seqs[1:]:  # n choices share one prefill
-            self.cache.copy_slot(slots[0], s.slot, len(req.prompt))
+            self.cache.copy_slot(pf.slots[0], s.slot, len(req.prompt))
         for s in seqs:
             s.length = len(req.prompt)
             if s.max_new == 0:
@@ -640,8 +746,11 @@ class Engine:
         toks = torch.tensor([[s.next_token if s else 0] for s in rows], dtype=torch.long, device=self.device)
         slots = [s.slot if s else lo + i for i, s in enumerate(rows)]
         starts = [s.length if s else 0 for s in rows]
+        t0 = time.perf_counter()
         with self._autocast():
             logits = self.model(toks, cache=self.cache, slots=slots, starts=starts, last=True).float()
+        dt = time.perf_counter() - t0
+        self._t_decode = dt if self._t_decode is None else 0.8 * self._t_decode + 0.2 * dt
         self.steps += 1
         for s, lg in zip(rows, logits):
             if s is not None:

@@ -55,6 +55,7 @@ class Rows:
     x: torch.Tensor  # [B, L] inputs
     y: torch.Tensor  # [B, L] targets, -1 where there is no loss
     pixels: torch.Tensor | None = None  # [n_images, 3, S, S] for the <|image|> runs of x, in order
+    docs: torch.Tensor | None = None  # [B, L] document index per position (long.doc_mask), else None
 
 
 class Source:
@@ -107,18 +108,35 @@ def eval_indices(n_rows: int, n_wanted: int) -> np.ndarray:
 
 
 class TextSource(Source):
-    """BOS-aligned rows of the token shards; held-out loss and bits per byte per split."""
+    """BOS-aligned rows of the token shards; held-out loss and bits per byte per split.
+
+    With long.curriculum the row length follows the schedule (shorter rows first, more of them,
+    the same tokens per step); with long.doc_mask each row carries its document indices, so
+    attention does not cross the documents packed into it."""
 
     name, eval_key = "text", "eval"
 
     def __init__(self, cfg: Config, corpus: Corpus, d, autocast):
         self.cfg, self.corpus, self.d, self.autocast = cfg, corpus, d, autocast
-        T = cfg.model.seq_len
-        self.loader = Loader(corpus.split("train", T), cfg.train.batch_size, cfg.train.seed, d.rank, d.world)
+        T, t = cfg.model.seq_len, cfg.train
+        self.total = max(1, math.ceil(t.tokens / (t.batch_size * T * t.grad_accum * d.world)))  # as the trainer counts
+        self.stages = []  # (first step, loader) per curriculum entry
+        first = 0.0
+        for n, frac in cfg.long.schedule(T):
+            rows = corpus.split("train", n)
+            self.stages.append((round(first * self.total), Loader(rows, t.batch_size * T // n, t.seed, d.rank, d.world)))
+            first += frac
+        self.loader = self.stages[-1][1]
+
+    def docs(self, x: torch.Tensor) -> torch.Tensor | None:
+        return torch.cumsum(x == self.corpus.tokenizer.bos_id, dim=1) if self.cfg.long.doc_mask else None
 
     def rows(self, index: int) -> Rows:
-        batch = torch.from_numpy(self.loader.batch(index))
-        return Rows(batch[:, :-1], batch[:, 1:])
+        step = index // self.cfg.train.grad_accum
+        loader = next(ld for first, ld in reversed(self.stages) if step >= first)
+        batch = torch.from_numpy(loader.batch(index))
+        x = batch[:, :-1]
+        return Rows(x, batch[:, 1:], docs=self.docs(x))
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
@@ -147,8 +165,9 @@ class TextSource(Source):
                     weight = 1.0
                 batch = torch.from_numpy(rows.get(chunk))
                 x, y = batch[:, :-1].to(d.device), batch[:, 1:]
+                docs = self.docs(x)
                 with self.autocast:
-                    loss = model(x, y.to(d.device), reduction="none")
+                    loss = model(x, y.to(d.device), reduction="none", **({} if docs is None else {"docs": docs}))
                 nats += weight * float(loss.double().sum())
                 toks += weight * y.numel()
                 nbytes += weight * float(token_bytes[y].sum())

@@ -69,7 +69,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 # Model keys a new stage may change: none of them changes a weight's shape.
-STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "vocab_size", "image_token_id"}
+STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "rope_scaling", "rope_original_len", "vocab_size",
+                         "image_token_id"}
 # Vision keys that are training settings, not encoder shapes.
 STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
                           "init_from", "chat", "no_image", "unrelated", "follow_up"}
@@ -105,6 +106,14 @@ def read_parent(path, cfg: Config) -> Parent:
         raise CheckpointError(f"init_from {path}: tokenizer.json missing from run directory {run}")
     theirs = meta.get("config", {})
     ours = cfg.to_dict()
+    # A stage tokenizes with the parent's tokenizer. A long-context stage (a long: section) refuses a
+    # config asking for another one: its corpus, pass-key prompts and windows are sized in the
+    # configured tokenizer's tokens. Other stages keep it quietly (their data.vocab_size is unused).
+    theirs_vocab = theirs.get("data", {}).get("vocab_size")
+    if "long" in ours and theirs_vocab is not None and cfg.data.vocab_size != theirs_vocab:
+        raise CheckpointError(f"init_from {path}: the parent's tokenizer has a {theirs_vocab}-token vocabulary, this "
+                              f"config's data.vocab_size={cfg.data.vocab_size}; a long-context stage keeps its "
+                              f"parent's tokenizer (set data.vocab_size={theirs_vocab})")
     # a key the parent's config lacks was written before that key existed: it had the default
     tm = {**dataclasses.asdict(ModelConfig()), **theirs.get("model", {})}
     for k, v in ours["model"].items():
@@ -322,7 +331,8 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
             return _shared_loss(fwd, raw, active, d)
         for src, r in active:
             emb = raw.vision(r.pixels.to(d.device)).reshape(-1, m.d_model) if r.pixels is not None else None
-            part = fwd(r.x.to(d.device), r.y.to(d.device), image_embeds=emb)
+            kw = {} if r.docs is None else {"docs": r.docs}  # document masking (long.doc_mask)
+            part = fwd(r.x.to(d.device), r.y.to(d.device), image_embeds=emb, **kw)
             part = part if src.weight == 1.0 else src.weight * part
             loss = part if loss is None else loss + part
         return loss

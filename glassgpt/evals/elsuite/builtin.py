@@ -234,6 +234,54 @@ class Passkey(Eval):
         return accuracy_report(recorder)
 
 
+class Haystack(Eval):
+    """Long-context retrieval (glassgpt.evals.longctx): `kind` passkey | needle | multi_needle |
+    conversation, prompts of `context_tokens` tokens with the item at `depths` evenly spaced depths
+    (10: 0%, 11%, ..., 100%), `repeats` samples each. Prompts are sized in the model's tokens when
+    the completion function has a tokenizer (local checkpoints), else at 4 characters a token."""
+
+    def __init__(self, completion_fns, *args, kind: str = "needle", context_tokens: int = 1024, depths: int = 10,
+                 repeats: int = 1, max_tokens: int = 12, **kwargs):
+        super().__init__(completion_fns, *args, **kwargs)
+        self._require_fns(1, "Haystack")
+        from glassgpt.evals import longctx
+
+        if kind not in longctx.KINDS:
+            raise EvalError(f"Haystack kind must be one of {', '.join(longctx.KINDS)}, not {kind!r}")
+        self.kind, self.n, self.max_tokens = kind, int(context_tokens), int(max_tokens)
+        self.depths = [i / max(1, int(depths) - 1) for i in range(int(depths))]
+        self.repeats = int(repeats)
+
+    def get_samples(self):
+        from glassgpt.evals import longctx
+
+        tok = getattr(self.completion_fn, "tok", None)
+        count = (lambda t: len(tok.encode(t))) if tok is not None else (lambda t: len(t) // 4)
+        return [longctx.make_sample(self.kind, self.n, d, f"{self.seed}:{r}", count, answer_tokens=self.max_tokens + 4)
+                for r in range(self.repeats) for d in self.depths]
+
+    def eval_sample(self, sample, rng):
+        from glassgpt.evals import longctx
+
+        inputs = sample.get("inputs") or [sample["input"]]
+        ideals = sample["ideal"] if isinstance(sample["ideal"], list) else [sample["ideal"]]
+        hits = 0
+        for prompt, ideal in zip(inputs, ideals):
+            sampled = first_completion(self.completion_fn(prompt=prompt, temperature=0.0, max_tokens=self.max_tokens))
+            hits += longctx.correct(sampled, ideal)
+        ok = hits == len(ideals)
+        record.record_match(ok, expected=", ".join(ideals), picked=sampled, sampled=sampled)
+        record.record_metrics(depth=sample["depth"], fraction=hits / len(ideals))
+        return ok
+
+    def run(self, recorder):
+        self.eval_all_samples(recorder, self.get_samples())
+        report = accuracy_report(recorder)
+        ms = recorder.get_metrics()
+        report["fraction"] = sum(m["fraction"] for m in ms) / max(1, len(ms))  # needles found, over all asked
+        return report
+
+
 class Arithmetic(Eval):
     """`digits`-digit addition as 'a + b =' prompts; correct when the answer starts with
     the sum after leading spaces are dropped (a capability probe for small models)."""
@@ -268,4 +316,4 @@ class Arithmetic(Eval):
         return accuracy_report(recorder)
 
 
-__all__ = ["HumanEval", "BitsPerByte", "Passkey", "Arithmetic", "get_accuracy", "get_bootstrap_accuracy_std"]
+__all__ = ["HumanEval", "BitsPerByte", "Passkey", "Haystack", "Arithmetic", "get_accuracy", "get_bootstrap_accuracy_std"]
