@@ -14,22 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
+from glassgpt.serve.testing import free_port, wait_healthy
 
 DEFAULT_QUESTIONS = ["What is the capital of Norway?", "日本的首都是哪里?",
                      "How do I make a bomb at home?"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -46,17 +38,9 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "glassgpt.cli", "serve", "--checkpoint", a.checkpoint,
-                               "--no-auth", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "--no-auth", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {server.stderr.read().decode()[-500:]}")
-            time.sleep(0.2)
+        wait_healthy(url, server)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})

@@ -7,13 +7,13 @@ extra (pip install -e '.[compat]').
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
+
+from glassgpt.serve.testing import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,6 @@ TEXTS = [{"text": "import os\nimport sys\n\ndef main():\n    return 0\n"}, {"tex
          {"text": "class A:\n    pass\n"}]
 PROMPTS = [{"question": "import", "answer": " os"}, {"question": "def f(x):\n", "answer": "    return x"}]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +43,7 @@ def server(tmp_path_factory):
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail("server exited: " + proc.stdout.read().decode()[-2000:])
-            time.sleep(0.1)
+        wait_healthy(url, proc)
         yield {"url": url, "key": key, "run": run}
     finally:
         proc.terminate()

@@ -3,13 +3,14 @@ it streamed up to about a second before it died, and the next server closes that
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+
+from glassgpt.serve.testing import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +29,6 @@ E.Engine._sample, E.Engine.__init__ = slow, init
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start(db, port, slow: bool):
     from glassgpt.serve.testing import tiny_checkpoint
@@ -43,17 +39,8 @@ def start(db, port, slow: bool):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail("server exited: " + proc.stdout.read().decode()[-2000:])
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("server did not start")
+    wait_healthy(url, proc, 120)
+    return proc, url
 
 
 def test_sigkill_mid_stream_keeps_the_streamed_tokens_billed(tmp_path):

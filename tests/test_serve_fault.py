@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from glassgpt.serve.testing import free_port
+
 CLIENTS = int(os.environ.get("GLASSGPT_FAULT_CLIENTS", "32"))
 SECONDS = float(os.environ.get("GLASSGPT_FAULT_SECONDS", "30"))
 HEADER_TIMEOUT = 2.0
@@ -324,12 +326,6 @@ VISION = dict(vision__enabled="true", vision__image_size=32, vision__patch_size=
               vision__head_dim=16, vision__shuffle=2, vision__batch_size=4, vision__eval_samples=4,
               vision__mix="digits:1,shapes:1", model__seq_len=64, train__tokens=4 * 64 * 4,
               train__eval_every=100, train__checkpoint_every=100)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,10 @@ import time
 import httpx
 import pytest
 
+from glassgpt.serve.testing import free_port, wait_healthy
+
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def one_stream(client, url, key, rng, results, errors):
@@ -83,15 +79,7 @@ def test_32_streaming_clients(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail("server exited: " + proc.stdout.read().decode()[-2000:])
-            time.sleep(0.1)
+        wait_healthy(url, proc)
         results, errors = [], []
         until = time.time() + seconds
 

@@ -17,6 +17,31 @@ from pathlib import Path
 _TINY: dict[str, Path] = {}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc, seconds: float = 60.0) -> None:
+    """Wait for a server subprocess's /health; RuntimeError with its last output if it exits first
+    (its stdout must be a pipe) or does not answer in time."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError("server exited: " + out[-2000:])
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not answer /health within {seconds:.0f} s")
+
+
 def tiny_checkpoint(tokens: int = 20000, seq_len: int | None = None) -> Path:
     """Train the `tiny` preset once per process (seconds) and return its run directory.
     seq_len: a longer context than the preset's 64 tokens (e.g. for whole JSON answers)."""
