@@ -846,6 +846,20 @@ MIDDLE = {"en": ("What is {a} + {b}?", "{a} + {b} = {c}."), "zh": ("{a} + {b} чн
 RECALL_ITEMS = 4000  # recall is copying from the context: a skill learned from many examples
 
 
+def _recall_value(r: random.Random, lang: str, slot: str, values: list[str], heldout: bool) -> str:
+    """A listed value, or for names and cities half the time an invented word (syllables): with
+    the ~16 listed values a slot has, the first runs learned to answer with a trained value (0%
+    held-out recall, answers well formed) instead of copying it from turn 1. Invented words are
+    split by a hash of the word, so a held-out one is never trained."""
+    if slot in ("name", "city") and r.random() < 0.5:
+        while True:
+            k = [r.randrange(len(_SYLL)) for _ in range(r.choice((2, 3)))]
+            v = "".join(_SYLL[i] for i in k).capitalize() if lang == "en" else "".join(_SYLL_ZH[i] for i in k)
+            if (packaged.split_of(f"recall/{v}", 0.2) == "val") == heldout:
+                return v
+    return r.choice([x for i, x in enumerate(values) if is_heldout_template(i) == heldout])
+
+
 def _multiturn(files, seed, skip):
     r = random.Random(_h(seed, "multiturn"))
     for k in range(RECALL_ITEMS):
@@ -856,7 +870,7 @@ def _multiturn(files, seed, skip):
         split = _item_split(iid)
         # every fifth value is only ever used in held-out: recall must copy from the context, not
         # from memory of a name seen in training
-        v = r.choice([x for i, x in enumerate(values) if is_heldout_template(i) == (split == "heldout")])
+        v = _recall_value(r, lang, slot, values, split == "heldout")
         a, b = r.randint(1, 99), r.randint(1, 99)
         mq, ma = MIDDLE[lang]
         turns = [say.format(v=v), r.choice(ACK[lang]), mq.format(a=a, b=b), ma.format(a=a, b=b, c=a + b),
