@@ -36,13 +36,15 @@ def make_wheel(members: dict[str, bytes]) -> bytes:
 
 
 def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    """The same bytes for the same members: a gzip header carries a timestamp, so it is fixed at 0
+    (a test that rebuilds an archive to compare its sha256 must not depend on the clock's second)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as t:
+    with tarfile.open(fileobj=buf, mode="w" if mode == "w:gz" else mode) as t:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return gzip.compress(buf.getvalue(), mtime=0) if mode == "w:gz" else buf.getvalue()
 
 
 def _ar_member(name: str, data: bytes) -> bytes:
