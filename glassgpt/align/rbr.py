@@ -152,6 +152,7 @@ class Grader:
         self.rubric = rubric
 
     def grade(self, items: list[Item]) -> np.ndarray:
+        """[len(items), len(propositions)] probabilities; each grader defines it (the interface)."""
         raise NotImplementedError
 
 

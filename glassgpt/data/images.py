@@ -231,7 +231,7 @@ def _shapes_make(rng: random.Random, radii: tuple[int, ...] = RADII):
         # right of B?", stayed at chance (48-59%), even when the answer first listed both objects in
         # order (right 92%): the 2-layer LM sees which object is further left, but could not then
         # compare that name with the question's. This form: chance with the default seed, 84-87%
-        # with seed 1 (docs/devlog.md, seventh session).
+        # with seed 1 (docs/devlog.md, 2026-11-29: relations, answer tokens, row groups).
         if rng.random() < 0.5 and abs(x1 - x2) > 4 or abs(y1 - y2) <= 4:
             word = rng.choice(("further left", "further right"))
             first = (x1 < x2) == (word == "further left")

@@ -227,7 +227,7 @@ def compute(p: dict) -> float:
     being tied) — and without attention's T×T products. Budgets and fractions stay in exact FLOPs.
     Why: in a small rung the vocabulary matrices and attention's T×T products hold most of the FLOPs
     and grow only linearly with width, so exact FLOPs squeeze the small end of the axis and the
-    fitted curve flattens too early (docs/devlog.md, ninth session: the cpu bench with both axes)."""
+    fitted curve flattens too early (docs/devlog.md, 2026-11-30: the laws' compute axis)."""
     return 6.0 * p["params_blocks"] * p["tokens"]
 
 
@@ -404,7 +404,7 @@ def regime(points: list[dict], name: str, target_flops: float, span_decades: flo
         out["flags"].append(f"the local slope steepens from {lo_slope:.3f} (small rungs) to {hi_slope:.3f} (large): "
                             "the rungs sit on a plateau before a transition")
     # The sign of the quadratic term of ln L over ln C: a power law with a floor is convex. On the GPU
-    # ladders (docs/devlog.md, eighth session) a steady steepening too gradual for the slope test above
+    # ladders (docs/devlog.md, 2026-11-29: the first GPU lease) a steady steepening too gradual for the slope test above
     # left 9 predictions 41–94% high called confident; every one had curvature < 0, every cpu-bench
     # ladder at 1/3–1/10 (errors 0–7.5%) > 0.
     concave = len(line) >= 4 and curv <= 0 and not steep
