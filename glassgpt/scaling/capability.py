@@ -11,7 +11,7 @@ the rungs solve at least sometimes. Greedy exact match (T → 0) is recorded too
 Why this task and not whole lines at T = 0.2 (the first version): on the cpu ladder (loss ≈ 3.4
 nats/token) the best rung solved 4 of 256 HumanEval lines that way, and 2 of 384 stdlib-test lines,
 so every capability prediction was refused. Line endings at T = 1 give the rungs 20–50 solvable
-problems (docs/devlog.md, fourth session). Version 3 draws up to 2,048 problems a task instead of
+problems (docs/devlog.md, 2026-11-29: capability with 2,048 problems). Version 3 draws up to 2,048 problems a task instead of
 512 (HumanEval has 368 in all): smaller rungs then still solve the 20 a fit needs, and fewer lucky
 lines move the mean.
 """
@@ -282,7 +282,7 @@ def fit_and_predict(C: list[float], rung_logps: list[list[float]], target_C: flo
 def predict_all(points: list[dict], target: dict) -> dict:
     """{task: fit_and_predict's result, or {"task", "refused"}} from ladder points carrying `capability`,
     on the loss fits' compute coordinate (`fit.compute`; on the cpu bench's five seeds it took the
-    unfiltered law's mean miss at 1/3–1/11 from 4.5–6.1% to 1.2–2.5%, docs/devlog.md, ninth session)."""
+    unfiltered law's mean miss at 1/3–1/11 from 4.5–6.1% to 1.2–2.5%, docs/devlog.md, 2026-11-30)."""
     out = {}
     for task in TASKS:
         pts = [p for p in points if task in (p.get("capability") or {})]

@@ -75,7 +75,7 @@ def rung_shape(target: ModelConfig, width: int) -> ModelConfig:
     attention keeps one structure across the ladder and the head count never falls as width grows.
     A width those heads do not split into even widths (RoPE needs pairs) is no rung: the planner skips
     it. (Taking the largest head count that divides each width instead gave a 12-head target 10 heads
-    of 8 at w80 and 4 of 26 at w104, and its loss line a kink there: docs/devlog.md, ninth session.)"""
+    of 8 at w80 and 4 of 26 at w104, and its loss line a kink there: docs/devlog.md, 2026-11-30.)"""
     aspect = target.d_model / target.depth
     min_depth = 1 if target.depth == 1 else 2
     depth = int(min(target.depth, max(min_depth, round(width / aspect))))
