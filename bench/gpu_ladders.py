@@ -7,7 +7,7 @@ into one ladder, drops the budgets that did not run (a size keeps its finished o
 the prediction from the sizes of ≤ f of the target's FLOPs for each fraction f, with the same table
 and plot as `bench/predict_accuracy.py`. It trains nothing; the target trained after every ladder.
 
-    D=docs/scaling/gpu_2026-11-29   # the eighth session's lease, reports only
+    D=docs/scaling/gpu_2026-11-29   # the 2026-11-29 lease, reports only
     python bench/gpu_ladders.py --target $D/gpu_sr/target --out /tmp/gpu_merged $D/gpu_sr/ladder $D/gpu_lad30 $D/gpu_lad5
 """
 

@@ -28,7 +28,7 @@ EOF
 timeout "${LIMIT:-540}" python3 -m glassgpt.cli speedrun --preset gpu --workers 5 --out runs/gpu_sr "$@" 2>&1 | tee "$OUT/speedrun.log"
 echo "speedrun exit: ${PIPESTATUS[0]}" | tee -a "$OUT/speedrun.log"
 # EXTRA="0.03 0.2": more ladders of the same target at these largest-rung fractions, EXTRA_LIMIT
-# seconds each (the eighth session ran these as separate calls); bench/gpu_ladders.py merges them.
+# seconds each (the 2026-11-29 lease ran these as separate calls); bench/gpu_ladders.py merges them.
 dirs="runs/gpu_sr"
 for f in ${EXTRA:-}; do
   python3 -m glassgpt.cli ladder plan --target gpu "$@" --max-fraction "$f" --budget-fraction "$(python3 -c "print(min(1.0, 5 * $f))")" \

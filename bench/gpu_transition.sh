@@ -2,7 +2,7 @@
 # Where does the ratio line's transition lie at GPU scale? A ladder only (no target): the rungs of a
 # target's tokens-per-parameter line from ~1e14 to ~2e16 FLOPs, then `ladder fit`, whose regime
 # check prints the local slopes and the curvature along the line. On the CPU the line was still
-# steepening at 1.4e14 FLOPs / 21M tokens per rung (docs/devlog.md, fourteenth session); a line
+# steepening at 1.4e14 FLOPs / 21M tokens per rung (docs/devlog.md, 2026-11-30); a line
 # that turns convex here says how large a target rungs at 1/1,000 need. Run from the repository root:
 #   bash bench/gpu_transition.sh [--section.key=value ...]     (overrides of the target)
 # TARGET (default gpu_large), PLAN (the ladder-plan options below), LIMIT (seconds for the ladder,
