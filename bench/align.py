@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -25,14 +24,9 @@ from glassgpt.errors import exit_code  # noqa: E402
 
 
 def cpu() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from glassgpt.train.dist import cpu_name
+
+    name = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{name}, {os.cpu_count()} cores, load {load:.1f} (shared machine: timings are noisy)"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import platform
 import sys
 import sysconfig
 import time
@@ -27,13 +26,9 @@ import torch
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from glassgpt.train.dist import cpu_name as name
+
+    return name()
 
 
 def build(seq_len: int):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -32,14 +31,9 @@ import torch
 
 
 def cpu_info() -> str:
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from glassgpt.train.dist import cpu_name
+
+    name = cpu_name()
     return f"{name}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
 
 

@@ -77,6 +77,20 @@ def flush_denormals() -> bool | None:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports: benches print it."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_capability() -> str:
     """What the CPU offers torch: its vector ISA and whether bf16 matmuls are native."""
     native = [n for n, ok in (("amx_bf16", torch.cpu._is_amx_tile_supported()),
