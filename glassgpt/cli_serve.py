@@ -15,7 +15,8 @@ def cmd_serve(args):
           prices=args.price, max_batch=args.max_batch, max_queue=args.max_queue, device=args.device,
           precision=args.precision,
           rpm=args.rpm, tpm=args.tpm, max_body=args.max_body_mb * 1024 * 1024,
-          read_timeout=args.read_timeout, header_timeout=args.header_timeout, threads=args.threads)
+          read_timeout=args.read_timeout, header_timeout=args.header_timeout, threads=args.threads,
+          refusal_delay=args.refusal_delay)
 
 
 def cmd_chat(args):
@@ -84,6 +85,9 @@ def add_serve(sub, name):
     s.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request body (408 after)")
     s.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a client has to send a request's headers (the connection is closed after)")
+    s.add_argument("--refusal-delay", type=float, default=1.0,
+                   help="the most seconds a key's refused requests are held back once it keeps sending requests "
+                        "that are refused (grows with its recent refusals; 0: off)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the engines (default: the machine's cores minus one, at least 1)")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")

@@ -307,11 +307,11 @@ def test_error_after_stream_began_is_an_error_event(client, env):
     real = eng._sample
     calls = {"n": 0}
 
-    def flaky(seq, logits):
+    def flaky(seqs, logits):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return real(seq, logits)
+        return real(seqs, logits)
 
     eng._sample = flaky
     try:
@@ -470,9 +470,9 @@ def slow_sampling(monkeypatch, engine, delay=0.005):
     monkeypatch.setattr(engine, "end_ids", set())
     real = engine._sample
 
-    def slow(seq, logits):
-        time.sleep(delay)
-        return real(seq, logits)
+    def slow(seqs, logits):  # one call samples a whole step's rows
+        time.sleep(delay * len(seqs))
+        return real(seqs, logits)
 
     monkeypatch.setattr(engine, "_sample", slow)
 

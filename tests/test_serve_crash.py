@@ -19,9 +19,9 @@ SLOW = """
 import time
 from glassgpt.serve import engine as E
 _sample, _init = E.Engine._sample, E.Engine.__init__
-def slow(self, seq, logits):
-    time.sleep(0.05)
-    return _sample(self, seq, logits)
+def slow(self, seqs, logits):  # one call samples a whole step's rows
+    time.sleep(0.05 * len(seqs))
+    return _sample(self, seqs, logits)
 def init(self, *a, **k):
     _init(self, *a, **k)
     self.end_ids = set()

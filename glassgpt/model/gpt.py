@@ -249,10 +249,10 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
-                slots: list[int] | None = None, starts: list[int] | None = None, last: bool = False,
+                slots: list[int] | None = None, starts: list[int] | None = None, last: bool | list[int] = False,
                 docs: torch.Tensor | None = None, hidden: bool = False):
         """idx [B, T] token ids. Returns logits [B, T, V] ([B, V] with last=True: the last
-        position only), or the loss when targets are given (targets -1 are ignored).
+        position only; last=[i_0, .., i_B-1]: position i_b of row b), or the loss when targets are given (targets -1 are ignored).
         image_embeds [n, d_model] replace the embeddings at the n positions where
         idx == cfg.image_token_id, in order (row-major).
         With a cache: row b holds positions starts[b]..starts[b]+T-1 of cache slot slots[b]
@@ -283,8 +283,10 @@ class GPT(nn.Module):
         spans = doc_spans(docs) if docs is not None and rows is None else None
         for block in self.blocks:
             x = block(x, cos, sin, rows, spans)
-        if last:
+        if last is True:
             x = x[:, -1]
+        elif last is not False:  # one position per row (rows padded to a common length)
+            x = x[torch.arange(B, device=x.device), torch.tensor(last, device=x.device)]
         x = rms_norm(x)
         if hidden:
             return x

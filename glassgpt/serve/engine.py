@@ -180,7 +180,7 @@ class _Seq:
 DEFAULT_KV_MB = 4096  # the KV cache's default ceiling (see Engine.__init__)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Prefill:
     """An admitted request whose prompt is being written into its cache slot, chunk by chunk."""
 
@@ -197,7 +197,7 @@ class Engine:
     the caller of `generate()` when no thread runs (see the module docstring)."""
 
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
-                 max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 4,
+                 max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 16,
                  precision: str | None = None, prefill_chunk: int = 2048, prefill_share: float | None = 2.0,
                  kv_cache_mb: float | None = None):
         self.device = pick_device(device) if device is None else device
@@ -271,6 +271,9 @@ class Engine:
         self.max_image = 16 * 1024 * 1024
         self.fingerprint = "fp_" + hashlib.sha256(f"{name}:{self.context_window}:{self.mcfg.d_model}:{self.mcfg.depth}".encode()).hexdigest()[:10]
         self.steps = 0  # decode steps, read by /metrics
+        # events for consumers on asyncio loops (stream()), gathered during a step and handed over
+        # at its end (_deliver); only the thread holding _step_lock touches it
+        self._outbox: collections.defaultdict = collections.defaultdict(list)
         self._max_token_bytes: int | None = None
 
     @classmethod
@@ -471,9 +474,20 @@ class Engine:
         Raises OverloadedError / ContextLengthError before the first event."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = self.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), images=images,
-                          owner=owner)
+        req = self.submit(prompt, params, lambda ev: self._outbox[loop].append((q, ev)), images=images, owner=owner)
         return req, self._drain(req, q)
+
+    def _deliver(self) -> None:
+        """Hand the events of this step to the event loops waiting for them: one wake-up per loop
+        per step (a wake-up per token was a system call and a GIL hand-over each)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, collections.defaultdict(list)
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop has closed: nobody is listening
+                pass
 
     async def _drain(self, req: Request, q: asyncio.Queue):
         finished = 0
@@ -512,35 +526,71 @@ class Engine:
             logits = seq.constraint.mask(logits)
         return logits
 
-    def _sample(self, seq: _Seq, logits: torch.Tensor) -> TokenInfo:
+    @staticmethod
+    def _plain(seq: _Seq, vocab: int) -> bool:
+        """Sampled with temperature alone (or greedy): no processor, filter or own generator."""
         p = seq.req.params
-        # Log-probabilities are the model's own (before bias, penalties and grammar), as reported.
-        logp = F.log_softmax(logits, dim=-1)
+        return (not p.logit_bias and not p.presence_penalty and not p.frequency_penalty and seq.constraint is None
+                and seq.gen is None and (not p.top_k or p.top_k >= vocab) and p.top_p >= 1.0)
+
+    def _sample_one(self, seq: _Seq, logits: torch.Tensor) -> int:
+        """One row with processors, top-k/top-p or a seed."""
+        p = seq.req.params
         logits = self._process(seq, logits)
         if p.temperature < 1e-4:  # greedy (a tiny temperature would overflow the softmax)
-            tok = int(torch.argmax(logits))
-        else:
-            lg = logits / p.temperature
-            if p.top_k and p.top_k < lg.numel():
-                kth = torch.topk(lg, p.top_k).values[-1]
-                lg = lg.masked_fill(lg < kth, float("-inf"))
-            probs = F.softmax(lg, dim=-1)
-            if p.top_p < 1.0:
-                sp, si = torch.sort(probs, descending=True)
-                cum = torch.cumsum(sp, 0)
-                drop = cum - sp > p.top_p  # keep the smallest prefix whose mass reaches top_p
-                sp = sp.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter(0, si, sp)
-            probs = probs.cpu()
-            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
-                tok = int(torch.argmax(logits))
-            else:
-                tok = int(torch.multinomial(probs, 1, generator=seq.gen))
-        top = []
-        if p.top_logprobs:
-            vals, idx = torch.topk(logp, min(p.top_logprobs, logp.numel()))
-            top = list(zip(idx.tolist(), vals.tolist()))
-        return TokenInfo(tok, float(logp[tok]), top)
+            return int(torch.argmax(logits))
+        lg = logits / p.temperature
+        if p.top_k and p.top_k < lg.numel():
+            kth = torch.topk(lg, p.top_k).values[-1]
+            lg = lg.masked_fill(lg < kth, float("-inf"))
+        probs = F.softmax(lg, dim=-1)
+        if p.top_p < 1.0:
+            sp, si = torch.sort(probs, descending=True)
+            cum = torch.cumsum(sp, 0)
+            drop = cum - sp > p.top_p  # keep the smallest prefix whose mass reaches top_p
+            sp = sp.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(0, si, sp)
+        probs = probs.cpu()
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            return int(torch.argmax(logits))
+        return int(torch.multinomial(probs, 1, generator=seq.gen))
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> list[TokenInfo]:
+        """The next token of each sequence from its row of logits [B, V]. Rows that need only a
+        temperature (or greedy) are sampled together in a few batched calls: one by one, a
+        32-row decode step of a small model spent more time sampling than in the model. Rows
+        with processors, top-k/top-p or a seed go one by one (_sample_one)."""
+        V = logits.size(-1)
+        # Log-probabilities are the model's own (before bias, penalties and grammar), as reported.
+        logp = F.log_softmax(logits, dim=-1)
+        toks: list[int | None] = [None] * len(seqs)
+        plain = [i for i, s in enumerate(seqs) if self._plain(s, V)]
+        if plain:
+            rows = logits[torch.tensor(plain, device=logits.device)]
+            temps = torch.tensor([seqs[i].req.params.temperature for i in plain], device=logits.device)
+            best = rows.argmax(-1)
+            pick = best
+            sampled = temps >= 1e-4  # below: greedy (a tiny temperature would overflow the softmax)
+            if bool(sampled.any()):
+                probs = F.softmax(rows / temps.clamp_min(1e-4)[:, None], dim=-1)
+                ok = sampled & torch.isfinite(probs).all(-1) & (probs.sum(-1) > 0)
+                probs = torch.where(ok[:, None], probs, torch.ones_like(probs))  # bad rows: argmax below
+                pick = torch.where(ok, torch.multinomial(probs, 1).squeeze(1), best)
+            for i, t in zip(plain, pick.tolist()):
+                toks[i] = t
+        for i, s in enumerate(seqs):
+            if toks[i] is None:
+                toks[i] = self._sample_one(s, logits[i])
+        chosen = logp.gather(1, torch.tensor(toks, device=logp.device)[:, None]).squeeze(1).tolist()
+        out = []
+        for i, s in enumerate(seqs):
+            k = s.req.params.top_logprobs
+            top = []
+            if k:
+                vals, idx = torch.topk(logp[i], min(k, V))
+                top = list(zip(idx.tolist(), vals.tolist()))
+            out.append(TokenInfo(toks[i], chosen[i], top))
+        return out
 
     # --- the scheduler --------------------------------------------------------------------
     def _loop(self) -> None:
@@ -564,6 +614,8 @@ class Engine:
             log.exception("engine step failed")
             for seq in list(self.running):
                 self._finish(seq, None, error=f"internal engine error: {e}")
+        finally:
+            self._deliver()
         return bool(self.running or self.prefilling)
 
     def _next_request(self) -> Request | None:
@@ -649,57 +701,104 @@ class Engine:
                                         if req.params.echo_logprobs else None))
 
     def _prefill_chunks(self) -> None:
-        """Up to prefill_chunk prompt tokens this step, first admitted first: short prompts finish
-        in one step as before; a long one goes on at the next step, after a decode step."""
+        """Write the next prompt tokens into the cache: up to prefill_chunk tokens this step
+        (while others decode, about prefill_share decode steps' worth), first admitted first.
+        Short prompts finish in one step, several in one forward call; a long one goes on at
+        the next step, after a decode step."""
         budget = self.prefill_chunk
         if self.running and self.prefill_share and self._t_decode and self._t_token:
             budget = int(min(budget, max(16, self.prefill_share * self._t_decode / self._t_token)))
-        while self.prefilling and budget > 0:
-            pf = self.prefilling[0]
+        plan = []
+        for pf in list(self.prefilling):
             if pf.req.cancelled.is_set():
-                self.prefilling.popleft()
+                self.prefilling.remove(pf)
                 self._release(pf)
                 pf.req.done.set()
                 for i in range(pf.req.params.n):
                     pf.req.emit(Event("finish", index=i, finish_reason="cancelled"))
-                continue
-            n = min(len(pf.req.prompt) - pf.done, budget)
+            elif budget > 0:
+                n = min(len(pf.req.prompt) - pf.done, budget)
+                plan.append((pf, n))
+                budget -= n
+        for group in self._groups(plan):
             t0 = time.perf_counter()
             try:
-                last = self._prefill_chunk(pf, n)
+                lasts = self._prefill_rows(group)
             except Exception as e:
-                self.prefilling.popleft()
-                self._release(pf)
-                if not isinstance(e, GlassError):
-                    log.exception("prefill failed")
-                pf.req.done.set()
-                pf.req.emit(Event("error", message=str(e) if isinstance(e, GlassError) else f"internal engine error: {e}"))
+                if len(group) > 1:  # find the culprit: the others go on alone
+                    lasts = [self._prefill_alone(pf, n) for pf, n in group]
+                else:
+                    self._prefill_failed(group[0][0], e)
+                    continue
+            n = sum(k for _, k in group)
+            if n >= 256:  # a smaller call's time is mostly per call, not per token: it would throttle short prompts
+                self._t_token = (time.perf_counter() - t0) / n  # the cost grows with the context: the latest counts
+            done = [(pf, last) for (pf, _), last in zip(group, lasts) if last is not None]
+            for pf, _ in done:
+                self.prefilling.remove(pf)
+            self._start(done)
+
+    def _groups(self, plan: list[tuple[_Prefill, int]]) -> list[list[tuple[_Prefill, int]]]:
+        """Rows that share one forward call, padded to the longest: while the padding costs at most
+        about what the rows themselves do. A request that wants its prompt's log-probabilities
+        (every position's logits) goes alone."""
+        groups, cur = [], []
+        for pf, n in plan:
+            if pf.req.params.echo_logprobs:
+                groups.append([(pf, n)])
                 continue
-            budget -= n
-            self._t_token = (time.perf_counter() - t0) / n  # the cost grows with the context: the latest counts
-            if last is not None:
-                self.prefilling.popleft()
-                self._start(pf, last)
+            trial = cur + [(pf, n)]
+            T = max(k for _, k in trial)
+            if cur and (len(trial) * T > 2 * sum(k for _, k in trial) + 64
+                        or any(p.done + T > self.slot_len for p, _ in trial)):
+                groups.append(cur)
+                trial = [(pf, n)]
+            cur = trial
+        return groups + ([cur] if cur else [])
+
+    def _prefill_alone(self, pf: _Prefill, n: int) -> torch.Tensor | None:
+        try:
+            return self._prefill_rows([(pf, n)])[0]
+        except Exception as e:
+            self._prefill_failed(pf, e)
+            return None
+
+    def _prefill_failed(self, pf: _Prefill, e: Exception) -> None:
+        if pf in self.prefilling:
+            self.prefilling.remove(pf)
+        self._release(pf)
+        if not isinstance(e, GlassError):
+            log.error("prefill failed", exc_info=e)
+        pf.req.done.set()
+        pf.req.emit(Event("error", message=str(e) if isinstance(e, GlassError) else f"internal engine error: {e}"))
 
     def _release(self, pf: _Prefill) -> None:
         for s in pf.slots:  # give the slots back: the request never ran
             heapq.heappush(self.free_slots, s)
 
-    def _prefill_chunk(self, pf: _Prefill, n: int) -> torch.Tensor | None:
-        """Write prompt positions pf.done..+n; returns the last position's logits once the whole
-        prompt is in (else None)."""
-        req, p, a = pf.req, pf.req.params, pf.done
-        chunk = req.prompt[a:a + n]
-        emb = None
-        if pf.emb is not None:
-            k = sum(1 for t in chunk if t == self.image_id)
-            emb, pf.used = pf.emb[pf.used:pf.used + k] if k else None, pf.used + k
-        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+    def _prefill_rows(self, group: list[tuple[_Prefill, int]]) -> list[torch.Tensor | None]:
+        """Write positions pf.done..+n of each row's prompt in one forward call (rows padded at the
+        end: the padding's cache positions are never attended to, and are overwritten by the
+        next chunk or token). Returns each row's last logits once its whole prompt is in, else None."""
+        T = max(n for _, n in group)
+        ids, embs = [], []
+        for pf, n in group:
+            chunk = pf.req.prompt[pf.done:pf.done + n]
+            if pf.emb is not None:
+                k = sum(1 for t in chunk if t == self.image_id)
+                if k:
+                    embs.append(pf.emb[pf.used:pf.used + k])
+                pf.used += k
+            ids.append(chunk + [0] * (T - n))
+        echo = group[0][0].req.params.echo_logprobs  # such a row is alone (_groups)
         with self._autocast():
-            logits = self.model(ids, image_embeds=emb, cache=self.cache, slots=pf.slots[:1], starts=[a],
-                                last=not p.echo_logprobs).float()
-        pf.done += n
-        if p.echo_logprobs:  # row i predicts prompt position a+i+1
+            logits = self.model(torch.tensor(ids, dtype=torch.long, device=self.device),
+                                image_embeds=torch.cat(embs) if embs else None, cache=self.cache,
+                                slots=[pf.slots[0] for pf, _ in group], starts=[pf.done for pf, _ in group],
+                                last=False if echo else [n - 1 for _, n in group]).float()
+        if echo:  # row i predicts prompt position a+i+1
+            pf, n = group[0]
+            req, p, a = pf.req, pf.req.params, pf.done
             lp = F.log_softmax(logits[0], dim=-1)
             for i in range(min(n, len(req.prompt) - a - 1)):
                 t = req.prompt[a + i + 1]
@@ -708,27 +807,34 @@ class Engine:
                     vals, idx = torch.topk(lp[i], min(p.top_logprobs, lp.size(-1)))
                     top = list(zip(idx.tolist(), vals.tolist()))
                 pf.echo.append(TokenInfo(t, float(lp[i, t]), top))
-            logits = logits[0, -1]
-        else:
-            logits = logits[0]
-        return logits if pf.done == len(req.prompt) else None
+            logits = logits[:, n - 1]
+        out = []
+        for (pf, n), row in zip(group, logits):
+            pf.done += n
+            out.append(row if pf.done == len(pf.req.prompt) else None)
+        return out
 
-    def _start(self, pf: _Prefill, last: torch.Tensor) -> None:
-        """The prompt is in: its n choices start decoding from the last position's logits."""
-        req, p = pf.req, pf.req.params
-        pf.emb = None
-        if p.echo_logprobs:
-            req.emit(Event("prompt", prompt=pf.echo))
-        seqs = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(pf.slots)]
-        for s in seqs[1:]:  # n choices share one prefill
-            self.cache.copy_slot(pf.slots[0], s.slot, len(req.prompt))
-        for s in seqs:
-            s.length = len(req.prompt)
-            if s.max_new == 0:
-                self._finish(s, "length")
-                continue
-            self.running.append(s)
-            self._advance(s, last)
+    def _start(self, done: list[tuple[_Prefill, torch.Tensor]]) -> None:
+        """These prompts are in: their n choices start decoding from the last position's logits."""
+        seqs, rows = [], []
+        for pf, last in done:
+            req, p = pf.req, pf.req.params
+            pf.emb = None
+            if p.echo_logprobs:
+                req.emit(Event("prompt", prompt=pf.echo))
+            mine = [_Seq(req, i, s, self.end_ids, self.tokenizer, p.max_tokens) for i, s in enumerate(pf.slots)]
+            for s in mine[1:]:  # n choices share one prefill
+                self.cache.copy_slot(pf.slots[0], s.slot, len(req.prompt))
+            for s in mine:
+                s.length = len(req.prompt)
+                if s.max_new == 0:
+                    self._finish(s, "length")
+                    continue
+                self.running.append(s)
+                seqs.append(s)
+                rows.append(last)
+        if seqs:
+            self._advance(seqs, torch.stack(rows))
 
     def _decode_step(self) -> None:
         seqs = [s for s in self.running if not self._cancelled(s)]
@@ -752,10 +858,11 @@ class Engine:
         dt = time.perf_counter() - t0
         self._t_decode = dt if self._t_decode is None else 0.8 * self._t_decode + 0.2 * dt
         self.steps += 1
-        for s, lg in zip(rows, logits):
-            if s is not None:
-                s.length += 1
-                self._advance(s, lg)
+        live = [i for i, s in enumerate(rows) if s is not None]
+        for i in live:
+            rows[i].length += 1
+        self._advance([rows[i] for i in live], logits[torch.tensor(live, device=logits.device)]
+                      if len(live) < len(rows) else logits)
 
     def _cancelled(self, s: _Seq) -> bool:
         if s.req.cancelled.is_set():
@@ -763,9 +870,13 @@ class Engine:
             return True
         return False
 
-    def _advance(self, s: _Seq, logits: torch.Tensor) -> None:
-        """Sample the next token of s from logits and emit what became safe to show."""
-        info = self._sample(s, logits)
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
+        """Sample the next token of each sequence from its row of logits and emit what became
+        safe to show."""
+        for s, info in zip(seqs, self._sample(seqs, logits)):
+            self._accept(s, info, logits.size(-1))
+
+    def _accept(self, s: _Seq, info: TokenInfo, vocab: int) -> None:
         req = s.req
         if info.id in s.stop_ids:  # the chat end token: not content, not counted
             self._finish(s, "stop")
@@ -775,7 +886,7 @@ class Engine:
             return
         if req.params.presence_penalty or req.params.frequency_penalty:
             if s.counts is None:
-                s.counts = torch.zeros(logits.numel(), dtype=torch.float32, device=logits.device)
+                s.counts = torch.zeros(vocab, dtype=torch.float32, device=self.device)
             s.counts[info.id] += 1
         s.generated += 1
         req.completion_tokens += 1
@@ -823,6 +934,11 @@ class Engine:
         tail = s.text[s.sent:] if reason != "cancelled" else ""
         s.sent = len(s.text)
         req.emit(Event("finish", index=s.index, finish_reason=reason, text=tail))
+
+
+def _put_all(items: list) -> None:
+    for q, ev in items:
+        q.put_nowait(ev)
 
 
 def token_text(tokenizer, tid: int) -> str:
