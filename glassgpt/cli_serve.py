@@ -16,7 +16,7 @@ def cmd_serve(args):
           precision=args.precision,
           rpm=args.rpm, tpm=args.tpm, max_body=args.max_body_mb * 1024 * 1024,
           read_timeout=args.read_timeout, header_timeout=args.header_timeout, threads=args.threads,
-          refusal_delay=args.refusal_delay)
+          refusal_delay=args.refusal_delay, max_token_rate=args.max_token_rate)
 
 
 def cmd_chat(args):
@@ -88,6 +88,9 @@ def add_serve(sub, name):
     s.add_argument("--refusal-delay", type=float, default=1.0,
                    help="the most seconds a key's refused requests are held back once it keeps sending requests "
                         "that are refused (grows with its recent refusals; 0: off)")
+    s.add_argument("--max-token-rate", type=float, default=50.0,
+                   help="decode steps a second at most, so tokens a second per stream (default 50, faster than "
+                        "anyone reads): the time left over answers new requests at once; 0: as fast as the model goes")
     s.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the engines (default: the machine's cores minus one, at least 1)")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")

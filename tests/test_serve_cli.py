@@ -4,6 +4,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 import glassgpt
 
 from glassgpt.data.chat import DEFAULT_SYSTEM
@@ -126,3 +128,11 @@ def test_default_system_prompt_goes_to_chat_models_only_and_the_page_sends_the_s
         eng.stop()
     page = (Path(glassgpt.__file__).parent / "serve" / "web" / "app.js").read_text()
     assert f'const DEFAULT_SYSTEM = {json.dumps(DEFAULT_SYSTEM, ensure_ascii=False)};' in page
+
+
+@pytest.mark.parametrize("flag,words", [("--max-token-rate", "--max-token-rate must be 0"),
+                                        ("--refusal-delay", "--refusal-delay must be 0 or more")])
+def test_serve_refuses_a_negative_pace_or_refusal_delay(tmp_path, capsys, flag, words):
+    assert cli(["serve", "--checkpoint", str(tmp_path), flag, "-1"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

@@ -174,13 +174,16 @@ def test_a_refused_request_whose_body_stops_is_closed_after_the_read_timeout(env
     s.close()
 
 
-def test_tarpit_grows_with_refusals_and_decays():
+def test_tarpit_grows_with_refusals_and_their_size_and_decays():
     t = Tarpit(base=0.01, tau=10.0, cap=0.5)
     assert t.delay("k", now=0.0) == 0.0  # the first refusal waits nothing
     waits = [t.delay("k", now=0.0) for _ in range(100)]
     assert waits[0] == pytest.approx(0.01) and waits[9] == pytest.approx(0.1) and waits[-1] == 0.5
     assert t.delay("other", now=0.0) == 0.0  # per key
     assert t.delay("k", now=100.0) < 0.01  # ten time constants later it is forgiven
+    big = Tarpit(base=0.01, tau=10.0, cap=5.0)
+    big.delay("k", size=10 * 2**20, now=0.0)  # a 10 MB body counts as 11 refusals
+    assert big.delay("k", now=0.0) == pytest.approx(0.11)
     small = Tarpit(size=3)
     for k in range(10):
         small.delay(k, now=0.0)
@@ -189,7 +192,7 @@ def test_tarpit_grows_with_refusals_and_decays():
 
 def test_only_a_keys_refused_posts_are_held_back(env, monkeypatch):
     seen = []
-    monkeypatch.setattr(env["srv"].tarpit, "delay", lambda key_id, now=None: seen.append(key_id) or 0.0)
+    monkeypatch.setattr(env["srv"].tarpit, "delay", lambda key_id, size=0, now=None: seen.append(key_id) or 0.0)
     bad = post(env, "/v1/chat/completions", b'{"model": "tiny", "messages": []}')
     assert bad.status_code == 400
     ok = post(env, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
@@ -209,3 +212,52 @@ def test_a_key_that_keeps_being_refused_waits(env):
     # waits of 0, 10, 20, ... 110 ms (minus a little decay): at least half a second in all
     assert time.monotonic() - t0 >= 0.5
     assert env["srv"].tarpit.delay(next(iter(env["srv"].tarpit.scores))) > 0.1
+
+
+def test_a_prompt_prefilled_in_chunks_between_running_slots_is_not_overwritten(loaded):
+    """A decode step gives free slots inside its range a dummy row at position 0; the slot of a
+    prompt still being prefilled chunk by chunk is not free, and must not get one."""
+    model, tok, cfg = loaded
+    long = tok.encode("def add(a, b):\n    return a + b\n\nclass Foo:\n    pass\n")[:40]
+    greedy = SamplingParams(max_tokens=4, temperature=0)
+    alone = Engine(model, tok, cfg, device="cpu", max_batch=1)
+    solo = [t.id for t in alone.generate(long, greedy)["choices"][0]["tokens"]]
+    eng = Engine(model, tok, cfg, device="cpu", max_batch=4, prefill_chunk=8, prefill_share=None)
+    got: list[int] = []
+    short = tok.encode("x = 1")
+    for k in range(4):  # slots 0..3; the one in slot 1 ends after one token, freeing its slot
+        eng.submit(short, SamplingParams(max_tokens=1 if k == 1 else 30, temperature=0), lambda ev: None)
+    eng._step()
+    eng._step()
+    assert 1 in eng.free_slots and {s.slot for s in eng.running} == {0, 2, 3}
+    eng.submit(long, greedy, lambda ev: got.append(ev.token.id) if ev.kind == "token" else None)
+    for _ in range(3):  # 24 of its 40 prompt tokens, 8 a step, while slots 0, 2 and 3 decode around it
+        eng._step()
+    assert {s.slot for s in eng.running} >= {0, 2} and eng.prefilling
+    # the keys of its prompt so far are the ones it has alone (position 0 included)
+    assert torch.allclose(eng.cache.k[:, 1, :, :24], alone.cache.k[:, 0, :, :24], atol=1e-5)
+    for _ in range(10):
+        eng._step()
+    assert got == solo
+
+
+def test_paced_streams_are_no_faster_than_the_rate_and_unpaced_batches_are_not_paced(loaded):
+    model, tok, cfg = loaded
+    eng = Engine(model, tok, cfg, device="cpu", max_batch=4, max_token_rate=20).start()
+    try:
+        eng.end_ids = set()  # all 10 tokens
+        t0 = time.monotonic()
+        r = eng.generate(tok.encode("x ="), SamplingParams(max_tokens=10, temperature=0), timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        eng.stop()
+    assert len(r["choices"][0]["tokens"]) == 10
+    # the first token comes from the prefill and the second from that step's decode; then one
+    # decode step every 50 ms
+    assert took >= 8 * 0.05 * 0.9
+    # without the engine thread (generate_batch, the evals and RL rollouts) nothing is paced
+    eng = Engine(model, tok, cfg, device="cpu", max_batch=4, max_token_rate=1)
+    eng.end_ids = set()
+    t0 = time.monotonic()
+    out = eng.generate_batch([tok.encode("x =")], [SamplingParams(max_tokens=10, temperature=0)])
+    assert len(out[0][0]["tokens"]) == 10 and time.monotonic() - t0 < 9  # paced at 1/s it would take 9 s

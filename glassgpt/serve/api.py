@@ -46,6 +46,8 @@ from glassgpt.serve.store import DEFAULT_PRICE, KNOWN_PRICES, Store
 log = logging.getLogger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024  # bytes; a bigger body is a 413
+DRAIN_PAUSE = 0.002  # seconds between the chunks (64 KB) of a body already refused
+INLINE_CHARS = 2000  # a text-only chat this short is tokenized on the event loop, not in a worker
 MAX_IMAGE = 16 * 1024 * 1024  # decoded bytes of one image
 MAX_REQUEST_PIXELS = 4096 * 4096  # all images of one request, from their headers, before decoding
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
@@ -447,6 +449,24 @@ def sse(obj) -> str:
     return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
 
 
+async def coalesced(chunks, pending):
+    """Server-sent events that are ready together go out together: one pass down the ASGI stack
+    and one system call instead of one per token (per token, that path cost the event loop more
+    than the engine's step did). `pending()`: events queued and not yet read; while there are
+    any, the next chunks come without waiting, so the batch is bounded by what was queued."""
+    buf = []
+    try:
+        async for c in chunks:
+            buf.append(c)
+            if not pending():
+                yield "".join(buf)
+                buf = []
+        if buf:
+            yield "".join(buf)
+    finally:
+        await chunks.aclose()
+
+
 class Server:
     """State shared by the routes: engines by model id, the store, prices, metrics."""
 
@@ -617,22 +637,24 @@ class Tarpit:
     """Slower refusals for a key whose requests keep being refused. A client that sends, back to
     back, requests the server must read before it can refuse them (10 MB prompts, pixel bombs)
     took as much of the event loop as the server could give; each of its refusals now waits
-    `base` x its recent refusals (decaying with time constant `tau`, at most `cap` seconds).
-    Waiting costs the server nothing; an honest client's occasional 400 waits ~0 ms."""
+    `base` x its recent refusals (decaying with time constant `tau`, at most `cap` seconds), a
+    refusal counting 1 + the megabytes the server had to read for it. Waiting costs the server
+    nothing; an honest client's occasional 400 waits ~0 ms."""
 
     def __init__(self, base: float = 0.01, tau: float = 10.0, cap: float = 1.0, size: int = 10_000):
         self.base, self.tau, self.cap, self.size = base, tau, cap, size
         self.scores: collections.OrderedDict = collections.OrderedDict()  # key id -> (score, when), LRU
 
-    def delay(self, key_id, now: float | None = None) -> float:
-        """Count one more refusal of key_id; returns how long to hold its answer back."""
+    def delay(self, key_id, size: int = 0, now: float | None = None) -> float:
+        """Count one more refusal of key_id, whose body had `size` bytes; returns how long to hold
+        its answer back (nothing for a key's first)."""
         now = time.monotonic() if now is None else now
         score, t = self.scores.pop(key_id, (0.0, now))
-        score = score * math.exp(-(now - t) / self.tau) + 1
-        self.scores[key_id] = (score, now)
+        before = score * math.exp(-(now - t) / self.tau)
+        self.scores[key_id] = (before + 1 + size / 2**20, now)
         if len(self.scores) > self.size:
             self.scores.popitem(last=False)
-        return min(self.cap, self.base * (score - 1))
+        return min(self.cap, self.base * before)
 
 
 class Gate:
@@ -681,7 +703,11 @@ class Gate:
                 if key is not None and self.srv.store is not None:
                     extra = extra + [(k.encode(), v.encode()) for k, v in self.srv.store.rate_headers(key).items()]
                     if self.srv.tarpit and scope["method"] == "POST" and msg["status"] in (400, 413, 422):
-                        wait = self.srv.tarpit.delay(key.id)
+                        try:
+                            size = int(headers.get("content-length", 0))
+                        except ValueError:
+                            size = 0
+                        wait = self.srv.tarpit.delay(key.id, min(size, self.srv.max_body))
                         if wait > 0:
                             await asyncio.sleep(wait)
                 msg = {**msg, "headers": list(msg.get("headers") or []) + extra}
@@ -816,6 +842,10 @@ class BodyLimit:
                         meter.feed(chunk)
                     if chunks is not None:
                         chunks.append(chunk)
+                    elif more:
+                        # Read the rest of a refused body slowly (the socket's flow control holds the client
+                        # meanwhile): at full speed, 10 MB took the event loop ~20 ms in one burst.
+                        await asyncio.sleep(DRAIN_PAUSE)
             except TimeoutError:
                 return await send_json(send, 408, error_body(
                     f"The request body did not arrive within {self.timeout:g} seconds.", code="request_timeout"),
@@ -982,7 +1012,11 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                                          "send fewer images.", param="messages") from None
             return prompt, want
 
-        prompt, want = await run_in_threadpool(prepare)
+        # A short text-only chat tokenizes in well under a millisecond: on the event loop it costs
+        # less than the hop to a worker thread and back (which, under load, waited for the GIL twice).
+        short = chars <= INLINE_CHARS and not body.tools and (body.response_format is None or body.response_format.type == "text") \
+            and all(isinstance(m.content, str) or all(p.type == "text" for p in m.content) for m in body.messages if m.content)
+        prompt, want = prepare() if short else await run_in_threadpool(prepare)
         if srv.store is not None:
             srv.store.check_rate(key, len(prompt) + want * params.n)
         # Decode and validate the pixels off the event loop too (a large JPEG takes a while);
@@ -1086,7 +1120,7 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
                     srv.metrics.request("/v1/chat/completions", 200 if status == "ok" else 499)
                     finish_meter(status)
 
-            return StreamingResponse(gen(), media_type="text/event-stream",
+            return StreamingResponse(coalesced(gen(), req.pending), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
         choices = [{"index": i, "message": {"role": "assistant", "content": "", "refusal": None, "annotations": []},
@@ -1546,7 +1580,7 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
           max_batch: int = 16, max_queue: int = 64, device: str | None = None, rpm: int | None = None,
           tpm: int | None = None, max_body: int = MAX_BODY, read_timeout: float = 30.0,
           precision: str | None = None, header_timeout: float = 10.0, threads: int | None = None,
-          refusal_delay: float = 1.0) -> None:
+          refusal_delay: float = 1.0, max_token_rate: float = 50.0) -> None:
     """Load every checkpoint (a corrupt one stops start-up with a clear error), then serve.
     threads: torch's CPU threads for the engines (default: one core fewer than the machine has,
     at least one, so that the event loop keeps a core for HTTP)."""
@@ -1564,6 +1598,8 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
         raise ServeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
     if not refusal_delay >= 0:
         raise ServeError(f"--refusal-delay must be 0 or more seconds, not {refusal_delay}")
+    if not max_token_rate >= 0:
+        raise ServeError(f"--max-token-rate must be 0 (unpaced) or more tokens a second, not {max_token_rate}")
     if threads is not None and threads < 1:
         raise ServeError(f"--threads must be at least 1, not {threads}")
     names = list(names or [])
@@ -1575,7 +1611,8 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads or max(1, cores - 1))
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
-                                      max_batch=max_batch, max_queue=max_queue, precision=precision)
+                                      max_batch=max_batch, max_queue=max_queue, precision=precision,
+                                      max_token_rate=max_token_rate or None)
                for i, ck in enumerate(checkpoints)]
     store = Store(db, default_rpm=rpm, default_tpm=tpm)
     closed = store.reconcile()  # rows a killed server left running: billed up to its last write
@@ -1587,9 +1624,12 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
              "off" if no_auth else "on")
     # Everything loaded so far (torch, the models, the web stack) lives as long as the server: out
     # of the collector's sight, a full collection no longer walks it. Under load those walks
-    # stalled every thread for 100-300 ms (the GIL is held throughout).
+    # stalled every thread for 100-300 ms (the GIL is held throughout). What a request allocates
+    # is freed by reference counting; rarer young collections (100,000 allocations, not 700)
+    # took the last periodic stalls out of time to first token (docs/serving.md).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
     # timeout_keep_alive closes idle connections between requests, the protocol closes one whose
     # request head is not complete within header_timeout (slowloris), and h11's size limit on an
     # incomplete head (16 KB by default) bounds what it can hold meanwhile.

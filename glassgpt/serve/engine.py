@@ -131,6 +131,7 @@ class Request:
         self.finished_choices = 0
         self.first_token_at: float | None = None
         self.bias: torch.Tensor | None = None  # params.logit_bias as a dense row, built at the first sample
+        self.pending: Callable[[], int] = lambda: 0  # events delivered but not yet read (Engine.stream)
 
     def cancel(self) -> None:
         """Stop generating at the next token boundary (e.g. the client disconnected)."""
@@ -199,7 +200,7 @@ class Engine:
     def __init__(self, model, tokenizer, cfg=None, name: str = "glassgpt", max_batch: int = 16,
                  max_queue: int = 64, device: str | None = None, max_prefill_per_step: int = 16,
                  precision: str | None = None, prefill_chunk: int = 2048, prefill_share: float | None = 2.0,
-                 kv_cache_mb: float | None = None):
+                 kv_cache_mb: float | None = None, max_token_rate: float | None = None):
         self.device = pick_device(device) if device is None else device
         self.model = model.to(self.device).eval()
         # precision None: fp32 weights, bf16 autocast and cache on CUDA, fp32 elsewhere. 'bf16': the
@@ -238,6 +239,12 @@ class Engine:
         # gaps by ~(1 + prefill_share)x instead of stalling them for the whole prefill.
         # prefill_share None: always prefill_chunk tokens a step.
         self.prefill_chunk = max(1, int(prefill_chunk))
+        # Paced decoding: at most max_token_rate tokens a second per sequence. A small model on a
+        # small CPU can decode faster than anyone reads, and then the decode steps and their
+        # tokens' HTTP work fill the cores: a new request waits behind them. Paced, the spare time
+        # serves new requests at once (a request arriving between steps is prefilled and answered
+        # without waiting for the pace). Only the engine's own thread paces (see _loop).
+        self.min_step_interval = 1.0 / max_token_rate if max_token_rate else 0.0
         self.prefill_share = prefill_share
         self._t_decode: float | None = None  # seconds per decode step (moving average)
         self._t_token: float | None = None  # seconds per prefill token at the latest context
@@ -475,6 +482,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         req = self.submit(prompt, params, lambda ev: self._outbox[loop].append((q, ev)), images=images, owner=owner)
+        req.pending = q.qsize
         return req, self._drain(req, q)
 
     def _deliver(self) -> None:
@@ -594,21 +602,32 @@ class Engine:
 
     # --- the scheduler --------------------------------------------------------------------
     def _loop(self) -> None:
+        next_decode = 0.0
         while not self._stop.is_set():
+            now = time.monotonic()
+            due = now >= next_decode
             with self._step_lock:
-                busy = self._step()
+                busy = self._step(decode=due)
+            if due and self.running:
+                next_decode = now + self.min_step_interval
             if not busy:
                 self._wake.wait(timeout=0.05)
                 self._wake.clear()
+            elif self.min_step_interval and not (self.n_waiting or self.prefilling):
+                # paced: nothing to do until the next decode step is due, unless a request comes
+                self._wake.wait(timeout=max(0.0, next_decode - time.monotonic()))
+                self._wake.clear()
 
     @torch.no_grad()
-    def _step(self) -> bool:
+    def _step(self, decode: bool = True) -> bool:
         """Admit waiting requests, write up to prefill_chunk prompt tokens into the cache, then
-        one decode step for every running sequence. Returns whether any work remains."""
+        (if `decode`: a paced engine thread skips it until due) one decode step for every running
+        sequence. Returns whether any work remains."""
         try:
             self._admit()
             self._prefill_chunks()
-            if self.running:
+            self._deliver()  # first tokens out now, not after the decode step: time to first token
+            if self.running and decode:
                 self._decode_step()
         except Exception as e:  # never let one bad batch kill the server
             log.exception("engine step failed")
@@ -841,7 +860,8 @@ class Engine:
         if not seqs:
             return
         lo, hi = min(s.slot for s in seqs), max(s.slot for s in seqs) + 1
-        if hi - lo <= 2 * len(seqs):
+        # the slots of prompts still being prefilled (chunk by chunk) must not get a dummy row
+        if hi - lo <= 2 * len(seqs) and not any(lo <= i < hi for pf in self.prefilling for i in pf.slots):
             # Every slot in lo..hi-1 gets a row, so the model reads a slice of the cache, not a
             # gathered copy; free slots ride along with a dummy token at position 0
             # (overwritten by the next prefill that takes the slot, never read).
