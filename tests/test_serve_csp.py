@@ -22,7 +22,8 @@ def test_page_works_under_its_csp(tmp_path):
 
     store = Store(tmp_path / "csp.db")
     key, _ = store.create_key("browser")
-    engine = Engine.from_checkpoint(tiny_checkpoint(), name="tiny", device="cpu", max_batch=2)
+    # 128 positions: the default system prompt and a question take ~70 of them
+    engine = Engine.from_checkpoint(tiny_checkpoint(seq_len=128), name="tiny", device="cpu", max_batch=2)
     with ServerThread(create_app([engine], store)) as srv, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:

@@ -37,7 +37,8 @@ def browser_page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     store = Store(tmp / "web.db")
     key, _ = store.create_key("browser")
-    engine = Engine.from_checkpoint(tiny_checkpoint(), name="tiny", device="cpu", max_batch=4)
+    # 128 positions: the default system prompt and a question take ~70 of them
+    engine = Engine.from_checkpoint(tiny_checkpoint(seq_len=128), name="tiny", device="cpu", max_batch=4)
     with ServerThread(create_app([engine], store)) as srv, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)  # wait_for_function evaluates strings; the page itself runs under its CSP (test_strict_csp)
@@ -65,8 +66,9 @@ def test_send_message_streams_and_counts(browser_page):
     # the header names the model with what /v1/models reports, and no stage the server did not send
     assert page.text_content("#model-info .model-id") == "tiny"
     assert page.text_content("#model-info .model-owner") == "by glassgpt"
-    assert "64-token context" in page.text_content("#model-info")
-    assert page.locator("#model-info .model-stage").count() == 0
+    assert "128-token context" in page.text_content("#model-info")
+    # the stage /v1/models reports (a plain training run: "base"), and nothing else
+    assert page.text_content("#model-info .model-stage") == "stage: " + browser_page["engine"].stage
     page.screenshot(path=str(browser_page["tmp"] / "chat.png"))
 
 
@@ -79,7 +81,7 @@ def test_stop_button(browser_page):
         return real(seq, logits)
 
     engine._sample = slow
-    page.click("#new")  # a fresh conversation: the tiny model's context is 64 tokens
+    page.click("#new")  # a fresh conversation: the tiny model's context is 128 tokens
     try:
         n_before = page.locator(".msg.assistant").count()
         page.fill("#input", "tell me a long story")
@@ -127,7 +129,7 @@ def test_attach_picture(browser_page):
 
 
 # --- helpers: a clean page, a mocked streaming answer, waiting for the answer --------------------
-DEFAULT_SYSTEM = "You are glassgpt, a helpful assistant."
+from glassgpt.data.chat import DEFAULT_SYSTEM  # noqa: E402  (the one string; app.js has the same, tested)
 CHAT_URL = "**/v1/chat/completions"
 
 
@@ -386,7 +388,7 @@ def test_usage_per_conversation_adds_up(browser_page):
     first_row = store.db.execute("SELECT COALESCE(MAX(n), 0) FROM usage").fetchone()[0]
     page.route(CHAT_URL, tap)
     try:
-        # the tiny model fills its 64-token context in one answer, so the second request of the
+        # the tiny model fills its 128-token context in one answer, so the second request of the
         # conversation regenerates (same prompt) rather than asks a follow-up
         ask(page, "hello")
         page.click(".msg.assistant .regenerate")
