@@ -866,16 +866,7 @@ class BodyLimit:
 
                 return await self.app(scope, replay, send)
         # Read and drop up to `limit` more bytes within the time left, then answer and close.
-        drained, more = 0, True
-        try:
-            while more and drained <= self.limit:
-                msg = await next_message()
-                if msg["type"] == "http.disconnect":
-                    break
-                drained += len(msg.get("body", b""))
-                more = msg.get("more_body", False)
-        except TimeoutError:
-            pass
+        await drain(receive, self.limit, deadline - time.monotonic())
         await send_json(send, 413, error_body(f"Request body too large: the limit is {self.limit:,} bytes.",
                                               code="request_too_large"), {"connection": "close"})
 

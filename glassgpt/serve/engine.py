@@ -137,6 +137,12 @@ class Request:
         """Stop generating at the next token boundary (e.g. the client disconnected)."""
         self.cancelled.set()
 
+    def end_cancelled(self) -> None:
+        """A request cancelled before any of its choices ran: each choice finishes 'cancelled'."""
+        self.done.set()
+        for i in range(self.params.n):
+            self.emit(Event("finish", index=i, finish_reason="cancelled"))
+
     def emit(self, ev: Event) -> None:
         try:
             self._on_event(ev)
@@ -673,9 +679,7 @@ class Engine:
                     else:
                         del self.waiting[owner]
         for r in cancelled:
-            r.done.set()
-            for i in range(r.params.n):
-                r.emit(Event("finish", index=i, finish_reason="cancelled"))
+            r.end_cancelled()
         return req
 
     def _admit(self) -> None:
@@ -732,9 +736,7 @@ class Engine:
             if pf.req.cancelled.is_set():
                 self.prefilling.remove(pf)
                 self._release(pf)
-                pf.req.done.set()
-                for i in range(pf.req.params.n):
-                    pf.req.emit(Event("finish", index=i, finish_reason="cancelled"))
+                pf.req.end_cancelled()
             elif budget > 0:
                 n = min(len(pf.req.prompt) - pf.done, budget)
                 plan.append((pf, n))
