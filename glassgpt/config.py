@@ -115,7 +115,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     precision: str = "auto"  # "auto" (bf16 autocast where the hardware has native bf16, else fp32), "fp32", "bf16"
-    compile: str = "auto"  # torch.compile of the model: "auto" (on CUDA), "on", "off"
+    compile: str = "auto"  # torch.compile of the model: "auto" (CUDA; a CPU for large plain text runs), "on", "off"
     fsdp: bool = False
     seed: int = 1337
     threads: int = 0  # 0: torch's default

@@ -62,8 +62,25 @@ def test_compile_without_a_cpp_compiler_trains_eager(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="glassgpt.train.trainer"):
         fwd, compiled = trainer.compile_model(model, "on", "cpu")
     assert fwd is model and not compiled and "C++ compiler" in caplog.text
-    assert trainer.compile_model(model, "auto", "cpu") == (model, False)  # auto: CUDA only
     assert trainer.compile_model(model, "off", "cuda") == (model, False)
+
+
+def test_auto_compile_on_cpu_only_for_large_plain_runs(monkeypatch):
+    """auto on a CPU: a plain text run of enough FLOPs compiles; a small one, or one with images or
+    RL (not plain), trains eager; auto on CUDA always compiles."""
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(trainer.torch, "compile", lambda m: ("compiled", m))
+    big = trainer.AUTO_COMPILE_CPU_FLOPS
+    assert trainer.compile_model(model, "auto", "cpu", big / 10, plain=True) == (model, False)
+    assert trainer.compile_model(model, "auto", "cpu", big * 10, plain=False) == (model, False)
+    assert trainer.compile_model(model, "auto", "cpu", big, plain=True) == (("compiled", model), True)
+    assert trainer.compile_model(model, "auto", "cuda") == (("compiled", model), True)
+    assert trainer.compile_model(model, "off", "cpu", big * 10, plain=True) == (model, False)
+
+
+def test_tiny_runs_train_eager_under_auto(tiny_cfg, tmp_path):
+    rep = train(tiny_cfg(), tmp_path / "r")
+    assert tiny_cfg().train.compile == "auto" and rep["compile"] is False and rep["first_step_seconds"] > 0
 
 
 def test_bf16_run_trains_and_reports_its_precision(tiny_cfg, tmp_path):

@@ -43,11 +43,20 @@ def fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def compile_model(model, mode: str, device) -> tuple:
-    """(the callable to train with, whether it is compiled). 'auto' compiles on CUDA only: on a
-    CPU the compile time is not yet paid back by the small presets' runs. Where torch.compile
-    cannot be used, one line says why and the eager model trains."""
-    if mode == "off" or (mode == "auto" and not str(device).startswith("cuda")):
+# 'auto' compiles a CPU run of plain text of at least this many FLOPs: a cold compile of the
+# 20M model takes ~40 s here (~5 s from inductor's cache) and the compiled step runs ~2x the eager
+# one in bf16 (docs/performance.md); the tests' tiny runs stay eager.
+AUTO_COMPILE_CPU_FLOPS = 1e13
+
+
+def compile_model(model, mode: str, device, flops: float = 0.0, plain: bool = False) -> tuple:
+    """(the callable to train with, whether it is compiled). 'auto' compiles on CUDA, and on a CPU
+    a `plain` run (text rows of one fixed shape: no images, no RL generation, no document masks)
+    of at least AUTO_COMPILE_CPU_FLOPS. Where torch.compile cannot be used, one line says why and
+    the eager model trains."""
+    if mode == "auto" and not str(device).startswith("cuda"):
+        mode = "on" if plain and flops >= AUTO_COMPILE_CPU_FLOPS else "off"
+    if mode == "off":
         return model, False
     if str(device) == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
         log.warning("train.compile=%s: inductor's CPU backend needs a C++ compiler (g++ or clang++, or $CXX); "
@@ -282,11 +291,12 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                 opt.load_state_dict(s)
 
     model = raw if fsdp else dist_mod.wrap(raw, d, fsdp=False)
-    fwd, compiled = compile_model(model, t.compile, d.device)
-
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
     total = cfg.align.steps or max(1, math.ceil(t.tokens / tokens_per_step))
+    plain = (not cfg.align.stage and not cfg.long.doc_mask and len(cfg.long.schedule(m.seq_len)) == 1
+             and all(type(src) is sources_mod.TextSource for src in sources))
+    fwd, compiled = compile_model(model, t.compile, d.device, (total - start) * tokens_per_step * counts.flops_per_token, plain)
     if lr_fn is None:
         def lr_fn(step, total):
             return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
@@ -343,6 +353,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     evals = {src.name: None for src in sources}
     loss_val = float("nan")
     skipped = 0  # steps a source skipped (no update)
+    first_step_s = None  # with compile: the compile's cost, reported
     fwd.train()
     try:
         for step in range(start, total):
@@ -378,6 +389,10 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                     opt.zero_grad(set_to_none=True)
             done = step + 1
             now = time.time()
+            if step == start:
+                first_step_s = now - t0
+                if compiled and d.is_main:
+                    log.info("first step %.1f s (torch.compile included)", first_step_s)
             extra = {}  # what sources measured this step (an RL stage: reward, KL, refusal rates)
             for src in sources:
                 extra.update(getattr(src, "step_metrics", None) or {})
@@ -433,6 +448,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                      "cpu_capability": dist_mod.cpu_capability()},
         "precision": precision,
         "compile": compiled,
+        "first_step_seconds": None if first_step_s is None else round(first_step_s, 2),
         "seconds": round(seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": cfg.to_dict(),
