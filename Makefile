@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP)
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_vs_peers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

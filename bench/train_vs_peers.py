@@ -295,6 +295,12 @@ def main(argv=None) -> int:
             o = max((s for k, s in ours.items() if "bf16 eager" in k))
             print(f"vs transformers as users run it (eager, bf16 autocast): {best_hf} {hf[best_hf]:,.0f} tok/s; "
                   f"glassgpt bf16 eager {o:,.0f}: {o / hf[best_hf]:.2f}x")
+            c = ours.get("glassgpt bf16 compiled")
+            if c:  # train.compile=auto compiles a plain CPU run of >= AUTO_COMPILE_CPU_FLOPS
+                from glassgpt.train.trainer import AUTO_COMPILE_CPU_FLOPS
+
+                print(f"  glassgpt as `glassgpt train` runs it (bf16, compiled: auto compiles plain CPU runs of "
+                      f">= {AUTO_COMPILE_CPU_FLOPS:.0e} FLOPs) {c:,.0f}: {c / hf[best_hf]:.2f}x")
     return 0
 
 
