@@ -37,14 +37,14 @@ from pathlib import Path
 import torch
 
 
-def build_engine(checkpoint: str | None, max_batch: int, shape: list[str] = ()):
+def build_engine(checkpoint: str | None, max_batch: int, shape: list[str] = (), threads: int | None = None):
     from glassgpt import config
     from glassgpt.data.tokenizer import Tokenizer
     from glassgpt.model.gpt import build
     from glassgpt.serve.engine import Engine
 
     if checkpoint:
-        return Engine.from_checkpoint(checkpoint, name="bench", device="cpu", max_batch=max_batch)
+        return Engine.from_checkpoint(checkpoint, name="bench", device="cpu", max_batch=max_batch, threads=threads)
     # A tokenizer from stdlib source (a second or two), the cpu preset's model shape.
     import sysconfig
 
@@ -66,7 +66,7 @@ def build_engine(checkpoint: str | None, max_batch: int, shape: list[str] = ()):
         for p_ in model.parameters():
             if p_.dim() == 2 and p_.abs().sum() == 0:
                 p_.normal_(0, 0.02)
-    return Engine(model, tok, cfg, name="bench", device="cpu", max_batch=max_batch)
+    return Engine(model, tok, cfg, name="bench", device="cpu", max_batch=max_batch, threads=threads)
 
 
 def kv_vs_recompute(engine, ctx: int = 512, new: int = 32) -> tuple[float, float]:
@@ -135,14 +135,19 @@ def precision_compare(engine, clients: int, seconds: float) -> None:
     from glassgpt.train.dist import cpu_capability
 
     bf = Engine(copy.deepcopy(engine.model), engine.tokenizer, engine.cfg, name="bench-bf16", device="cpu",
-                max_batch=engine.max_batch, precision="bf16").start()
+                max_batch=engine.max_batch, precision="bf16", threads=engine.threads)
     try:
         single = {"fp32": [], "bf16": []}
         multi = {"fp32": [], "bf16": []}
         for _ in range(2):
-            for name, e in (("fp32", engine), ("bf16", bf)):
+            for name, e, other in (("fp32", engine, bf), ("bf16", bf, engine)):
+                # one engine thread at a time: each idle one keeps OpenMP threads, and more of them than
+                # cores slows every parallel region (Engine.own_threads)
+                other.stop()
+                e.start()
                 single[name].append(kv_vs_recompute_kv_only(e))
                 multi[name].append(load(e, clients, seconds)[0])
+        engine.start()
         s32, s16, m32, m16 = max(single["fp32"]), max(single["bf16"]), max(multi["fp32"]), max(multi["bf16"])
         print(f"[4] bf16 vs fp32 decode (CPU: {cpu_capability()}): single stream at 512 context {s16:.1f} vs "
               f"{s32:.1f} tok/s -> {s16 / s32:.2f}x; {clients} clients {m16:.1f} vs {m32:.1f} tok/s -> "
@@ -263,14 +268,19 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=0)
     ap.add_argument("--only-precision", action="store_true", help="run section 4 only")
     ap.add_argument("--only-structured", action="store_true", help="run section 5 only")
+    ap.add_argument("--threads", type=int, default=0, help="the engine's torch threads (default: all)")
     a = ap.parse_args(argv)
+    from glassgpt.serve.engine import Engine
+
+    threads = Engine.own_threads()  # as `glassgpt serve` runs: torch's parallel work on the engine thread
+    threads = a.threads or threads
     torch.manual_seed(0)
     shape = ([f"model.width={a.width}"] if a.width else []) + ([f"model.depth={a.depth}"] if a.depth else [])
-    engine = build_engine(a.checkpoint, max_batch=max(16, a.clients), shape=shape).start()
+    engine = build_engine(a.checkpoint, max_batch=max(16, a.clients), shape=shape, threads=threads).start()
     try:
         m = engine.mcfg
         print(f"model: depth {m.depth}, d_model {m.d_model}, {sum(p.numel() for p in engine.model.parameters()):,} params, "
-              f"context {engine.context_window}, torch threads {torch.get_num_threads()}")
+              f"context {engine.context_window}, engine threads {engine.threads}")
         if a.only_precision:
             precision_compare(engine, a.clients, a.seconds)
             return 0

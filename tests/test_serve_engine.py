@@ -168,3 +168,24 @@ def test_queue_bound_is_per_owner_and_turns_are_fair(loaded):
     while not all(r.done.is_set() for r in big + [small]):
         eng._step()
     assert order.index(small) == 1  # right after the request that held the slots, not after all of a's
+
+
+def test_the_engine_thread_sets_its_own_torch_threads(loaded, monkeypatch):
+    """An OpenMP thread count is per thread: the engine sets its own on its thread, and
+    own_threads() leaves the caller one thread and returns the count it had."""
+    model, tok, cfg = loaded
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append((threading.current_thread().name, n)), real(n)))
+    before = torch.get_num_threads()
+    try:
+        assert Engine.own_threads() == before and torch.get_num_threads() == 1
+    finally:
+        real(before)
+    eng = Engine(model, tok, cfg, name="threads", max_batch=2, device="cpu", threads=1).start()
+    try:
+        r = eng.generate(tok.encode("def f():"), SamplingParams(max_tokens=2, temperature=0))
+        assert len(r["choices"][0]["tokens"]) == 2
+    finally:
+        eng.stop()
+    assert ("engine-threads", 1) in seen and Engine(model, tok, cfg, name="x", device="cpu").threads == before

@@ -1600,10 +1600,10 @@ def serve(checkpoints: list[str], host: str = "127.0.0.1", port: int = 8000, no_
     # cores: beside one busy core, torch on both of 2 cores made a 32-row decode step 3-4x slower
     # than on one (bench/serve_contention.py: OpenMP's threads wait for each other).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads or max(1, cores - 1))
+    Engine.own_threads()  # torch's parallel work belongs to the engine threads
     engines = [Engine.from_checkpoint(ck, name=names[i] if names else None, device=device,
                                       max_batch=max_batch, max_queue=max_queue, precision=precision,
-                                      max_token_rate=max_token_rate or None)
+                                      max_token_rate=max_token_rate or None, threads=threads or max(1, cores - 1))
                for i, ck in enumerate(checkpoints)]
     store = Store(db, default_rpm=rpm, default_tpm=tpm)
     closed = store.reconcile()  # rows a killed server left running: billed up to its last write
