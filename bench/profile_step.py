@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
           "aten::_scaled_dot_product_flash_attention_for_cpu",
           "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "mkldnn::_linear_pointwise")
 
@@ -35,11 +35,16 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--compile", action="store_true", help="the model under torch.compile (as `glassgpt train` runs "
+                   "large plain CPU runs); its fused kernels show as one 'CompiledFxGraph' row each")
     a = p.parse_args(argv)
 
     from glassgpt.config import Config
     from glassgpt.model.gpt import build
-    from glassgpt.train.dist import cpu_capability
+    from glassgpt.train.dist import cpu_capability, flush_denormals, tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the trainer's process runs: freed activations stay in the heap (no page faults)
+    flush_denormals()
     from glassgpt.train.optim import build_optimizers
 
     print(f"cpu: {cpu_capability()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -52,11 +57,12 @@ def main(argv=None) -> int:
     for prec in a.precisions.split(","):
         model = build(cfg.model, seed=0)
         opts = build_optimizers(model, cfg, prec)
+        fwd = torch.compile(model) if a.compile else model
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
 
         def step():
             with ctx():
-                loss = model(x, y)
+                loss = fwd(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for o in opts:
@@ -64,15 +70,21 @@ def main(argv=None) -> int:
             for o in opts:
                 o.zero_grad(set_to_none=True)
 
-        step()  # warm-up
+        step()  # warm-up (and compile)
+        step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(a.steps):
                 step()
         rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
         total = sum(e.self_cpu_time_total for e in rows)
         mm = sum(e.self_cpu_time_total for e in rows if e.key in MATMUL)
-        print(f"\n{prec}, optimizer {a.optimizer}: {total / a.steps / 1e3:,.0f} ms a step (profiled); "
+        print(f"\n{prec}{', compiled' if a.compile else ''}, optimizer {a.optimizer}: {total / a.steps / 1e3:,.0f} ms a step (profiled); "
               f"matmuls {mm / total:.0%}, everything else {1 - mm / total:.0%}")
+        groups = {"linear layers (mm, addmm)": ("aten::mm", "aten::addmm", "aten::linear", "mkldnn::_linear_pointwise"),
+                  "attention (SDPA forward + backward)": tuple(k for k in MATMUL if "attention" in k),
+                  "Newton-Schulz and other batched (bmm, baddbmm)": ("aten::bmm", "aten::baddbmm")}
+        print("  " + "; ".join(f"{g} {sum(e.self_cpu_time_total for e in rows if e.key in keys) / total:.0%}"
+                               for g, keys in groups.items()))
         print(f"  {'op (outside matmuls)':52s} {'share':>6s} {'calls/step':>10s}")
         for e in sorted((e for e in rows if e.key not in MATMUL), key=lambda e: -e.self_cpu_time_total)[: a.top]:
             print(f"  {e.key[:52]:52s} {e.self_cpu_time_total / total:6.1%} {e.count / a.steps:10.0f}")

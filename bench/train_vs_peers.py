@@ -3,6 +3,8 @@
     python bench/train_vs_peers.py                       # the 20M shape: d=512, L=5, T=256, B=16
     python bench/train_vs_peers.py --width 256 --depth 4 # the 5M shape
     NANOGPT_DIR=~/nanoGPT python bench/train_vs_peers.py # adds karpathy/nanoGPT's own model.py
+    python bench/train_vs_peers.py --device cuda --precisions bf16 --compile compiled --peak-tflops 989 \
+        --width 768 --depth 12 --seq 1024 --batch 32 --vocab 8192   # one GPU, the gpu preset's shape, MFU
 
 Peers (their own code, never a copy written here): transformers' `GPT2LMHeadModel` (nanoGPT's
 architecture) and `Qwen3ForCausalLM` (glassgpt's family: RoPE, RMSNorm, QK-norm, SwiGLU), and
@@ -33,6 +35,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+DEVICE = "cpu"  # --device
+
+
+def sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -51,8 +60,9 @@ def cpu_info() -> str:
         pass
     native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     cap = torch.backends.cpu.get_cpu_capability()
+    gpu = f"; {torch.cuda.get_device_name()}" if DEVICE.startswith("cuda") else ""
     return (f"{name}; torch {torch.__version__}, capability {cap}, native bf16: "
-            f"{', '.join(native) if native else 'no'}; {torch.get_num_threads()} threads")
+            f"{', '.join(native) if native else 'no'}; {torch.get_num_threads()} threads{gpu}")
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -63,7 +73,7 @@ def glassgpt_model(a):
     cfg = Config()
     cfg.model.depth, cfg.model.width, cfg.model.head_dim = a.depth, a.width, a.head_dim
     cfg.model.seq_len, cfg.model.vocab_size = a.seq, a.vocab
-    return build(cfg.model, seed=0), cfg
+    return build(cfg.model, device=DEVICE, seed=0), cfg
 
 
 def glassgpt_optimizers(model, cfg, optimizer: str, precision: str):
@@ -136,7 +146,7 @@ class Variant:
         self.losses: list[float] = []
 
     def step(self, x, y):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
+        ctx = torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
         with ctx:
             loss = self.loss_fn(self.fwd, x, y)
         loss.backward()
@@ -183,13 +193,13 @@ def build_variants(a) -> list[Variant]:
                     optimizer = "adamw" if kind.endswith("adamw") else "muon"
                     opts, loss = glassgpt_optimizers(model, cfg, optimizer, precision), glassgpt_loss
                 elif kind == "gpt2":
-                    model = gpt2_model(a)
+                    model = gpt2_model(a).to(DEVICE)
                     opts, loss = adamw(model), hf_loss
                 elif kind == "qwen3":
-                    model = qwen3_model(a)
+                    model = qwen3_model(a).to(DEVICE)
                     opts, loss = adamw(model), hf_loss
                 elif kind == "nanogpt":
-                    model = nanogpt_model(a, Path(nano).expanduser())
+                    model = nanogpt_model(a, Path(nano).expanduser()).to(DEVICE)
                     opts, loss = adamw(model), nanogpt_loss
                 else:
                     raise SystemExit(f"unknown model {kind!r}; choose from glassgpt, glassgpt-adamw, gpt2, qwen3, nanogpt")
@@ -202,14 +212,17 @@ def build_variants(a) -> list[Variant]:
 # --- matmul rates --------------------------------------------------------------------------------
 def time_matmuls(pairs: list[tuple[int, int, int]], dtype, reps: int = 3) -> float:
     """Seconds for one pass of the (m, k, n) matmuls, best of reps."""
-    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n in pairs]
+    mats = [(torch.randn(m, k, dtype=dtype, device=DEVICE), torch.randn(k, n, dtype=dtype, device=DEVICE))
+            for m, k, n in pairs]
     for x, w in mats:
         x @ w
     best = float("inf")
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         for x, w in mats:
             x @ w
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -239,7 +252,12 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="glassgpt,glassgpt-adamw,nanogpt,gpt2,qwen3")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--compile", default="eager,compiled")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the device's spec-sheet dense bf16 peak (H100 SXM: 989): prints MFU against it")
     a = p.parse_args(argv)
+    global DEVICE
+    DEVICE = a.device
     a.models = a.models.split(",")
     a.precisions = a.precisions.split(",")
     a.compile_modes = [m == "compiled" for m in a.compile.split(",")]
@@ -247,12 +265,16 @@ def main(argv=None) -> int:
         if prec not in ("fp32", "bf16"):
             raise SystemExit(f"unknown precision {prec!r}; choose fp32 or bf16")
 
+    from glassgpt.train.dist import flush_denormals, tune_cpu_allocator
+
+    tune_cpu_allocator()  # what glassgpt's trainer does to its process: every model here gets it alike
+    flush_denormals()
     print(f"cpu: {cpu_info()}")
     print(f"shape: d={a.width}, L={a.depth}, head_dim={a.head_dim}, T={a.seq}, B={a.batch}, V={a.vocab}; "
           f"{a.rounds} rounds × {a.steps} steps, median")
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(a.vocab, (a.batch, a.seq + 1), generator=gen)
-    x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    x, y = batch[:, :-1].contiguous().to(DEVICE), batch[:, 1:].contiguous().to(DEVICE)
     variants = build_variants(a)
     if not os.environ.get("NANOGPT_DIR"):
         print("nanoGPT: set NANOGPT_DIR to a checkout of karpathy/nanoGPT to include its model.py")
@@ -282,7 +304,8 @@ def main(argv=None) -> int:
         med[v.name] = tps
         gf = tps * v.flops_per_token / 1e9
         n = sum(p.numel() for p in v.model.parameters())
-        print(f"{v.name:34s} {n / 1e6:7.1f}M {tps:9,.0f} {gf:8,.1f} {gf / rates[v.precision][1]:9.0%} {v.compile_s:9.1f}")
+        mfu = f" MFU {gf / (a.peak_tflops * 1e3):.1%}" if a.peak_tflops else ""
+        print(f"{v.name:34s} {n / 1e6:7.1f}M {tps:9,.0f} {gf:8,.1f} {gf / rates[v.precision][1]:9.0%} {v.compile_s:9.1f}{mfu}")
     ours = {k: s for k, s in med.items() if k.startswith("glassgpt ")}
     peers = {k: s for k, s in med.items() if not k.startswith("glassgpt")}
     if ours and peers:
