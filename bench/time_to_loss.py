@@ -22,7 +22,6 @@ saved step at or under the target: a bound from above.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import shutil
@@ -37,6 +36,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_vs_peers import adamw, gpt2_model, hf_loss, nanogpt_loss, nanogpt_model, shape_args  # noqa: E402
 
 from glassgpt import config as config_mod  # noqa: E402
 from glassgpt.data.shards import Corpus, Loader, prepare  # noqa: E402
@@ -131,30 +133,15 @@ def reference(a, lr: float, total: int, precision: str) -> Run:
     torch.manual_seed(0)
     nano = os.environ.get("NANOGPT_DIR")
     if nano:
-        root = Path(nano).expanduser()
-        spec = importlib.util.spec_from_file_location("nanogpt_model", root / "model.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        c = mod.GPTConfig(block_size=a.seq, vocab_size=a.vocab, n_layer=a.depth, n_head=a.width // a.head_dim,
-                          n_embd=a.width, dropout=0.0, bias=False)
-        model = mod.GPT(c)
-        opt = model.configure_optimizers(0.1, lr, (0.9, 0.99), "cpu")
-        loss_of = lambda fwd, x, y: fwd(x, y)[1]  # noqa: E731
+        model = nanogpt_model(a, Path(nano).expanduser())
+        opt = model.configure_optimizers(0.1, lr, (0.9, 0.99), "cpu")  # nanoGPT's own AdamW setup
+        loss_of = nanogpt_loss
         logits_of = lambda m, x: m(x, x)[0]  # noqa: E731  (targets make nanoGPT return logits at every position)
         name = f"nanoGPT lr {lr:g}"
     else:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        c = GPT2Config(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.width, n_layer=a.depth,
-                       n_head=a.width // a.head_dim, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                       bos_token_id=0, eos_token_id=0)
-        c._attn_implementation = "sdpa"
-        model = GPT2LMHeadModel(c)
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        rest = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                lr=lr, betas=(0.9, 0.99))
-        loss_of = lambda fwd, x, y: F.cross_entropy(fwd(input_ids=x).logits.float().flatten(0, 1), y.flatten())  # noqa: E731
+        model = gpt2_model(a)
+        opt = adamw(model, lr)[0]
+        loss_of = hf_loss
         logits_of = lambda m, x: m(input_ids=x).logits  # noqa: E731
         name = f"GPT2LMHeadModel lr {lr:g}"
     model.train()
@@ -210,11 +197,7 @@ def glassgpt(a, cfg, total: int) -> Run:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--batch", type=int, default=16)
+    shape_args(p)
     p.add_argument("--tokens", type=int, default=2_000_000, help="the reference's token budget")
     p.add_argument("--lrs", default="3e-4,6e-4,1e-3,2e-3", help="the reference's learning rates")
     p.add_argument("--glassgpt-tokens", default="1000000",

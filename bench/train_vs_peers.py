@@ -239,13 +239,18 @@ def matmul_rates(a, shapes, dtype) -> tuple[float, float]:
     return peak, flops / time_matmuls(pairs, dtype) / 1e9
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def shape_args(p: argparse.ArgumentParser) -> None:
+    """The model shape every training bench takes (the 20M shape by default)."""
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    shape_args(p)
     p.add_argument("--vocab", type=int, default=1024, help="the cpu preset's tokenizer has 1,024 tokens")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per variant per round")
