@@ -16,7 +16,8 @@ from glassgpt.errors import ArgumentParser, UsageError, exit_code
 
 # Every subcommand: name → the function that adds its parser and sets `fn` (the command) and,
 # where they apply, `takes_overrides` (extra --section.key=value arguments become args.overrides)
-# and `uses_torch=False` (skip the denormal flush, which imports torch). `glassgpt --help` order.
+# and `uses_torch=False` (skip the denormal flush, which imports torch), `engine_threads=True` (the
+# main thread keeps one torch thread: Engine.own_threads). `glassgpt --help` order.
 COMMANDS = {
     "train": cli_train.add_train,
     "speedrun": cli_train.add_speedrun,
@@ -61,6 +62,10 @@ def _run(argv: list[str] | None) -> int:
     if getattr(args, "uses_torch", True):
         from glassgpt.train.dist import flush_denormals
 
+        if getattr(args, "engine_threads", False):  # serve: torch's parallel work on the engine threads
+            from glassgpt.serve.engine import Engine
+
+            Engine.own_threads()  # before the flush's check runs torch on this thread's OpenMP threads
         flush_denormals()  # before any torch work starts its threads (they inherit the flag)
     return args.fn(args)
 

@@ -97,7 +97,7 @@ def add_serve(sub, name):
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="weights and KV cache: bf16 (auto: where the hardware has native bf16) or fp32 "
                         "(default: fp32, bf16 autocast on CUDA)")
-    s.set_defaults(fn=cmd_serve)
+    s.set_defaults(fn=cmd_serve, engine_threads=True)
 
 
 def add_chat(sub, name):

@@ -136,3 +136,17 @@ def test_serve_refuses_a_negative_pace_or_refusal_delay(tmp_path, capsys, flag, 
     assert cli(["serve", "--checkpoint", str(tmp_path), flag, "-1"]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_serve_gives_the_main_thread_one_torch_thread_before_any_torch_work(tmp_path, monkeypatch):
+    """`glassgpt serve` keeps the main thread to one torch thread before the denormal flush runs
+    torch there (Engine.own_threads: otherwise the engine thread's OpenMP regions wake slowly)."""
+    import glassgpt.serve.api as api
+    import glassgpt.train.dist as dist
+
+    calls = []
+    monkeypatch.setattr(Engine, "own_threads", staticmethod(lambda: calls.append("own_threads") or 2))
+    monkeypatch.setattr(dist, "flush_denormals", lambda: calls.append("flush"))
+    monkeypatch.setattr(api, "serve", lambda *a, **k: calls.append("serve"))
+    assert cli(["serve", "--checkpoint", str(tmp_path)]) == 0
+    assert calls == ["own_threads", "flush", "serve"]
