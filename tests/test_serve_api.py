@@ -758,3 +758,37 @@ def test_same_role_turns_are_merged_and_assistant_may_come_first(client):
     r = client.chat.completions.create(messages=[{"role": "assistant", "content": "Hi, how can I help?"},
                                                  {"role": "user", "content": "x"}], **kw)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_declared_body_over_the_limit_is_read_to_the_end_before_the_413():
+    """Bytes left unread when the server closes make the kernel reset the connection, and the
+    reset can throw the 413 away before the client reads it: a declared body up to twice the
+    limit is read (and dropped) to its end first; beyond that the connection is closed early."""
+    import asyncio
+
+    from glassgpt.serve.api import BodyLimit
+
+    limit, chunk = 1000, 100
+
+    def run(total):
+        left, sent = [total], []
+
+        async def receive():
+            n = min(chunk, left[0])
+            left[0] -= n
+            return {"type": "http.request", "body": b"x" * n, "more_body": left[0] > 0}
+
+        async def send(msg):
+            sent.append(msg)
+
+        async def app(scope, receive, send):  # never reached: the body is refused first
+            raise AssertionError
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(total).encode())]}
+        asyncio.run(BodyLimit(app, limit)(scope, receive, send))
+        return left[0], sent[0]["status"]
+
+    assert run(1500) == (0, 413)  # read to the end: a clean 413
+    unread, status = run(10 * limit)
+    assert status == 413 and unread >= 10 * limit - 2 * limit - chunk  # a huge body is not read through

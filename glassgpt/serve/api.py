@@ -771,8 +771,8 @@ class BodyLimit:
     """ASGI middleware: a body over the limit (by Content-Length or as it streams) is a 413,
     and a body that does not arrive within `timeout` seconds is a 408.
 
-    A declared Content-Length over the limit is refused at once: at most `limit` bytes more
-    are read (and dropped, so that an ordinary client reads the 413 instead of a reset) and
+    A declared Content-Length over the limit is refused at once: the body is read and dropped up
+    to twice the limit in all (so that an ordinary client reads the 413 instead of a reset) and
     the connection is closed, so `Content-Length: 10**12` cannot keep a connection busy.
     uvicorn has no timeout for a body that stops halfway; this is it."""
 
@@ -813,6 +813,7 @@ class BodyLimit:
         except ValueError:
             pass
         deadline = time.monotonic() + self.timeout
+        size = 0  # body bytes read
 
         async def next_message():
             left = deadline - time.monotonic()
@@ -821,7 +822,7 @@ class BodyLimit:
             return await asyncio.wait_for(receive(), left)
 
         if not too_big:
-            chunks, size, more = [], 0, True
+            chunks, more = [], True
             cap, meter, text = self.text_cap(scope["path"]), TextMeter(), 0
             try:
                 while more:
@@ -865,8 +866,10 @@ class BodyLimit:
                     return await receive()
 
                 return await self.app(scope, replay, send)
-        # Read and drop up to `limit` more bytes within the time left, then answer and close.
-        await drain(receive, self.limit, deadline - time.monotonic())
+        # Read and drop the rest, up to twice the limit in all, within the time left, then answer and close:
+        # unread bytes at the close make the kernel reset the connection, and a reset can discard the 413 before
+        # the client reads it (a declared Content-Length over the limit has had nothing read yet).
+        await drain(receive, 2 * self.limit - size, deadline - time.monotonic())
         await send_json(send, 413, error_body(f"Request body too large: the limit is {self.limit:,} bytes.",
                                               code="request_too_large"), {"connection": "close"})
 
