@@ -192,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_long"))
     ap.add_argument("--doc-mask-both", action="store_true", help="train the stage with and without document masking")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--depths", type=int, default=10,
+                    help="depths per length in the pass-key/needle grid (10: the issue's grid; fewer: evenly spread, faster)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args(argv)
     if args.child:
@@ -245,8 +247,9 @@ def main(argv=None) -> int:
     lengths = [n for n in (longctx.LENGTHS if T >= 1024 else (32, 64, 128, 256)) if n <= T]
     eng = Engine(model, tok, device="cpu", max_batch=8)
     grids = []
+    depths = [longctx.DEPTHS[round(i * 9 / max(1, args.depths - 1))] for i in range(args.depths)]
     for kind in ("passkey", "needle"):
-        g = longctx.grid(eng, kind, lengths=lengths)
+        g = longctx.grid(eng, kind, lengths=lengths, depths=depths)
         grids.append(g)
         print("\n" + longctx.format_grid(g))
     cells = [v for g in grids for row in g["acc"] for v in row if v is not None]

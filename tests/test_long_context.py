@@ -161,6 +161,44 @@ def test_long_sources_registered_with_licences():
         assert s.kind == "long" and s.reader == "long-text" and s.licence
 
 
+def test_retrieval_documents_state_then_ask_every_fact():
+    import re
+
+    from glassgpt.data import retrieval
+
+    text = "".join(f"Line {i} of a long manual about tools and files.\n" for i in range(5000))
+    docs = list(retrieval.documents([text, ""], n_docs=12))
+    assert [d.name for d in docs] == [f"retrieval/{i}" for i in range(12)] and docs[0].source == "retrieval"
+    assert [d.text for d in retrieval.documents([text], n_docs=12)] == [d.text for d in docs]  # seeded
+    asked = 0
+    for d in docs:
+        # every question names an attribute and entity stated earlier in the document, with its value
+        for m in re.finditer(r"\n(?:What is the|Question: what is the|Which|Recall) (.+?)(?:\?|\.) (.*?)\n", d.text):
+            val = re.search(r"(\S+)\.?$", m.group(2)).group(1).rstrip(".")
+            before = d.text[: m.start()]
+            assert val in before, (m.group(0), val)
+            asked += 1
+        assert "Line" in d.text  # the filler is the given text
+        for phrase in ("pass key", "secret ingredient", "magic number", "famous soup"):  # the evals' items
+            assert phrase not in d.text
+    assert asked >= 12 * 3
+    sizes = [len(d.text) for d in retrieval.documents([text], n_docs=60)]
+    assert min(sizes) < 10_000 and max(sizes) > 50_000  # windows of many lengths, up to ~30K tokens
+
+
+def test_retrieval_filler_never_holds_a_heldout_document(monkeypatch):
+    from glassgpt.data import packaged, retrieval, shards
+
+    docs = [packaged.Document(name=f"jargon/part#{i}", text=f"document {i} " * 50, source="jargon", language="en")
+            for i in range(40)]
+    monkeypatch.setattr(packaged, "documents", lambda name, cache_dir=None: iter(docs))
+    val = shards.packaged_val_names(docs, 0.1)
+    texts = shards._training_texts(["jargon"], 0.1)
+    assert val and len(texts) == len(docs) - len(val | {min((d.name for d in docs), key=shards._crc)})
+    assert not {d.text for d in docs if d.name in val} & set(texts)
+    assert shards.packaged_language("retrieval") == "en" and shards._needs("retrieval") == retrieval.NEEDS
+
+
 # --- document masking -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["linear", "yarn"])
 def test_doc_masking_equals_separate_document_forwards(kind):
@@ -185,6 +223,35 @@ def test_doc_masking_equals_separate_document_forwards(kind):
                 torch.testing.assert_close(masked[b, a:e], alone, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(masked[1], plain[1])  # one document: plain causal attention
     assert (masked[0, 13:] - plain[0, 13:]).abs().max() > 1e-3  # later documents no longer see earlier ones
+
+
+def test_shared_forward_keeps_document_masking():
+    """DDP with several sources puts their rows in one padded forward (_shared_loss); a source's
+    document masking must survive it: the same summed loss as each source's own forward."""
+    from types import SimpleNamespace
+
+    from glassgpt.train.sources import Rows
+    from glassgpt.train.trainer import _shared_loss
+
+    model = build(mcfg(seq_len=48), seed=1)
+    for blk in model.blocks:  # residual branches strong enough that attention shows in the loss
+        torch.nn.init.normal_(blk.attn.c_proj.weight, std=0.5)
+        torch.nn.init.normal_(blk.mlp.c_proj.weight, std=0.5)
+    x = torch.randint(0, 97, (2, 40))
+    docs = torch.cat([torch.zeros(2, 15, dtype=torch.long), torch.ones(2, 25, dtype=torch.long)], 1)
+    z = torch.randint(0, 97, (1, 24))
+    text = Rows(x[:, :-1], x[:, 1:], docs=docs[:, :-1])
+    chat = Rows(z[:, :-1], z[:, 1:])
+    d = SimpleNamespace(device="cpu", world=1, all_sum=lambda v: v)
+    src = SimpleNamespace(weight=1.0)
+    with torch.no_grad():
+        shared = _shared_loss(model, model, [(src, text), (src, chat)], d)
+        alone = model(text.x, text.y, docs=text.docs, reduction="none").sum() / text.y.numel() \
+            + model(chat.x, chat.y, reduction="none").sum() / chat.y.numel()
+        unmasked = model(text.x, text.y, reduction="none").sum() / text.y.numel() \
+            + model(chat.x, chat.y, reduction="none").sum() / chat.y.numel()
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+    assert abs(float(shared - unmasked)) > 1e-4  # the masking is what made the difference
 
 
 def test_doc_masking_gradients_flow():

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from glassgpt.config import DATA_OPTIONAL, DataConfig
-from glassgpt.data import images, packaged, sft, sources
+from glassgpt.data import images, packaged, retrieval, sft, sources
 from glassgpt.data.tokenizer import Tokenizer, train_from_documents
 from glassgpt.errors import DataError
 
@@ -50,9 +50,12 @@ def packaged_specs(cfg: DataConfig) -> list[tuple[str, int]]:
     return out
 
 
+DERIVED = {**sft.FACT_SOURCES, retrieval.NAME: "en"}  # data.packaged names built by code: name -> language
+
+
 def packaged_language(name: str) -> str:
-    if name in sft.FACT_SOURCES:
-        return sft.FACT_SOURCES[name]
+    if name in DERIVED:
+        return DERIVED[name]
     if name in packaged.LONG_ZH:
         return "zh"
     return {"pretrain-zh": "zh"}.get(packaged.SOURCES[name].kind, "en") if name in packaged.SOURCES else "en"
@@ -60,18 +63,38 @@ def packaged_language(name: str) -> str:
 
 def _needs(name: str) -> tuple[str, ...]:
     """The fetched packages a data.packaged entry reads: itself, or a derived source's inputs."""
-    return sft.FACT_NEEDS if name in sft.FACT_SOURCES else (name,)
+    return sft.FACT_NEEDS if name in sft.FACT_SOURCES else retrieval.NEEDS if name == retrieval.NAME else (name,)
 
 
-def _documents(name: str):
-    return sft.fact_documents(name) if name in sft.FACT_SOURCES else packaged.documents(name)
+def _documents(name: str, fraction: float):
+    if name in sft.FACT_SOURCES:
+        return sft.fact_documents(name)
+    if name == retrieval.NAME:
+        return retrieval.documents(_training_texts(retrieval.NEEDS, fraction))
+    return packaged.documents(name)
 
 
-def _packaged_docs(name: str, cap: int, stats: sources.SourceStats | None = None):
+def _training_texts(names, fraction: float) -> list[str]:
+    """The texts of these sources' training documents only: a derived source built on them must not
+    carry their held-out documents into training. The fallback held-out document (the lowest hash,
+    packaged_val_names) is left out whatever the cap, since a cap can change which one it is."""
+    out = []
+    for name in names:
+        docs = list(packaged.documents(name))
+        val = packaged_val_names(docs, fraction) | {min((d.name for d in docs), key=_crc, default="")}
+        out += [d.text for d in docs if d.name not in val]
+    return out
+
+
+def _crc(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def _packaged_docs(name: str, cap: int, fraction: float, stats: sources.SourceStats | None = None):
     """A packaged source's documents until `cap` UTF-8 bytes are read (0: all), counted into stats.
     Bytes, not characters: a Chinese character is three of them, and the mix is balanced in bytes."""
     seen = 0
-    for d in _documents(name):
+    for d in _documents(name, fraction):
         if cap and seen >= cap:
             return
         n = len(d.text.encode("utf-8"))
@@ -106,7 +129,7 @@ def packaged_val_names(docs, fraction: float) -> set[str]:
     names = [d.name for d in docs]
     val = {n for n in names if is_val(n, fraction)}
     if not val and len(names) >= 2:
-        val = {min(names, key=lambda n: zlib.crc32(n.encode()))}
+        val = {min(names, key=_crc)}
     return val
 
 
@@ -114,10 +137,10 @@ def check_packaged(cfg: DataConfig) -> None:
     """Every data.packaged source known, readable as text and fetched, before any work starts:
     one line naming `glassgpt data fetch NAME` for the first that is not."""
     for name, _ in packaged_specs(cfg):
-        if name in sft.FACT_SOURCES:
+        if name in DERIVED:
             pass
         elif name not in packaged.SOURCES:
-            known = ", ".join(sorted(sft.FACT_SOURCES))
+            known = ", ".join(sorted(DERIVED))
             raise DataError(f"data.packaged: unknown source '{name}'; `glassgpt data list` shows them (derived: {known})")
         elif packaged.SOURCES[name].reader is None:
             raise DataError(f"data.packaged: source '{name}' is not pretraining text (it has no document reader)")
@@ -153,6 +176,9 @@ def cache_key(cfg: DataConfig) -> str:
                 h.update(json.dumps([need, m.get("version"), [f.get("sha256") for f in m.get("files", [])]]).encode())
             if name in sft.FACT_SOURCES:  # the statements are built by code: its version is part of the corpus
                 h.update(json.dumps([name, sft.FACT_RENDERINGS, sft.FACTS_PER_DOC]).encode())
+            if name == retrieval.NAME:
+                h.update(json.dumps([name, retrieval.VERSION, retrieval.DOCS, retrieval.MIN_BYTES, retrieval.MAX_BYTES,
+                                     retrieval.BYTES_PER_FACT]).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
         h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())
@@ -271,7 +297,7 @@ def _build(cfg: DataConfig, root: Path, tokenizer: Path | None = None) -> None:
     log.info("training a %d-token BPE on up to %.1f MB", cfg.vocab_size, cfg.tokenizer_bytes / 1e6)
     code = _capped(sources.training_documents(cfg.paths, tok_stats, cfg.site_packages), cfg.max_bytes)
     if cfg.packaged:
-        code = _interleave([code] + [_packaged_docs(n, cap) for n, cap in packaged_specs(cfg)])
+        code = _interleave([code] + [_packaged_docs(n, cap, cfg.val_fraction) for n, cap in packaged_specs(cfg)])
     # (a tiny packaged source's fallback held-out document, packaged_val_names, may be seen here: by the BPE only)
     train_texts = (d.text for d in code if not is_val(d.name, cfg.val_fraction))
     # A code BPE cuts task words into pieces (" circle" = ' c' 'ir' 'c' 'le'), and gathering them is a
@@ -305,7 +331,7 @@ def _shards(cfg: DataConfig, root: Path, tok: Tokenizer, tok_documents: int | No
         pstats = sources.SourceStats(f"packaged:{name}")
         val_ws[name] = _ShardWriter(root, f"val_{name}", dtype, cfg.shard_tokens)
         languages[f"val_{name}"] = packaged_language(name)
-        docs = list(_packaged_docs(name, cap, pstats))  # capped: a few MB at most
+        docs = list(_packaged_docs(name, cap, cfg.val_fraction, pstats))  # capped: a few MB at most
         val = packaged_val_names(docs, cfg.val_fraction)
         _tokenize_into(docs, tok, lambda d, w=val_ws[name]: w if d.name in val else train_w)
         source_stats.append({**asdict(pstats), "cap_bytes": cap, "language": packaged_language(name)})

@@ -474,7 +474,11 @@ def _shared_loss(fwd, raw, active, d):
             px.append(r.pixels)
     x, y = torch.cat(xs).to(d.device), torch.cat(ys).to(d.device)
     emb = raw.vision(torch.cat(px).to(d.device)).reshape(-1, raw.cfg.d_model) if px else None
-    per = fwd(x, y, image_embeds=emb, reduction="none").view(x.size(0), -1)
+    kw = {}
+    if any(r.docs is not None for _, r in active):  # long.doc_mask: a row without docs is one document,
+        docs = [r.docs if r.docs is not None else torch.zeros_like(r.x) for _, r in active]  # padding joins its last
+        kw["docs"] = torch.cat([torch.cat([t, t[:, -1:].expand(-1, L - t.size(1))], 1) for t in docs]).to(d.device)
+    per = fwd(x, y, image_embeds=emb, reduction="none", **kw).view(x.size(0), -1)
     bounds, row = [], 0
     for _, r in active:
         bounds.append((row, row + r.x.size(0)))
