@@ -102,13 +102,13 @@ def in_child(kind: str, spec: dict) -> dict:
 def prefill_rate(engine, n: int, reps: int = 1) -> float:
     from glassgpt.serve.engine import SamplingParams
 
-    ids = torch.randint(4, engine.tokenizer.vocab_size, (n,)).tolist()
+    ids = torch.randint(4, engine.tokenizer.vocab_size, (n - 1,)).tolist()  # + the generated token: n in the window
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         engine.generate(ids, SamplingParams(max_tokens=1, temperature=0.0))
         best = min(best, time.perf_counter() - t0)
-    return n / best
+    return len(ids) / best
 
 
 def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, tokens: int = 48) -> dict:
@@ -128,7 +128,7 @@ def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, to
     if long_len:
         done = threading.Event()
         first = []
-        ids = torch.randint(4, engine.tokenizer.vocab_size, (long_len,)).tolist()
+        ids = torch.randint(4, engine.tokenizer.vocab_size, (long_len - 1,)).tolist()  # + 1 generated: the window
         t0 = time.perf_counter()
         engine.submit(ids, SamplingParams(max_tokens=1, temperature=0.0),
                       lambda ev: (first.append(time.perf_counter()), done.set()) if ev.kind in ("token", "finish") else None)
@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_long"))
     ap.add_argument("--doc-mask-both", action="store_true", help="train the stage with and without document masking")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-evals", action="store_true", help="with --stage: memory and serving only (no retrieval grid, no loss by position)")
     ap.add_argument("--depths", type=int, default=10,
                     help="depths per length in the pass-key/needle grid (10: the issue's grid; fewer: evenly spread, faster)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -200,8 +201,6 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], json.loads(args.child[1]))))
         return 0
     from glassgpt import config
-    from glassgpt.evals import longctx
-    from glassgpt.serve.engine import Engine
     from glassgpt.train.checkpoint import load_model
 
     args.overrides = config.parse_overrides(rest)
@@ -243,6 +242,18 @@ def main(argv=None) -> int:
     print(f"\nstage model: {stage} (seq_len {T}, rope {cfg.model.rope_scaling} x{cfg.model.rope_scale:g}, "
           f"original {cfg.model.rope_original_len})")
 
+    if not args.skip_evals:
+        evals(args, model, tok, cfg, stage)
+    memory_and_serving(args, model, tok, cfg)
+    print(f"\npeak RSS of this process: {rss_mb():.0f} MB; load average {os.getloadavg()[0]:.1f} at the end")
+    return 0
+
+
+def evals(args, model, tok, cfg, stage) -> None:
+    from glassgpt.evals import longctx
+    from glassgpt.serve.engine import Engine
+
+    T = cfg.model.seq_len
     # 2. retrieval across the window -----------------------------------------------------------------
     lengths = [n for n in (longctx.LENGTHS if T >= 1024 else (32, 64, 128, 256)) if n <= T]
     eng = Engine(model, tok, device="cpu", max_batch=8)
@@ -279,6 +290,11 @@ def main(argv=None) -> int:
             print(f"{name:>24} | " + " ".join(f"{b['loss']:>13.4f}" for b in bs))
         longctx.plot_loss_by_position(series, args.out / "loss_by_position.png")
         print(f"plot: {args.out / 'loss_by_position.png'}")
+
+
+
+def memory_and_serving(args, model, tok, cfg) -> None:
+    from glassgpt.serve.engine import Engine
 
     # 4. memory at 32K -------------------------------------------------------------------------------
     m = cfg.model
@@ -334,8 +350,6 @@ def main(argv=None) -> int:
         print(f"{name:>13}: idle p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f}); during the prefill "
               f"({busy['prefill_s']:.1f} s) p99 {busy['p99_ms']:.1f} ms (p50 {busy['p50_ms']:.1f}, {busy['gaps']} gaps): "
               f"ratio {busy['p99_ms'] / idle['p99_ms']:.2f}")
-    print(f"\npeak RSS of this process: {rss_mb():.0f} MB; load average {os.getloadavg()[0]:.1f} at the end")
-    return 0
 
 
 if __name__ == "__main__":

@@ -406,6 +406,13 @@ def test_prefill_share_sizes_chunks_from_measured_costs():
     eng._t_decode, eng._t_token = 0.010, 0.001
     eng._prefill_chunks()
     assert eng.prefilling[0].done == 20
+    # that chunk used its whole budget: its time per token is the new estimate (the context grows,
+    # and with it each token's cost; before, chunks under 256 tokens were never measured)
+    assert eng._t_token != 0.001 and 0 < eng._t_token < 1
+    eng._t_decode, eng._t_token = 0.010, 0.001
+    eng.prefilling[0].done = 190  # 10 tokens left: a tail shorter than the budget measures nothing
+    eng._prefill_chunks()
+    assert not eng.prefilling and eng._t_token == 0.001
 
 
 def test_kv_budget_refuses_what_cannot_fit():

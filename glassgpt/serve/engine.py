@@ -747,6 +747,10 @@ class Engine:
         budget = self.prefill_chunk
         if self.running and self.prefill_share and self._t_decode and self._t_token:
             budget = int(min(budget, max(16, self.prefill_share * self._t_decode / self._t_token)))
+        # a call that used the whole budget measures the cost per token, its per-call part included:
+        # then budget·cost converges on the chunk that takes prefill_share decode steps, as the
+        # context (and each token's attention) grows. A prompt's short tail would overstate it.
+        measure = min(256, budget)
         plan = []
         for pf in list(self.prefilling):
             if pf.req.cancelled.is_set():
@@ -768,8 +772,8 @@ class Engine:
                     self._prefill_failed(group[0][0], e)
                     continue
             n = sum(k for _, k in group)
-            if n >= 256:  # a smaller call's time is mostly per call, not per token: it would throttle short prompts
-                self._t_token = (time.perf_counter() - t0) / n  # the cost grows with the context: the latest counts
+            if n >= measure:  # the cost grows with the context: the latest counts
+                self._t_token = (time.perf_counter() - t0) / n
             done = [(pf, last) for (pf, _), last in zip(group, lasts) if last is not None]
             for pf, _ in done:
                 self.prefilling.remove(pf)
