@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_long"))
     ap.add_argument("--doc-mask-both", action="store_true", help="train the stage with and without document masking")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip-evals", action="store_true", help="with --stage: memory and serving only (no retrieval grid, no loss by position)")
+    ap.add_argument("--skip-evals", action="store_true", help="the stage (if trained here), memory and serving only: no retrieval grid, no loss by position")
     ap.add_argument("--depths", type=int, default=10,
                     help="depths per length in the pass-key/needle grid (10: the issue's grid; fewer: evenly spread, faster)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

@@ -274,7 +274,7 @@ def test_curriculum_parse_and_errors():
             config.load(None, ["model.seq_len=64", f"long.curriculum={bad}"])
 
 
-def test_long_stage_curriculum_doc_mask_and_tokenizer_check(tiny_cfg, tmp_path):
+def test_long_stage_curriculum_doc_mask_and_tokenizer_check(tiny_cfg, tmp_path, monkeypatch):
     from glassgpt.errors import CheckpointError
     from glassgpt.train.trainer import train
 
@@ -300,8 +300,11 @@ def test_long_stage_curriculum_doc_mask_and_tokenizer_check(tiny_cfg, tmp_path):
         rank, world, device = 0, 1, "cpu"
 
     src = sources_mod.TextSource(cfg, corpus, D(), None)
+    released = []
+    monkeypatch.setattr(sources_mod.dist_mod, "release_heap", lambda: released.append(True))
     shapes = [tuple(src.rows(i).x.shape) for i in range(4)]
     assert shapes == [(4, 32), (4, 32), (1, 128), (1, 128)]
+    assert len(released) == 1  # the heap is given back once, when the row length changes
     r = src.rows(0)
     bos = corpus.tokenizer.bos_id
     assert torch.equal(r.docs, torch.cumsum(r.x == bos, 1))

@@ -112,3 +112,28 @@ def test_loss_scores_only_target_positions_like_full_logits():
     assert torch.allclose(mean, full[y != -1].mean(), atol=1e-5)
     mean.backward()
     assert m.lm_head.weight.grad is not None and torch.isfinite(m.lm_head.weight.grad).all()
+
+
+def test_chunked_head_and_loss_match_the_whole(monkeypatch):
+    """Above CE_CHUNK target tokens the head and loss run in recomputed chunks: same loss, same
+    gradients, same per-token losses, ignored targets (-1) still skipped."""
+    import glassgpt.model.gpt as gpt
+    from glassgpt.config import ModelConfig
+
+    model = gpt.build(ModelConfig(depth=2, aspect=32, head_dim=16, seq_len=64, vocab_size=97), seed=1)
+    x, y = torch.randint(0, 97, (4, 64)), torch.randint(0, 97, (4, 64))
+    y[0, :5] = -1
+    results = []
+    for chunk in (10 ** 9, 50):
+        monkeypatch.setattr(gpt, "CE_CHUNK", chunk)
+        model.zero_grad()
+        loss = model(x, y)
+        loss.backward()
+        per = model(x, y, reduction="none")
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()], per.detach()))
+    (l0, g0, p0), (l1, g1, p1) = results
+    torch.testing.assert_close(l1, l0)
+    torch.testing.assert_close(p1, p0)
+    assert p1[0, :5].eq(0).all()
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)

@@ -127,6 +127,11 @@ def drill(text: str, seed) -> str:
     return "".join(out)
 
 
+def fingerprint() -> list:
+    """What the generated documents depend on besides their filler: part of the corpus hash."""
+    return [VERSION, DOCS, MIN_BYTES, MAX_BYTES, BYTES_PER_FACT, LIST_FRACTION, DRILL_EVERY]
+
+
 def documents(texts: list[str], n_docs: int = DOCS) -> Iterator[Document]:
     """`n_docs` retrieval documents from these filler texts (the long sources' training documents),
     every DRILL_EVERY-th a copy drill."""

@@ -177,8 +177,7 @@ def cache_key(cfg: DataConfig) -> str:
             if name in sft.FACT_SOURCES:  # the statements are built by code: its version is part of the corpus
                 h.update(json.dumps([name, sft.FACT_RENDERINGS, sft.FACTS_PER_DOC]).encode())
             if name == retrieval.NAME:
-                h.update(json.dumps([name, retrieval.VERSION, retrieval.DOCS, retrieval.MIN_BYTES, retrieval.MAX_BYTES,
-                                     retrieval.BYTES_PER_FACT]).encode())
+                h.update(json.dumps([name, retrieval.fingerprint()]).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
         h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())

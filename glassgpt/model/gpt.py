@@ -27,8 +27,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from glassgpt.config import ModelConfig
+
+# Above this many target tokens in one training forward, the head and its loss go in chunks of it
+# (recomputed in the backward): at 32K tokens and a 4K vocabulary the logits alone are 512 MB in
+# fp32, and their softmax and gradient as much again each. Costs one more head forward per chunk.
+CE_CHUNK = 8192
 
 
 class RMSNorm(torch.autograd.Function):
@@ -248,6 +254,9 @@ class GPT(nn.Module):
         self.cos.copy_(cos)
         self.sin.copy_(sin)
 
+    def _token_losses(self, x, targets):
+        return F.cross_entropy(self.lm_head(x).float(), targets, reduction="none")
+
     def forward(self, idx, targets=None, image_embeds=None, cache: KVCache | None = None, reduction="mean", *,
                 slots: list[int] | None = None, starts: list[int] | None = None, last: bool | list[int] = False,
                 docs: torch.Tensor | None = None, hidden: bool = False):
@@ -297,7 +306,13 @@ class GPT(nn.Module):
             return loss.view(targets.shape) if reduction == "none" else loss
         # The head only where there is a target: image-chat rows score just their answers.
         keep = targets != -1
-        loss = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep], reduction=reduction)
+        x, kept = x[keep], targets[keep]
+        if kept.numel() <= CE_CHUNK or not torch.is_grad_enabled():
+            loss = F.cross_entropy(self.lm_head(x).float(), kept, reduction=reduction)
+        else:  # the [N, vocab] fp32 logits never exist at once: CE_CHUNK rows at a time, recomputed in backward
+            loss = torch.cat([torch.utils.checkpoint.checkpoint(self._token_losses, x[i:i + CE_CHUNK], kept[i:i + CE_CHUNK],
+                                                                use_reentrant=False) for i in range(0, kept.numel(), CE_CHUNK)])
+            loss = loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
         if reduction != "none":
             return loss
         return torch.zeros(targets.shape, dtype=loss.dtype, device=loss.device).masked_scatter(keep, loss)

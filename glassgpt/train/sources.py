@@ -42,6 +42,7 @@ from glassgpt.data.images import Sample
 from glassgpt.data.shards import Corpus, Loader
 from glassgpt.errors import ConfigError, DataError, closest
 from glassgpt.model.vision import VisionError, attach, count, preprocess
+from glassgpt.train import dist as dist_mod
 from glassgpt.train.optim import Muon
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class TextSource(Source):
             self.stages.append((round(first * self.total), Loader(rows, t.batch_size * T // n, t.seed, d.rank, d.world)))
             first += frac
         self.loader = self.stages[-1][1]
+        self.current = None  # the loader of the last rows given
 
     def docs(self, x: torch.Tensor) -> torch.Tensor | None:
         return torch.cumsum(x == self.corpus.tokenizer.bos_id, dim=1) if self.cfg.long.doc_mask else None
@@ -134,6 +136,10 @@ class TextSource(Source):
     def rows(self, index: int) -> Rows:
         step = index // self.cfg.train.grad_accum
         loader = next(ld for first, ld in reversed(self.stages) if step >= first)
+        if loader is not self.current:  # a new row length: the old one's freed buffers go back to the OS
+            if self.current is not None:
+                dist_mod.release_heap()
+            self.current = loader
         batch = torch.from_numpy(loader.batch(index))
         x = batch[:, :-1]
         return Rows(x, batch[:, 1:], docs=self.docs(x))
