@@ -193,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--doc-mask-both", action="store_true", help="train the stage with and without document masking")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-evals", action="store_true", help="the stage (if trained here), memory and serving only: no retrieval grid, no loss by position")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the serving engines' weights and KV cache (both engines alike)")
     ap.add_argument("--depths", type=int, default=10,
                     help="depths per length in the pass-key/needle grid (10: the issue's grid; fewer: evenly spread, faster)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -331,7 +333,7 @@ def memory_and_serving(args, model, tok, cfg) -> None:
     # the reference: each prompt prefilled whole, up to 16K (a 32K prompt in one call would need a 1 GB
     # boolean mask that SDPA turns into a 4 GB float one; it goes in two 16K calls)
     for name, kw in (("chunked", {}), ("whole (<=16K)", {"prefill_chunk": 16384, "prefill_share": None})):
-        e = Engine(served, tok, device="cpu", max_batch=9, **kw)  # chunked: the defaults (2048, share 2)
+        e = Engine(served, tok, device="cpu", max_batch=9, precision=args.precision, **kw)  # chunked: the defaults (2048, share 2)
         prefill_rate(e, 16)  # warm-up: allocates the KV cache, which the timings below must not include
         rates = [prefill_rate(e, n, reps=2 if n <= 8192 else 1) for n in plens]
         e.end_ids = set()  # the streams run to their budget: none ends early on its own
