@@ -294,7 +294,6 @@ def evals(args, model, tok, cfg, stage) -> None:
         print(f"plot: {args.out / 'loss_by_position.png'}")
 
 
-
 def memory_and_serving(args, model, tok, cfg) -> None:
     from glassgpt.serve.engine import Engine
 

@@ -119,7 +119,7 @@ def drill(text: str, seed) -> str:
     drill's tokens can only be predicted by copying: the signal that makes a small model learn to
     copy at all (pure retrieval documents, one value per ~100 tokens, did not within 600 steps)."""
     rng = random.Random(f"{NAME}-drill:{seed}")
-    words = sorted({w for w in _window(text, 20_000, rng) for w in w.split() if w.isalpha()}) or _WORDS
+    words = sorted({w for line in _window(text, 20_000, rng) for w in line.split() if w.isalpha()}) or _WORDS
     out = []
     for i in range(rng.randint(20, 60)):
         val = " ".join(rng.sample(words, min(len(words), rng.randint(8, 40))))

@@ -24,8 +24,9 @@ import shutil
 import sys
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -50,12 +51,30 @@ def packaged_specs(cfg: DataConfig) -> list[tuple[str, int]]:
     return out
 
 
-DERIVED = {**sft.FACT_SOURCES, retrieval.NAME: "en"}  # data.packaged names built by code: name -> language
+@dataclass(frozen=True)
+class Derived:
+    """A data.packaged source built by code from fetched packages."""
+    language: str
+    needs: tuple[str, ...]  # the packages it reads (each must be fetched)
+    documents: Callable[[float], Iterable]  # data.val_fraction -> its documents
+    settings: Callable[[], list]  # what its documents depend on besides the packages: part of the corpus hash
+    optional: tuple[str, ...] = ()  # packages it reads when fetched (hashed too)
+
+
+def _facts(name: str) -> Derived:
+    return Derived(sft.FACT_SOURCES[name], sft.FACT_NEEDS, lambda fraction: sft.fact_documents(name),
+                   lambda: [sft.FACT_RENDERINGS, sft.FACTS_PER_DOC], optional=("cccedict",))
+
+
+DERIVED = {**{name: _facts(name) for name in sft.FACT_SOURCES},
+           retrieval.NAME: Derived("en", retrieval.NEEDS,
+                                   lambda fraction: retrieval.documents(_training_texts(retrieval.NEEDS, fraction)),
+                                   retrieval.fingerprint)}
 
 
 def packaged_language(name: str) -> str:
     if name in DERIVED:
-        return DERIVED[name]
+        return DERIVED[name].language
     if name in packaged.LONG_ZH:
         return "zh"
     return {"pretrain-zh": "zh"}.get(packaged.SOURCES[name].kind, "en") if name in packaged.SOURCES else "en"
@@ -63,15 +82,11 @@ def packaged_language(name: str) -> str:
 
 def _needs(name: str) -> tuple[str, ...]:
     """The fetched packages a data.packaged entry reads: itself, or a derived source's inputs."""
-    return sft.FACT_NEEDS if name in sft.FACT_SOURCES else retrieval.NEEDS if name == retrieval.NAME else (name,)
+    return DERIVED[name].needs if name in DERIVED else (name,)
 
 
 def _documents(name: str, fraction: float):
-    if name in sft.FACT_SOURCES:
-        return sft.fact_documents(name)
-    if name == retrieval.NAME:
-        return retrieval.documents(_training_texts(retrieval.NEEDS, fraction))
-    return packaged.documents(name)
+    return DERIVED[name].documents(fraction) if name in DERIVED else packaged.documents(name)
 
 
 def _training_texts(names, fraction: float) -> list[str]:
@@ -171,13 +186,11 @@ def cache_key(cfg: DataConfig) -> str:
     if cfg.packaged:  # a re-fetched package (new Debian point release) is a new corpus
         check_packaged(cfg)
         for name, _ in packaged_specs(cfg):
-            for need in _needs(name) + (("cccedict",) if name in sft.FACT_SOURCES else ()):
+            for need in _needs(name) + (DERIVED[name].optional if name in DERIVED else ()):
                 m = packaged.manifest(need) or {}
                 h.update(json.dumps([need, m.get("version"), [f.get("sha256") for f in m.get("files", [])]]).encode())
-            if name in sft.FACT_SOURCES:  # the statements are built by code: its version is part of the corpus
-                h.update(json.dumps([name, sft.FACT_RENDERINGS, sft.FACTS_PER_DOC]).encode())
-            if name == retrieval.NAME:
-                h.update(json.dumps([name, retrieval.fingerprint()]).encode())
+            if name in DERIVED:  # built by code: the code's settings are part of the corpus
+                h.update(json.dumps([name, *DERIVED[name].settings()]).encode())
     h.update(sys.version.encode())
     if cfg.tokenizer_extra:
         h.update(f"task texts v{images.TASK_TEXTS_VERSION}".encode())
