@@ -41,6 +41,11 @@ class ModelConfig:
     rope_scaling: str = "linear"
     rope_original_len: int = 0  # the context the weights were trained at (0: not given)
     image_token_id: int = -1  # token whose positions take spliced-in image embeddings
+    # Token smearing (modded-nanogpt's smear): each position's input also carries the previous token's
+    # embedding through a learnt d×d map (zero at init), so one attention layer can match "the token
+    # after an earlier copy of mine" and copy it: induction, which the plain model did not learn
+    # within the assistant's 4.5M-token budget (docs/long_context.md).
+    smear: bool = False
 
     @property
     def d_model(self) -> int:
@@ -90,7 +95,7 @@ class DataConfig:
 # so runs and corpora from before they existed keep their identity.
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
-MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0}
+MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 

@@ -28,9 +28,12 @@ def test_built_on_meta_then_initialised():
     assert torch.equal(same.lm_head.weight, m.lm_head.weight)
 
 
-@pytest.mark.parametrize("mlp,kv_groups", [("relu2", 1), ("swiglu", 2)])
-def test_kv_cache_matches_full_forward(mlp, kv_groups):
-    m = _random_model(mlp=mlp, kv_groups=kv_groups).eval()
+VARIANTS = [("relu2", 1, False), ("swiglu", 2, False), ("relu2", 1, True)]  # mlp, kv_groups, smear
+
+
+@pytest.mark.parametrize("mlp,kv_groups,smear", VARIANTS)
+def test_kv_cache_matches_full_forward(mlp, kv_groups, smear):
+    m = _random_model(mlp=mlp, kv_groups=kv_groups, smear=smear).eval()
     idx = torch.randint(0, 300, (2, 20))
     full = m(idx)
     cache = KVCache(m.cfg, 2, 48, "cpu", torch.float32)
@@ -39,11 +42,11 @@ def test_kv_cache_matches_full_forward(mlp, kv_groups):
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("mlp,kv_groups", [("relu2", 1), ("swiglu", 2)])
-def test_kv_cache_rows_at_their_own_slots_and_positions(mlp, kv_groups):
+@pytest.mark.parametrize("mlp,kv_groups,smear", VARIANTS)
+def test_kv_cache_rows_at_their_own_slots_and_positions(mlp, kv_groups, smear):
     """Rows of one call sit in any slots at different lengths (continuous batching): each
     row's logits equal a plain forward of that row's own sequence."""
-    m = _random_model(mlp=mlp, kv_groups=kv_groups).eval()
+    m = _random_model(mlp=mlp, kv_groups=kv_groups, smear=smear).eval()
     a, b = torch.randint(0, 300, (1, 12)), torch.randint(0, 300, (1, 9))
     cache = KVCache(m.cfg, 4, 48, "cpu", torch.float32)
     m(a[:, :10], cache=cache, slots=[3])
@@ -76,9 +79,9 @@ def test_gqa_has_fewer_kv_params():
     assert b.params < a.params
 
 
-@pytest.mark.parametrize("mlp,kv_groups", [("relu2", 1), ("swiglu", 2)])
-def test_flops_match_torch_flop_counter(mlp, kv_groups):
-    m = _random_model(mlp=mlp, kv_groups=kv_groups)
+@pytest.mark.parametrize("mlp,kv_groups,smear", VARIANTS)
+def test_flops_match_torch_flop_counter(mlp, kv_groups, smear):
+    m = _random_model(mlp=mlp, kv_groups=kv_groups, smear=smear)
     B, T = 2, 48
     idx = torch.randint(0, 300, (B, T))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
@@ -137,3 +140,34 @@ def test_chunked_head_and_loss_match_the_whole(monkeypatch):
     assert p1[0, :5].eq(0).all()
     for a, b in zip(g0, g1):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_smear_carries_the_previous_token_and_starts_as_the_plain_model():
+    plain = _random_model()
+    smear = build(ModelConfig(**{**plain.cfg.__dict__, "smear": True}), seed=0)
+    assert (smear.smear.weight == 0).all()  # zero at init: a plain model's weights load unchanged
+    smear.load_state_dict(plain.state_dict(), strict=False)
+    idx = torch.randint(0, 300, (2, 12))
+    assert torch.allclose(smear(idx), plain(idx), atol=1e-6)
+    with torch.no_grad():
+        smear.smear.weight.normal_(0, 0.2)
+    a, b = idx.clone(), idx.clone()
+    b[:, 5] = (b[:, 5] + 1) % 300
+    # changing token 5 changes position 6's input directly (not only through attention)
+    one_layer = _random_model(depth=1, smear=True)
+    with torch.no_grad():
+        for blk in one_layer.blocks:
+            blk.attn.c_proj.weight.zero_()  # no attention: position 6 sees only its own input
+    la, lb = one_layer(a), one_layer(b)
+    assert not torch.allclose(la[:, 6], lb[:, 6]) and torch.allclose(la[:, 7], lb[:, 7], atol=1e-6)
+
+
+def test_smear_stops_at_document_boundaries():
+    """With document masking a document scores as it would alone: its first token does not see the
+    token before it."""
+    m = _random_model(smear=True).eval()
+    x, y = torch.randint(0, 300, (1, 7)), torch.randint(0, 300, (1, 9))
+    row = torch.cat([x, y], 1)
+    docs = torch.tensor([[0] * 7 + [1] * 9])
+    together = m(row, docs=docs)
+    assert torch.allclose(together[:, 7:], m(y), atol=1e-5) and torch.allclose(together[:, :7], m(x), atol=1e-5)

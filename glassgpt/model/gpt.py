@@ -7,7 +7,8 @@ A decoder-only transformer in the modern style (as in nanochat / Llama):
 - grouped-query attention (fewer K/V heads: a smaller KV cache when serving),
 - no biases anywhere, an untied LM head,
 - a ReLU² or SwiGLU MLP,
-- torch's scaled_dot_product_attention (flash / memory-efficient kernels where available).
+- torch's scaled_dot_product_attention (flash / memory-efficient kernels where available),
+- optionally token smearing: the previous token's embedding mixed into each input (induction in one layer).
 
 The model is built on the meta device (no memory, no init cost) and initialised by an
 explicit `init_weights()` after it is moved to its real device, so that FSDP can shard
@@ -114,6 +115,8 @@ class KVCache:
         shape = (cfg.depth, slots, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # a smearing model reads the token before each call's first one: the slots' token ids
+        self.tokens = torch.zeros(slots, max_len, dtype=torch.long, device=device) if cfg.smear else None
 
     def rows(self, slots: list[int], starts: list[int], T: int) -> "CacheRows":
         """Where one call of T tokens per row reads and writes (plain ints: no device sync)."""
@@ -127,6 +130,8 @@ class KVCache:
         """Share a prefix: n choices of one prompt run its prefill once."""
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        if self.tokens is not None:
+            self.tokens[dst, :length] = self.tokens[src, :length]
 
 
 class CacheRows:
@@ -149,6 +154,12 @@ class CacheRows:
         ck[self.slots[:, None], :, self.pos] = k.transpose(1, 2).to(ck.dtype)
         cv[self.slots[:, None], :, self.pos] = v.transpose(1, 2).to(cv.dtype)
         return ck[self.read, :, : self.L], cv[self.read, :, : self.L]
+
+    def previous(self, idx: torch.Tensor) -> torch.Tensor:
+        """Record idx [B, T] in the slots; return the token before each position (any at position 0)."""
+        tokens = self.cache.tokens
+        tokens[self.slots[:, None], self.pos] = idx
+        return tokens[self.slots[:, None], (self.pos - 1).clamp(min=0)]
 
 
 class Attention(nn.Module):
@@ -231,6 +242,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.smear = nn.Linear(cfg.d_model, cfg.d_model, bias=False) if cfg.smear else None
         cos, sin = rope_tables(cfg)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -250,9 +262,25 @@ class GPT(nn.Module):
             # Residual branches start as identity: deep nets begin as shallow ones (nanochat).
             block.attn.c_proj.weight.zero_()
             block.mlp.c_proj.weight.zero_()
+        if self.smear is not None:
+            self.smear.weight.zero_()  # starts as the plain model (so --init-from a plain run works too)
         cos, sin = rope_tables(self.cfg, device=self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
+
+    def _smeared(self, emb, idx, rows, docs):
+        """The previous token's embedding through the smear map; nothing at a sequence's or a
+        document's first position. Token embeddings only (an image's placeholder token, not its
+        image), so a cached call, which sees only the previous token's id, computes the same."""
+        if rows is None:
+            prev = F.pad(emb[:, :-1], (0, 0, 1, 0))
+            if docs is not None:  # a document's first token does not see the one before it
+                same = torch.ones_like(docs, dtype=prev.dtype)
+                same[:, 1:] = (docs[:, 1:] == docs[:, :-1]).to(prev.dtype)
+                prev = prev * same.unsqueeze(-1)
+        else:
+            prev = self.wte(rows.previous(idx)) * (rows.pos > 0).unsqueeze(-1).to(emb.dtype)
+        return self.smear(prev)
 
     def _token_losses(self, x, targets):
         return F.cross_entropy(self.lm_head(x).float(), targets, reduction="none")
@@ -280,6 +308,8 @@ class GPT(nn.Module):
         if end > self.cos.size(0):
             raise ValueError(f"sequence of {end} tokens exceeds the context window of {self.cos.size(0)}")
         x = self.wte(idx)
+        if self.smear is not None:
+            x = x + self._smeared(x, idx, rows, docs)
         if image_embeds is not None:
             where = (idx == self.cfg.image_token_id).unsqueeze(-1)
             if int(where.sum()) != image_embeds.numel() // x.size(-1):

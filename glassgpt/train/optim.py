@@ -28,7 +28,7 @@ def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
     t, s = cfg.train, lr_scale(cfg.model.d_model) * cfg.train.adam_lr_mult
     emb = [model.wte.weight]
     head = [model.lm_head.weight]
-    hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.")]
+    hidden = [p for n, p in model.named_parameters() if n.startswith(("blocks.", "smear."))]
     if t.optimizer == "muon":
         adam = [
             {"params": emb, "lr": 0.2 * s, "weight_decay": 0.0},

@@ -150,7 +150,8 @@ def load_stage_weights(raw, parent: Parent) -> None:
     for k, v in state.items():
         if k in ours and ours[k].shape != v.shape:
             raise CheckpointError(f"{k}: parent run has shape {tuple(v.shape)}, this config {tuple(ours[k].shape)}")
-    missing = [k for k in ours if k not in state and not k.startswith(("vision.", "head."))]
+    # a smear map the parent lacks starts at zero: the parent's function, then learnt
+    missing = [k for k in ours if k not in state and not k.startswith(("vision.", "head.", "smear."))]
     extra = [k for k in state if k not in ours]
     if missing or extra:
         key = (missing or extra)[0]
