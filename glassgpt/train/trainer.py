@@ -155,8 +155,9 @@ def load_stage_weights(raw, parent: Parent) -> None:
     extra = [k for k in state if k not in ours]
     if missing or extra:
         key = (missing or extra)[0]
+        hint = "; the parent smears tokens: set model.smear=true" if key.startswith("smear.") else ""
         raise CheckpointError(f"{key}: {'missing from the parent run' if missing else 'in the parent run, not in this model'} "
-                              f"({parent.ck})")
+                              f"({parent.ck}){hint}")
     raw.load_state_dict(state, strict=False)
 
 
