@@ -106,6 +106,6 @@ def test_derived_fact_source_names_the_package_it_needs(tmp_path, corpus_dir, fa
     cfg = _mix_cfg(tmp_path, corpus_dir, packaged=["brown", "facts-en"])
     with pytest.raises(DataError, match=r"facts-en needs countryinfo, which is not fetched; run `glassgpt data fetch countryinfo`$"):
         prepare(cfg)
-    with pytest.raises(DataError, match=r"unknown source 'facts-fr'.*derived: facts-en, facts-zh"):
+    with pytest.raises(DataError, match=r"unknown source 'facts-fr'.*derived: drills, facts-en, facts-zh, retrieval\)$"):
         prepare(_mix_cfg(tmp_path, corpus_dir, packaged=["facts-fr"]))
     assert shards.packaged_language("facts-zh") == "zh" and shards.packaged_language("facts-en") == "en"

@@ -189,3 +189,38 @@ def test_the_engine_thread_sets_its_own_torch_threads(loaded, monkeypatch):
     finally:
         eng.stop()
     assert ("engine-threads", 1) in seen and Engine(model, tok, cfg, name="x", device="cpu").threads == before
+
+
+def test_a_smearing_model_decodes_as_its_full_forward(loaded):
+    """A model with token smearing reads the token before each call's first one from the cache: greedy
+    decoding with chunked prefill, a shared prefix (n choices) and other slots decoding around it gives
+    the full forward's argmax."""
+    import dataclasses
+
+    from glassgpt.model.gpt import build
+
+    base, tok, cfg = loaded
+    mcfg = dataclasses.replace(cfg.model, smear=True)
+    model = build(mcfg, seed=0)
+    model.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        model.smear.weight.normal_(0, 0.5)
+    model.eval()
+    scfg = dataclasses.replace(cfg, model=mcfg)
+    prompt = tok.encode("def add(a, b):\n    return a + b\n\nclass Foo:\n    pass\n")[:30]
+    x = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            x.append(int(model(torch.tensor([x]))[0, -1].argmax()))
+    eng = Engine(model, tok, scfg, device="cpu", max_batch=4, prefill_chunk=8, prefill_share=None).start()
+    try:
+        others = [threading.Thread(target=eng.generate, args=(tok.encode("x = 1"), SamplingParams(max_tokens=20, temperature=0)))
+                  for _ in range(2)]
+        for t in others:
+            t.start()
+        r = eng.generate(prompt, SamplingParams(max_tokens=8, temperature=0, n=2), timeout=60)
+        for t in others:
+            t.join()
+    finally:
+        eng.stop()
+    assert ids(r, 0) == ids(r, 1) == x[len(prompt):][: len(ids(r, 0))] and len(ids(r, 0)) >= 4
