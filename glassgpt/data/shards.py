@@ -74,7 +74,7 @@ DERIVED = {**{name: _facts(name) for name in sft.FACT_SOURCES},
            retrieval.DRILLS: Derived("copy", retrieval.DRILL_NEEDS,
                                      lambda fraction: retrieval.drill_documents([_training_texts([n], fraction)
                                                                                  for n in retrieval.DRILL_NEEDS]),
-                                     retrieval.fingerprint)}
+                                     retrieval.drill_fingerprint)}
 
 
 def packaged_language(name: str) -> str:

@@ -275,9 +275,7 @@ class GPT(nn.Module):
         if rows is None:
             prev = F.pad(emb[:, :-1], (0, 0, 1, 0))
             if docs is not None:  # a document's first token does not see the one before it
-                same = torch.ones_like(docs, dtype=prev.dtype)
-                same[:, 1:] = (docs[:, 1:] == docs[:, :-1]).to(prev.dtype)
-                prev = prev * same.unsqueeze(-1)
+                prev = prev * (docs == F.pad(docs[:, :-1], (1, 0), value=-1)).unsqueeze(-1)
         else:
             prev = self.wte(rows.previous(idx)) * (rows.pos > 0).unsqueeze(-1).to(emb.dtype)
         return self.smear(prev)

@@ -40,20 +40,27 @@ class Dist:
         return t.tolist()
 
 
+def _glibc():
+    """glibc through ctypes, or None (not Linux, or no libc.so.6): the heap settings are glibc's."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed activation buffers in the heap instead of returning them to the OS.
 
     glibc hands large blocks (≥ 32 MB at most) back with munmap, so every training step
     page-faults its activations in again. Raising the mmap/trim thresholds keeps them;
     measured ~10-25% faster steps for a 5M model on 2 cores (docs/devlog.md). glibc only."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
@@ -65,14 +72,9 @@ def release_heap() -> None:
     (tune_cpu_allocator), buffers freed when a run changes shape (a long-context curriculum
     going from 2K to 8K to 32K rows) would otherwise stay resident beside the new ones: the
     `long` stage peaked at 9.9 GB that way."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def flush_denormals() -> bool | None:
