@@ -463,3 +463,14 @@ def test_facts_become_pretraining_statements_without_the_unknown_countries(cache
     assert {d.language for d in zh} == {"zh"} and any("布拉沃城" in d.text for d in zh)
     assert len({d.name for d in en}) == len(en)  # names are the split's identity: unique
     assert [d.text for d in sft.fact_documents("facts-en")] == [d.text for d in en]  # deterministic
+
+
+def test_a_fact_sources_byte_cap_sets_how_often_each_fact_is_stated(cache):
+    from glassgpt.data import shards
+
+    default = list(sft.fact_documents("facts-en"))
+    one = sum(len(d.text.encode()) for d in default) / sft.FACT_RENDERINGS  # bytes of one rendering
+    assert [d.name for d in shards._packaged_docs("facts-en", 0, 0.05)] == [d.name for d in default]  # uncapped
+    capped = list(shards._packaged_docs("facts-en", int(one * 20), 0.05))
+    assert len({d.name.split("/")[1] for d in capped}) in (20, 21)  # the cap is met within the last rendering
+    assert [d.text for d in capped[: len(default)]] == [d.text for d in default]  # the first 8 as uncapped

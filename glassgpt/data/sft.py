@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import inspect
 import io
+import itertools
 import json
 import logging
 import random
@@ -664,12 +665,12 @@ def _optional_files(name: str, cache_dir=None) -> list[Path] | None:
         return None
 
 
-def fact_documents(name: str, cache_dir=None) -> Iterator[packaged.Document]:
-    """The documents of a derived fact source (FACT_SOURCES): FACT_RENDERINGS seeded orders of the
-    statements, FACTS_PER_DOC to a document."""
+def fact_documents(name: str, cache_dir=None, renderings: int | None = FACT_RENDERINGS) -> Iterator[packaged.Document]:
+    """The documents of a derived fact source (FACT_SOURCES): `renderings` seeded orders of the
+    statements (None: without end, for a reader that stops at a byte cap), FACTS_PER_DOC to a document."""
     language = FACT_SOURCES[name]
     statements = fact_statements(language, cache_dir)
-    for r in range(FACT_RENDERINGS):
+    for r in itertools.count() if renderings is None else range(renderings):
         order = random.Random(_h("facts", language, r)).sample(statements, len(statements))
         for k in range(0, len(order), FACTS_PER_DOC):
             yield packaged.Document(name=f"{name}/r{r}/{k // FACTS_PER_DOC}", text="\n".join(order[k:k + FACTS_PER_DOC]) + "\n",

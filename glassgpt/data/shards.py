@@ -56,23 +56,25 @@ class Derived:
     """A data.packaged source built by code from fetched packages."""
     language: str
     needs: tuple[str, ...]  # the packages it reads (each must be fetched)
-    documents: Callable[[float], Iterable]  # data.val_fraction -> its documents
+    documents: Callable[[float, int], Iterable]  # (data.val_fraction, byte cap or 0) -> its documents
     settings: Callable[[], list]  # what its documents depend on besides the packages: part of the corpus hash
     optional: tuple[str, ...] = ()  # packages it reads when fetched (hashed too)
 
 
 def _facts(name: str) -> Derived:
-    return Derived(sft.FACT_SOURCES[name], sft.FACT_NEEDS, lambda fraction: sft.fact_documents(name),
+    # a byte cap is a number of renderings: facts-en:3000000 states each fact ~44 times, not 8
+    return Derived(sft.FACT_SOURCES[name], sft.FACT_NEEDS,
+                   lambda fraction, cap: sft.fact_documents(name, renderings=None if cap else sft.FACT_RENDERINGS),
                    lambda: [sft.FACT_RENDERINGS, sft.FACTS_PER_DOC], optional=("cccedict",))
 
 
 DERIVED = {**{name: _facts(name) for name in sft.FACT_SOURCES},
            retrieval.NAME: Derived("en", retrieval.NEEDS,
-                                   lambda fraction: retrieval.documents(_training_texts(retrieval.NEEDS, fraction)),
+                                   lambda fraction, cap: retrieval.documents(_training_texts(retrieval.NEEDS, fraction)),
                                    retrieval.fingerprint),
            # its held-out split is reported as its own language: copied text is not prose
            retrieval.DRILLS: Derived("copy", retrieval.DRILL_NEEDS,
-                                     lambda fraction: retrieval.drill_documents([_training_texts([n], fraction)
+                                     lambda fraction, cap: retrieval.drill_documents([_training_texts([n], fraction)
                                                                                  for n in retrieval.DRILL_NEEDS]),
                                      retrieval.drill_fingerprint)}
 
@@ -90,8 +92,8 @@ def _needs(name: str) -> tuple[str, ...]:
     return DERIVED[name].needs if name in DERIVED else (name,)
 
 
-def _documents(name: str, fraction: float):
-    return DERIVED[name].documents(fraction) if name in DERIVED else packaged.documents(name)
+def _documents(name: str, fraction: float, cap: int = 0):
+    return DERIVED[name].documents(fraction, cap) if name in DERIVED else packaged.documents(name)
 
 
 def _training_texts(names, fraction: float) -> list[str]:
@@ -114,7 +116,7 @@ def _packaged_docs(name: str, cap: int, fraction: float, stats: sources.SourceSt
     """A packaged source's documents until `cap` UTF-8 bytes are read (0: all), counted into stats.
     Bytes, not characters: a Chinese character is three of them, and the mix is balanced in bytes."""
     seen = 0
-    for d in _documents(name, fraction):
+    for d in _documents(name, fraction, cap):
         if cap and seen >= cap:
             return
         n = len(d.text.encode("utf-8"))

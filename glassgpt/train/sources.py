@@ -591,12 +591,12 @@ class ChatSource(Source):
 
     def rows(self, index: int) -> Rows:
         """This rank's packed rows of micro-batch `index` (a pure function of seed and index, as
-        the text Loader's), padded to the longest; targets -1 outside assistant turns."""
+        the text Loader's), padded to seq_len (one shape every step, so a compiled step does not
+        recompile; packing leaves little padding); targets -1 outside assistant turns."""
         B, n = self.sc.batch_size, len(self.packed)
         first = (index * self.world + self.rank) * B
         x = torch.full((B, self.T), self.tok.pad_id, dtype=torch.long)
         y = torch.full((B, self.T), -1, dtype=torch.long)
-        L = 1
         for j in range(B):
             k = first + j
             if k // n != self._perm_epoch:
@@ -605,8 +605,7 @@ class ChatSource(Source):
             xi, yi = chat.targets(*self.packed[self._perm[k % n]])
             x[j, : len(xi)] = torch.tensor(xi)
             y[j, : len(yi)] = torch.tensor(yi)
-            L = max(L, len(xi))
-        return Rows(x[:, :L], y[:, :L])
+        return Rows(x, y)
 
     def decode(self, model, prompts: list[list[int]], budgets: list[int]) -> list[tuple[str, bool]]:
         """Greedy answers through the serving Engine, batched: (text, ended with <|assistant_end|>
