@@ -3,7 +3,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PRESET ?= cpu
+# the main job: the assistant (data, ladder, base, SFT, RL, evals); PRESET=cpu is the code-only speedrun
+PRESET ?= chat
 OUT ?= runs/speedrun
 WORKERS ?= 2
 

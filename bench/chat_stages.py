@@ -25,12 +25,17 @@ GOALS = {"facts": 0.8, "harmful_refused": 0.9, "benign_answered": 0.9, "format":
 
 
 def per_language(run: Path) -> dict[str, float]:
-    """Held-out bits per byte per language from a run's report and its corpus manifest."""
+    """Held-out bits per byte per language from a run's report and its corpus manifest. A derived
+    source's split goes by its language as the code now says (an older manifest counted the facts
+    as en/zh), so runs of any date print comparable figures."""
+    from glassgpt.data.shards import DERIVED
+
     rep = json.loads((run / "report.json").read_text())
     langs = json.loads((run / "manifest.json").read_text()).get("languages", {})
     acc: dict[str, list[float]] = {}
     for split, r in rep.get("heldout", {}).items():
-        lang = langs.get(split, "code")
+        derived = DERIVED.get(split.removeprefix("val_"))
+        lang = derived.language if derived and split.startswith("val_") else langs.get(split, "code")
         nats = r["loss"] * r["tokens"]
         nbytes = nats / (r["bpb"] * math.log(2)) if r["bpb"] else 0.0
         a = acc.setdefault(lang, [0.0, 0.0])

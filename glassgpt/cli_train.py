@@ -36,13 +36,21 @@ def cmd_train(args):
 def cmd_speedrun(args):
     from glassgpt.scaling import predict, speedrun
 
-    report = speedrun.speedrun(args.preset, _data_overrides(args) + args.overrides, args.out, workers=args.workers)
+    report = speedrun.speedrun(args.preset, _data_overrides(args) + args.overrides, args.out, workers=args.workers,
+                               chat=True if args.chat else None)
     if not _is_main_process():
         return
     t = report["target"]
     print(f"speedrun ({args.preset}): target {t['params']:,} params, {t['tokens']:,} tokens, {t['flops']:.3g} FLOPs")
     for line in predict.headline(report):
         print(line)
+    if "stages" in report:
+        st = report["stages"]
+        print("stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st["wall_seconds"].items()))
+        print("SFT chat eval: " + ", ".join(f"{k} {'—' if v is None else f'{v:.1%}'}"
+                                            for k, v in (st["sft"].get("chat_eval") or {}).items()))
+        for row, h in st["alignment_evals"].items():
+            print(f"alignment evals, {row}: " + ", ".join(f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in h.items()))
     print(f"report: {args.out}/report.md, {args.out}/scaling.png")
 
 
@@ -81,6 +89,9 @@ def add_speedrun(sub, name):
                     "Rerunning with the same --out continues where it stopped.")
     s.add_argument("--out", default="runs/speedrun", help="run directory (default runs/speedrun)")
     s.add_argument("--workers", type=int, default=1, help="parallel worker processes for the ladder")
+    s.add_argument("--chat", action="store_true",
+                   help="go on to chat SFT, RL and the report card (the chat preset always does; with --preset tiny, "
+                        "a seconds-long mechanics check)")
 
 
 def add_prepare(sub, name):

@@ -108,4 +108,22 @@ def test_derived_fact_source_names_the_package_it_needs(tmp_path, corpus_dir, fa
         prepare(cfg)
     with pytest.raises(DataError, match=r"unknown source 'facts-fr'.*derived: drills, facts-en, facts-zh, retrieval\)$"):
         prepare(_mix_cfg(tmp_path, corpus_dir, packaged=["facts-fr"]))
-    assert shards.packaged_language("facts-zh") == "zh" and shards.packaged_language("facts-en") == "en"
+    # stated facts are their own held-out language, not prose (their share of the mix is a recipe knob)
+    assert shards.packaged_language("facts-zh") == shards.packaged_language("facts-en") == "facts"
+
+
+def test_chat_stages_counts_fact_splits_apart_from_prose_even_in_old_manifests(tmp_path):
+    import math
+
+    from conftest import load_bench
+
+    bench = load_bench("chat_stages")
+    split = {"val_brown": (4.0, 100), "val_facts-en": (1.0, 100), "val": (3.0, 50)}  # (nats/token, tokens)
+    heldout = {k: {"loss": loss, "tokens": n, "bpb": loss / math.log(2) / 3.0} for k, (loss, n) in split.items()}
+    (tmp_path / "report.json").write_text(json.dumps({"heldout": heldout}))
+    # a manifest written before the facts had a language of their own
+    (tmp_path / "manifest.json").write_text(json.dumps({"languages": {"val": "code", "val_brown": "en",
+                                                                      "val_facts-en": "en"}}))
+    got = bench.per_language(tmp_path)
+    assert set(got) == {"code", "en", "facts"}
+    assert got["en"] == pytest.approx(4.0 / math.log(2) / 3.0) and got["facts"] == pytest.approx(1.0 / math.log(2) / 3.0)

@@ -137,15 +137,17 @@ def test_speedrun_passes_preset_overrides_and_workers(monkeypatch, capsys):
 
     seen = {}
 
-    def fake(preset, overrides, out, workers=1):
-        seen.update(preset=preset, overrides=overrides, out=out, workers=workers)
+    def fake(preset, overrides, out, workers=1, chat=None):
+        seen.update(preset=preset, overrides=overrides, out=out, workers=workers, chat=chat)
         return {"target": {"params": 1, "tokens": 2, "flops": 3.0}}
 
     monkeypatch.setattr(speedrun, "speedrun", fake)
     monkeypatch.setattr(predict, "headline", lambda r: ["headline"])
     assert cli.main(["speedrun", "--preset", "tiny", "--workers", "3", "--scaling.n_boot=7"]) == 0
-    assert seen == {"preset": "tiny", "overrides": ["scaling.n_boot=7"], "out": "runs/speedrun", "workers": 3}
+    assert seen == {"preset": "tiny", "overrides": ["scaling.n_boot=7"], "out": "runs/speedrun", "workers": 3,
+                    "chat": None}  # None: the preset decides (chat goes on to SFT and RL)
     assert "headline" in capsys.readouterr().out
+    assert cli.main(["speedrun", "--preset", "tiny", "--chat"]) == 0 and seen["chat"] is True
 
 
 def test_train_lr_travels_from_the_command_line_to_the_optimizer(monkeypatch, tmp_path):
@@ -241,3 +243,16 @@ def test_data_list_and_fetch_through_the_cli(monkeypatch, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert calls == [(["a", "b"], None, True)]
     assert "a: cached" in out and "needs `npm`" in err and "1 of 2 sources failed: b" in err
+
+
+def test_speedrun_chat_after_a_preset_without_chat_stages_is_one_line(capsys):
+    assert cli.main(["speedrun", "--preset", "cpu", "--chat", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no chat stages follow preset 'cpu'" in err[0] and "chat" in err[0]
+
+
+def test_only_model_and_data_overrides_follow_the_base_into_later_stages():
+    from glassgpt.scaling import speedrun
+
+    got = speedrun._shared(["model.smear=true", "data.cache_dir=/c", "train.tokens=5", "scaling.n_boot=3"])
+    assert got == ["model.smear=true", "data.cache_dir=/c"]

@@ -85,3 +85,16 @@ def test_stage_names_the_kind_of_model_a_run_makes():
     assert config.load("cpu").stage == "base"
     assert config.load("chat_sft").stage == "sft"
     assert config.load("vision").stage == "vision"
+
+
+def test_the_chat_chains_presets_share_the_base_models_shape_and_corpus():
+    """Each stage after `chat` reads the base's corpus with the base's tokenizer and loads its
+    weights: a data or model setting changed in one preset alone would build another corpus or
+    refuse the parent."""
+    from glassgpt import config
+
+    base = config.load("chat")
+    for name in ("chat_sft", "align", "vision_chat", "vision_chat_short"):
+        cfg = config.load(name)
+        assert cfg.data == base.data, name
+        assert (cfg.model.d_model, cfg.model.depth, cfg.model.smear) == (base.model.d_model, base.model.depth, base.model.smear), name

@@ -1,4 +1,5 @@
-"""The whole pipeline behind `glassgpt speedrun --preset tiny` (slow: a real ladder and target)."""
+"""The main job behind `glassgpt speedrun`: the tiny ladder → target pipeline (slow), and the chat
+stages after a base (SFT, RL, evals, the report card)."""
 
 import json
 
@@ -23,3 +24,50 @@ def test_tiny_speedrun_end_to_end(tmp_path, cache_dir, capsys):
     # a second call resumes: nothing re-trains, the registered prediction is reused unchanged
     assert cli.main(args) == 0
     assert json.loads((out / "prediction.json").read_text())["sha256"] == pred["sha256"]
+
+
+@pytest.mark.slow
+def test_tiny_chat_speedrun_goes_on_to_sft_rl_and_one_report_card(tmp_path, cache_dir, capsys):
+    """`--chat` after the base: chat SFT (toy conversations), the reward model and GRPO with rule-based
+    rewards, their evals, and one report card with every stage; a rerun trains nothing again."""
+    out = tmp_path / "sr"
+    args = ["speedrun", "--preset", "tiny", "--chat", "--out", str(out), f"--data.cache_dir={cache_dir}",
+            "--train.threads=1"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "SFT chat eval:" in text and "alignment evals, grpo:" in text
+    r = json.loads((out / "report.json").read_text())
+    st = r["stages"]
+    assert {"base", "sft", "rm", "grpo", "alignment_evals", "wall_seconds"} <= set(st)
+    assert st["sft"]["steps"] > 0 and st["grpo"]["steps"] > 0 and st["base"]["run"] == str(out / "target")
+    assert set(st["alignment_evals"]) == {"sft", "grpo"} and "f1" in st["alignment_evals"]["grpo"]
+    assert set(st["wall_seconds"]) == {"data", "ladder", "base", "sft", "align", "total"}
+    md = (out / "report.md").read_text()
+    assert "# Predictable scaling: verification" in md and "# The assistant: base → SFT → RL" in md
+    stamp = (out / "align" / "grpo_s0" / "report.json").stat().st_mtime
+    assert cli.main(args) == 0
+    assert (out / "align" / "grpo_s0" / "report.json").stat().st_mtime == stamp  # finished stages are kept
+
+
+def test_chat_stages_after_a_tiny_base_write_every_stage_into_the_report_card(tmp_path, cache_dir, monkeypatch):
+    """The speedrun's steps 6-7 on their own (the ladder is the slow test's): SFT from the base, RL, evals,
+    and report.json / report.md extended with every stage's numbers."""
+    from glassgpt.align import pipeline
+    from glassgpt.scaling import speedrun
+
+    ov = [f"data.cache_dir={cache_dir}", "train.threads=1"]
+    base = tmp_path / "target"
+    pipeline.run_stage("tiny", ov + pipeline.TINY + pipeline.TINY_BASE, base, None)
+    report = {"target": {"params": 1, "tokens": 1, "flops": 1.0}}
+    monkeypatch.setattr(speedrun.predict_mod, "markdown", lambda r: "# verification\n")  # no ladder to verify here
+    phases = {"data": 1.0, "ladder": 2.0, "base": 3.0}
+    r = speedrun.chat_stages("tiny", ov + ["train.tokens=99"], tmp_path, base, report, phases, 7, 0.0)
+    st = r["stages"]
+    assert st["base"]["run"] == str(base) and st["sft"]["steps"] > 0 and st["grpo"]["steps"] > 0
+    assert st["rm"]["pair_accuracy"] and set(st["alignment_evals"]) == {"sft", "grpo"}
+    assert "f1" in st["alignment_evals"]["grpo"] and st["wall_seconds"]["total"] >= 6.0
+    assert json.loads((tmp_path / "report.json").read_text())["stages"]["grpo"] == st["grpo"]
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# verification") and "| sft |" in md and "RL+RBR (GRPO)" in md
+    # train.tokens=99 was the base's override: the SFT stage kept its own budget
+    assert st["sft"]["tokens"] != 99

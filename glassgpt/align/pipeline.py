@@ -89,14 +89,16 @@ def mean_bpb(report: dict) -> float | None:
 
 
 def run(out: Path, preset: str = "tiny", sft: Path | None = None, rows=("dpo", "grpo_rm", "grpo", "ppo"),
-        seeds: int = 1, samples: int = 16, extra: list[str] | None = None, max_tokens: int = 48) -> dict:
-    """Train the missing stages and evaluate them all; {row: [per-seed results]} plus the SFT's."""
+        seeds: int = 1, samples: int = 16, extra: list[str] | None = None, max_tokens: int = 48,
+        conversations: str = "") -> dict:
+    """Train the missing stages and evaluate them all; {row: [per-seed results]} plus the SFT's.
+    conversations: a JSONL the SFT run was tuned on (sft.conversations), else the packaged sources."""
     out = Path(out)
     for r in rows:
         if r not in ROWS:
             raise ConfigError(f"unknown alignment row '{r}'; rows: {', '.join(ROWS)}")
     extra = list(extra or [])
-    conv = ""
+    conv = str(conversations or "")
     if preset == "tiny":
         if sft is None:
             sft, conv = tiny_sft(out, extra)

