@@ -44,6 +44,7 @@ def test_tiny_chat_speedrun_goes_on_to_sft_rl_and_one_report_card(tmp_path, cach
     assert set(st["wall_seconds"]) == {"data", "ladder", "base", "sft", "align", "total"}
     md = (out / "report.md").read_text()
     assert "# Predictable scaling: verification" in md and "# The assistant: base → SFT → RL" in md
+    assert json.loads((out / "speedrun.json").read_text())["final"] == st["grpo"]["run"]  # what serve loads
     stamp = (out / "align" / "grpo_s0" / "report.json").stat().st_mtime
     assert cli.main(args) == 0
     assert (out / "align" / "grpo_s0" / "report.json").stat().st_mtime == stamp  # finished stages are kept
@@ -71,3 +72,25 @@ def test_chat_stages_after_a_tiny_base_write_every_stage_into_the_report_card(tm
     assert md.startswith("# verification") and "| sft |" in md and "RL+RBR (GRPO)" in md
     # train.tokens=99 was the base's override: the SFT stage kept its own budget
     assert st["sft"]["tokens"] != 99
+
+
+def test_a_speedrun_directory_resolves_to_the_model_it_ends_with(tmp_path):
+    """`glassgpt serve --checkpoint runs/speedrun`: the aligned assistant of a chat speedrun (speedrun.json's
+    `final`), the target of a speedrun written before that key."""
+    from glassgpt.errors import CheckpointError
+    from glassgpt.train import checkpoint
+
+    def fake_checkpoint(run):
+        ck = run / "checkpoints" / "step_0000001"
+        ck.mkdir(parents=True)
+        (ck / "meta.json").write_text("{}")
+        (ck / "model.safetensors").write_bytes(b"")
+        return ck
+
+    target, final = fake_checkpoint(tmp_path / "target"), fake_checkpoint(tmp_path / "align" / "grpo_s0")
+    (tmp_path / "speedrun.json").write_text(json.dumps({"preset": "cpu"}))
+    assert checkpoint.resolve(tmp_path) == target
+    (tmp_path / "speedrun.json").write_text(json.dumps({"preset": "chat", "final": str(tmp_path / "align" / "grpo_s0")}))
+    assert checkpoint.resolve(tmp_path) == final
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        checkpoint.resolve(tmp_path / "align")

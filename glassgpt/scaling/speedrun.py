@@ -77,10 +77,12 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, cha
     phases["base"] = time.time() - t0 - sum(phases.values())
     log.info("speedrun 5/%d: verification", n)
     report = predict_mod.verify(pred_path, target_dir, out)
-    (out / "speedrun.json").write_text(json.dumps({"preset": preset, "overrides": overrides, "chat": chat,
-                                                   "ladder_options": dataclasses.asdict(cfg.scaling)}, indent=1))
+    meta = {"preset": preset, "overrides": overrides, "chat": chat, "ladder_options": dataclasses.asdict(cfg.scaling)}
     if chat:
         report = chat_stages(preset, overrides, out, target_dir, report, phases, n, t0)
+    # the model `glassgpt serve --checkpoint OUT` serves: the chain's last
+    meta["final"] = report["stages"][CHAT_RL_ROW]["run"] if chat else str(target_dir)
+    (out / "speedrun.json").write_text(json.dumps(meta, indent=1))
     return report
 
 

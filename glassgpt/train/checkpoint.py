@@ -67,10 +67,13 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def resolve(path: Path) -> Path:
-    """A run directory or a checkpoint directory → the checkpoint directory."""
+    """A run directory, a checkpoint directory, or a speedrun's directory (its last model: the aligned
+    assistant of a chat speedrun, else the target) → the checkpoint directory."""
     path = Path(path)
     if (path / "meta.json").exists() and (path / "model.safetensors").exists():
         return path
+    if (path / "speedrun.json").exists():
+        path = Path(json.loads((path / "speedrun.json").read_text()).get("final") or path / "target")
     ck = latest(path)
     if ck is None:
         raise CheckpointError(f"no checkpoint found in {path}")
