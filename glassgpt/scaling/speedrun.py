@@ -48,6 +48,9 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, cha
                           f"{', '.join(CHAT_STAGES)} (or tiny, the mechanics check)")
     n = 7 if chat else 5
     phases: dict[str, float] = {}
+    # wall time is summed over the invocations that built the run: a rerun adds its own to the first's
+    prior = (json.loads((out / "report.json").read_text()).get("stages") or {}).get("wall_seconds", {}) \
+        if (out / "report.json").exists() else {}
     t0 = time.time()
     log.info("speedrun 1/%d: data and tokenizer", n)
     if chat and cfg.data.packaged:
@@ -79,7 +82,7 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, cha
     report = predict_mod.verify(pred_path, target_dir, out)
     meta = {"preset": preset, "overrides": overrides, "chat": chat, "ladder_options": dataclasses.asdict(cfg.scaling)}
     if chat:
-        report = chat_stages(preset, overrides, out, target_dir, report, phases, n, t0)
+        report = chat_stages(preset, overrides, out, target_dir, report, phases, n, t0, prior)
     # the model `glassgpt serve --checkpoint OUT` serves: the chain's last
     meta["final"] = report["stages"][CHAT_RL_ROW]["run"] if chat else str(target_dir)
     (out / "speedrun.json").write_text(json.dumps(meta, indent=1))
@@ -102,7 +105,7 @@ def _shared(overrides: list[str]) -> list[str]:
 
 
 def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, report: dict, phases: dict,
-                n: int, t0: float) -> dict:
+                n: int, t0: float, prior: dict | None = None) -> dict:
     """SFT from the base, then the alignment row (reward model, then GRPO with RBR) and the evals of
     both; report.json and report.md gain every stage's numbers."""
     from glassgpt.align import pipeline, toy
@@ -124,7 +127,7 @@ def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, re
     results = pipeline.run(out / "align", rl_preset, sft_dir, rows=(CHAT_RL_ROW,), seeds=1, samples=samples,
                            extra=shared, conversations=conv)
     phases["align"] = time.time() - t0 - sum(phases.values())
-    report["stages"] = card(out, base_dir, sft_dir, results, phases)
+    report["stages"] = card(out, base_dir, sft_dir, results, {k: v + (prior or {}).get(k, 0.0) for k, v in phases.items()})
     predict_mod.atomic_json(out / "report.json", report)
     (out / "report.md").write_text(predict_mod.markdown(report) + "\n" + card_markdown(report["stages"], results))
     return report
@@ -138,7 +141,7 @@ def _stage(run: Path) -> dict:
 
 def card(out: Path, base_dir: Path, sft_dir: Path, results: dict, phases: dict) -> dict:
     """Every stage's numbers for report.json: wall time, tokens, held-out bits per byte, the SFT's chat
-    eval, the alignment evals (SFT and RL rows) and this invocation's wall time per phase."""
+    eval, the alignment evals (SFT and RL rows) and the speedrun's wall time per phase."""
     sft = _stage(sft_dir)
     sft["chat_eval"] = (json.loads((sft_dir / "report.json").read_text()).get("chat") or {}).get("eval", {}).get("headline")
     rl = results[CHAT_RL_ROW][0]
@@ -158,7 +161,8 @@ def card_markdown(stages: dict, results: dict) -> str:
         s = stages[k]
         lines.append(f"| {k} | {(s['seconds'] or 0) / 60:.1f} min | {s['steps']} | {s['tokens']:,} |")
     w = stages["wall_seconds"]
-    lines += ["", "This invocation, wall time per phase: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()), ""]
+    lines += ["", "Wall time per phase (summed over the invocations that built this run): "
+              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()), ""]
     head = stages["sft"].get("chat_eval") or {}
     lines += ["Chat eval of the SFT model (held-out): " + ", ".join(
         f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in head.items()), "",
