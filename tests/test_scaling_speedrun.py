@@ -63,16 +63,15 @@ def test_chat_stages_after_a_tiny_base_write_every_stage_into_the_report_card(tm
     pipeline.run_stage("tiny", ov + pipeline.TINY + pipeline.TINY_BASE, base, None)
     report = {"target": {"params": 1, "tokens": 1, "flops": 1.0}}
     monkeypatch.setattr(speedrun.predict_mod, "markdown", lambda r: "# verification\n")  # no ladder to verify here
-    phases = {"data": 1.0, "ladder": 2.0, "base": 3.0}
-    prior = {"data": 10.0, "ladder": 20.0, "base": 30.0, "sft": 40.0, "align": 50.0}  # an earlier invocation's
-    r = speedrun.chat_stages("tiny", ov + ["train.tokens=99"], tmp_path, base, report, phases, 7, 0.0, prior)
-    st = r["stages"]
+    laps = []
+    sft_dir, results = speedrun.chat_stages("tiny", ov + ["train.tokens=99"], tmp_path, base, laps.append, 7)
+    assert laps == ["sft", "align"] and sft_dir == tmp_path / "sft"
+    speedrun.report_card(tmp_path, report, base, sft_dir, results, {"data": 11.0, "ladder": 22.0, "sft": 40.5})
+    st = report["stages"]
     assert st["base"]["run"] == str(base) and st["sft"]["steps"] > 0 and st["grpo"]["steps"] > 0
     assert st["rm"]["pair_accuracy"] and set(st["alignment_evals"]) == {"sft", "grpo"}
     assert "f1" in st["alignment_evals"]["grpo"]
-    w = st["wall_seconds"]  # summed with the earlier invocation's
-    assert w["data"] == 11.0 and w["ladder"] == 22.0 and w["sft"] >= 40.0 and w["total"] == pytest.approx(sum(
-        v for k, v in w.items() if k != "total"), abs=0.5)
+    assert st["wall_seconds"] == {"data": 11.0, "ladder": 22.0, "sft": 40.5, "total": 73.5}
     assert json.loads((tmp_path / "report.json").read_text())["stages"]["grpo"] == st["grpo"]
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# verification") and "| sft |" in md and "RL+RBR (GRPO)" in md

@@ -47,23 +47,27 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, cha
         raise ConfigError(f"--chat: no chat stages follow preset '{preset}'; chat presets: "
                           f"{', '.join(CHAT_STAGES)} (or tiny, the mechanics check)")
     n = 7 if chat else 5
-    phases: dict[str, float] = {}
     # wall time is summed over the invocations that built the run: a rerun adds its own to the first's
     prior = (json.loads((out / "report.json").read_text()).get("stages") or {}).get("wall_seconds", {}) \
         if (out / "report.json").exists() else {}
+    phases: dict[str, float] = {}
     t0 = time.time()
+
+    def lap(name: str) -> None:  # this invocation's wall time of the phase that just ended
+        phases[name] = time.time() - t0 - sum(phases.values())
+
     log.info("speedrun 1/%d: data and tokenizer", n)
     if chat and cfg.data.packaged:
         fetch_chat_sources()
     prepare(cfg.data)
-    phases["data"] = time.time() - t0
+    lap("data")
     log.info("speedrun 2/%d: ladder plan and runs", n)
     ladder_dir = out / "ladder"
     plan = ladder_mod.plan(cfg, **cfg.scaling.plan_kwargs())
     ladder_mod.save_plan(plan, ladder_dir)
     log.info("\n%s", ladder_mod.format_plan(plan))
     ladder_mod.run(ladder_dir, workers=workers)
-    phases["ladder"] = time.time() - t0 - sum(phases.values())
+    lap("ladder")
     log.info("speedrun 3/%d: registered prediction (before the target starts)", n)
     pred_path = out / "prediction.json"
     target_dir = out / "target"
@@ -77,14 +81,15 @@ def speedrun(preset: str, overrides: list[str], out: Path, workers: int = 1, cha
         train(cfg, target_dir, resume=checkpoint.latest(target_dir) is not None)
     if not (target_dir / "capability.json").exists():
         cap_mod.evaluate_run(target_dir)
-    phases["base"] = time.time() - t0 - sum(phases.values())
+    lap("base")
     log.info("speedrun 5/%d: verification", n)
     report = predict_mod.verify(pred_path, target_dir, out)
     meta = {"preset": preset, "overrides": overrides, "chat": chat, "ladder_options": dataclasses.asdict(cfg.scaling)}
+    meta["final"] = str(target_dir)  # what `glassgpt serve --checkpoint OUT` serves: the chain's last model
     if chat:
-        report = chat_stages(preset, overrides, out, target_dir, report, phases, n, t0, prior)
-    # the model `glassgpt serve --checkpoint OUT` serves: the chain's last
-    meta["final"] = report["stages"][CHAT_RL_ROW]["run"] if chat else str(target_dir)
+        sft_dir, results = chat_stages(preset, overrides, out, target_dir, lap, n)
+        report_card(out, report, target_dir, sft_dir, results, {k: v + prior.get(k, 0.0) for k, v in phases.items()})
+        meta["final"] = results[CHAT_RL_ROW][0]["run"]
     (out / "speedrun.json").write_text(json.dumps(meta, indent=1))
     return report
 
@@ -104,10 +109,9 @@ def _shared(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split(".", 1)[0] in ("model", "data")]
 
 
-def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, report: dict, phases: dict,
-                n: int, t0: float, prior: dict | None = None) -> dict:
+def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, lap, n: int) -> tuple[Path, dict]:
     """SFT from the base, then the alignment row (reward model, then GRPO with RBR) and the evals of
-    both; report.json and report.md gain every stage's numbers."""
+    both: (the SFT run, the alignment pipeline's results). lap(name) times each phase."""
     from glassgpt.align import pipeline, toy
 
     shared = _shared(overrides)
@@ -122,15 +126,20 @@ def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, re
         sft_preset, rl_preset = CHAT_STAGES[preset]
         conv, samples = "", 16
         pipeline.run_stage(sft_preset, shared, sft_dir, base_dir)
-    phases["sft"] = time.time() - t0 - sum(phases.values())
+    lap("sft")
     log.info("speedrun 7/%d: alignment (reward model, %s with rule-based rewards) and evals", n, CHAT_RL_ROW)
     results = pipeline.run(out / "align", rl_preset, sft_dir, rows=(CHAT_RL_ROW,), seeds=1, samples=samples,
                            extra=shared, conversations=conv)
-    phases["align"] = time.time() - t0 - sum(phases.values())
-    report["stages"] = card(out, base_dir, sft_dir, results, {k: v + (prior or {}).get(k, 0.0) for k, v in phases.items()})
+    lap("align")
+    return sft_dir, results
+
+
+def report_card(out: Path, report: dict, base_dir: Path, sft_dir: Path, results: dict, wall: dict) -> None:
+    """The verification report gains every stage's numbers (report["stages"]); report.json and report.md
+    are written again with them."""
+    report["stages"] = card(base_dir, sft_dir, results, wall)
     predict_mod.atomic_json(out / "report.json", report)
     (out / "report.md").write_text(predict_mod.markdown(report) + "\n" + card_markdown(report["stages"], results))
-    return report
 
 
 def _stage(run: Path) -> dict:
@@ -139,7 +148,7 @@ def _stage(run: Path) -> dict:
             "params": r.get("params"), "heldout_bpb": {k: v["bpb"] for k, v in (r.get("heldout") or {}).items()}}
 
 
-def card(out: Path, base_dir: Path, sft_dir: Path, results: dict, phases: dict) -> dict:
+def card(base_dir: Path, sft_dir: Path, results: dict, wall: dict) -> dict:
     """Every stage's numbers for report.json: wall time, tokens, held-out bits per byte, the SFT's chat
     eval, the alignment evals (SFT and RL rows) and the speedrun's wall time per phase."""
     sft = _stage(sft_dir)
@@ -149,7 +158,7 @@ def card(out: Path, base_dir: Path, sft_dir: Path, results: dict, phases: dict) 
               CHAT_RL_ROW: _stage(Path(rl["run"]))}
     stages["rm"]["pair_accuracy"] = results["rm"][0]["pair_accuracy"]
     stages["alignment_evals"] = {"sft": results["sft"][0]["eval"]["headline"], CHAT_RL_ROW: rl["eval"]["headline"]}
-    stages["wall_seconds"] = {k: round(v, 1) for k, v in phases.items()} | {"total": round(sum(phases.values()), 1)}
+    stages["wall_seconds"] = {k: round(v, 1) for k, v in wall.items()} | {"total": round(sum(wall.values()), 1)}
     return stages
 
 
