@@ -24,18 +24,22 @@ HEAD = ["facts", "qa_en", "qa_zh", "harmful_refused", "benign_answered", "sensit
 GOALS = {"facts": 0.8, "harmful_refused": 0.9, "benign_answered": 0.9, "format": 0.99, "multiturn_recall": 0.9}
 
 
-def per_language(run: Path) -> dict[str, float]:
-    """Held-out bits per byte per language from a run's report and its corpus manifest. A derived
-    source's split goes by its language as the code now says (an older manifest counted the facts
-    as en/zh), so runs of any date print comparable figures."""
+def language(split: str, manifest_languages: dict) -> str:
+    """A held-out split's language. A derived source's split goes by its language as the code now says
+    (an older manifest counted the facts as en/zh), so runs of any date print comparable figures."""
     from glassgpt.data.shards import DERIVED
 
+    derived = DERIVED.get(split.removeprefix("val_"))
+    return derived.language if derived and split.startswith("val_") else manifest_languages.get(split, "code")
+
+
+def per_language(run: Path) -> dict[str, float]:
+    """Held-out bits per byte per language from a run's report and its corpus manifest."""
     rep = json.loads((run / "report.json").read_text())
     langs = json.loads((run / "manifest.json").read_text()).get("languages", {})
     acc: dict[str, list[float]] = {}
     for split, r in rep.get("heldout", {}).items():
-        derived = DERIVED.get(split.removeprefix("val_"))
-        lang = derived.language if derived and split.startswith("val_") else langs.get(split, "code")
+        lang = language(split, langs)
         nats = r["loss"] * r["tokens"]
         nbytes = nats / (r["bpb"] * math.log(2)) if r["bpb"] else 0.0
         a = acc.setdefault(lang, [0.0, 0.0])
@@ -114,7 +118,7 @@ def main(argv=None) -> None:
     m = json.loads((a.base / "manifest.json").read_text())
     bpt, langmap = m["tokenizer"].get("bytes_per_token", {}), m.get("languages", {})
     print("bytes per token (held-out, base tokenizer): " +
-          ", ".join(f"{k} [{langmap.get(k, '?')}] {v:.2f}" for k, v in bpt.items() if k != "train"))
+          ", ".join(f"{k} [{language(k, langmap)}] {v:.2f}" for k, v in bpt.items() if k != "train"))
     per_split = {n: reps[n].get("heldout", {}) for n in runs}
     print("per source (bpb): " + ", ".join(f"{k} {per_split['base'][k]['bpb']:.3f}→{per_split['sft'][k]['bpb']:.3f}"
                                            for k in per_split["base"] if k in per_split["sft"]))

@@ -124,6 +124,8 @@ def test_chat_stages_counts_fact_splits_apart_from_prose_even_in_old_manifests(t
     # a manifest written before the facts had a language of their own
     (tmp_path / "manifest.json").write_text(json.dumps({"languages": {"val": "code", "val_brown": "en",
                                                                       "val_facts-en": "en"}}))
+    assert bench.language("val_facts-en", {"val_facts-en": "en"}) == "facts"  # the bytes-per-token line's label too
+    assert bench.language("val_brown", {"val_brown": "en"}) == "en" and bench.language("stdlib_tests", {}) == "code"
     got = bench.per_language(tmp_path)
     assert set(got) == {"code", "en", "facts"}
     assert got["en"] == pytest.approx(4.0 / math.log(2) / 3.0) and got["facts"] == pytest.approx(1.0 / math.log(2) / 3.0)
