@@ -47,10 +47,9 @@ def cmd_speedrun(args):
     if "stages" in report:
         st = report["stages"]
         print("stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st["wall_seconds"].items()))
-        print("SFT chat eval: " + ", ".join(f"{k} {'—' if v is None else f'{v:.1%}'}"
-                                            for k, v in (st["sft"].get("chat_eval") or {}).items()))
+        print("SFT chat eval: " + speedrun.rates(st["sft"].get("chat_eval") or {}))
         for row, h in st["alignment_evals"].items():
-            print(f"alignment evals, {row}: " + ", ".join(f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in h.items()))
+            print(f"alignment evals, {row}: " + speedrun.rates(h))
     print(f"report: {args.out}/report.md, {args.out}/scaling.png")
 
 

@@ -144,17 +144,23 @@ def report_card(out: Path, report: dict, base_dir: Path, sft_dir: Path, results:
 
 def _stage(run: Path) -> dict:
     r = json.loads((Path(run) / "report.json").read_text())
-    return {"run": str(run), "seconds": r.get("seconds"), "steps": r.get("steps"), "tokens": r.get("tokens"),
-            "params": r.get("params"), "heldout_bpb": {k: v["bpb"] for k, v in (r.get("heldout") or {}).items()}}
+    out = {"run": str(run), "seconds": r.get("seconds"), "steps": r.get("steps"), "tokens": r.get("tokens"),
+           "params": r.get("params"), "heldout_bpb": {k: v["bpb"] for k, v in (r.get("heldout") or {}).items()}}
+    if r.get("chat"):  # a chat SFT run's own eval
+        out["chat_eval"] = (r["chat"].get("eval") or {}).get("headline")
+    return out
+
+
+def rates(headline: dict) -> str:
+    """An eval's headline as one line: "facts 75.0%, qa_en 39.6%, ..." (— where nothing was asked)."""
+    return ", ".join(f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in headline.items())
 
 
 def card(base_dir: Path, sft_dir: Path, results: dict, wall: dict) -> dict:
     """Every stage's numbers for report.json: wall time, tokens, held-out bits per byte, the SFT's chat
     eval, the alignment evals (SFT and RL rows) and the speedrun's wall time per phase."""
-    sft = _stage(sft_dir)
-    sft["chat_eval"] = (json.loads((sft_dir / "report.json").read_text()).get("chat") or {}).get("eval", {}).get("headline")
     rl = results[CHAT_RL_ROW][0]
-    stages = {"base": _stage(base_dir), "sft": sft, "rm": _stage(Path(results["rm"][0]["run"])),
+    stages = {"base": _stage(base_dir), "sft": _stage(sft_dir), "rm": _stage(Path(results["rm"][0]["run"])),
               CHAT_RL_ROW: _stage(Path(rl["run"]))}
     stages["rm"]["pair_accuracy"] = results["rm"][0]["pair_accuracy"]
     stages["alignment_evals"] = {"sft": results["sft"][0]["eval"]["headline"], CHAT_RL_ROW: rl["eval"]["headline"]}
@@ -172,8 +178,6 @@ def card_markdown(stages: dict, results: dict) -> str:
     w = stages["wall_seconds"]
     lines += ["", "Wall time per phase (summed over the invocations that built this run): "
               + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()), ""]
-    head = stages["sft"].get("chat_eval") or {}
-    lines += ["Chat eval of the SFT model (held-out): " + ", ".join(
-        f"{k} {'—' if v is None else f'{v:.1%}'}" for k, v in head.items()), "",
-        "Alignment evals (held-out):", "", "```", pipeline.table(results), "```", ""]
+    lines += ["Chat eval of the SFT model (held-out): " + rates(stages["sft"].get("chat_eval") or {}), "",
+              "Alignment evals (held-out):", "", "```", pipeline.table(results), "```", ""]
     return "\n".join(lines)

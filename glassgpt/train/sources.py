@@ -63,6 +63,7 @@ class Source:
     name = "source"
     eval_key = "eval"
     weight = 1.0
+    fixed_shape = False  # rows of one shape every step: train.compile=auto may compile a CPU run of them
 
     def attach(self, raw) -> None:
         pass
@@ -116,6 +117,7 @@ class TextSource(Source):
     attention does not cross the documents packed into it."""
 
     name, eval_key = "text", "eval"
+    fixed_shape = True  # (but for long.curriculum's row lengths, which the trainer checks itself)
 
     def __init__(self, cfg: Config, corpus: Corpus, d, autocast):
         self.cfg, self.corpus, self.d, self.autocast = cfg, corpus, d, autocast
@@ -541,6 +543,7 @@ class ChatSource(Source):
     through the serving Engine and checked (score)."""
 
     name, eval_key = "chat", "chat_eval"
+    fixed_shape = True  # rows padded to seq_len
 
     def __init__(self, cfg: Config, tokenizer, rank: int = 0, world: int = 1, device="cpu",
                  train=None, heldout=None, for_eval: bool = False):

@@ -297,7 +297,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
     total = cfg.align.steps or max(1, math.ceil(t.tokens / tokens_per_step))
     plain = (not cfg.align.stage and not cfg.long.doc_mask and len(cfg.long.schedule(m.seq_len)) == 1
-             and all(type(src) in (sources_mod.TextSource, sources_mod.ChatSource) for src in sources))
+             and all(src.fixed_shape for src in sources))
     fwd, compiled = compile_model(model, t.compile, d.device, (total - start) * tokens_per_step * counts.flops_per_token, plain)
     if lr_fn is None:
         def lr_fn(step, total):
