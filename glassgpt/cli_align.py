@@ -60,8 +60,7 @@ def cmd_rubric(args):
 def cmd_eval(args):
     from glassgpt.align import evals, pipeline
 
-    held, qs = pipeline.heldout(args.conversations)
-    sets = evals.heldout_sets(held, qs, args.samples)
+    sets = pipeline.eval_sets(args.conversations, args.samples)
     if args.base_url:
         answer = evals.remote_answerer(args.target, args.base_url, args.max_tokens)
     else:

@@ -48,6 +48,7 @@ def cmd_speedrun(args):
         st = report["stages"]
         print("stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st["wall_seconds"].items()))
         print("SFT chat eval: " + speedrun.rates(st["sft"].get("chat_eval") or {}))
+        print("image chat, held-out phrasings: " + speedrun.image_rates(st["vision"]["image_chat"]))
         for row, h in st["alignment_evals"].items():
             print(f"alignment evals, {row}: " + speedrun.rates(h))
     print(f"report: {args.out}/report.md, {args.out}/scaling.png")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from glassgpt import config
@@ -98,3 +100,18 @@ def test_the_chat_chains_presets_share_the_base_models_shape_and_corpus():
         cfg = config.load(name)
         assert cfg.data == base.data, name
         assert (cfg.model.d_model, cfg.model.depth, cfg.model.smear) == (base.model.d_model, base.model.depth, base.model.smear), name
+
+
+def test_the_vision_stages_text_chat_repeats_what_the_sft_repeats():
+    """The vision stage keeps tuning on text chat: without the SFT's repeats of benign look-alikes and
+    sensitive requests its chat rows are mostly refusals, and the model learns to refuse benign
+    look-alikes (a measured 57% -> 7%, docs/vision.md); the vision presets and the short one agree."""
+    from glassgpt import config
+
+    sft = config.load("chat_sft").sft
+    full, short = config.load("vision_chat"), config.load("vision_chat_short")
+    assert full.sft.repeat == short.sft.repeat == sft.repeat and sft.repeat
+    assert dataclasses.replace(full.vision, eval_samples=short.vision.eval_samples) == short.vision
+    assert full.sft == short.sft
+    for k in ("batch_size", "muon_lr", "adam_lr_mult"):
+        assert getattr(full.train, k) == getattr(short.train, k), k

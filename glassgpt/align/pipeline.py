@@ -77,6 +77,12 @@ def heldout(conversations: str = "") -> tuple[list, list]:
     return convs, facts_mod.from_conversations(convs) + facts_mod.from_packages()
 
 
+def eval_sets(conversations: str = "", samples: int = 16) -> dict:
+    """The held-out sets every stage of the chain is asked (the SFT's, the RL rows', the vision stage's)."""
+    held, qs = heldout(conversations)
+    return evals_mod.heldout_sets(held, qs, samples)
+
+
 def evaluate(run: Path, sets: dict, max_tokens: int = 48) -> dict:
     """The alignment evals of a run's policy (in-process, greedy through the Engine)."""
     model, tok, _ = checkpoint.load_model(run)
@@ -106,8 +112,7 @@ def run(out: Path, preset: str = "tiny", sft: Path | None = None, rows=("dpo", "
     if sft is None:
         raise ConfigError("pass the chat SFT run to align (--sft RUN); only --preset tiny builds its own")
     sft = Path(sft)
-    held, qs = heldout(str(conv))
-    sets = evals_mod.heldout_sets(held, qs, samples)
+    sets = eval_sets(conv, samples)
     sft_report = json.loads((sft / "report.json").read_text()) if (sft / "report.json").exists() else {}
     results = {"sft": [{"run": str(sft), "eval": evaluate(sft, sets, max_tokens), "bpb": mean_bpb(sft_report),
                         "seconds": sft_report.get("seconds")}]}

@@ -33,10 +33,10 @@ def load(run, device: str = "cpu"):
     return model, tok, cfg
 
 
-def engine_for(model, tok, device: str = "cpu"):
+def engine_for(model, tok, device: str = "cpu", max_batch: int = 1):
     from glassgpt.serve.engine import Engine
 
-    return Engine(model, tok, device=device, max_batch=1)
+    return Engine(model, tok, device=device, max_batch=max_batch)
 
 
 def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
@@ -63,12 +63,9 @@ def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
     return out["choices"][0]["text"].strip()
 
 
-def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
-    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) answered
-    greedily through the serving engine, rendered as the API renders it; the assistant's text."""
-    from glassgpt.serve.engine import SamplingParams
-
-    model, tok = engine.model, engine.tokenizer
+def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
+    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) rendered as
+    the API renders it: (token ids, the images in order). A clear error when it cannot be answered."""
     rendered, images = [], []
     for m in messages:
         content = m.get("content", "")
@@ -90,6 +87,15 @@ def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
         raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
     ids = tok.render_chat(rendered, True, n_image_tokens(model) if images else 0)
     check_fits(model, len(ids))
+    return ids, images
+
+
+def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
+    """A whole chat prompt answered greedily through the serving engine; the assistant's text."""
+    from glassgpt.serve.engine import SamplingParams
+
+    model = engine.model
+    ids, images = render_messages(model, engine.tokenizer, messages)
     params = SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
     started = not engine.alive
     if started:
@@ -100,6 +106,20 @@ def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
         if started:
             engine.stop()
     return out["choices"][0]["text"].strip()
+
+
+def answer_all(model, tok, prompts: list[list[dict]], max_new_tokens: int = 24, batch: int = 32) -> list[str]:
+    """Greedy answers to many chat prompts (with images), decoded together by one engine stepped by
+    this thread: the in-run eval of a vision chat stage, scored as the registry evals score."""
+    from glassgpt.serve.engine import Engine, SamplingParams
+
+    eng = Engine(model, tok, device=str(next(model.parameters()).device), max_batch=batch,
+                 max_queue=max(64, len(prompts)))
+    rendered = [render_messages(model, tok, m) for m in prompts]
+    params = [SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
+              for ids, _ in rendered]
+    outs = eng.generate_batch([ids for ids, _ in rendered], params, images=[im or None for _, im in rendered])
+    return [o[0]["text"].strip() for o in outs]
 
 
 def ask_run(run, images: list[str], question: str, max_new_tokens: int = 16) -> str:
@@ -192,8 +212,8 @@ class VisionLocalFn(CompletionFn):
 
     def __init__(self, run_dir, max_tokens: int = 16, name: str | None = None):
         self.model, self.tok, self.cfg = load(run_dir)
-        # started once: eval runners call this from several threads, and the engine queues them
-        self.engine = engine_for(self.model, self.tok).start()
+        # started once: eval runners call this from several threads, and the engine batches them
+        self.engine = engine_for(self.model, self.tok, max_batch=16).start()
         self.name = self.cache_id = name or f"vision:{run_dir}"
         self.max_tokens = max_tokens
 
@@ -217,6 +237,36 @@ def accuracy_table(run_dir, n: int = 200) -> dict:
             samples = heldout_samples(task, n, seed)
             ok = [first_completion(fn(s["input"])).strip() == s["ideal"] for s in samples]
             out[task] = {"accuracy": sum(ok) / max(1, len(ok)), "n": len(samples)}
+    finally:
+        fn.engine.stop()
+    return out
+
+
+def chat_table(run_dir, n: int = 100, record_dir=None, progress: bool = False) -> dict[tuple[str, str, str], float]:
+    """{(task, lang, phrasing): accuracy}: the `glassgpt-vision-chat` registry evals of the tasks in the
+    run's image mix, and the no-image questions ("noimage"), against the run in-process (greedy, the
+    serving engine), n questions an eval. An emoji's two kinds of question are also cells of their own
+    ("emoji/name", "emoji/category")."""
+    from glassgpt.data.images import parse_mix
+    from glassgpt.evals.registry import Registry, default_registry_paths
+    from glassgpt.evals.runner import run_eval
+
+    reg = Registry(default_registry_paths())
+    fn = VisionLocalFn(run_dir, name=f"local:{run_dir}")
+    trained = {name for name, _ in parse_mix(fn.cfg.vision.mix)}
+    out = {}
+    try:
+        for name in reg.resolve("glassgpt-vision-chat")[1]:
+            parts = name.split("-")  # glassgpt-vision-chat-TASK-LANG-PHRASING, glassgpt-vision-noimage-LANG-PHRASING
+            task, lang, which = ("noimage", *parts[3:5]) if parts[2] == "noimage" else tuple(parts[3:6])
+            if task != "noimage" and task not in trained:
+                continue
+            rec = Path(record_dir) / f"{name}.jsonl" if record_dir is not None else None
+            rep = run_eval(name, [fn], reg, max_samples=n, record_path=rec, show_progress=progress).final_report
+            out[(task, lang, which)] = rep["accuracy"]
+            for k, v in rep.items():
+                if task == "emoji" and k.startswith("accuracy_"):
+                    out[(f"emoji/{k.removeprefix('accuracy_')}", lang, which)] = v
     finally:
         fn.engine.stop()
     return out

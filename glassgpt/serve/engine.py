@@ -467,10 +467,12 @@ class Engine:
         return {"choices": choices, "prompt_logprobs": prompt_lp, "prompt_tokens": len(prompt),
                 "completion_tokens": req.completion_tokens}
 
-    def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[dict]]:
+    def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams], images: list | None = None
+                       ) -> list[list[dict]]:
         """Many requests at once, stepped by the calling thread (no engine thread may run): per request
         its choices [{'text', 'tokens' (TokenInfo), 'finish_reason'}]. The same prompts, weights and
-        seeds give the same batches and so the same tokens every time (RL rollouts resume exactly)."""
+        seeds give the same batches and so the same tokens every time (RL rollouts resume exactly).
+        images: per request, its images or None (as `submit` takes them)."""
         if self.alive:
             raise ServeError("generate_batch steps the engine itself; stop the engine thread first")
         outs = [[{"text": "", "tokens": [], "finish_reason": None} for _ in range(p.n)] for p in params]
@@ -489,7 +491,8 @@ class Engine:
                     errors.append(ev.message)
             return on_event
 
-        reqs = [self.submit(pr, pa, consumer(k)) for k, (pr, pa) in enumerate(zip(prompts, params))]
+        images = images or [None] * len(prompts)
+        reqs = [self.submit(pr, pa, consumer(k), images=im) for k, (pr, pa, im) in enumerate(zip(prompts, params, images))]
         while not all(r.done.is_set() for r in reqs):
             with self._step_lock:
                 self._step()

@@ -74,7 +74,7 @@ def chat_samples(task: str, lang: str, which: str, n: int, seed: int = 1337) -> 
         out.append({"input": [system_message(),
                               {"role": "user", "content": [{"type": "image_url", "image_url": {"url": to_data_url(s.image)}},
                                                            {"type": "text", "text": q}]}],
-                    "ideal": accepted})
+                    "ideal": accepted, "kind": s.kind})
     return out
 
 
@@ -121,12 +121,17 @@ class VisionChatQA(Eval):
 
         got = first_completion(self.completion_fn(prompt=sample["input"], temperature=0.0, max_tokens=self.max_tokens))
         ideal = sample["ideal"] if isinstance(sample["ideal"], list) else [sample["ideal"]]
-        record.record_match(correct(got, ideal), expected=ideal, picked=got.strip(), sampled=got)
+        record.record_match(correct(got, ideal), expected=ideal, picked=got.strip(), sampled=got, kind=sample.get("kind"))
 
     def run(self, recorder):
         self.eval_all_samples(recorder, self.get_samples())
         events = recorder.get_events("match")
-        return {"accuracy": get_accuracy(events), "bootstrap_std": get_bootstrap_accuracy_std(events)}
+        out = {"accuracy": get_accuracy(events), "bootstrap_std": get_bootstrap_accuracy_std(events)}
+        kinds = sorted({e.data.get("kind") for e in events} - {None})
+        if len(kinds) > 1:  # a task asked several ways (an emoji's name or category): each has its own goal
+            for k in kinds:
+                out[f"accuracy_{k}"] = get_accuracy([e for e in events if e.data.get("kind") == k])
+        return out
 
 
 class VisionNoImage(VisionChatQA):
