@@ -111,11 +111,11 @@ def main(argv=None) -> None:
     print(f"stage: {r['seconds'] / 60:.1f} min, {r['steps']} steps, {r['params']:,} params "
           f"(encoder {v['encoder_params']:,}), encoder {v['encoder_flops_per_image'] / 1e6:.1f} MFLOPs per image "
           f"(training), {v['images_per_step']} images a step, mix {v['mix']}, from {r.get('lineage', {}).get('parent')}")
-    from glassgpt.evals.vision import chat_table
+    from glassgpt.evals.runner import vision_chat_table
 
     if not a.skip_images:
         t0 = time.time()
-        cells = chat_table(a.after, a.n, a.record)
+        cells = vision_chat_table(a.after, a.n, a.record)
         print(f"(the glassgpt-vision-chat registry set, n = {a.n} an eval, in {time.time() - t0:.0f} s)\n")
         print("\n".join(goal_table(cells)))
     vb, va = (reps[k]["heldout"]["val"]["loss"] for k in ("before", "after"))

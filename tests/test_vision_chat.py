@@ -491,10 +491,12 @@ def test_vision_stage_of_a_tiny_chat_model_trains_and_answers(tiny_cfg, tmp_path
     finally:
         fn.engine.stop()
     # the in-run eval's batched answers are the answers one request at a time gets (images and none)
+    from glassgpt.serve.engine import answer_all
+
     prompts = [s["input"] for s in VC.chat_samples("digits", "en", "train", 3)] + \
         [VC.no_image_samples("zh", "heldout", 1)[0]["input"]]
     one = [EV.ask_messages(EV.engine_for(fn.model, fn.tok), p, 4) for p in prompts]
-    assert EV.answer_all(fn.model, fn.tok, prompts, max_new_tokens=4) == one
+    assert answer_all(fn.model, fn.tok, prompts, max_new_tokens=4) == one
     from glassgpt.cli_evals import main as eval_main
 
     rec = tmp_path / "rec.jsonl"

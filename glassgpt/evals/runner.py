@@ -149,3 +149,33 @@ def run_target(target: str, completion_fn_spec: str, registry: Registry, *, comp
             out.failed.append((name, str(e)))
             log.warning("eval %s could not run: %s", name, e)
     return out
+
+
+def vision_chat_table(run_dir, n: int = 100, record_dir=None, progress: bool = False) -> dict[tuple[str, str, str], float]:
+    """{(task, lang, phrasing): accuracy}: the `glassgpt-vision-chat` registry evals of the tasks in the
+    run's image mix, and the no-image questions ("noimage"), against the run in-process (greedy, the
+    serving engine), n questions an eval. An emoji's two kinds of question are also cells of their own
+    ("emoji/name", "emoji/category")."""
+    from glassgpt.data.images import parse_mix
+    from glassgpt.evals.registry import default_registry_paths
+    from glassgpt.evals.vision import VisionLocalFn
+
+    reg = Registry(default_registry_paths())
+    fn = VisionLocalFn(run_dir, name=f"local:{run_dir}")
+    trained = {name for name, _ in parse_mix(fn.cfg.vision.mix)}
+    out = {}
+    try:
+        for name in reg.resolve("glassgpt-vision-chat")[1]:
+            parts = name.split("-")  # glassgpt-vision-chat-TASK-LANG-PHRASING, glassgpt-vision-noimage-LANG-PHRASING
+            task, lang, which = ("noimage", *parts[3:5]) if parts[2] == "noimage" else tuple(parts[3:6])
+            if task != "noimage" and task not in trained:
+                continue
+            rec = Path(record_dir) / f"{name}.jsonl" if record_dir is not None else None
+            rep = run_eval(name, [fn], reg, max_samples=n, record_path=rec, show_progress=progress).final_report
+            out[(task, lang, which)] = rep["accuracy"]
+            for k, v in rep.items():
+                if task == "emoji" and k.startswith("accuracy_"):
+                    out[(f"emoji/{k.removeprefix('accuracy_')}", lang, which)] = v
+    finally:
+        fn.engine.stop()
+    return out

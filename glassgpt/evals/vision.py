@@ -18,6 +18,7 @@ from glassgpt.evals.completion_fns.base import CompletionFn, CompletionResult
 from glassgpt.evals.elsuite.utils import first_completion
 from glassgpt.evals.elsuite.vision import heldout_samples
 from glassgpt.model.vision import VisionError, check_fits, n_image_tokens
+from glassgpt.serve.engine import render_messages
 from glassgpt.train.sources import EVAL_TASKS, token_scores
 
 __all__ = ["heldout_table_for_run", "by_type_for_run", "render_grid", "ask_run"]
@@ -63,33 +64,6 @@ def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
     return out["choices"][0]["text"].strip()
 
 
-def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
-    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) rendered as
-    the API renders it: (token ids, the images in order). A clear error when it cannot be answered."""
-    rendered, images = [], []
-    for m in messages:
-        content = m.get("content", "")
-        if isinstance(content, str):
-            rendered.append(m)
-            continue
-        parts = []
-        for p in content:
-            if p.get("type") == "image_url":
-                images.append((p.get("image_url") or {}).get("url", ""))
-                parts.append({"type": "image"})
-            elif p.get("type") == "image":
-                images.append(p.get("path") or p.get("url", ""))
-                parts.append({"type": "image"})
-            else:
-                parts.append(p)
-        rendered.append({**m, "content": parts})
-    if images and getattr(model, "vision", None) is None:
-        raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
-    ids = tok.render_chat(rendered, True, n_image_tokens(model) if images else 0)
-    check_fits(model, len(ids))
-    return ids, images
-
-
 def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
     """A whole chat prompt answered greedily through the serving engine; the assistant's text."""
     from glassgpt.serve.engine import SamplingParams
@@ -106,20 +80,6 @@ def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
         if started:
             engine.stop()
     return out["choices"][0]["text"].strip()
-
-
-def answer_all(model, tok, prompts: list[list[dict]], max_new_tokens: int = 24, batch: int = 32) -> list[str]:
-    """Greedy answers to many chat prompts (with images), decoded together by one engine stepped by
-    this thread: the in-run eval of a vision chat stage, scored as the registry evals score."""
-    from glassgpt.serve.engine import Engine, SamplingParams
-
-    eng = Engine(model, tok, device=str(next(model.parameters()).device), max_batch=batch,
-                 max_queue=max(64, len(prompts)))
-    rendered = [render_messages(model, tok, m) for m in prompts]
-    params = [SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
-              for ids, _ in rendered]
-    outs = eng.generate_batch([ids for ids, _ in rendered], params, images=[im or None for _, im in rendered])
-    return [o[0]["text"].strip() for o in outs]
 
 
 def ask_run(run, images: list[str], question: str, max_new_tokens: int = 16) -> str:
@@ -241,32 +201,3 @@ def accuracy_table(run_dir, n: int = 200) -> dict:
         fn.engine.stop()
     return out
 
-
-def chat_table(run_dir, n: int = 100, record_dir=None, progress: bool = False) -> dict[tuple[str, str, str], float]:
-    """{(task, lang, phrasing): accuracy}: the `glassgpt-vision-chat` registry evals of the tasks in the
-    run's image mix, and the no-image questions ("noimage"), against the run in-process (greedy, the
-    serving engine), n questions an eval. An emoji's two kinds of question are also cells of their own
-    ("emoji/name", "emoji/category")."""
-    from glassgpt.data.images import parse_mix
-    from glassgpt.evals.registry import Registry, default_registry_paths
-    from glassgpt.evals.runner import run_eval
-
-    reg = Registry(default_registry_paths())
-    fn = VisionLocalFn(run_dir, name=f"local:{run_dir}")
-    trained = {name for name, _ in parse_mix(fn.cfg.vision.mix)}
-    out = {}
-    try:
-        for name in reg.resolve("glassgpt-vision-chat")[1]:
-            parts = name.split("-")  # glassgpt-vision-chat-TASK-LANG-PHRASING, glassgpt-vision-noimage-LANG-PHRASING
-            task, lang, which = ("noimage", *parts[3:5]) if parts[2] == "noimage" else tuple(parts[3:6])
-            if task != "noimage" and task not in trained:
-                continue
-            rec = Path(record_dir) / f"{name}.jsonl" if record_dir is not None else None
-            rep = run_eval(name, [fn], reg, max_samples=n, record_path=rec, show_progress=progress).final_report
-            out[(task, lang, which)] = rep["accuracy"]
-            for k, v in rep.items():
-                if task == "emoji" and k.startswith("accuracy_"):
-                    out[(f"emoji/{k.removeprefix('accuracy_')}", lang, which)] = v
-    finally:
-        fn.engine.stop()
-    return out

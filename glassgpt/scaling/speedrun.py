@@ -123,7 +123,7 @@ def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, la
     stage from the RL model, and the evals of each: (the SFT run, the alignment pipeline's results
     with results["vision"] added). lap(name) times each phase."""
     from glassgpt.align import pipeline, toy
-    from glassgpt.evals.vision import chat_table
+    from glassgpt.evals.runner import vision_chat_table
 
     shared = _shared(overrides)
     sft_dir = out / "sft"
@@ -147,7 +147,7 @@ def chat_stages(preset: str, overrides: list[str], out: Path, base_dir: Path, la
     log.info("speedrun 8/%d: the vision stage from the RL model, and its evals (image chat, the alignment sets)", n)
     vision_dir, rl_dir = out / "vision", Path(results[CHAT_RL_ROW][0]["run"])
     pipeline.run_stage(vision_preset, shared + vision_ov, vision_dir, rl_dir)
-    results["vision"] = {"run": str(vision_dir), "images": chat_table(vision_dir, n_img), "images_n": n_img,
+    results["vision"] = {"run": str(vision_dir), "images": vision_chat_table(vision_dir, n_img), "images_n": n_img,
                          "eval": pipeline.evaluate(vision_dir, pipeline.eval_sets(conv, samples))}
     lap("vision")
     return sft_dir, results

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from glassgpt.errors import GlassError
 from glassgpt.model.gpt import KVCache
-from glassgpt.model.vision import encode_images, n_image_tokens
+from glassgpt.model.vision import VisionError, check_fits, encode_images, n_image_tokens
 from glassgpt.serve.errors import ContextLengthError, OverloadedError, ServeError
 from glassgpt.train import dist
 
@@ -992,3 +992,42 @@ def token_text(tokenizer, tid: int) -> str:
 
 def token_bytes(tokenizer, tid: int) -> list[int]:
     return list(tokenizer.decode_bytes([tid]))
+
+
+def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
+    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) rendered as
+    the API renders it: (token ids, the images in order). A clear error when it cannot be answered."""
+    rendered, images = [], []
+    for m in messages:
+        content = m.get("content", "")
+        if isinstance(content, str):
+            rendered.append(m)
+            continue
+        parts = []
+        for p in content:
+            if p.get("type") == "image_url":
+                images.append((p.get("image_url") or {}).get("url", ""))
+                parts.append({"type": "image"})
+            elif p.get("type") == "image":
+                images.append(p.get("path") or p.get("url", ""))
+                parts.append({"type": "image"})
+            else:
+                parts.append(p)
+        rendered.append({**m, "content": parts})
+    if images and getattr(model, "vision", None) is None:
+        raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
+    ids = tok.render_chat(rendered, True, n_image_tokens(model) if images else 0)
+    check_fits(model, len(ids))
+    return ids, images
+
+
+def answer_all(model, tok, prompts: list[list[dict]], max_new_tokens: int = 24, batch: int = 32) -> list[str]:
+    """Greedy answers to many chat prompts (with images), decoded together by one engine stepped by
+    this thread: the in-run eval of a vision chat stage."""
+    eng = Engine(model, tok, device=str(next(model.parameters()).device), max_batch=batch,
+                 max_queue=max(64, len(prompts)))
+    rendered = [render_messages(model, tok, m) for m in prompts]
+    params = [SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)
+              for ids, _ in rendered]
+    outs = eng.generate_batch([ids for ids, _ in rendered], params, images=[im or None for _, im in rendered])
+    return [o[0]["text"].strip() for o in outs]

@@ -414,7 +414,7 @@ class ImageChatSource(Source):
         # greedy answers scored by the registry evals' rule (a short or a full-sentence answer counts);
         # the registry evals add the hand-written held-out phrasings
         from glassgpt.evals.elsuite.vision_chat import chat_samples
-        from glassgpt.evals.vision import answer_all
+        from glassgpt.serve.engine import answer_all
 
         out = {}
         for t in (t for t in CHAT_EVAL_TASKS if t in names):
