@@ -166,8 +166,8 @@ def vision_chat_table(run_dir, n: int = 100, record_dir=None, progress: bool = F
     out = {}
     try:
         for name in reg.resolve("glassgpt-vision-chat")[1]:
-            parts = name.split("-")  # glassgpt-vision-chat-TASK-LANG-PHRASING, glassgpt-vision-noimage-LANG-PHRASING
-            task, lang, which = ("noimage", *parts[3:5]) if parts[2] == "noimage" else tuple(parts[3:6])
+            args = reg.get_eval(name).args  # VisionChatQA: task, lang, phrasing; VisionNoImage: lang, phrasing
+            task, lang, which = args.get("task", "noimage"), args["lang"], args["phrasing"]
             if task != "noimage" and task not in trained:
                 continue
             rec = Path(record_dir) / f"{name}.jsonl" if record_dir is not None else None

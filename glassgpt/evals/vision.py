@@ -18,7 +18,7 @@ from glassgpt.evals.completion_fns.base import CompletionFn, CompletionResult
 from glassgpt.evals.elsuite.utils import first_completion
 from glassgpt.evals.elsuite.vision import heldout_samples
 from glassgpt.model.vision import VisionError, check_fits, n_image_tokens
-from glassgpt.serve.engine import render_messages
+from glassgpt.serve.engine import Engine, SamplingParams, render_messages
 from glassgpt.train.sources import EVAL_TASKS, token_scores
 
 __all__ = ["heldout_table_for_run", "by_type_for_run", "render_grid", "ask_run"]
@@ -35,15 +35,11 @@ def load(run, device: str = "cpu"):
 
 
 def engine_for(model, tok, device: str = "cpu", max_batch: int = 1):
-    from glassgpt.serve.engine import Engine
-
     return Engine(model, tok, device=device, max_batch=max_batch)
 
 
 def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
     """One chat turn with images, greedy, through the serving engine; the assistant's text."""
-    from glassgpt.serve.engine import SamplingParams
-
     model, tok = engine.model, engine.tokenizer
     if images and getattr(model, "vision", None) is None:
         raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
@@ -66,8 +62,6 @@ def ask(engine, images, question: str, max_new_tokens: int = 16) -> str:
 
 def ask_messages(engine, messages: list[dict], max_new_tokens: int = 16) -> str:
     """A whole chat prompt answered greedily through the serving engine; the assistant's text."""
-    from glassgpt.serve.engine import SamplingParams
-
     model = engine.model
     ids, images = render_messages(model, engine.tokenizer, messages)
     params = SamplingParams(max_tokens=min(max_new_tokens, model.cfg.seq_len - len(ids)), temperature=0.0)

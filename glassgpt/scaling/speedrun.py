@@ -184,7 +184,8 @@ def image_rates(img: dict) -> str:
 
 def card(base_dir: Path, sft_dir: Path, results: dict, wall: dict) -> dict:
     """Every stage's numbers for report.json: wall time, tokens, held-out bits per byte, the SFT's chat
-    eval, the alignment evals (SFT and RL rows) and the speedrun's wall time per phase."""
+    eval, the vision stage's image chat, the alignment evals (SFT, RL and vision models) and the
+    speedrun's wall time per phase."""
     rl = results[CHAT_RL_ROW][0]
     stages = {"base": _stage(base_dir), "sft": _stage(sft_dir), "rm": _stage(Path(results["rm"][0]["run"])),
               CHAT_RL_ROW: _stage(Path(rl["run"]))}

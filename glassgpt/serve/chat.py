@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from glassgpt.config import CHAT_STAGES
-from glassgpt.serve.engine import Engine, SamplingParams
+from glassgpt.serve.engine import Engine, SamplingParams, image_parts
 from glassgpt.serve.errors import ServeError
 
 HELP = ("commands: /reset  forget the conversation · /save PATH  save it as JSON · /image PATH  attach an image "
@@ -44,19 +44,7 @@ class LocalBackend:
 
     def stream(self, messages: list[dict], temperature: float, max_tokens: int | None) -> Iterator[str]:
         tok = self.engine.tokenizer
-        rendered, images = [], []
-        for m in messages:  # image_url parts → image placeholders + the data: URLs, in order
-            c = m["content"]
-            if isinstance(c, list):
-                parts = []
-                for p in c:
-                    if p.get("type") == "image_url":
-                        images.append(p["image_url"]["url"])
-                        parts.append({"type": "image"})
-                    else:
-                        parts.append(p)
-                c = parts
-            rendered.append({**m, "content": c})
+        rendered, images = image_parts(messages)
         if images and not self.engine.has_vision:
             raise ServeError(f"the model {self.name} has no image input (no vision encoder); send text only")
         prompt = tok.render_chat(rendered, n_image_tokens=self.engine.image_tokens)

@@ -994,9 +994,9 @@ def token_bytes(tokenizer, tid: int) -> list[int]:
     return list(tokenizer.decode_bytes([tid]))
 
 
-def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
-    """A whole chat prompt (system, earlier turns, `image_url` or `image` parts anywhere) rendered as
-    the API renders it: (token ids, the images in order). A clear error when it cannot be answered."""
+def image_parts(messages: list[dict]) -> tuple[list[dict], list]:
+    """Chat messages with their `image_url` (or `image`) parts as image placeholders for render_chat,
+    and the images (data: URLs or paths) in prompt order."""
     rendered, images = [], []
     for m in messages:
         content = m.get("content", "")
@@ -1014,6 +1014,13 @@ def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
             else:
                 parts.append(p)
         rendered.append({**m, "content": parts})
+    return rendered, images
+
+
+def render_messages(model, tok, messages: list[dict]) -> tuple[list[int], list]:
+    """A whole chat prompt (system, earlier turns, image parts anywhere) rendered as the API renders it:
+    (token ids, the images in order). A clear error when it cannot be answered."""
+    rendered, images = image_parts(messages)
     if images and getattr(model, "vision", None) is None:
         raise VisionError("this model has no image input (no vision encoder); send text only or use a vision run")
     ids = tok.render_chat(rendered, True, n_image_tokens(model) if images else 0)

@@ -413,13 +413,12 @@ class ImageChatSource(Source):
         # chat: held-out images asked in the training phrasings (English and Chinese in turn), free
         # greedy answers scored by the registry evals' rule (a short or a full-sentence answer counts);
         # the registry evals add the hand-written held-out phrasings
-        from glassgpt.evals.elsuite.vision_chat import chat_samples
+        from glassgpt.evals.elsuite.vision_chat import chat_sample
         from glassgpt.serve.engine import answer_all
 
         out = {}
         for t in (t for t in CHAT_EVAL_TASKS if t in names):
-            by_lang = [chat_samples(t, lang, "train", n, self.cfg.train.seed) for lang in image_chat.LANGS]
-            samples = [by_lang[i % 2][i] for i in range(len(by_lang[0]))]
+            samples = [chat_sample(s, image_chat.LANGS[i % 2], "train", i) for i, s in enumerate(self.heldout(t, n))]
             answers = answer_all(self.raw, self.tok, [s["input"] for s in samples])
             out[t] = sum(image_chat.correct(a, s["ideal"]) for a, s in zip(answers, samples)) / max(1, len(samples))
         return out

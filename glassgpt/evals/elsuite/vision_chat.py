@@ -62,20 +62,25 @@ def system_message() -> dict:
 
 def chat_samples(task: str, lang: str, which: str, n: int, seed: int = 1337) -> list[dict]:
     """n prompts about held-out images of `task`, the i-th asked with phrasing i (in turn)."""
-    from glassgpt.data import image_chat, images
+    from glassgpt.data import images
+
+    return [chat_sample(s, lang, which, i) for i, s in enumerate(images.heldout_samples(task, n, seed))]
+
+
+def chat_sample(s, lang: str, which: str, i: int = 0) -> dict:
+    """One image sample as a chat prompt under the system prompt (an `image_url` part, then the question
+    in phrasing i of `which`), with its accepted answers and its kind of question."""
+    from glassgpt.data import image_chat
     from glassgpt.data.images import to_data_url
 
-    out = []
-    for i, s in enumerate(images.heldout_samples(task, n, seed)):
-        qs = phrasings(s.task, s.kind, lang, which)
-        q = image_chat.question(s, lang, qs[i % len(qs)])
-        k = 0 if lang == "en" else 1
-        accepted = list(s.accept[s.kind][k]) if s.kind in s.accept else [s.facts[s.kind][k]]
-        out.append({"input": [system_message(),
-                              {"role": "user", "content": [{"type": "image_url", "image_url": {"url": to_data_url(s.image)}},
-                                                           {"type": "text", "text": q}]}],
-                    "ideal": accepted, "kind": s.kind})
-    return out
+    qs = phrasings(s.task, s.kind, lang, which)
+    q = image_chat.question(s, lang, qs[i % len(qs)])
+    k = 0 if lang == "en" else 1
+    accepted = list(s.accept[s.kind][k]) if s.kind in s.accept else [s.facts[s.kind][k]]
+    return {"input": [system_message(),
+                      {"role": "user", "content": [{"type": "image_url", "image_url": {"url": to_data_url(s.image)}},
+                                                   {"type": "text", "text": q}]}],
+            "ideal": accepted, "kind": s.kind}
 
 
 def no_image_samples(lang: str, which: str, n: int, seed: int = 1337) -> list[dict]:
