@@ -111,6 +111,12 @@ def main(argv=None) -> None:
     print(f"stage: {r['seconds'] / 60:.1f} min, {r['steps']} steps, {r['params']:,} params "
           f"(encoder {v['encoder_params']:,}), encoder {v['encoder_flops_per_image'] / 1e6:.1f} MFLOPs per image "
           f"(training), {v['images_per_step']} images a step, mix {v['mix']}, from {r.get('lineage', {}).get('parent')}")
+    enc = (r.get("lineage") or {}).get("encoder")
+    if enc:  # vision.encoder_from: the encoder's own run (its wall time is not in the stage's)
+        er = Path(enc["run"]) / "report.json"
+        took = f", {json.loads(er.read_text())['seconds'] / 60:.1f} min" if er.exists() else ""
+        print(f"encoder from {enc['run']} (step {enc['step']}{took}), {'frozen' if v.get('freeze_encoder') else 'trained on'} "
+              f"in the stage")
     from glassgpt.evals.runner import vision_chat_table
 
     if not a.skip_images:

@@ -149,6 +149,10 @@ class VisionConfig:
     # Kept so runs written before stages load: the same as train(init_from=...) (a new stage
     # from that run's weights); prefer --init-from.
     init_from: str = ""
+    # A run whose trained encoder this one starts from (the projector stays fresh: it maps into that
+    # run's LM); e.g. a `vision_encoder` run under the chat model's vision stage
+    encoder_from: str = ""
+    freeze_encoder: bool = False  # train only the projector (and the LM): the encoder's features stay as loaded
     lr: float = 0.002  # AdamW, encoder and projector
     muon_lr: float = 0.0  # > 0: Muon at this rate for the encoder's weight matrices and conv filters (not the first)
     eval_samples: int = 200  # held-out samples per task at each eval

@@ -115,3 +115,16 @@ def test_the_vision_stages_text_chat_repeats_what_the_sft_repeats():
     assert full.sft == short.sft
     for k in ("batch_size", "muon_lr", "adam_lr_mult"):
         assert getattr(full.train, k) == getattr(short.train, k), k
+
+
+def test_the_encoder_preset_trains_what_the_vision_stage_loads():
+    """vision.encoder_from needs the encoder's shape keys equal; the encoder preset trains on every
+    image task the stage asks about."""
+    from glassgpt import config
+    from glassgpt.train.trainer import ENCODER_SHAPE_KEYS
+
+    enc = config.load("vision_encoder").vision
+    for name in ("vision_chat", "vision_chat_short"):
+        stage = config.load(name).vision
+        assert all(getattr(enc, k) == getattr(stage, k) for k in ENCODER_SHAPE_KEYS), name
+        assert enc.mix == stage.mix and not enc.chat, name

@@ -13,6 +13,7 @@ from glassgpt import config  # noqa: E402
 from glassgpt.errors import CheckpointError  # noqa: E402
 from glassgpt.evals import vision as EV  # noqa: E402
 from glassgpt.model import vision as V  # noqa: E402
+from glassgpt.model.gpt import build  # noqa: E402
 from glassgpt.train import checkpoint  # noqa: E402
 from glassgpt.train import sources as S  # noqa: E402
 from glassgpt.train.trainer import train  # noqa: E402
@@ -92,6 +93,50 @@ def test_frozen_lm_vision_stage_from_a_text_run(tmp_path, corpus_dir, cache_dir)
     old = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**VISION, "train__tokens": 4 * 64 * 2},
                                            vision__freeze_lm="true", vision__init_from=str(tmp_path / "text")))
     assert train(old, tmp_path / "vis_old")["lineage"]["parent_sha256"] == rep["lineage"]["parent_sha256"]
+
+
+def test_encoder_from_a_vision_run(tmp_path, corpus_dir, cache_dir):
+    """vision.encoder_from: a trained encoder under a fresh projector, on a model of another width;
+    an encoder of another shape, a missing run or a text run: one line, nothing written."""
+    # another seed: its encoder differs from the one a fresh run of the stage would draw
+    small = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**VISION, "train__tokens": 4 * 64 * 2},
+                                             train__seed=1))
+    train(small, tmp_path / "enc")
+    _, enc_state = checkpoint.read_weights(checkpoint.latest(tmp_path / "enc"))
+    wide = {**VISION, "train__tokens": 4 * 64 * 2, "train__checkpoint_every": 1, "model__aspect": 64}
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, **wide,
+                                           vision__encoder_from=str(tmp_path / "enc")))
+    assert cfg.model.d_model != small.model.d_model  # the projector cannot come along
+    rep = train(cfg, tmp_path / "vis")
+    assert rep["lineage"]["encoder"]["step"] == 2 and rep["lineage"]["encoder"]["run"] == str(tmp_path / "enc")
+    _, first = checkpoint.read_weights(tmp_path / "vis" / "checkpoints" / "step_0000001")
+    # after one step the encoder is the loaded one (moved by at most one update), not a fresh one
+    k = "vision.blocks.0.qkv.weight"
+    fresh = V.attach(build(cfg.model, seed=0), cfg.vision, seed=cfg.train.seed).state_dict()["blocks.0.qkv.weight"]
+    assert (first[k] - enc_state[k]).abs().mean() < (first[k] - fresh).abs().mean()
+    assert first["vision.proj.weight"].shape != enc_state["vision.proj.weight"].shape
+    # frozen: the encoder stays exactly as loaded while the projector and the LM learn
+    frozen = config.load(None, tiny_overrides(corpus_dir, cache_dir, **wide, vision__freeze_encoder="true",
+                                              vision__encoder_from=str(tmp_path / "enc")))
+    assert train(frozen, tmp_path / "frozen")["vision"]["freeze_encoder"]
+    _, last = checkpoint.read_weights(checkpoint.latest(tmp_path / "frozen"))
+    _, start = checkpoint.read_weights(tmp_path / "frozen" / "checkpoints" / "step_0000001")
+    enc_keys = [k for k in enc_state if k.startswith("vision.") and not k.startswith("vision.proj.")]
+    assert enc_keys and all((last[k] == enc_state[k]).all() for k in enc_keys)
+    assert not (last["vision.proj.weight"] == start["vision.proj.weight"]).all()
+
+    for bad, msg in [(dict(vision__width=16, vision__head_dim=8), "vision.width is 32 there, 16 here"),
+                     (dict(vision__encoder_from=str(tmp_path / "nope")), "no such run")]:
+        c = config.load(None, tiny_overrides(corpus_dir, cache_dir, **{**wide, "vision__encoder_from": str(tmp_path / "enc"),
+                                                                       **bad}))
+        with pytest.raises(CheckpointError, match=msg):
+            train(c, tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()
+    text = config.load(None, tiny_overrides(corpus_dir, cache_dir, model__seq_len=64, train__tokens=4 * 64 * 1))
+    train(text, tmp_path / "text")
+    c = config.load(None, tiny_overrides(corpus_dir, cache_dir, **wide, vision__encoder_from=str(tmp_path / "text")))
+    with pytest.raises(CheckpointError, match="that run has no image encoder"):
+        train(c, tmp_path / "bad")
 
 
 def test_encoder_muon_groups_and_resume(tmp_path, corpus_dir, cache_dir):

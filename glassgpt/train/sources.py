@@ -322,14 +322,20 @@ class ImageChatSource(Source):
             for n, p in raw.named_parameters():
                 if not n.startswith("vision."):
                     p.requires_grad_(False)
+        if self.vc.freeze_encoder:  # no gradient reaches the encoder: its backward is skipped too
+            for n, p in self.enc.named_parameters():
+                if not n.startswith("proj."):
+                    p.requires_grad_(False)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """AdamW for the encoder; with `vision.muon_lr` > 0, Muon for its weight matrices and conv
         filters instead (the first conv, 3 colour channels in, stays on AdamW, as do vectors and
-        position tables)."""
+        position tables). A frozen encoder's weights are in neither."""
         first = self.enc.patch[0].weight if isinstance(self.enc.patch, nn.Sequential) else self.enc.patch.weight
         muon, adam = [], []
         for n, p in self.enc.named_parameters():
+            if not p.requires_grad:
+                continue
             to_muon = self.vc.muon_lr > 0 and p.dim() >= 2 and not n.startswith("pos_") and p is not first
             (muon if to_muon else adam).append(p)
         opts = [torch.optim.AdamW(adam, lr=self.vc.lr, betas=self.cfg.train.betas, eps=1e-10, weight_decay=0.0)]
@@ -408,7 +414,7 @@ class ImageChatSource(Source):
         n = self.vc.eval_samples
         names = {name for name, _, _ in self.mix.entries}
         if not self.vc.chat:
-            tasks = [t for t in EVAL_TASKS if t in names]
+            tasks = [t for t in CHAT_EVAL_TASKS if t in names]
             return {t: exact_match(self.raw, self.tok, self.heldout(t, n), self.vc) for t in tasks}
         # chat: held-out images asked in the training phrasings (English and Chinese in turn), free
         # greedy answers scored by the registry evals' rule (a short or a full-sentence answer counts);
@@ -430,6 +436,7 @@ class ImageChatSource(Source):
         return {"vision": {"encoder_params": self.counts.params, "encoder_flops_per_image": self.counts.flops_per_image,
                            "image_tokens": self.vc.n_image_tokens, "images_per_step": self.vc.batch_size * self.world,
                            "mix": self.vc.mix, "text_weight": self.vc.text_weight, "freeze_lm": self.vc.freeze_lm,
+                           "freeze_encoder": self.vc.freeze_encoder,
                            "chat": self.vc.chat, "skipped_long": self.skipped_long,
                            "heldout_accuracy": result}}
 

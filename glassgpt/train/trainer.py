@@ -82,7 +82,9 @@ STAGE_FREE_MODEL_KEYS = {"seq_len", "rope_base", "rope_scale", "rope_scaling", "
                          "image_token_id"}
 # Vision keys that are training settings, not encoder shapes.
 STAGE_FREE_VISION_KEYS = {"enabled", "mix", "batch_size", "text_weight", "freeze_lm", "lr", "muon_lr", "eval_samples",
-                          "init_from", "chat", "no_image", "unrelated", "follow_up"}
+                          "init_from", "encoder_from", "freeze_encoder", "chat", "no_image", "unrelated", "follow_up"}
+# Vision keys that set the encoder's weight shapes (the projector's depend on the LM too).
+ENCODER_SHAPE_KEYS = ("image_size", "patch_size", "stem", "width", "depth", "head_dim", "mlp_ratio")
 
 
 @dataclass
@@ -161,6 +163,36 @@ def load_stage_weights(raw, parent: Parent) -> None:
     raw.load_state_dict(state, strict=False)
 
 
+@dataclass
+class Encoder:
+    """A trained image encoder for `vision.encoder_from`: its weights without the projector."""
+
+    state: dict
+    info: dict
+
+
+def read_encoder(path, cfg: Config) -> Encoder:
+    """Resolve and read `vision.encoder_from`, and refuse an encoder of another shape (CheckpointError
+    naming the path and the key)."""
+    path = Path(path)
+    where = f"vision.encoder_from {path}"
+    if not path.exists():
+        raise CheckpointError(f"{where}: no such run or checkpoint directory")
+    if not cfg.vision.enabled:
+        raise ConfigError(f"{where}: set vision.enabled=true (a text run has no encoder to start)")
+    ck = checkpoint.resolve(path)
+    meta, state = checkpoint.read_weights(ck)
+    theirs = {**dataclasses.asdict(VisionConfig()), **meta.get("config", {}).get("vision", {})}
+    if not theirs["enabled"]:
+        raise CheckpointError(f"{where}: that run has no image encoder")
+    for k in ENCODER_SHAPE_KEYS:
+        if theirs[k] != getattr(cfg.vision, k):
+            raise CheckpointError(f"{where}: vision.{k} is {theirs[k]!r} there, {getattr(cfg.vision, k)!r} here")
+    enc = {k[len("vision."):]: v for k, v in state.items() if k.startswith("vision.") and not k.startswith("vision.proj.")}
+    return Encoder(enc, {"run": str(ck.parent.parent), "checkpoint": str(ck), "step": meta["step"],
+                         "sha256": checkpoint.weights_sha256(ck)})
+
+
 def train(cfg: Config, out: Path, resume: bool = False, *, init_from: Path | None = None,
           branch_from: Path | None = None, lr_fn: Callable[[int, int], float] | None = None,
           save_at: Iterable[int] = ()) -> dict:
@@ -189,15 +221,17 @@ def train(cfg: Config, out: Path, resume: bool = False, *, init_from: Path | Non
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
     # Read and check the parent before anything is written: bad input leaves no run directory.
     parent = read_parent(init_from, cfg) if init_from is not None and not existing else None
+    encoder = read_encoder(cfg.vision.encoder_from, cfg) if cfg.vision.encoder_from and not existing else None
     d = dist_mod.setup()
     try:
-        return _train(cfg, out, resume, d, parent=parent, branch_from=branch_from, lr_fn=lr_fn, save_at=set(save_at))
+        return _train(cfg, out, resume, d, parent=parent, encoder=encoder, branch_from=branch_from, lr_fn=lr_fn,
+                      save_at=set(save_at))
     finally:
         dist_mod.teardown()
 
 
 def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Parent | None = None,
-           branch_from: Path | None = None, lr_fn: Callable[[int, int], float] | None = None,
+           encoder: Encoder | None = None, branch_from: Path | None = None, lr_fn: Callable[[int, int], float] | None = None,
            save_at: set | None = None) -> dict:
     t, m = cfg.train, cfg.model
     if t.threads:
@@ -271,6 +305,13 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
         if d.is_main and metrics_path.exists():
             metrics_path.unlink()
         log.info("branched from %s (step %d)", branch_from, start)
+    if encoder is not None:  # a trained encoder under a fresh projector
+        missing, extra = raw.vision.load_state_dict(encoder.state, strict=False)
+        if extra or any(not k.startswith("proj.") for k in missing):
+            raise CheckpointError(f"vision.encoder_from {encoder.info['run']}: weights do not match this encoder "
+                                  f"({(extra or missing)[0]})")
+        lineage = {**(lineage or {}), "encoder": encoder.info}
+        log.info("image encoder from %s (step %d)", encoder.info["checkpoint"], encoder.info["step"])
     for src in sources:  # weights are in place: e.g. an alignment stage's frozen reference from the parent
         if hasattr(src, "ready"):
             src.ready(raw, lineage)
