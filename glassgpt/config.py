@@ -150,7 +150,8 @@ class VisionConfig:
     # from that run's weights); prefer --init-from.
     init_from: str = ""
     # A run whose trained encoder this one starts from (the projector stays fresh: it maps into that
-    # run's LM); e.g. a `vision_encoder` run under the chat model's vision stage
+    # run's LM), loaded after --init-from's weights; e.g. a `vision_encoder` run under the chat model's
+    # vision stage
     encoder_from: str = ""
     freeze_encoder: bool = False  # train only the projector (and the LM): the encoder's features stay as loaded
     lr: float = 0.002  # AdamW, encoder and projector

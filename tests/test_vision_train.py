@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("PIL")
 
 from glassgpt import config  # noqa: E402
-from glassgpt.errors import CheckpointError  # noqa: E402
+from glassgpt.errors import CheckpointError, ConfigError  # noqa: E402
 from glassgpt.evals import vision as EV  # noqa: E402
 from glassgpt.model import vision as V  # noqa: E402
 from glassgpt.model.gpt import build  # noqa: E402
@@ -137,6 +137,11 @@ def test_encoder_from_a_vision_run(tmp_path, corpus_dir, cache_dir):
     c = config.load(None, tiny_overrides(corpus_dir, cache_dir, **wide, vision__encoder_from=str(tmp_path / "text")))
     with pytest.raises(CheckpointError, match="that run has no image encoder"):
         train(c, tmp_path / "bad")
+    c = config.load(None, tiny_overrides(corpus_dir, cache_dir, model__seq_len=64, train__tokens=4 * 64 * 1,
+                                         vision__encoder_from=str(tmp_path / "enc")))
+    with pytest.raises(ConfigError, match="set vision.enabled=true"):
+        train(c, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_encoder_muon_groups_and_resume(tmp_path, corpus_dir, cache_dir):
