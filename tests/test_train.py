@@ -150,6 +150,13 @@ def test_stage_starts_from_weights_with_lineage(tiny_cfg, tmp_path, corpus_dir):
     assert meta["lineage"] == lin
 
 
+def test_a_stage_without_the_parents_smear_is_refused_before_writing(tiny_cfg, tmp_path):
+    train(tiny_cfg(model__smear="true", train__tokens=4 * 32), tmp_path / "base")
+    with pytest.raises(CheckpointError, match="model.smear: parent run has True, this config False"):
+        train(tiny_cfg(train__tokens=4 * 32), tmp_path / "plain", init_from=tmp_path / "base")
+    assert not (tmp_path / "plain").exists()
+
+
 def test_stage_bad_parents_write_nothing(tiny_cfg, tmp_path):
     base = _stage_parent(tiny_cfg, tmp_path)
     out = tmp_path / "stage"

@@ -127,7 +127,7 @@ def read_parent(path, cfg: Config) -> Parent:
                               f"parent's tokenizer (set data.vocab_size={theirs_vocab})")
     # a key the parent's config lacks was written before that key existed: it had the default
     tm = {**dataclasses.asdict(ModelConfig()), **theirs.get("model", {})}
-    for k, v in ours["model"].items():
+    for k, v in dataclasses.asdict(cfg.model).items():  # optional keys too (to_dict leaves out their defaults)
         if k not in STAGE_FREE_MODEL_KEYS and tm.get(k) != v:
             raise CheckpointError(f"model.{k}: parent run has {tm.get(k)!r}, this config {v!r}")
     tv = {**dataclasses.asdict(VisionConfig()), **theirs.get("vision", {})}
