@@ -96,6 +96,7 @@ class DataConfig:
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
 MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False}
+TRAIN_OPTIONAL = {"copy_share": 0.0}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
@@ -124,6 +125,10 @@ class TrainConfig:
     fsdp: bool = False
     seed: int = 1337
     threads: int = 0  # 0: torch's default
+    # The share of text rows that are a random token sequence repeated to fill the row, scored on the
+    # repeats only: an induction (copying) curriculum. Copying what the context holds is what pass-key
+    # retrieval and multi-turn recall ask, and prose alone teaches it slowly (docs/long_context.md).
+    copy_share: float = 0.0
 
 
 @dataclass
@@ -319,9 +324,10 @@ class Config:
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
-        for k, default in MODEL_OPTIONAL.items():
-            if d["model"][k] == default:
-                d["model"].pop(k)
+        for section, optional in (("model", MODEL_OPTIONAL), ("train", TRAIN_OPTIONAL)):
+            for k, default in optional.items():
+                if d[section][k] == default:
+                    d[section].pop(k)
         return d
 
     def sha256(self) -> str:
@@ -505,6 +511,8 @@ def validate(cfg: Config) -> None:
     for name in ("batch_size", "grad_accum", "tokens", "eval_every", "checkpoint_every", "log_every", "adam_lr_mult"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"train.{name} must be positive")
+    if not 0 <= t.copy_share < 1:
+        raise ConfigError(f"train.copy_share must be at least 0 and below 1, not {t.copy_share}")
     if m.depth <= 0 or m.seq_len <= 1:
         raise ConfigError("model.depth must be positive and model.seq_len at least 2")
     validate_rope(m)

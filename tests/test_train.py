@@ -236,3 +236,45 @@ def test_adam_lr_mult_scales_only_the_adamw_rates():
     assert [g["lr"] for g in muon2] == [g["lr"] for g in muon1]
     with pytest.raises(ConfigError, match="adam_lr_mult must be positive"):
         config.load("tiny", ["train.adam_lr_mult=0"])
+
+
+def test_copy_rows_are_random_tokens_repeated_scored_on_the_repeats(tiny_cfg, tmp_path):
+    """train.copy_share: the batch's last rows become <|bos|> + a random sequence repeated to the row's
+    end, no loss on its first showing; the text rows are untouched; the same index gives the same rows."""
+    from glassgpt.data.shards import Corpus, prepare
+    from glassgpt.train.sources import TextSource
+
+    class D:
+        rank, world, device = 0, 1, "cpu"
+
+    plain_cfg, cfg = tiny_cfg(), tiny_cfg(train__copy_share=0.5)  # 2 of the 4 rows
+    corpus = Corpus(prepare(cfg.data))
+    plain, drilled = TextSource(plain_cfg, corpus, D(), None), TextSource(cfg, corpus, D(), None)
+    specials = set(corpus.tokenizer.special.values())
+    for index in range(3):
+        a, b = plain.rows(index), drilled.rows(index)
+        B, n = b.x.shape
+        assert torch.equal(a.x[: B - 2], b.x[: B - 2]) and torch.equal(a.y[: B - 2], b.y[: B - 2])
+        for r in (B - 2, B - 1):
+            x, y = b.x[r], b.y[r]
+            assert int(x[0]) == corpus.tokenizer.bos_id and not specials & set(x[1:].tolist())
+            period = int((y == -1).sum())
+            assert 8 <= period <= n // 2 and bool((y[:period] == -1).all())
+            row = torch.cat([x, y[-1:]])
+            assert torch.equal(row[1 + period:], row[1:len(row) - period])  # periodic after <|bos|>
+            assert torch.equal(y[period:], row[1 + period:])  # targets are the next tokens: copies
+        assert torch.equal(drilled.rows(index).x, b.x)  # deterministic (a resumed run sees the same rows)
+    assert not torch.equal(drilled.rows(0).x[-1], drilled.rows(1).x[-1])
+    # the identity of runs without it is unchanged; a bad count is one line
+    # a share below one row a batch: whole rows, rounded over the batches (one in every eighth here)
+    eighth = TextSource(tiny_cfg(train__copy_share=1 / 32), corpus, D(), None)
+    drilled_batches = [i for i in range(16) if int(eighth.rows(i).x[-1, 0]) == corpus.tokenizer.bos_id
+                       and bool((eighth.rows(i).y[-1] == -1).any())]
+    assert drilled_batches == [7, 15]
+    # the identity of runs without it is unchanged; a bad share is one line
+    assert "copy_share" not in plain_cfg.to_dict()["train"] and cfg.to_dict()["train"]["copy_share"] == 0.5
+    from glassgpt.errors import ConfigError
+
+    for bad in (-0.1, 1):
+        with pytest.raises(ConfigError, match="train.copy_share must be at least 0 and below 1, not"):
+            tiny_cfg(train__copy_share=bad)

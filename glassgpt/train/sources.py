@@ -131,6 +131,9 @@ class TextSource(Source):
             first += frac
         self.loader = self.stages[-1][1]
         self.current = None  # the loader of the last rows given
+        tok = corpus.tokenizer
+        specials = set(tok.special.values())
+        self.plain_ids = torch.tensor([i for i in range(tok.vocab_size) if i not in specials])
 
     def docs(self, x: torch.Tensor) -> torch.Tensor | None:
         return torch.cumsum(x == self.corpus.tokenizer.bos_id, dim=1) if self.cfg.long.doc_mask else None
@@ -143,8 +146,27 @@ class TextSource(Source):
                 dist_mod.release_heap()
             self.current = loader
         batch = torch.from_numpy(loader.batch(index))
-        x = batch[:, :-1]
-        return Rows(x, batch[:, 1:], docs=self.docs(x))
+        x, y = batch[:, :-1], batch[:, 1:]
+        if self.cfg.train.copy_share:
+            y = y.clone()
+            self.copy_drill(x, y, index)
+        return Rows(x, y, docs=self.docs(x))
+
+    def copy_drill(self, x: torch.Tensor, y: torch.Tensor, index: int) -> None:
+        """train.copy_share of the rows (the last ones), in place: <|bos|>, then random tokens (a
+        period of 8 to half the row) repeated to the row's end; no loss on the first showing, which
+        cannot be predicted. The count is the share rounded over the batches so far (one row in every
+        eighth batch of one row at a share of 1/8). Drawn from the seed, the batch index and the rank:
+        a resumed run sees the same rows."""
+        per = self.cfg.train.copy_share * x.size(0)
+        k, n = math.floor(per * (index + 1)) - math.floor(per * index), x.size(1)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + index * 64 + self.d.rank)
+        for r in range(x.size(0) - k, x.size(0)):
+            period = int(torch.randint(8, max(9, n // 2 + 1), (1,), generator=gen))
+            seq = self.plain_ids[torch.randint(len(self.plain_ids), (period,), generator=gen)]
+            row = torch.cat([torch.tensor([self.corpus.tokenizer.bos_id]), seq.repeat(n // period + 1)])[: n + 1]
+            x[r], y[r] = row[:-1], row[1:]
+            y[r, :period] = -1
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
