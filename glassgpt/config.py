@@ -125,8 +125,8 @@ class TrainConfig:
     fsdp: bool = False
     seed: int = 1337
     threads: int = 0  # 0: torch's default
-    # The share of text rows that are a random token sequence repeated to fill the row, scored on the
-    # repeats only: an induction (copying) curriculum. Copying what the context holds is what pass-key
+    # The share of text rows made of random token sequences, each shown twice and scored on its second
+    # showing: an induction (copying) curriculum. Copying what the context holds is what pass-key
     # retrieval and multi-turn recall ask, and prose alone teaches it slowly (docs/long_context.md).
     copy_share: float = 0.0
 

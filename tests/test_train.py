@@ -238,9 +238,9 @@ def test_adam_lr_mult_scales_only_the_adamw_rates():
         config.load("tiny", ["train.adam_lr_mult=0"])
 
 
-def test_copy_rows_are_random_tokens_repeated_scored_on_the_repeats(tiny_cfg, tmp_path):
-    """train.copy_share: the batch's last rows become <|bos|> + a random sequence repeated to the row's
-    end, no loss on its first showing; the text rows are untouched; the same index gives the same rows."""
+def test_copy_rows_are_random_sequences_shown_twice_scored_on_the_second(tiny_cfg, tmp_path):
+    """train.copy_share: the batch's last rows become <|bos|> + random sequences each shown twice, loss
+    on the second showings only; the text rows are untouched; the same index gives the same rows."""
     from glassgpt.data.shards import Corpus, prepare
     from glassgpt.train.sources import TextSource
 
@@ -251,6 +251,7 @@ def test_copy_rows_are_random_tokens_repeated_scored_on_the_repeats(tiny_cfg, tm
     corpus = Corpus(prepare(cfg.data))
     plain, drilled = TextSource(plain_cfg, corpus, D(), None), TextSource(cfg, corpus, D(), None)
     specials = set(corpus.tokenizer.special.values())
+    pairs = 0
     for index in range(3):
         a, b = plain.rows(index), drilled.rows(index)
         B, n = b.x.shape
@@ -258,14 +259,18 @@ def test_copy_rows_are_random_tokens_repeated_scored_on_the_repeats(tiny_cfg, tm
         for r in (B - 2, B - 1):
             x, y = b.x[r], b.y[r]
             assert int(x[0]) == corpus.tokenizer.bos_id and not specials & set(x[1:].tolist())
-            period = int((y == -1).sum())
-            assert 8 <= period <= n // 2 and bool((y[:period] == -1).all())
-            row = torch.cat([x, y[-1:]])
-            assert torch.equal(row[1 + period:], row[1:len(row) - period])  # periodic after <|bos|>
-            assert torch.equal(y[period:], row[1 + period:])  # targets are the next tokens: copies
+            row, scored = torch.cat([x, y[-1:]]), torch.cat([torch.tensor([False]), y != -1])
+            assert torch.equal(y[y != -1], row[1:][y != -1])  # targets are the next tokens
+            i = 1
+            while i < len(row):  # a run of unscored tokens (first showing), then as many scored: the copy
+                p = 0
+                while i + p < len(row) and not scored[i + p]:
+                    p += 1
+                second = row[i + p:i + 2 * p]
+                assert (8 <= p or i + p == len(row)) and bool(scored[i + p:i + 2 * p].all()) and torch.equal(second, row[i:i + len(second)])
+                i, pairs = i + 2 * p, pairs + 1
         assert torch.equal(drilled.rows(index).x, b.x)  # deterministic (a resumed run sees the same rows)
-    assert not torch.equal(drilled.rows(0).x[-1], drilled.rows(1).x[-1])
-    # the identity of runs without it is unchanged; a bad count is one line
+    assert pairs >= 6 and not torch.equal(drilled.rows(0).x[-1], drilled.rows(1).x[-1])
     # a share below one row a batch: whole rows, rounded over the batches (one in every eighth here)
     eighth = TextSource(tiny_cfg(train__copy_share=1 / 32), corpus, D(), None)
     drilled_batches = [i for i in range(16) if int(eighth.rows(i).x[-1, 0]) == corpus.tokenizer.bos_id

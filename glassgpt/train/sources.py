@@ -153,20 +153,26 @@ class TextSource(Source):
         return Rows(x, y, docs=self.docs(x))
 
     def copy_drill(self, x: torch.Tensor, y: torch.Tensor, index: int) -> None:
-        """train.copy_share of the rows (the last ones), in place: <|bos|>, then random tokens (a
-        period of 8 to half the row) repeated to the row's end; no loss on the first showing, which
-        cannot be predicted. The count is the share rounded over the batches so far (one row in every
-        eighth batch of one row at a share of 1/8). Drawn from the seed, the batch index and the rank:
-        a resumed run sees the same rows."""
+        """train.copy_share of the rows (the last ones), in place: <|bos|>, then random token sequences
+        (8 tokens to half the row each), each shown twice, scored on the second showing only: the
+        first cannot be predicted, and a third is never asked for (rows that repeated one sequence to
+        their end taught the chat model to loop: "rabbbbbbb..."). The count is the share rounded over
+        the batches so far (one row in every eighth batch of one row at a share of 1/8). Drawn from the
+        seed, the batch index and the rank: a resumed run sees the same rows."""
         per = self.cfg.train.copy_share * x.size(0)
         k, n = math.floor(per * (index + 1)) - math.floor(per * index), x.size(1)
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + index * 64 + self.d.rank)
         for r in range(x.size(0) - k, x.size(0)):
-            period = int(torch.randint(8, max(9, n // 2 + 1), (1,), generator=gen))
-            seq = self.plain_ids[torch.randint(len(self.plain_ids), (period,), generator=gen)]
-            row = torch.cat([torch.tensor([self.corpus.tokenizer.bos_id]), seq.repeat(n // period + 1)])[: n + 1]
-            x[r], y[r] = row[:-1], row[1:]
-            y[r, :period] = -1
+            ids, scored = [torch.tensor([self.corpus.tokenizer.bos_id])], [torch.zeros(1, dtype=torch.bool)]
+            filled = 1
+            while filled < n + 1:
+                period = int(torch.randint(8, max(9, n // 2 + 1), (1,), generator=gen))
+                seq = self.plain_ids[torch.randint(len(self.plain_ids), (period,), generator=gen)]
+                ids += [seq, seq]
+                scored += [torch.zeros(period, dtype=torch.bool), torch.ones(period, dtype=torch.bool)]
+                filled += 2 * period
+            row, keep = torch.cat(ids)[: n + 1], torch.cat(scored)[1 : n + 1]
+            x[r], y[r] = row[:-1], torch.where(keep, row[1:], -1)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
