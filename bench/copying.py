@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 def copy_scores(model, vocab: int, n: int = 32, length: int = 100) -> dict:
     out = {}
-    plain = vocab - 350  # above the byte tokens' common range, below the special tokens at the top
+    plain = vocab - 350  # token ids 300 .. vocab-51: past the special tokens (0-8) and the single bytes
     for a in (8, 64, plain):
         g = torch.Generator().manual_seed(0)
         alphabet = torch.randperm(plain, generator=g)[:a] + 300
@@ -58,7 +58,7 @@ def main() -> None:
                          for a in row if a is not None]
                 hits[kind] = f"{round(sum(cells))}/{len(cells)}"
         finally:
-            getattr(eng, "close", lambda: None)()
+            eng.stop()
         print(f"{str(run):<40} {c['top1_8']:>18.1%} {c['top1_64']:>7.1%} {c['top1_all']:>7.1%}   "
               f"{c['first']:>5.2f} -> {c['second']:<5.2f}   {hits['passkey']:>8}   {hits['needle']:>6}"
               f"   (at {','.join(map(str, lengths))} tokens)")

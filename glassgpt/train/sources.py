@@ -131,9 +131,9 @@ class TextSource(Source):
             first += frac
         self.loader = self.stages[-1][1]
         self.current = None  # the loader of the last rows given
-        tok = corpus.tokenizer
-        specials = set(tok.special.values())
-        self.plain_ids = torch.tensor([i for i in range(tok.vocab_size) if i not in specials])
+        if cfg.train.copy_share:  # the tokens copy rows are drawn from: all but the special ones
+            specials = set(corpus.tokenizer.special.values())
+            self.plain_ids = torch.tensor([i for i in range(corpus.tokenizer.vocab_size) if i not in specials])
 
     def docs(self, x: torch.Tensor) -> torch.Tensor | None:
         return torch.cumsum(x == self.corpus.tokenizer.bos_id, dim=1) if self.cfg.long.doc_mask else None
