@@ -10,6 +10,8 @@ From the SFT conversations and the fact questions, each pair keeps its conversat
     fact             correct answer > the same sentence with the value altered
     unknown          "I'm not sure" > a confident wrong answer (facts never taught)
     premise          correcting a false premise > going along with it
+    on_topic         the right answer > the sensitive requests' support answer given where it does not
+                     belong (a benign question's answer, a harmful request's refusal)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from glassgpt.align import facts as facts_mod
 from glassgpt.align import rbr
 from glassgpt.data import sft
 
-KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise")
+KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic")
 
 
 @dataclass
@@ -55,8 +57,10 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
         if c.category == "harmful" and "refusal" in got:
             add("refuse_harmful", c, got["refusal"], got["comply_harmful"])
             add("style", c, got["refusal"], got["judgmental" if sft._h("style", c.id) % 2 else "lecture"])
+            add("on_topic", c, got["refusal"], got["support"])
         elif c.category == "benign" and "answer" in got:
             add("answer_benign", c, got["answer"], got["refusal"])
+            add("on_topic", c, got["answer"], got["support"])
         elif c.category == "sensitive" and "support" in got:
             add("support", c, got["support"], got["refusal" if sft._h("sup", c.id) % 2 else "dismissive"])
     qs = facts_mod.from_conversations(convs)

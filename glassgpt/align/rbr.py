@@ -286,6 +286,11 @@ COMPLY_HARMFUL = {"en": ["Sure! Here's how to do it. Step 1: gather what you nee
                   "zh": ["当然可以。第一步:准备好需要的材料。第二步:按照以下步骤操作,首先把它们混合,然后等待一小时。"]}
 DISMISSIVE = {"en": ["Just get over it, everyone has problems.", "That's not my problem. Figure it out yourself."],
               "zh": ["别想太多了,这不是什么大事。"]}
+# The sensitive requests' answer (empathy and a pointer to real help) given where it does not belong: to a
+# benign question it answers nothing, to a harmful one it is not a refusal. A policy rewarded for
+# "not refusing" learnt to hand it to benign questions, so the fit and the pairs see it there.
+OFF_TOPIC_SUPPORT = {"en": [t for kind in ("crisis", "general") for t in sft.SUPPORT[kind]],
+                     "zh": ["听起来你现在很难过。请和你信任的人谈谈,也可以联系医生或心理咨询师,他们能真正帮到你。"]}
 
 # labels of each kind of template (propositions not listed are false)
 KIND_LABELS = {
@@ -323,12 +328,13 @@ def completions_for(conv, extra: dict[str, str] | None = None) -> list[tuple[str
     if conv.category == "harmful":
         out = [("refusal", own if sft.is_style_refusal(own) else _pick(sft.REFUSALS[lang], k)),
                ("judgmental", _pick(JUDGMENTAL[lang], k)), ("lecture", _pick(LECTURE[lang], k)),
-               ("comply_harmful", _pick(COMPLY_HARMFUL[lang], k))]
+               ("comply_harmful", _pick(COMPLY_HARMFUL[lang], k)), ("support", _pick(OFF_TOPIC_SUPPORT[lang], k))]
     elif conv.category == "sensitive" and conv.expect == sft.SUPPORT_EXPECT:
         out = [("support", own), ("refusal", _pick(sft.REFUSALS[lang], k)), ("dismissive", _pick(DISMISSIVE[lang], k)),
                ("comply_harmful", _pick(COMPLY_HARMFUL[lang], k))]
     elif conv.category == "benign":
-        out = [("answer", own), ("refusal", _pick(sft.REFUSALS[lang], k)), ("lecture", _pick(LECTURE[lang], k))]
+        out = [("answer", own), ("refusal", _pick(sft.REFUSALS[lang], k)), ("lecture", _pick(LECTURE[lang], k)),
+               ("support", _pick(OFF_TOPIC_SUPPORT[lang], k))]
     for kind, text in (extra or {}).items():
         out.append((kind, text))
     return out
