@@ -97,6 +97,7 @@ DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
 MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False}
 TRAIN_OPTIONAL = {"copy_share": 0.0}
+ALIGN_OPTIONAL = {"adv_norm": "std"}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
@@ -202,6 +203,7 @@ class SftConfig:
 
 
 STAGES = ("rm", "classifier", "dpo", "grpo", "ppo")
+ADV_NORMS = ("std", "mean")
 CHAT_STAGES = ("sft", "dpo", "grpo", "ppo")  # stages whose model chats under data.chat.DEFAULT_SYSTEM
 
 
@@ -224,6 +226,10 @@ class AlignConfig:
     max_new_tokens: int = 32  # RL rollouts and the eval's answers
     temperature: float = 1.0  # RL rollouts
     clip: float = 0.2  # PPO / GRPO ratio clip
+    # GRPO's advantage: (reward - group mean) / group std ("std", as published), or the group mean
+    # subtracted only ("mean", as Liu et al.'s Dr. GRPO): dividing by a small std blows a group's
+    # reward noise up to full-size advantages
+    adv_norm: str = "std"
     vf_coef: float = 0.5  # PPO value loss weight
     gae_lambda: float = 0.95  # PPO
     reward_model: str = ""  # RL: an `align.stage=rm` run (empty: no RM term)
@@ -324,9 +330,9 @@ class Config:
         for k, default in DATA_OPTIONAL.items():
             if d["data"][k] == default:
                 d["data"].pop(k)
-        for section, optional in (("model", MODEL_OPTIONAL), ("train", TRAIN_OPTIONAL)):
+        for section, optional in (("model", MODEL_OPTIONAL), ("train", TRAIN_OPTIONAL), ("align", ALIGN_OPTIONAL)):
             for k, default in optional.items():
-                if d[section][k] == default:
+                if section in d and d[section][k] == default:
                     d[section].pop(k)
         return d
 
@@ -559,6 +565,9 @@ def validate(cfg: Config) -> None:
         if a.batch_size <= 0 or a.group <= 0 or a.max_new_tokens <= 0 or a.steps < 0 or a.beta <= 0 or a.kl_coef < 0:
             raise ConfigError("align.batch_size, align.group, align.max_new_tokens and align.beta must be positive, "
                               "align.steps and align.kl_coef non-negative")
+        if a.adv_norm not in ADV_NORMS:
+            raise ConfigError(f"unknown align.adv_norm '{a.adv_norm}'{closest(a.adv_norm, ADV_NORMS)}; "
+                              f"choices: {', '.join(ADV_NORMS)}")
         if a.stage == "grpo" and a.group < 2:
             raise ConfigError("align.stage=grpo needs align.group >= 2 (the group is the baseline)")
     sched = cfg.long.schedule(m.seq_len)

@@ -219,3 +219,19 @@ def test_bench_align_quick(tmp_path, capsys):
     for label in ("SFT", "DPO", "RM-only RL (GRPO)", "RL+RBR (GRPO)", "RL+RBR (PPO)"):
         assert label in out
     assert "reward model held-out pair accuracy" in out and "cpu:" in out
+
+
+
+def test_grpo_advantage_norm_choice(sft_run):
+    """align.adv_norm: "std" (the default, in no run's identity) or "mean" (Dr. GRPO: centred, not
+    divided, so a group whose rewards differ only by noise gets a small advantage); unknown: one line."""
+    r = torch.tensor([1.0, 1.0, 1.0, 1.02, 0.0, 2.0, 0.0, 2.0])  # two prompts, groups of 4
+    std = align_sources.group_advantages(r, 4, "std")
+    mean = align_sources.group_advantages(r, 4, "mean")
+    assert torch.allclose(mean, torch.tensor([-0.005, -0.005, -0.005, 0.015, -1.0, 1.0, -1.0, 1.0]))
+    assert torch.allclose(std[:4], torch.tensor([-0.5, -0.5, -0.5, 1.5]), atol=2e-2)  # noise blown up to 1.5
+    assert torch.allclose(std[4:], mean[4:] * 0.75 ** 0.5, atol=1e-3)  # / the unbiased std, (4/3) ** 0.5
+    assert "adv_norm" not in _stage(sft_run, "grpo").to_dict()["align"]
+    assert _stage(sft_run, "grpo", align__adv_norm="mean").to_dict()["align"]["adv_norm"] == "mean"
+    with pytest.raises(ConfigError, match=r"unknown align.adv_norm 'meen' \(did you mean 'mean'\?\); choices: std, mean"):
+        _stage(sft_run, "grpo", align__adv_norm="meen")

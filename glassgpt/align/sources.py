@@ -306,7 +306,8 @@ class RLSource(_Align):
 
       reward = rm_weight·RM + rbr_weight·RBR (harmful / sensitive / benign) + fact_weight·facts
                - kl_coef·KL(policy ‖ SFT), the KL summed over the sample's tokens;
-      GRPO: advantage = (reward - group mean) / group std, no value model;
+      GRPO: advantage = (reward - group mean) / group std (align.adv_norm=mean: not divided), no
+            value model;
       PPO:  a value head on the policy; per-token rewards (-kl_coef·KL per token, the rest at the
             end), GAE advantages, clipped ratio and a value loss (one optimisation epoch per batch).
 
@@ -447,8 +448,7 @@ class RLSource(_Align):
         ratio = torch.exp(lp - lp.detach())  # one epoch per batch: 1, with the policy's gradient
         n_tok = mask.sum(1).clamp(min=1)
         if a.stage == "grpo":
-            r = (score_t - a.kl_coef * kl).view(-1, G)
-            adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+            adv = group_advantages(score_t - a.kl_coef * kl, G, a.adv_norm).view(-1, 1)
             pg = -torch.min(ratio * adv, ratio.clamp(1 - a.clip, 1 + a.clip) * adv)
             loss = ((pg * mask).sum(1) / n_tok).mean()
         else:
@@ -481,6 +481,16 @@ class RLSource(_Align):
         out = self.policy_evals(self.raw)
         out["rbr_fit"] = self.rbr_fit
         return out
+
+
+def group_advantages(r: torch.Tensor, group: int, norm: str = "std") -> torch.Tensor:
+    """GRPO's advantages of rewards r [N·group] (each prompt's samples adjacent): the group mean
+    subtracted, then divided by the group's std ("std") or not ("mean", Dr. GRPO)."""
+    r = r.view(-1, group)
+    adv = r - r.mean(1, keepdim=True)
+    if norm == "std":
+        adv = adv / (r.std(1, keepdim=True) + 1e-4)
+    return adv.reshape(-1)
 
 
 def gae(rew: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, lam: float, gamma: float = 1.0):
