@@ -183,14 +183,14 @@ def test_fact_twins_and_the_answers_taught():
     qs = facts.from_conversations(toy.conversations())
     prem = next(q for q in qs if q.kind == "false_premise" and q.language == "en")
     mis = facts.FactQ("misconception", "Is it true that goldfish forget in three seconds?", "en", "train", "rho/x",
-                      answer="No. Goldfish remember for months.")
+                      answer="No. The goldfish remembers for months.")
     tw = {q.kind: q for q in facts.twins([prem])}
     assert set(tw) == {"true_premise", "true_claim", "false_claim"}
     assert prem.expect in tw["true_premise"].prompt and prem.wrong not in tw["true_premise"].prompt
     assert prem.wrong in tw["false_claim"].prompt and tw["true_claim"].prompt.startswith("Is it true that the capital")
     assert all(q.split == prem.split for q in tw.values())
     (mis_true,) = facts.twins([mis])
-    assert mis_true.kind == "true_claim" and mis_true.prompt == "Is it true that goldfish remember for months?"
+    assert mis_true.kind == "true_claim" and mis_true.prompt == "Is it true that the goldfish remembers for months?"
     for q in [prem, mis, mis_true, *tw.values()]:
         assert facts.reward(q, facts.teach(q)) == 1.0, q.kind
     assert facts.teach(prem).startswith("Actually, that premise is not right:")
