@@ -154,3 +154,40 @@ def test_muon_newton_schulz_runs_in_bf16_only_for_bf16_runs():
         s = torch.linalg.svdvals(x)
         assert s.min() > 0.5 and s.max() < 1.3
     assert (a - b).abs().max() < 0.05 and not torch.equal(a, b)
+
+
+def test_compile_that_fails_at_the_first_step_trains_eager(monkeypatch, caplog, tmp_path, corpus_dir, cache_dir):
+    """torch.compile fails where it first runs (inductor's code generation; e.g. setuptools refusing a
+    stdlib distutils imported earlier): one line, then the same run eager, weights as an eager run's."""
+    from conftest import tiny_overrides
+
+    class InductorError(Exception):  # as torch._inductor.exc raises it
+        __module__ = "torch._inductor.exc"
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns: a module whose first call compiles
+        def __init__(self, m, error):
+            super().__init__()
+            self.m, self.error = m, error
+
+        def forward(self, *a, **k):
+            raise self.error
+
+    def broken_compile(m):
+        return Compiled(m, InductorError("AssertionError: /usr/lib/python3.11/distutils/core.py"))
+
+    cfg = config.load(None, tiny_overrides(corpus_dir, cache_dir, train__compile="on", train__tokens=4 * 64 * 3))
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: "/usr/bin/g++")
+    monkeypatch.setattr(trainer.torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="glassgpt.train.trainer"):
+        rep = train(cfg, tmp_path / "failed")
+    assert "torch.compile failed at the first step (InductorError" in caplog.text and rep["compile"] is False
+    eager = train(config.load(None, tiny_overrides(corpus_dir, cache_dir, train__compile="off",
+                                                  train__tokens=4 * 64 * 3)), tmp_path / "eager")
+    assert rep["steps"] == eager["steps"]
+    a, b = (json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in ("failed", "eager"))
+    assert a["loss"] == b["loss"]
+
+    # an error of the model's own code is not swallowed
+    monkeypatch.setattr(trainer.torch, "compile", lambda m: Compiled(m, ValueError("shapes do not match")))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        train(cfg, tmp_path / "model_error")

@@ -69,6 +69,13 @@ def compile_model(model, mode: str, device, flops: float = 0.0, plain: bool = Fa
         return model, False
 
 
+def compile_failure(e: BaseException) -> bool:
+    """An error raised by torch.compile's tracing or code generation (not by the model's own code):
+    e.g. inductor's C++ toolchain failing to import setuptools in a process where the stdlib's
+    distutils was imported first."""
+    return type(e).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records of steps after the checkpoint (they will be redone)."""
     if not path.exists():
@@ -407,7 +414,15 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                 sync = micro == t.grad_accum - 1 or d.world == 1 or fsdp
                 ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, autocast:
-                    loss = step_loss(step * t.grad_accum + micro)
+                    try:
+                        loss = step_loss(step * t.grad_accum + micro)
+                    except Exception as e:  # torch.compile compiles at the first call: fail there, train eager
+                        if not (compiled and step == start and micro == 0 and compile_failure(e)):
+                            raise
+                        log.warning("torch.compile failed at the first step (%s: %s); training eager",
+                                    type(e).__name__, (str(e).strip().splitlines() or [""])[-1][:200])
+                        fwd, compiled = model, False
+                        loss = step_loss(step * t.grad_accum + micro)
                 if loss is None:
                     skip = True
                     break
