@@ -24,7 +24,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from glassgpt.data import sft
+from glassgpt.data.packaged import stable_hash
 from glassgpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ def from_conversations(convs: list, max_premises: int = 400) -> list[FactQ]:
     n = 0
     for (rel, lang), cs in sorted(by_rel.items()):
         seen = set()
-        for c in sorted(cs, key=lambda c: sft._h("premise", c.id)):
+        for c in sorted(cs, key=lambda c: stable_hash("premise", c.id)):
             if c.fact in seen or n >= max_premises:
                 continue
             others = [o for o in cs if o.expect != c.expect and not contains(c.messages[-1]["content"], o.expect)]
             if not others:
                 continue
             seen.add(c.fact)
-            o = others[sft._h("swap", c.id) % len(others)]
+            o = others[stable_hash("swap", c.id) % len(others)]
             a = c.messages[-1]["content"]
             false = _sentence(_statement(a, lang).replace(c.expect, o.expect), lang)
             out.append(FactQ("false_premise", PREMISE[lang].format(s=false), lang, c.split, f"premise/{c.id}",
@@ -213,7 +213,7 @@ def from_files(rho_files, garak_files, heldout_every: int = 4) -> list[FactQ]:
     out = []
 
     def split(key):
-        return "heldout" if sft._h("fq", key) % heldout_every == 0 else "train"
+        return "heldout" if stable_hash("fq", key) % heldout_every == 0 else "train"
 
     for p in sorted(rho_files):
         if "/factual/" not in p.as_posix():

@@ -582,6 +582,11 @@ class Document(_BaseDocument):
     language: str = "en"  # en | zh | code
 
 
+def stable_hash(*parts) -> int:
+    """A stable hash of its parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
 def split_of(doc_id: str, val_fraction: float) -> str:
     """'train' or 'val', by the same hash the shard builder uses (glassgpt.data.sources.is_val)."""
     return "val" if is_val(doc_id, val_fraction) else "train"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import inspect
 import io
 import itertools
@@ -78,9 +77,7 @@ class Conversation:
         return d
 
 
-def _h(*parts) -> int:
-    """A stable hash (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+_h = packaged.stable_hash
 
 
 def _item_split(item_id: str) -> str:
