@@ -10,8 +10,8 @@ From the SFT conversations and the fact questions, each pair keeps its conversat
     fact             correct answer > the same sentence with the value altered
     unknown          "I'm not sure" > a confident wrong answer (facts never taught)
     premise          correcting a false premise > going along with it
-    on_topic         the right answer > the sensitive requests' support answer given where it does not
-                     belong (a benign question's answer, a harmful request's refusal)
+    on_topic         a benign twin's answer > the sensitive requests' support answer (which answers nothing
+                     there: the template an RL policy learnt to hand to benign questions)
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
         if c.category == "harmful" and "refusal" in got:
             add("refuse_harmful", c, got["refusal"], got["comply_harmful"])
             add("style", c, got["refusal"], got["judgmental" if sft._h("style", c.id) % 2 else "lecture"])
-            add("on_topic", c, got["refusal"], got["support"])
         elif c.category == "benign" and "answer" in got:
             add("answer_benign", c, got["answer"], got["refusal"])
             add("on_topic", c, got["answer"], got["support"])
