@@ -155,6 +155,9 @@ def test_preference_pairs_by_code():
     assert sft.is_style_refusal(harm.chosen) and not sft.is_style_refusal(harm.rejected)
     on_topic = [p for p in pairs if p.kind == "on_topic"]
     assert on_topic and {p.category for p in on_topic} == {"benign"}
+    answer_fact = [p for p in pairs if p.kind == "answer_fact"]
+    assert {p.category for p in answer_fact} == {"fact", "false_premise"}
+    assert all(sft.is_style_refusal(p.rejected) and not sft.is_style_refusal(p.chosen) for p in answer_fact)
     assert all(p.rejected in rbr.OFF_TOPIC_SUPPORT[p.language] for p in on_topic)
     # a held-out conversation's pairs are held out
     held = {c.id for c in toy.conversations() if c.split == "heldout"}

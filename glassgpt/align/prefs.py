@@ -12,6 +12,8 @@ From the SFT conversations and the fact questions, each pair keeps its conversat
     premise          correcting a false premise > going along with it
     on_topic         a benign twin's answer > the sensitive requests' support answer (which answers nothing
                      there: the template an RL policy learnt to hand to benign questions)
+    answer_fact      the right answer to a fact question or a false premise > a refusal (RL otherwise
+                     spread refusals to fact questions, which no other pair shows)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from glassgpt.align import facts as facts_mod
 from glassgpt.align import rbr
 from glassgpt.data import sft
 
-KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic")
+KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic", "answer_fact")
 
 
 @dataclass
@@ -76,6 +78,10 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
     for q in qs:
         meta = dict(msgs=q.messages(), cat=q.kind, lang=q.language, split=q.split, iid=f"{q.kind}/{q.id}")
         pool = facts_by_rel.get(q.language, [])
+        lang = q.language if q.language in sft.REFUSALS else "en"
+        if q.kind in ("fact", "false_premise") and q.answer:
+            add("answer_fact", None, facts_mod.teach(q) or q.answer,
+                sft.REFUSALS[lang][sft._h("refuse", q.id) % len(sft.REFUSALS[lang])], **{**meta, "iid": f"answer_fact/{q.id}"})
         if q.kind == "fact" and q.answer and pool:
             other = pool[sft._h("alt", q.id) % len(pool)]
             if other.expect != q.expect and q.expect in q.answer:
