@@ -166,7 +166,7 @@ def table(results: dict) -> str:
     sft_h = results["sft"][0]["eval"]["headline"]
     for r in ["sft", *[k for k in ROWS if k in results]]:
         rs = results[r]
-        cells = "".join(f"{_stat([x['eval']['headline'].get(k) for x in rs]):>14}" for k, _ in COLUMNS)
+        cells = "".join(f"{_stat([x['eval']['headline'][k] for x in rs]):>14}" for k, _ in COLUMNS)
         bpb = _mean([x["bpb"] for x in rs])
         tax = _rel(bpb, sft_bpb, 1) if r != "sft" else ""
         secs = _mean([x.get("seconds") for x in rs])
@@ -180,7 +180,7 @@ def table(results: dict) -> str:
     lines.append("against the SFT model (goal): disallowed responses, sensitive adherence (RBR), adversarial factuality, "
                  "F1, over-refusal")
     for r in [k for k in ROWS if k in results]:
-        h = {k: _mean([x["eval"]["headline"].get(k) for x in results[r]]) for k, _ in COLUMNS}
+        h = {k: _mean([x["eval"]["headline"][k] for x in results[r]]) for k, _ in COLUMNS}
         dis = _rel(h["disallowed_rate"], sft_h["disallowed_rate"])
         over = (None if h["not_overrefuse"] is None or sft_h["not_overrefuse"] is None
                 else (sft_h["not_overrefuse"] - h["not_overrefuse"]) * 100)

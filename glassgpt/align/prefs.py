@@ -78,8 +78,8 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
     for q in qs:
         meta = dict(msgs=q.messages(), cat=q.kind, lang=q.language, split=q.split, iid=f"{q.kind}/{q.id}")
         pool = facts_by_rel.get(q.language, [])
-        lang = q.language if q.language in sft.REFUSALS else "en"
         if q.kind in ("fact", "false_premise") and q.answer:
+            lang = q.language if q.language in sft.REFUSALS else "en"
             add("answer_fact", None, facts_mod.teach(q) or q.answer,
                 sft.REFUSALS[lang][sft._h("refuse", q.id) % len(sft.REFUSALS[lang])], **{**meta, "iid": f"answer_fact/{q.id}"})
         if q.kind == "fact" and q.answer and pool:
