@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     x, y = batch[:, :-1], batch[:, 1:]
     for prec in a.precisions.split(","):
         model = build(cfg.model, seed=0)
-        opts = build_optimizers(model, cfg, prec)
+        opts = build_optimizers(model, cfg, prec, a.compile)  # as the trainer builds them
         fwd = torch.compile(model) if a.compile else model
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
 

@@ -44,7 +44,7 @@ from glassgpt import config as config_mod  # noqa: E402
 from glassgpt.data.shards import Corpus, Loader, prepare  # noqa: E402
 from glassgpt.model.gpt import build  # noqa: E402
 from glassgpt.train import dist  # noqa: E402
-from glassgpt.train.optim import build_optimizers, lr_multiplier, set_lr  # noqa: E402
+from glassgpt.train.optim import build_optimizers, fast_newton_schulz, lr_multiplier, set_lr  # noqa: E402
 from glassgpt.train.trainer import compile_model  # noqa: E402
 
 
@@ -178,6 +178,7 @@ def glassgpt(a, cfg, total: int) -> Run:
     precision = dist.resolve_precision(t.precision, "cpu")
     opts = build_optimizers(model, cfg, precision)
     fwd, compiled = compile_model(model, t.compile, "cpu")
+    fast_newton_schulz(opts, precision, compiled)
 
     def step(it, batch):
         set_lr(opts, lr_multiplier(it, total, t.schedule, t.warmup_frac, t.cooldown_frac))

@@ -76,11 +76,12 @@ def glassgpt_model(a):
     return build(cfg.model, device=DEVICE, seed=0), cfg
 
 
-def glassgpt_optimizers(model, cfg, optimizer: str, precision: str):
+def glassgpt_optimizers(model, cfg, optimizer: str, precision: str, compiled: bool):
     from glassgpt.train.optim import build_optimizers
 
     cfg.train.optimizer = optimizer
-    return build_optimizers(model, cfg, precision)  # as the trainer builds them: bf16 runs Newton-Schulz in bf16
+    # as the trainer builds them: bf16 runs Newton-Schulz in bf16, a compiled fp32 one on the Gram matrix
+    return build_optimizers(model, cfg, precision, compiled)
 
 
 def gpt2_model(a):
@@ -191,7 +192,7 @@ def build_variants(a) -> list[Variant]:
                 if kind.startswith("glassgpt"):
                     model, cfg = glassgpt_model(a)
                     optimizer = "adamw" if kind.endswith("adamw") else "muon"
-                    opts, loss = glassgpt_optimizers(model, cfg, optimizer, precision), glassgpt_loss
+                    opts, loss = glassgpt_optimizers(model, cfg, optimizer, precision, compiled), glassgpt_loss
                 elif kind == "gpt2":
                     model = gpt2_model(a).to(DEVICE)
                     opts, loss = adamw(model), hf_loss

@@ -142,6 +142,37 @@ def test_chunked_head_and_loss_match_the_whole(monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
+def test_recomputed_blocks_on_long_rows_give_the_same_loss_and_gradients(monkeypatch):
+    """Rows of RECOMPUTE_ROWS tokens or more recompute each block in the backward (activation
+    checkpointing), with document masking too: the same loss and gradients as keeping activations;
+    no grad (eval) or shorter rows keep the plain path."""
+    import glassgpt.model.gpt as gpt
+    from glassgpt.config import ModelConfig
+
+    model = gpt.build(ModelConfig(depth=2, aspect=32, head_dim=16, seq_len=64, vocab_size=97, smear=True), seed=1)
+    x, y = torch.randint(0, 97, (2, 64)), torch.randint(0, 97, (2, 64))
+    docs = torch.zeros(2, 64, dtype=torch.long)
+    docs[:, 40:] = 1
+    calls = []
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, _c=torch.utils.checkpoint.checkpoint, **k:
+                        calls.append(1) or _c(*a, **k))
+    results = []
+    for rows in (10 ** 9, 64):
+        monkeypatch.setattr(gpt, "RECOMPUTE_ROWS", rows)
+        model.zero_grad()
+        loss = model(x, y, docs=docs)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()], len(calls)))
+    (l0, g0, n0), (l1, g1, n1) = results
+    assert n0 == 0 and n1 == 2  # one checkpoint per block, only when rows are long enough
+    torch.testing.assert_close(l1, l0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        model(x, y)
+    assert len(calls) == 2
+
+
 def test_smear_carries_the_previous_token_and_starts_as_the_plain_model():
     plain = _random_model()
     smear = build(ModelConfig(**{**plain.cfg.__dict__, "smear": True}), seed=0)

@@ -156,6 +156,32 @@ def test_muon_newton_schulz_runs_in_bf16_only_for_bf16_runs():
     assert (a - b).abs().max() < 0.05 and not torch.equal(a, b)
 
 
+def test_gram_newton_schulz_matches_the_plain_iteration_and_only_compiled_fp32_takes_it():
+    """The Gram-matrix iteration is the same polynomial: for wide and tall matrices (and stacks, and a
+    low-rank gradient) it agrees with the plain fp32 iteration; square ones keep the plain one; only an
+    fp32 run whose step is compiled uses it (eager fp32 keeps the reference arithmetic)."""
+    from glassgpt.config import Config
+    from glassgpt.model.gpt import build
+    from glassgpt.train import optim
+
+    gen = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(96, 4, generator=gen) @ torch.randn(4, 24, generator=gen)
+    # a rank-4 gradient: both amplify rounding noise in its null space to ~1e-5, differently
+    for g, tol in ((torch.randn(3, 24, 96, generator=gen), 2e-5), (torch.randn(96, 24, generator=gen), 2e-5), (low_rank, 1e-3)):
+        plain, gram = optim.zeropower_newton_schulz(g), optim.zeropower_newton_schulz(g, gram=True)
+        assert gram.shape == plain.shape and not torch.equal(gram, plain)
+        assert (gram - plain).abs().max() < tol * plain.abs().max()
+    square = torch.randn(32, 32, generator=gen)
+    assert torch.equal(optim.zeropower_newton_schulz(square, gram=True), optim.zeropower_newton_schulz(square))
+    cfg = Config()
+    cfg.model.depth, cfg.model.width, cfg.model.head_dim, cfg.model.vocab_size = 1, 64, 32, 64
+    model = build(cfg.model, seed=0)
+
+    def muon(*args):
+        return [o for o in optim.build_optimizers(model, cfg, *args) if isinstance(o, optim.Muon)][0]
+    assert muon("fp32", True).ns_gram and not muon("fp32", False).ns_gram and not muon("bf16", True).ns_gram
+
+
 def test_compile_that_fails_at_the_first_step_trains_eager(monkeypatch, caplog, tmp_path, corpus_dir, cache_dir):
     """torch.compile fails where it first runs (inductor's code generation; e.g. setuptools refusing a
     stdlib distutils imported earlier): one line, then the same run eager, weights as an eager run's."""

@@ -36,6 +36,11 @@ from glassgpt.config import ModelConfig
 # (recomputed in the backward): at 32K tokens and a 4K vocabulary the logits alone are 512 MB in
 # fp32, and their softmax and gradient as much again each. Costs one more head forward per chunk.
 CE_CHUNK = 8192
+# Training rows at least this long keep only each block's input and recompute the block in the
+# backward (activation checkpointing): a 32K-token row's activations are ~0.7 GB a block at width 256,
+# and with the long stage's doc masking, copy rows and kept heap its steps peaked over 8 GB.
+# Costs one more forward of every block on those rows only.
+RECOMPUTE_ROWS = 16384
 
 
 class RMSNorm(torch.autograd.Function):
@@ -318,8 +323,12 @@ class GPT(nn.Module):
         pos = slice(0, T) if rows is None else rows.pos
         cos, sin = self.cos[pos].to(x.dtype).unsqueeze(-2), self.sin[pos].to(x.dtype).unsqueeze(-2)
         spans = doc_spans(docs) if docs is not None and rows is None else None
+        recompute = rows is None and T >= RECOMPUTE_ROWS and torch.is_grad_enabled() and not torch.compiler.is_compiling()
         for block in self.blocks:
-            x = block(x, cos, sin, rows, spans)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, None, spans, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, rows, spans)
         if last is True:
             x = x[:, -1]
         elif last is not False:  # one position per row (rows padded to a common length)

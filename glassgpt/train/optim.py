@@ -43,9 +43,10 @@ def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
     ], []
 
 
-def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False) -> torch.Tensor:
+def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False, gram: bool = False) -> torch.Tensor:
     """Approximately orthogonalise g (U Vᵀ of its SVD), or each matrix of a stack [..., m, n], with a
-    quintic Newton-Schulz iteration whose coefficients push singular values towards 1 fast (Keller Jordan)."""
+    quintic Newton-Schulz iteration whose coefficients push singular values towards 1 fast (Keller Jordan).
+    gram=True (fp32 only): the same polynomial iterated on the small m×m Gram matrix, for wide matrices."""
     a, b, c = 3.4445, -4.7750, 2.0315
     # bf16 on GPU, as in Keller Jordan's Muon: for the gpu preset's 97M model the iteration is ~1.6e12
     # FLOPs a step, ~30 ms at fp32 rates beside a ~130 ms step. On a CPU only when the run is bf16
@@ -64,6 +65,8 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False)
         for _ in range(steps):
             A = x @ x.mT
             x = gemm(x, gemm(A, A, A, beta=b, alpha=c), x, beta=a)
+    elif gram and x.size(-1) >= 2 * x.size(-2):
+        x = _newton_schulz_gram(x.contiguous(), steps, (a, b, c))
     else:  # fp32: the original arithmetic, so fp32 runs reproduce to the bit
         for _ in range(steps):
             A = x @ x.mT
@@ -71,13 +74,33 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False)
     return (x.mT if transposed else x).to(g.dtype)
 
 
+def _newton_schulz_gram(x: torch.Tensor, steps: int, abc: tuple) -> torch.Tensor:
+    """Newton-Schulz on the Gram matrix: every iterate is X_k = Q_k X_0 with Q_k a polynomial in
+    G = X_0 X_0ᵀ, so the loop runs on m×m matrices only and X_0 (m×n) is touched twice, not 2·steps
+    times. A_k = X_k X_kᵀ and P_k = aI + bA_k + cA_k² commute, so A_{k+1} = P_k² A_k, Q_{k+1} = Q_k P_k.
+    FLOPs 4m²n + 34m³ against 20m²n + 10m³: 0.66x for the MLP's 4:1 matrices (1.75x faster measured
+    in fp32, agreeing to ~1e-6). Exact in exact arithmetic; in fp32 the squared condition of G costs
+    nothing visible, in bf16 it would (so bf16 keeps the plain iteration)."""
+    a, b, c = abc
+    A = x @ x.mT
+    eye = torch.eye(A.size(-1), dtype=A.dtype, device=A.device).expand_as(A)
+    Q = None
+    for k in range(steps):
+        P = torch.add(eye, A, alpha=b / a).mul_(a).add_(A @ A, alpha=c)
+        Q = P if Q is None else Q @ P
+        if k < steps - 1:
+            A = P @ (P @ A)
+    return Q @ x
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank
     (grads already averaged)."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_bf16=False):
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_bf16=False, ns_gram=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
         self.ns_bf16 = ns_bf16
+        self.ns_gram = ns_gram  # fp32 Newton-Schulz on the Gram matrix for wide matrices (set by the trainer)
 
     @torch.no_grad()
     def step(self):
@@ -96,7 +119,8 @@ class Muon(torch.optim.Optimizer):
                 same_shape.setdefault(g.shape, []).append((p, g))
             # same-shaped matrices orthogonalised as one stack: small ones are overhead-bound (bench/vision_step.py)
             for (rows, cols), items in same_shape.items():
-                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"], self.ns_bf16)
+                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"], self.ns_bf16,
+                                                  self.ns_gram)
                 scale = max(1.0, rows / cols) ** 0.5  # tall matrices: same RMS step
                 for (p, _), update in zip(items, updates):
                     if group["weight_decay"]:
@@ -104,16 +128,27 @@ class Muon(torch.optim.Optimizer):
                     p.add_(update.view_as(p), alpha=-group["lr"] * scale)
 
 
-def build_optimizers(model, cfg: Config, precision: str = "fp32") -> list[torch.optim.Optimizer]:
-    """precision: the run's resolved precision; 'bf16' runs Muon's Newton-Schulz in bf16."""
+def build_optimizers(model, cfg: Config, precision: str = "fp32", compiled: bool = False) -> list[torch.optim.Optimizer]:
+    """precision: the run's resolved precision; 'bf16' runs Muon's Newton-Schulz in bf16.
+    compiled: the step is compiled (see fast_newton_schulz)."""
     adam_groups, muon_groups = param_groups(model, cfg)
     opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
     if muon_groups:
         opts.append(Muon(muon_groups, ns_bf16=precision == "bf16"))
+    fast_newton_schulz(opts, precision, compiled)
     for opt in opts:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
     return opts
+
+
+def fast_newton_schulz(opts, precision: str, compiled: bool) -> None:
+    """An fp32 run whose step is compiled takes the Gram-matrix Newton-Schulz (fewer FLOPs, the same
+    update to ~1e-6); an fp32 eager run keeps the original arithmetic, so `--train.precision=fp32
+    --train.compile=off` reproduces earlier runs to the bit. bf16 runs keep their own path."""
+    for opt in opts:
+        if isinstance(opt, Muon):
+            opt.ns_gram = compiled and precision != "bf16"
 
 
 def lr_multiplier(step: int, total: int, schedule: str, warmup_frac: float, cooldown_frac: float) -> float:

@@ -33,7 +33,7 @@ from glassgpt.errors import CheckpointError, ConfigError, TrainingError
 from glassgpt.model import flops as flops_mod
 from glassgpt.model.gpt import build
 from glassgpt.train import checkpoint, dist as dist_mod, sources as sources_mod
-from glassgpt.train.optim import build_optimizers, lr_multiplier, set_lr
+from glassgpt.train.optim import build_optimizers, fast_newton_schulz, lr_multiplier, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     plain = (not cfg.align.stage and not cfg.long.doc_mask and len(cfg.long.schedule(m.seq_len)) == 1
              and all(src.fixed_shape for src in sources))
     fwd, compiled = compile_model(model, t.compile, d.device, (total - start) * tokens_per_step * counts.flops_per_token, plain)
+    fast_newton_schulz(opts, precision, compiled)
     if lr_fn is None:
         def lr_fn(step, total):
             return lr_multiplier(step, total, t.schedule, t.warmup_frac, t.cooldown_frac)
@@ -422,6 +423,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
                         log.warning("torch.compile failed at the first step (%s: %s); training eager",
                                     type(e).__name__, (str(e).strip().splitlines() or [""])[-1][:200])
                         fwd, compiled = model, False
+                        fast_newton_schulz(opts, precision, False)
                         loss = step_loss(step * t.grad_accum + micro)
                 if loss is None:
                     skip = True
