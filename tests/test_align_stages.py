@@ -235,3 +235,27 @@ def test_grpo_advantage_norm_choice(sft_run):
     assert _stage(sft_run, "grpo", align__adv_norm="mean").to_dict()["align"]["adv_norm"] == "mean"
     with pytest.raises(ConfigError, match=r"unknown align.adv_norm 'meen' \(did you mean 'mean'\?\); choices: std, mean"):
         _stage(sft_run, "grpo", align__adv_norm="meen")
+
+
+def test_rl_prompts_take_true_twins_in_turn_with_false_ones(sft_run, tmp_path, monkeypatch):
+    """The policy's fact prompts include the true twins of the training questions (own kind "affirm",
+    taken in turn with the others): rewarded only for denying false statements, it learnt to deny all."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def grab(self, raw, lineage):
+        seen["src"] = self
+        raise Stop
+
+    monkeypatch.setattr(align_sources.RLSource, "ready", grab)
+    with pytest.raises(Stop):
+        train(_stage(sft_run, "grpo"), tmp_path / "grab", init_from=sft_run[2] / "sft")
+    src = seen["src"]
+    affirm = src.kinds.get("affirm", [])
+    assert affirm and {p["category"] for p in affirm} <= {"true_premise", "true_claim"}
+    assert all(p["q"].split == "train" for p in affirm)
+    assert "false_claim" in {p["category"] for p in src.kinds["adversarial"]}
+    picked = {p["id"] for i in range(len(src.kinds)) for p in src.pick_prompts(i)}
+    assert picked & {p["id"] for p in affirm}

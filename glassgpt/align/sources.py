@@ -326,7 +326,8 @@ class RLSource(_Align):
         # harmful ones
         self.kinds: dict[str, list[dict]] = {}
         for p in self.prompts:
-            kind = "adversarial" if p["category"] in ("false_premise", "misconception", "false_claim") else p["category"]
+            kind = ("adversarial" if p["category"] in ("false_premise", "misconception", "false_claim")
+                    else "affirm" if p["category"] in ("true_premise", "true_claim") else p["category"])
             self.kinds.setdefault(kind, []).append(p)
         self.rubric = rbr.load_rubric(self.a.rubric or None)
         self.rules = rbr.RuleGrader(self.rubric)
@@ -360,6 +361,9 @@ class RLSource(_Align):
         qs = facts_mod.from_conversations(convs)
         if self.real_data:
             qs += facts_mod.from_packages()
+        # the true twins too: rewarded only for denying false statements, the policy learnt to deny
+        # everything (affirmed 56% -> 25%)
+        qs += facts_mod.twins([q for q in qs if q.split == "train"])
         for q in qs:
             if q.split == "train":
                 out.append({"id": q.id, "messages": q.messages(), "prompt": q.prompt, "category": q.kind,
