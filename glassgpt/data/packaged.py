@@ -25,7 +25,6 @@ import datetime as _dt
 import fnmatch
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -251,7 +250,10 @@ class ClientMissing(DataError):
 def _which(client: str) -> bool:
     # pip is run as `python -m pip` so the download matches this interpreter
     if client == "pip":
-        return importlib.util.find_spec("pip") is not None
+        # Not importlib.util.find_spec("pip"): on Python < 3.12 setuptools' distutils shim takes any lookup
+        # of "pip" for pip starting and switches itself off for the process, so torch.compile's C++ build
+        # later found the stdlib's distutils and failed (`make speedrun`'s base, devlog 2026-12-07).
+        return any((Path(p or ".") / "pip" / "__init__.py").is_file() for p in sys.path)
     return shutil.which(client) is not None
 
 
