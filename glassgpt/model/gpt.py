@@ -37,10 +37,10 @@ from glassgpt.config import ModelConfig
 # fp32, and their softmax and gradient as much again each. Costs one more head forward per chunk.
 CE_CHUNK = 8192
 # Training rows at least this long keep only each block's input and recompute the block in the
-# backward (activation checkpointing): a 32K-token row's activations are ~0.7 GB a block at width 256,
-# and with the long stage's doc masking, copy rows and kept heap its steps peaked over 8 GB.
-# Costs one more forward of every block on those rows only.
-RECOMPUTE_ROWS = 16384
+# backward (activation checkpointing): the long stage's 32,768 tokens a step are ~0.7 GB of activations
+# a block at width 256, and its 8K- and 32K-row steps peaked near 7 GiB in fp32 (docs/long_context.md).
+# Costs one more forward of every block on those rows only; ordinary training rows stay far below.
+RECOMPUTE_ROWS = 8192
 
 
 class RMSNorm(torch.autograd.Function):
