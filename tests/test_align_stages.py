@@ -238,8 +238,9 @@ def test_grpo_advantage_norm_choice(sft_run):
 
 
 def test_rl_prompts_take_true_twins_in_turn_with_false_ones(sft_run, tmp_path, monkeypatch):
-    """The policy's fact prompts include the true twins of the training questions (own kind "affirm",
-    taken in turn with the others): rewarded only for denying false statements, it learnt to deny all."""
+    """The policy's fact-check prompts include the true twins of the training questions, in the same kind
+    as the false ones (rewarded only for denying false statements, it learnt to deny all; as a kind of
+    their own they cut the harmful prompts' share)."""
     seen = {}
 
     class Stop(Exception):
@@ -253,9 +254,10 @@ def test_rl_prompts_take_true_twins_in_turn_with_false_ones(sft_run, tmp_path, m
     with pytest.raises(Stop):
         train(_stage(sft_run, "grpo"), tmp_path / "grab", init_from=sft_run[2] / "sft")
     src = seen["src"]
-    affirm = src.kinds.get("affirm", [])
-    assert affirm and {p["category"] for p in affirm} <= {"true_premise", "true_claim"}
-    assert all(p["q"].split == "train" for p in affirm)
-    assert "false_claim" in {p["category"] for p in src.kinds["adversarial"]}
+    checks = src.kinds["factcheck"]
+    affirm = [p for p in checks if p["category"] in ("true_premise", "true_claim")]
+    assert affirm and "false_claim" in {p["category"] for p in checks}
+    assert all(p["q"].split == "train" for p in checks)
+    assert not {"affirm", "adversarial", "true_claim", "false_claim"} & set(src.kinds)
     picked = {p["id"] for i in range(len(src.kinds)) for p in src.pick_prompts(i)}
     assert picked & {p["id"] for p in affirm}

@@ -299,6 +299,10 @@ class LabelSource(_Align):
 
 
 # --- RL: GRPO and PPO ------------------------------------------------------------------------------
+# statements to check, true and false alike: one kind of RL prompt
+FACTCHECK = ("false_premise", "misconception", "false_claim", "true_premise", "true_claim")
+
+
 class RLSource(_Align):
     """Each step: `batch_size` prompts, `group` samples each through the serving Engine (temperature
     `align.temperature`, seeds from (train.seed, step, prompt): a resumed run samples the same), the
@@ -326,8 +330,7 @@ class RLSource(_Align):
         # harmful ones
         self.kinds: dict[str, list[dict]] = {}
         for p in self.prompts:
-            kind = ("adversarial" if p["category"] in ("false_premise", "misconception", "false_claim")
-                    else "affirm" if p["category"] in ("true_premise", "true_claim") else p["category"])
+            kind = "factcheck" if p["category"] in FACTCHECK else p["category"]
             self.kinds.setdefault(kind, []).append(p)
         self.rubric = rbr.load_rubric(self.a.rubric or None)
         self.rules = rbr.RuleGrader(self.rubric)
@@ -362,7 +365,8 @@ class RLSource(_Align):
         if self.real_data:
             qs += facts_mod.from_packages()
         # the true twins too: rewarded only for denying false statements, the policy learnt to deny
-        # everything (affirmed 56% -> 25%)
+        # everything (affirmed 56% -> 25%). They share the false ones' kind, so the harmful prompts keep
+        # their share of each batch (as a kind of their own, one seed let 31% of harmful requests through).
         qs += facts_mod.twins([q for q in qs if q.split == "train"])
         for q in qs:
             if q.split == "train":
