@@ -78,9 +78,10 @@ def _newton_schulz_gram(x: torch.Tensor, steps: int, abc: tuple) -> torch.Tensor
     """Newton-Schulz on the Gram matrix: every iterate is X_k = Q_k X_0 with Q_k a polynomial in
     G = X_0 X_0ᵀ, so the loop runs on m×m matrices only and X_0 (m×n) is touched twice, not 2·steps
     times. A_k = X_k X_kᵀ and P_k = aI + bA_k + cA_k² commute, so A_{k+1} = P_k² A_k, Q_{k+1} = Q_k P_k.
-    FLOPs 4m²n + 34m³ against 20m²n + 10m³: 0.66x for the MLP's 4:1 matrices (1.75x faster measured
-    in fp32, agreeing to ~1e-6). Exact in exact arithmetic; in fp32 the squared condition of G costs
-    nothing visible, in bf16 it would (so bf16 keeps the plain iteration)."""
+    FLOPs 4m²n + 34m³ against 20m²n + 10m³: 0.56x for the MLP's 4:1 matrices (bench/muon_step.py: the
+    20M model's step 1.66x faster in fp32, its update within ~1e-5 of the plain one's largest entry). Exact
+    in exact arithmetic; in fp32 the squared condition of G costs nothing visible, in bf16 it would (so bf16
+    keeps the plain iteration)."""
     a, b, c = abc
     A = x @ x.mT
     eye = torch.eye(A.size(-1), dtype=A.dtype, device=A.device).expand_as(A)
@@ -144,7 +145,7 @@ def build_optimizers(model, cfg: Config, precision: str = "fp32", compiled: bool
 
 def fast_newton_schulz(opts, precision: str, compiled: bool) -> None:
     """An fp32 run whose step is compiled takes the Gram-matrix Newton-Schulz (fewer FLOPs, the same
-    update to ~1e-6); an fp32 eager run keeps the original arithmetic, so `--train.precision=fp32
+    update to ~1e-5); an fp32 eager run keeps the original arithmetic, so `--train.precision=fp32
     --train.compile=off` reproduces earlier runs to the bit. bf16 runs keep their own path."""
     for opt in opts:
         if isinstance(opt, Muon):
