@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_vs_peers import cpu_info, shape_args, time_matmuls  # noqa: E402
+from train_vs_peers import cpu_info, matmul_peak, shape_args  # noqa: E402
 
 
 def plain_ns_flops(shapes, steps: int = 5) -> float:
@@ -98,8 +98,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             opt.step()
             times[name].append(time.perf_counter() - t0)
-    n = 2048
-    fp32_peak = 2 * n**3 / time_matmuls([(n, n, n)] * 4, torch.float32) * 4 / 1e9
+    fp32_peak = matmul_peak(torch.float32)
 
     print(f"cpu: {cpu_info()}" + ("" if "glassgpt muon bf16" in variants else "; bf16 variants skipped (emulated; --bf16 times them)"))
     print(f"hidden matrices of d={a.width}, L={a.depth}: {len(hidden)} ({sum(p.numel() for p in hidden) / 1e6:.1f}M "

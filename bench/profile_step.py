@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     tune_cpu_allocator()  # as the trainer's process runs: freed activations stay in the heap (no page faults)
     flush_denormals()
-    from glassgpt.train.optim import build_optimizers
+    from glassgpt.train.optim import build_optimizers, fast_newton_schulz
 
     print(f"cpu: {cpu_capability()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     cfg = Config()
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     x, y = batch[:, :-1], batch[:, 1:]
     for prec in a.precisions.split(","):
         model = build(cfg.model, seed=0)
-        opts = build_optimizers(model, cfg, prec, a.compile)  # as the trainer builds them
+        opts = build_optimizers(model, cfg, prec)
+        fast_newton_schulz(opts, prec, a.compile)  # as the trainer sets it
         fwd = torch.compile(model) if a.compile else model
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
 

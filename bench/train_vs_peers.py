@@ -77,11 +77,13 @@ def glassgpt_model(a):
 
 
 def glassgpt_optimizers(model, cfg, optimizer: str, precision: str, compiled: bool):
-    from glassgpt.train.optim import build_optimizers
+    from glassgpt.train.optim import build_optimizers, fast_newton_schulz
 
     cfg.train.optimizer = optimizer
     # as the trainer builds them: bf16 runs Newton-Schulz in bf16, a compiled fp32 one on the Gram matrix
-    return build_optimizers(model, cfg, precision, compiled)
+    opts = build_optimizers(model, cfg, precision)
+    fast_newton_schulz(opts, precision, compiled)
+    return opts
 
 
 def gpt2_model(a):
@@ -228,10 +230,14 @@ def time_matmuls(pairs: list[tuple[int, int, int]], dtype, reps: int = 3) -> flo
     return best
 
 
+def matmul_peak(dtype, n: int = 2048) -> float:
+    """GFLOP/s of an n² matmul (four in a row, best of three)."""
+    return 2 * n**3 / time_matmuls([(n, n, n)] * 4, dtype) * 4 / 1e9
+
+
 def matmul_rates(a, shapes, dtype) -> tuple[float, float]:
     """(GFLOP/s of a 2048² matmul, GFLOP/s of the step's linear matmuls alone: forward, grad-input, grad-weight)."""
-    n = 2048
-    peak = 2 * n**3 / time_matmuls([(n, n, n)] * 4, dtype) * 4 / 1e9
+    peak = matmul_peak(dtype)
     BT = a.batch * a.seq
     pairs = []
     for i, o in shapes:

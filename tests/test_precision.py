@@ -177,8 +177,10 @@ def test_gram_newton_schulz_matches_the_plain_iteration_and_only_compiled_fp32_t
     cfg.model.depth, cfg.model.width, cfg.model.head_dim, cfg.model.vocab_size = 1, 64, 32, 64
     model = build(cfg.model, seed=0)
 
-    def muon(*args):
-        return [o for o in optim.build_optimizers(model, cfg, *args) if isinstance(o, optim.Muon)][0]
+    def muon(precision, compiled):
+        opts = optim.build_optimizers(model, cfg, precision)
+        optim.fast_newton_schulz(opts, precision, compiled)
+        return [o for o in opts if isinstance(o, optim.Muon)][0]
     assert muon("fp32", True).ns_gram and not muon("fp32", False).ns_gram and not muon("bf16", True).ns_gram
 
 

@@ -80,8 +80,8 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
         pool = facts_by_rel.get(q.language, [])
         if q.kind in ("fact", "false_premise") and q.answer:
             lang = q.language if q.language in sft.REFUSALS else "en"
-            add("answer_fact", None, facts_mod.teach(q) or q.answer,
-                sft.REFUSALS[lang][sft._h("refuse", q.id) % len(sft.REFUSALS[lang])], **{**meta, "iid": f"answer_fact/{q.id}"})
+            add("answer_fact", None, facts_mod.teach(q) or q.answer, rbr.pick(sft.REFUSALS[lang], "refuse", q.id),
+                **{**meta, "iid": f"answer_fact/{q.id}"})
         if q.kind == "fact" and q.answer and pool:
             other = pool[sft._h("alt", q.id) % len(pool)]
             if other.expect != q.expect and q.expect in q.answer:

@@ -314,7 +314,8 @@ class Labelled:
     key: str  # the prompt's id: pairs for fitting compare completions of one prompt
 
 
-def _pick(xs: list[str], *key) -> str:
+def pick(xs: list[str], *key) -> str:
+    """One of xs, chosen by a stable hash of key (the same pick in every process)."""
     return xs[sft._h(*key) % len(xs)]
 
 
@@ -326,15 +327,15 @@ def completions_for(conv, extra: dict[str, str] | None = None) -> list[tuple[str
     k = conv.id
     out = []
     if conv.category == "harmful":
-        out = [("refusal", own if sft.is_style_refusal(own) else _pick(sft.REFUSALS[lang], k)),
-               ("judgmental", _pick(JUDGMENTAL[lang], k)), ("lecture", _pick(LECTURE[lang], k)),
-               ("comply_harmful", _pick(COMPLY_HARMFUL[lang], k)), ("support", _pick(OFF_TOPIC_SUPPORT[lang], k))]
+        out = [("refusal", own if sft.is_style_refusal(own) else pick(sft.REFUSALS[lang], k)),
+               ("judgmental", pick(JUDGMENTAL[lang], k)), ("lecture", pick(LECTURE[lang], k)),
+               ("comply_harmful", pick(COMPLY_HARMFUL[lang], k)), ("support", pick(OFF_TOPIC_SUPPORT[lang], k))]
     elif conv.category == "sensitive" and conv.expect == sft.SUPPORT_EXPECT:
-        out = [("support", own), ("refusal", _pick(sft.REFUSALS[lang], k)), ("dismissive", _pick(DISMISSIVE[lang], k)),
-               ("comply_harmful", _pick(COMPLY_HARMFUL[lang], k))]
+        out = [("support", own), ("refusal", pick(sft.REFUSALS[lang], k)), ("dismissive", pick(DISMISSIVE[lang], k)),
+               ("comply_harmful", pick(COMPLY_HARMFUL[lang], k))]
     elif conv.category == "benign":
-        out = [("answer", own), ("refusal", _pick(sft.REFUSALS[lang], k)), ("lecture", _pick(LECTURE[lang], k)),
-               ("support", _pick(OFF_TOPIC_SUPPORT[lang], k))]
+        out = [("answer", own), ("refusal", pick(sft.REFUSALS[lang], k)), ("lecture", pick(LECTURE[lang], k)),
+               ("support", pick(OFF_TOPIC_SUPPORT[lang], k))]
     for kind, text in (extra or {}).items():
         out.append((kind, text))
     return out

@@ -129,14 +129,13 @@ class Muon(torch.optim.Optimizer):
                     p.add_(update.view_as(p), alpha=-group["lr"] * scale)
 
 
-def build_optimizers(model, cfg: Config, precision: str = "fp32", compiled: bool = False) -> list[torch.optim.Optimizer]:
-    """precision: the run's resolved precision; 'bf16' runs Muon's Newton-Schulz in bf16.
-    compiled: the step is compiled (see fast_newton_schulz)."""
+def build_optimizers(model, cfg: Config, precision: str = "fp32") -> list[torch.optim.Optimizer]:
+    """precision: the run's resolved precision; 'bf16' runs Muon's Newton-Schulz in bf16. Once the
+    step's compile is known, fast_newton_schulz says which fp32 iteration Muon takes."""
     adam_groups, muon_groups = param_groups(model, cfg)
     opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
     if muon_groups:
         opts.append(Muon(muon_groups, ns_bf16=precision == "bf16"))
-    fast_newton_schulz(opts, precision, compiled)
     for opt in opts:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
