@@ -46,6 +46,10 @@ class ModelConfig:
     # after an earlier copy of mine" and copy it: induction, which the plain model did not learn
     # within the assistant's 4.5M-token budget (docs/long_context.md).
     smear: bool = False
+    # How many previous tokens the smear carries (each through its own d×d block of one map): with two,
+    # one layer matches "the token after an earlier copy of my last two", not of the last one only,
+    # which is what text with recurring words asks ("The pass key is" after many an "is").
+    smear_tokens: int = 1
 
     @property
     def d_model(self) -> int:
@@ -95,7 +99,7 @@ class DataConfig:
 # so runs and corpora from before they existed keep their identity.
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
-MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False}
+MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False, "smear_tokens": 1}
 TRAIN_OPTIONAL = {"copy_share": 0.0}
 ALIGN_OPTIONAL = {"adv_norm": "std"}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
@@ -505,6 +509,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.kv_groups={m.kv_groups} must divide the {m.n_heads} heads")
     if m.width and m.width % m.head_dim:
         raise ConfigError(f"model.width={m.width} must be a multiple of model.head_dim={m.head_dim}")
+    if not 1 <= m.smear_tokens <= 8:
+        raise ConfigError(f"model.smear_tokens={m.smear_tokens} must be 1 to 8 (how many previous tokens the smear carries)")
     if t.optimizer not in ("adamw", "muon"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
     if t.precision not in ("auto", "fp32", "bf16"):

@@ -9,6 +9,8 @@ from glassgpt.model.gpt import GPT, KVCache, build
 
 
 def _random_model(**kw):
+    if not isinstance(kw.get("smear", False), bool):  # smear=k: a smear of the k previous tokens
+        kw["smear_tokens"], kw["smear"] = kw["smear"], True
     cfg = ModelConfig(**{"depth": 2, "vocab_size": 300, "seq_len": 48, "head_dim": 16, "aspect": 32, **kw})
     m = build(cfg, seed=0)
     with torch.no_grad():  # init zeroes the residual projections; randomise so tests see every path
@@ -28,7 +30,7 @@ def test_built_on_meta_then_initialised():
     assert torch.equal(same.lm_head.weight, m.lm_head.weight)
 
 
-VARIANTS = [("relu2", 1, False), ("swiglu", 2, False), ("relu2", 1, True)]  # mlp, kv_groups, smear
+VARIANTS = [("relu2", 1, False), ("swiglu", 2, False), ("relu2", 1, True), ("relu2", 1, 2)]  # mlp, kv_groups, smear (2: two tokens)
 
 
 @pytest.mark.parametrize("mlp,kv_groups,smear", VARIANTS)
@@ -193,10 +195,26 @@ def test_smear_carries_the_previous_token_and_starts_as_the_plain_model():
     assert not torch.allclose(la[:, 6], lb[:, 6]) and torch.allclose(la[:, 7], lb[:, 7], atol=1e-6)
 
 
-def test_smear_stops_at_document_boundaries():
-    """With document masking a document scores as it would alone: its first token does not see the
-    token before it."""
-    m = _random_model(smear=True).eval()
+def test_a_two_token_smear_carries_the_two_tokens_before_each_position():
+    """smear_tokens=2: position 7's input depends on tokens 5 and 6 directly (no attention), position 8's
+    not on token 5."""
+    m = _random_model(depth=1, smear=2)
+    assert m.smear.weight.shape == (m.cfg.d_model, 2 * m.cfg.d_model)
+    with torch.no_grad():
+        m.blocks[0].attn.c_proj.weight.zero_()  # no attention: a position sees only its own input
+    a = torch.randint(0, 300, (2, 12))
+    b = a.clone()
+    b[:, 5] = (b[:, 5] + 1) % 300
+    la, lb = m(a), m(b)
+    assert not torch.allclose(la[:, 6], lb[:, 6]) and not torch.allclose(la[:, 7], lb[:, 7])
+    assert torch.allclose(la[:, 8], lb[:, 8], atol=1e-6)
+
+
+@pytest.mark.parametrize("smear", [True, 2])
+def test_smear_stops_at_document_boundaries(smear):
+    """With document masking a document scores as it would alone: its first tokens do not see the
+    tokens before it."""
+    m = _random_model(smear=smear).eval()
     x, y = torch.randint(0, 300, (1, 7)), torch.randint(0, 300, (1, 9))
     row = torch.cat([x, y], 1)
     docs = torch.tensor([[0] * 7 + [1] * 9])

@@ -191,8 +191,9 @@ def test_the_engine_thread_sets_its_own_torch_threads(loaded, monkeypatch):
     assert ("engine-threads", 1) in seen and Engine(model, tok, cfg, name="x", device="cpu").threads == before
 
 
-def test_a_smearing_model_decodes_as_its_full_forward(loaded):
-    """A model with token smearing reads the token before each call's first one from the cache: greedy
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_smearing_model_decodes_as_its_full_forward(loaded, k):
+    """A model with token smearing reads the k tokens before each call's first one from the cache: greedy
     decoding with chunked prefill, a shared prefix (n choices) and other slots decoding around it gives
     the full forward's argmax."""
     import dataclasses
@@ -200,7 +201,7 @@ def test_a_smearing_model_decodes_as_its_full_forward(loaded):
     from glassgpt.model.gpt import build
 
     base, tok, cfg = loaded
-    mcfg = dataclasses.replace(cfg.model, smear=True)
+    mcfg = dataclasses.replace(cfg.model, smear=True, smear_tokens=k)
     model = build(mcfg, seed=0)
     model.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():

@@ -155,6 +155,9 @@ def test_a_stage_without_the_parents_smear_is_refused_before_writing(tiny_cfg, t
     with pytest.raises(CheckpointError, match="model.smear: parent run has True, this config False"):
         train(tiny_cfg(train__tokens=4 * 32), tmp_path / "plain", init_from=tmp_path / "base")
     assert not (tmp_path / "plain").exists()
+    with pytest.raises(CheckpointError, match="model.smear_tokens: parent run has 1, this config 2"):
+        train(tiny_cfg(model__smear="true", model__smear_tokens="2", train__tokens=4 * 32), tmp_path / "two",
+              init_from=tmp_path / "base")
 
 
 def test_stage_bad_parents_write_nothing(tiny_cfg, tmp_path):

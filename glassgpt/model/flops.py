@@ -33,7 +33,7 @@ def count(cfg: ModelConfig, seq_len: int | None = None) -> Counts:
     attn = d * (q_dim + 2 * kv_dim) + q_dim * d
     mlp = d * cfg.d_hidden * (2 if cfg.mlp == "swiglu" else 1) + cfg.d_hidden * d
     block = attn + mlp
-    matmul = L * block + d * V + (d * d if cfg.smear else 0)  # LM head, smear map
+    matmul = L * block + d * V + (cfg.smear_tokens * d * d if cfg.smear else 0)  # LM head, smear map
     params = matmul + V * d  # + embedding
     attn_flops = L * 2 * (2 * T * q_dim)  # QKᵀ and AV, per query token
     fwd = 2 * matmul + attn_flops

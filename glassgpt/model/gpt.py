@@ -8,7 +8,7 @@ A decoder-only transformer in the modern style (as in nanochat / Llama):
 - no biases anywhere, an untied LM head,
 - a ReLU² or SwiGLU MLP,
 - torch's scaled_dot_product_attention (flash / memory-efficient kernels where available),
-- optionally token smearing: the previous token's embedding mixed into each input (induction in one layer).
+- optionally token smearing: the previous token's (or k tokens') embedding mixed into each input (induction in one layer).
 
 The model is built on the meta device (no memory, no init cost) and initialised by an
 explicit `init_weights()` after it is moved to its real device, so that FSDP can shard
@@ -160,11 +160,13 @@ class CacheRows:
         cv[self.slots[:, None], :, self.pos] = v.transpose(1, 2).to(cv.dtype)
         return ck[self.read, :, : self.L], cv[self.read, :, : self.L]
 
-    def previous(self, idx: torch.Tensor) -> torch.Tensor:
-        """Record idx [B, T] in the slots; return the token before each position (any at position 0)."""
+    def previous(self, idx: torch.Tensor, k: int = 1) -> torch.Tensor:
+        """Record idx [B, T] in the slots; return the k tokens before each position [B, T, k], nearest
+        first (any before position 0)."""
         tokens = self.cache.tokens
         tokens[self.slots[:, None], self.pos] = idx
-        return tokens[self.slots[:, None], (self.pos - 1).clamp(min=0)]
+        back = torch.arange(1, k + 1, device=idx.device)
+        return tokens[self.slots[:, None, None], (self.pos[..., None] - back).clamp(min=0)]
 
 
 class Attention(nn.Module):
@@ -247,7 +249,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.smear = nn.Linear(cfg.d_model, cfg.d_model, bias=False) if cfg.smear else None
+        # the previous smear_tokens tokens' embeddings, side by side, through one map
+        self.smear = nn.Linear(cfg.smear_tokens * cfg.d_model, cfg.d_model, bias=False) if cfg.smear else None
         cos, sin = rope_tables(cfg)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -274,16 +277,21 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def _smeared(self, emb, idx, rows, docs):
-        """The previous token's embedding through the smear map; nothing at a sequence's or a
-        document's first position. Token embeddings only (an image's placeholder token, not its
-        image), so a cached call, which sees only the previous token's id, computes the same."""
+        """The embeddings of the smear_tokens tokens before each position through the smear map; nothing
+        for a position before a sequence's or a document's start. Token embeddings only (an image's
+        placeholder token, not its image), so a cached call, which sees only token ids, computes the same."""
+        prevs = []
         if rows is None:
-            prev = F.pad(emb[:, :-1], (0, 0, 1, 0))
-            if docs is not None:  # a document's first token does not see the one before it
-                prev = prev * (docs == F.pad(docs[:, :-1], (1, 0), value=-1)).unsqueeze(-1)
+            for j in range(1, self.cfg.smear_tokens + 1):
+                prev = F.pad(emb[:, :-j], (0, 0, j, 0))
+                if docs is not None:  # a document's first tokens do not see the ones before it
+                    prev = prev * (docs == F.pad(docs[:, :-j], (j, 0), value=-1)).unsqueeze(-1)
+                prevs.append(prev)
         else:
-            prev = self.wte(rows.previous(idx)) * (rows.pos > 0).unsqueeze(-1).to(emb.dtype)
-        return self.smear(prev)
+            tokens = rows.previous(idx, self.cfg.smear_tokens)  # [B, T, k]
+            for j in range(1, self.cfg.smear_tokens + 1):
+                prevs.append(self.wte(tokens[..., j - 1]) * (rows.pos >= j).unsqueeze(-1).to(emb.dtype))
+        return self.smear(prevs[0] if len(prevs) == 1 else torch.cat(prevs, -1))
 
     def _token_losses(self, x, targets):
         return F.cross_entropy(self.lm_head(x).float(), targets, reduction="none")
