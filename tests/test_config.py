@@ -99,7 +99,8 @@ def test_the_chat_chains_presets_share_the_base_models_shape_and_corpus():
     for name in ("chat_sft", "align", "vision_chat", "vision_chat_short"):
         cfg = config.load(name)
         assert cfg.data == base.data, name
-        assert (cfg.model.d_model, cfg.model.depth, cfg.model.smear) == (base.model.d_model, base.model.depth, base.model.smear), name
+        shape = (cfg.model.d_model, cfg.model.depth, cfg.model.smear, cfg.model.smear_tokens)
+        assert shape == (base.model.d_model, base.model.depth, base.model.smear, base.model.smear_tokens), name
 
 
 def test_the_vision_stages_text_chat_repeats_what_the_sft_repeats():
