@@ -300,7 +300,8 @@ def memory_and_serving(args, model, tok, cfg) -> None:
     # 4. memory at 32K -------------------------------------------------------------------------------
     m = cfg.model
     shape = {"depth": m.depth, "aspect": m.aspect, "width": m.width, "head_dim": m.head_dim, "kv_groups": m.kv_groups,
-             "mlp": m.mlp, "vocab_size": m.vocab_size, "seq_len": 32768, "smear": m.smear, "threads": args.threads}
+             "mlp": m.mlp, "vocab_size": m.vocab_size, "seq_len": 32768, "smear": m.smear,
+             "smear_tokens": m.smear_tokens, "threads": args.threads}
     spec = {"model": {k: v for k, v in shape.items() if k != "threads"}, "threads": args.threads}
     fwd, kv = in_child("forward", spec), in_child("kv", spec)
     print("\n== memory at 32,768 tokens (fresh process each) ==")
