@@ -32,6 +32,8 @@ def test_bad_value_and_unknown_preset():
         config.load("tinny")
     with pytest.raises(ConfigError, match="kv_groups"):
         config.load("tiny", ["model.kv_groups=3"])
+    with pytest.raises(ConfigError, match=r"model.smear_tokens=0 must be 1 to 8"):
+        config.load("tiny", ["model.smear_tokens=0"])
 
 
 def test_config_file_roundtrip(tmp_path):
