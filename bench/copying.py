@@ -6,7 +6,7 @@ Per run: a random sequence of 100 tokens shown twice (32 of them), the top-1 acc
 showing, for alphabets of 8, 64 and all plain tokens (with 8 tokens each one recurs ~12 times, so
 copying must match the tokens before it too, as text asks: "What is the pass key? The pass key is"),
 and the mean loss of the first and second showing over the whole vocabulary; then the built-in pass-key
-and needle evals (glassgpt.evals.longctx) inside the given lengths, 10 depths x 2 seeds, greedy.
+and needle evals (glassgpt.evals.longctx) inside the given lengths, 10 depths x 2 seeds (--seeds), greedy.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--lengths", default="", help="pass-key/needle lengths (default: the model's seq_len)")
+    ap.add_argument("--seeds", default="0,1", help="pass-key/needle seeds (each: 10 depths a length)")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    seeds = [int(x) for x in args.seeds.split(",")]
     print(f"{'run':<40} {'top-1, alphabet 8':>18} {'64':>7} {'all':>7}   loss 1st -> 2nd   pass-key   needle")
     for run in args.runs:
         model, tok, cfg = load_model(run)
@@ -54,7 +56,7 @@ def main() -> None:
         hits = {}
         try:
             for kind in ("passkey", "needle"):
-                cells = [a for seed in (0, 1) for row in longctx.grid(eng, kind, lengths=lengths, seed=seed)["acc"]
+                cells = [a for seed in seeds for row in longctx.grid(eng, kind, lengths=lengths, seed=seed)["acc"]
                          for a in row if a is not None]
                 hits[kind] = f"{round(sum(cells))}/{len(cells)}"
         finally:
