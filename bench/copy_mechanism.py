@@ -18,8 +18,12 @@ import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from copying import copy_scores  # noqa: E402
 
 VOCAB, PLAIN, LOW = 4096, 4096 - 350, 300  # copy tokens 300 .. V-51, as bench/copying.py draws them
 
@@ -40,9 +44,6 @@ def batch(g: torch.Generator, B: int = 16, T: int = 256):
 
 
 def arm(k: int, steps: int, seed: int) -> None:
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from copying import copy_scores
-
     from glassgpt.config import Config, ModelConfig
     from glassgpt.model.gpt import build
     from glassgpt.train.optim import build_optimizers, lr_multiplier, set_lr

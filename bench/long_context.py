@@ -16,6 +16,7 @@ chunked prefill and without (the ratio each). Every timing is on this machine's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -299,10 +300,10 @@ def memory_and_serving(args, model, tok, cfg) -> None:
 
     # 4. memory at 32K -------------------------------------------------------------------------------
     m = cfg.model
-    shape = {"depth": m.depth, "aspect": m.aspect, "width": m.width, "head_dim": m.head_dim, "kv_groups": m.kv_groups,
-             "mlp": m.mlp, "vocab_size": m.vocab_size, "seq_len": 32768, "smear": m.smear,
-             "smear_tokens": m.smear_tokens, "threads": args.threads}
-    spec = {"model": {k: v for k, v in shape.items() if k != "threads"}, "threads": args.threads}
+    big = dataclasses.replace(m, seq_len=32768)  # the run's model (smear, RoPE, ...) in a 32K window
+    if big.rope_original_len and big.rope_original_len * big.rope_scale < big.seq_len:
+        big.rope_scale = big.seq_len / big.rope_original_len
+    spec = {"model": dataclasses.asdict(big), "threads": args.threads}
     fwd, kv = in_child("forward", spec), in_child("kv", spec)
     print("\n== memory at 32,768 tokens (fresh process each) ==")
     if "error" in fwd:
@@ -319,10 +320,6 @@ def memory_and_serving(args, model, tok, cfg) -> None:
     # 5. prefill speed and latency -------------------------------------------------------------------
     from glassgpt.model.gpt import build
 
-    big = m.__class__(**{**spec["model"], "rope_scaling": m.rope_scaling, "rope_scale": m.rope_scale,
-                         "rope_original_len": m.rope_original_len})
-    if big.rope_original_len and big.rope_original_len * big.rope_scale < big.seq_len:
-        big.rope_scale = big.seq_len / big.rope_original_len
     served = build(big)
     served.load_state_dict(model.state_dict())  # the stage's weights in a 32K window
     max_len = 4096 if args.quick else 32768

@@ -280,18 +280,18 @@ class GPT(nn.Module):
         """The embeddings of the smear_tokens tokens before each position through the smear map; nothing
         for a position before a sequence's or a document's start. Token embeddings only (an image's
         placeholder token, not its image), so a cached call, which sees only token ids, computes the same."""
-        prevs = []
+        k = self.cfg.smear_tokens
         if rows is None:
-            for j in range(1, self.cfg.smear_tokens + 1):
+            prevs = []
+            for j in range(1, k + 1):
                 prev = F.pad(emb[:, :-j], (0, 0, j, 0))
                 if docs is not None:  # a document's first tokens do not see the ones before it
                     prev = prev * (docs == F.pad(docs[:, :-j], (j, 0), value=-1)).unsqueeze(-1)
                 prevs.append(prev)
-        else:
-            tokens = rows.previous(idx, self.cfg.smear_tokens)  # [B, T, k]
-            for j in range(1, self.cfg.smear_tokens + 1):
-                prevs.append(self.wte(tokens[..., j - 1]) * (rows.pos >= j).unsqueeze(-1).to(emb.dtype))
-        return self.smear(prevs[0] if len(prevs) == 1 else torch.cat(prevs, -1))
+            return self.smear(torch.cat(prevs, -1))
+        back = torch.arange(1, k + 1, device=idx.device)
+        prev = self.wte(rows.previous(idx, k)) * (rows.pos[..., None] >= back).unsqueeze(-1).to(emb.dtype)  # [B, T, k, d]
+        return self.smear(prev.flatten(-2))
 
     def _token_losses(self, x, targets):
         return F.cross_entropy(self.lm_head(x).float(), targets, reduction="none")
