@@ -44,8 +44,9 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--lengths", default="", help="pass-key/needle lengths (default: the model's seq_len)")
     ap.add_argument("--seeds", default="0,1", help="pass-key/needle seeds (each: 10 depths a length)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")]
     print(f"{'run':<40} {'top-1, alphabet 8':>18} {'64':>7} {'all':>7}   loss 1st -> 2nd   pass-key   needle")
     for run in args.runs:

@@ -413,6 +413,12 @@ def test_prefill_share_sizes_chunks_from_measured_costs():
     # and with it each token's cost; before, chunks under 256 tokens were never measured)
     assert eng._t_token != 0.001 and 0 < eng._t_token < 1
     eng._t_decode, eng._t_token = 0.010, 0.001
+    # deep in a long prompt a token can cost more than a decode step: the chunk shrinks to match
+    done = eng.prefilling[0].done
+    eng._t_decode, eng._t_token = 0.010, 0.008
+    eng._prefill_chunks()
+    assert eng.prefilling[0].done == done + 2
+    eng._t_decode, eng._t_token = 0.010, 0.001
     eng.prefilling[0].done = 190  # 10 tokens left: a tail shorter than the budget measures nothing
     eng._prefill_chunks()
     assert not eng.prefilling and eng._t_token == 0.001
