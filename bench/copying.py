@@ -54,17 +54,20 @@ def main() -> None:
         c = copy_scores(model, cfg.model.vocab_size)
         lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.seq_len]
         eng = Engine(model, tok, cfg, max_batch=1)
-        hits = {}
+        hits, per_length = {}, {}
         try:
             for kind in ("passkey", "needle"):
-                cells = [a for seed in seeds for row in longctx.grid(eng, kind, lengths=lengths, seed=seed)["acc"]
-                         for a in row if a is not None]
-                hits[kind] = f"{round(sum(cells))}/{len(cells)}"
+                grids = [longctx.grid(eng, kind, lengths=lengths, seed=seed)["acc"] for seed in seeds]
+                rows = [[a for g in grids for a in g[i] if a is not None] for i in range(len(lengths))]
+                hits[kind] = f"{round(sum(map(sum, rows)))}/{sum(map(len, rows))}"
+                per_length[kind] = ", ".join(f"{n} {round(sum(r))}/{len(r)}" for n, r in zip(lengths, rows) if r)
         finally:
             eng.stop()
         print(f"{str(run):<40} {c['top1_8']:>18.1%} {c['top1_64']:>7.1%} {c['top1_all']:>7.1%}   "
               f"{c['first']:>5.2f} -> {c['second']:<5.2f}   {hits['passkey']:>8}   {hits['needle']:>6}"
               f"   (at {','.join(map(str, lengths))} tokens)")
+        if len(lengths) > 1:
+            print(f"{'':<40} pass-key by length: {per_length['passkey']}; needle: {per_length['needle']}")
 
 
 if __name__ == "__main__":

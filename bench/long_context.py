@@ -113,8 +113,10 @@ def prefill_rate(engine, n: int, reps: int = 1) -> float:
 
 
 def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, tokens: int = 48) -> dict:
-    """Inter-token gaps of `clients` streams: idle (long_len None) or while one prompt of long_len
-    tokens prefills (gaps inside that prefill's window only)."""
+    """Inter-token gaps of `clients` streams: idle (long_len None: `tokens` tokens a stream) or while one
+    prompt of long_len tokens prefills (gaps inside that prefill's window only; stream_tokens: how long the
+    streams had grown by its end, so that the idle reference can cover the same stream lengths: a stream's
+    own decode step slows as it grows, 3x over a 32K prefill at one thread)."""
     from glassgpt.serve.engine import SamplingParams
 
     stamps = [[] for _ in range(clients)]
@@ -159,6 +161,7 @@ def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, to
            "p99_ms": float(np.percentile(gaps, 99)) if len(gaps) else float("nan")}
     if window:
         out["prefill_s"] = window[1] - window[0]
+        out["stream_tokens"] = int(np.median([np.searchsorted(st, window[1]) + 1 for st in stamps]))
     return out
 
 
@@ -336,7 +339,8 @@ def memory_and_serving(args, model, tok, cfg) -> None:
         e.end_ids = set()  # the streams run to their budget: none ends early on its own
         e.start()
         try:
-            results[name] = (rates, itl(e, None), itl(e, long_len))
+            busy = itl(e, long_len)
+            results[name] = (rates, itl(e, None, tokens=max(48, busy["stream_tokens"] - 4)), busy)
         finally:
             e.stop()
         del e
@@ -344,9 +348,10 @@ def memory_and_serving(args, model, tok, cfg) -> None:
     print(f"{'prompt':>8} | {'chunked 2048':>12} | {'whole (<=16K)':>13} | ratio")
     for n, a, b in zip(plens, results["chunked"][0], results["whole (<=16K)"][0]):
         print(f"{n:>8,} | {a:>12,.0f} | {b:>13,.0f} | {a / b:.2f}")
-    print(f"\n== inter-token latency of 8 streaming clients, idle vs while one {long_len:,}-token prompt prefills ==")
+    print(f"\n== inter-token latency of 8 streaming clients, idle vs while one {long_len:,}-token prompt prefills "
+          "(idle: streams grown as long as they did during the prefill) ==")
     for name, (_, idle, busy) in results.items():
-        print(f"{name:>13}: idle p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f}); during the prefill "
+        print(f"{name:>13}: idle p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f}, {idle['gaps']} gaps); during the prefill "
               f"({busy['prefill_s']:.1f} s) p99 {busy['p99_ms']:.1f} ms (p50 {busy['p50_ms']:.1f}, {busy['gaps']} gaps): "
               f"ratio {busy['p99_ms'] / idle['p99_ms']:.2f}")
 
