@@ -412,7 +412,6 @@ def test_prefill_share_sizes_chunks_from_measured_costs():
     # that chunk used its whole budget: its time per token is the new estimate (the context grows,
     # and with it each token's cost; before, chunks under 256 tokens were never measured)
     assert eng._t_token != 0.001 and 0 < eng._t_token < 1
-    eng._t_decode, eng._t_token = 0.010, 0.001
     # deep in a long prompt a token can cost more than a decode step: the chunk shrinks to match
     done = eng.prefilling[0].done
     eng._t_decode, eng._t_token = 0.010, 0.008

@@ -750,7 +750,7 @@ class Engine:
         budget = self.prefill_chunk
         if self.running and self.prefill_share and self._t_decode and self._t_token:
             # no floor of many tokens: deep in a 32K prompt one token's attention costs about a
-            # decode step, and a 16-token floor set the streams' gaps (3.6x idle at p99)
+            # decode step, so a 16-token floor, not prefill_share, set the streams' gaps there
             budget = int(min(budget, max(1, self.prefill_share * self._t_decode / self._t_token)))
         # a call that used the whole budget measures the cost per token, its per-call part included:
         # then budget·cost converges on the chunk that takes prefill_share decode steps, as the
