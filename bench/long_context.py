@@ -114,8 +114,8 @@ def prefill_rate(engine, n: int, reps: int = 1) -> float:
 
 def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, tokens: int = 48) -> dict:
     """Inter-token gaps of `clients` streams: idle (long_len None: `tokens` tokens a stream) or while one
-    prompt of long_len tokens prefills (gaps inside that prefill's window only; stream_tokens: how long the
-    streams had grown by its end, so that the idle reference can cover the same stream lengths: a stream's
+    prompt of long_len tokens prefills (gaps inside that prefill's window only; stream_tokens: how many tokens
+    past the warm-up the streams had by its end, so that the idle reference can cover the same stream lengths: a stream's
     own decode step slows as it grows, 3x over a 32K prefill at one thread)."""
     from glassgpt.serve.engine import SamplingParams
 
@@ -161,7 +161,7 @@ def itl(engine, long_len: int | None, clients: int = 8, warm_tokens: int = 4, to
            "p99_ms": float(np.percentile(gaps, 99)) if len(gaps) else float("nan")}
     if window:
         out["prefill_s"] = window[1] - window[0]
-        out["stream_tokens"] = int(np.median([np.searchsorted(st, window[1]) + 1 for st in stamps]))
+        out["stream_tokens"] = int(np.median([np.searchsorted(st, window[1]) + 1 - warm_tokens for st in stamps]))
     return out
 
 
@@ -340,7 +340,7 @@ def memory_and_serving(args, model, tok, cfg) -> None:
         e.start()
         try:
             busy = itl(e, long_len)
-            results[name] = (rates, itl(e, None, tokens=max(48, busy["stream_tokens"] - 4)), busy)
+            results[name] = (rates, itl(e, None, tokens=max(48, busy["stream_tokens"])), busy)
         finally:
             e.stop()
         del e
