@@ -139,3 +139,12 @@ def test_answer_budget_follows_the_reference_answer(tok):
     long = _c(["Explain it.", "word " * 120], "faq")
     assert src_mod.answer_budget(tok, short, 48) == 48
     assert src_mod.answer_budget(tok, long, 48) == len(tok.encode("word " * 120)) + 8
+
+
+def test_a_sensitive_answer_budget_covers_every_support_answer(tok):
+    from glassgpt.data import sft
+    shortest = min((a for v in sft.SUPPORT.values() for a in v), key=len)
+    item = _c(["I feel low.", shortest], "sensitive")
+    longest = max(len(tok.encode(a)) for v in sft.SUPPORT.values() for a in v)
+    assert src_mod.answer_budget(tok, item, 8) == longest + 8
+    assert src_mod.answer_budget(tok, _c(["I feel low.", shortest], "chitchat"), 8) == len(tok.encode(shortest)) + 8

@@ -508,9 +508,12 @@ def eval_items(heldout: list, n: int) -> list:
 
 def answer_budget(tok, conv, floor: int) -> int:
     """Tokens an answer may take and still count as formatted: sft.eval_max_tokens, or the reference
-    answer's length and a margin where that is longer (a FAQ answer is a paragraph, a capital a word)."""
+    answer's length and a margin where that is longer (a FAQ answer is a paragraph, a capital a word).
+    A sensitive request may get any of the canned support answers (sft.SUPPORT), all complete: its
+    budget covers the longest, so a whole answer is not counted as one that failed to stop."""
     ref = [m for m in conv.messages if m["role"] == "assistant"][-1]["content"]
-    return max(floor, len(tok.encode(ref)) + 8)
+    refs = [ref] + ([a for v in sft.SUPPORT.values() for a in v] if conv.category == "sensitive" else [])
+    return max(floor, max(len(tok.encode(r)) for r in refs) + 8)
 
 
 def prompt_of(tok, conv) -> list[int]:
