@@ -159,6 +159,12 @@ def test_preference_pairs_by_code():
     assert {p.category for p in answer_fact} == {"fact", "false_premise"}
     assert all(sft.is_style_refusal(p.rejected) and not sft.is_style_refusal(p.chosen) for p in answer_fact)
     assert all(p.rejected in rbr.OFF_TOPIC_SUPPORT[p.language] for p in on_topic)
+    # true statements: agreeing beats denying, which the fact rules score as the eval does
+    affirm = [p for p in pairs if p.kind == "affirm"]
+    assert {p.category for p in affirm} == {"true_premise", "true_claim"}
+    for p in affirm:
+        q = next(q for q in facts.twins(facts.from_conversations(toy.conversations())) if f"affirm/{q.id}" == p.id)
+        assert facts.reward(q, p.chosen) == 1.0 and facts.reward(q, p.rejected) == -1.0
     # a held-out conversation's pairs are held out
     held = {c.id for c in toy.conversations() if c.split == "heldout"}
     assert all(p.split == "heldout" for p in pairs if p.id.split("/", 1)[1] in held)

@@ -14,6 +14,8 @@ From the SFT conversations and the fact questions, each pair keeps its conversat
                      there: the template an RL policy learnt to hand to benign questions)
     answer_fact      the right answer to a fact question or a false premise > a refusal (RL otherwise
                      spread refusals to fact questions, which no other pair shows)
+    affirm           agreeing with a true statement (facts.twins) > denying it: with only false claims
+                     and premises among the pairs, "No" was always preferred, and RL denied true ones
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from glassgpt.align import facts as facts_mod
 from glassgpt.align import rbr
 from glassgpt.data import sft
 
-KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic", "answer_fact")
+KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic", "answer_fact",
+         "affirm")
 
 
 @dataclass
@@ -94,6 +97,12 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
             add("premise", None, facts_mod.teach(q), gone_along, **meta)
         elif q.kind in ("misconception", "false_claim") and q.answer:
             add("premise", None, q.answer, "Yes, that's right.", **meta)
+    for q in facts_mod.twins(qs):
+        if q.kind in ("true_premise", "true_claim") and q.answer:
+            lang = q.language if q.language in facts_mod.NO else "en"
+            denial = (facts_mod.CORRECTION if q.kind == "true_premise" else facts_mod.NO)[lang].format(a=q.answer)
+            add("affirm", None, facts_mod.teach(q), denial, msgs=q.messages(), cat=q.kind, lang=q.language,
+                split=q.split, iid=f"affirm/{q.id}")
     pairs = []
     for kind in KINDS:
         ps = sorted(out[kind], key=lambda p: sft._h("pair", p.id))
