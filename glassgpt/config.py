@@ -225,6 +225,9 @@ class AlignConfig:
     text_weight: float = 0.0  # pretraining text beside (0: evaluated only: the alignment tax)
     per_kind: int = 600  # preference pairs per kind (train split)
     beta: float = 0.1  # DPO's β
+    # DPO: weight of the chosen answers' mean token NLL added to the loss (Pang et al. 2024's RPO);
+    # DPO alone lowers chosen and rejected alike and the freed mass goes to neither (0: plain DPO)
+    dpo_nll: float = 0.0
     kl_coef: float = 0.05  # RL: β of the −β·KL(policy ‖ SFT) in the reward
     group: int = 4  # RL: samples per prompt (GRPO's group; PPO samples as many)
     max_new_tokens: int = 32  # RL rollouts and the eval's answers
@@ -571,6 +574,8 @@ def validate(cfg: Config) -> None:
         if a.batch_size <= 0 or a.group <= 0 or a.max_new_tokens <= 0 or a.steps < 0 or a.beta <= 0 or a.kl_coef < 0:
             raise ConfigError("align.batch_size, align.group, align.max_new_tokens and align.beta must be positive, "
                               "align.steps and align.kl_coef non-negative")
+        if a.dpo_nll < 0:
+            raise ConfigError(f"align.dpo_nll must be non-negative (got {a.dpo_nll}); 0 is plain DPO")
         if a.adv_norm not in ADV_NORMS:
             raise ConfigError(f"unknown align.adv_norm '{a.adv_norm}'{closest(a.adv_norm, ADV_NORMS)}; "
                               f"choices: {', '.join(ADV_NORMS)}")

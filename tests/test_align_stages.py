@@ -4,6 +4,7 @@ model (held-out pair accuracy), the proposition classifier (and as an RBR grader
 the run, a grader that is down naming itself)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -80,6 +81,16 @@ def test_dpo_stage(sft_run, tmp_path):
     assert m[0]["pair_acc"] == 1.0 or m[0]["margin"] == pytest.approx(0.0, abs=1e-4)  # policy = reference at step 1
     with pytest.raises(ConfigError, match="pass --init-from"):
         train(_stage(sft_run, "dpo"), tmp_path / "nodpo")
+
+
+def test_dpo_with_the_chosen_answers_nll(sft_run, tmp_path):
+    train(_stage(sft_run, "dpo", align__dpo_nll=0.5), tmp_path / "rpo", init_from=sft_run[2] / "sft")
+    m = [r for r in _metrics(tmp_path / "rpo") if "loss" in r]
+    # step 1: policy = reference, so the DPO term is log 2 and the rest is the weighted NLL
+    assert m[0]["chosen_nll"] > 0
+    assert m[0]["loss"] == pytest.approx(math.log(2) + 0.5 * m[0]["chosen_nll"], abs=2e-3)
+    with pytest.raises(ConfigError, match="align.dpo_nll must be non-negative"):
+        train(_stage(sft_run, "dpo", align__dpo_nll=-1), tmp_path / "bad", init_from=sft_run[2] / "sft")
 
 
 @pytest.mark.parametrize("stage", ["grpo", "ppo"])

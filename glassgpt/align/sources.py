@@ -206,6 +206,7 @@ class PairSource(_Align):
             lp = token_logprobs(fwd(x), y).sum(1)
         with torch.no_grad():
             ref = token_logprobs(self.ref(x), y).sum(1)
+        self.chosen_nll = -(lp[:B] / (y[:B] != -1).sum(1).clamp(min=1)).mean()  # for align.dpo_nll
         d = lp - ref
         return self.a.beta * (d[:B] - d[B:])
 
@@ -214,7 +215,11 @@ class PairSource(_Align):
         m = self.margins(fwd, raw, pairs)
         md = m.detach()
         self.step_metrics = {"pair_acc": round(float((md > 0).float().mean()), 4), "margin": round(float(md.mean()), 4)}
-        return -F.logsigmoid(m).mean()
+        loss = -F.logsigmoid(m).mean()
+        if self.a.stage == "dpo" and self.a.dpo_nll:
+            self.step_metrics["chosen_nll"] = round(float(self.chosen_nll.detach()), 4)
+            loss = loss + self.a.dpo_nll * self.chosen_nll
+        return loss
 
     @torch.no_grad()
     def evaluate(self, model=None) -> dict:
