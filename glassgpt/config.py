@@ -101,7 +101,7 @@ DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
 MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False, "smear_tokens": 1}
 TRAIN_OPTIONAL = {"copy_share": 0.0}
-ALIGN_OPTIONAL = {"adv_norm": "std"}
+ALIGN_OPTIONAL = {"adv_norm": "std", "dpo_nll": 0.0, "rm_steps": 0}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
@@ -248,6 +248,13 @@ class AlignConfig:
     rubric: str = ""  # a rubric YAML (empty: the shipped glassgpt/align/rubric.yaml)
     rbr_weights: str = ""  # a JSON of fitted weights per category (empty: fitted at the start)
     eval_samples: int = 8  # held-out prompts per eval set at each eval
+    # the reward model's steps (0: align.steps): at 50 steps of 8 it saw 400 of its ~6,000 pairs and
+    # still preferred "No" to a true statement on 71% of held-out pairs
+    rm_steps: int = 0
+
+    def stage_steps(self) -> int:
+        """This stage's steps (0: the run's train.tokens decide)."""
+        return self.rm_steps if self.stage == "rm" and self.rm_steps else self.steps
 
 
 @dataclass
@@ -574,6 +581,8 @@ def validate(cfg: Config) -> None:
         if a.batch_size <= 0 or a.group <= 0 or a.max_new_tokens <= 0 or a.steps < 0 or a.beta <= 0 or a.kl_coef < 0:
             raise ConfigError("align.batch_size, align.group, align.max_new_tokens and align.beta must be positive, "
                               "align.steps and align.kl_coef non-negative")
+        if a.rm_steps < 0:
+            raise ConfigError(f"align.rm_steps must be non-negative (got {a.rm_steps}); 0 takes align.steps")
         if a.dpo_nll < 0:
             raise ConfigError(f"align.dpo_nll must be non-negative (got {a.dpo_nll}); 0 is plain DPO")
         if a.adv_norm not in ADV_NORMS:

@@ -248,6 +248,16 @@ def test_grpo_advantage_norm_choice(sft_run):
         _stage(sft_run, "grpo", align__adv_norm="meen")
 
 
+
+def test_the_reward_model_trains_its_own_steps(sft_run):
+    """align.rm_steps: the RM's steps (0: align.steps, left out of the run's identity); other stages keep align.steps."""
+    assert _stage(sft_run, "rm").align.stage_steps() == 4 and "rm_steps" not in _stage(sft_run, "rm").to_dict()["align"]
+    assert _stage(sft_run, "rm", align__rm_steps=9).align.stage_steps() == 9
+    assert _stage(sft_run, "grpo", align__rm_steps=9).align.stage_steps() == 4
+    with pytest.raises(ConfigError, match="align.rm_steps must be non-negative"):
+        _stage(sft_run, "rm", align__rm_steps=-1)
+
+
 def test_rl_prompts_take_true_twins_in_turn_with_false_ones(sft_run, tmp_path, monkeypatch):
     """The policy's fact-check prompts include the true twins of the training questions, in the same kind
     as the false ones (rewarded only for denying false statements, it learnt to deny all; as a kind of

@@ -343,7 +343,7 @@ def _train(cfg: Config, out: Path, resume: bool, d: dist_mod.Dist, parent: Paren
     model = raw if fsdp else dist_mod.wrap(raw, d, fsdp=False)
     counts = flops_mod.count(m)
     tokens_per_step = t.batch_size * m.seq_len * t.grad_accum * d.world
-    total = cfg.align.steps or max(1, math.ceil(t.tokens / tokens_per_step))
+    total = cfg.align.stage_steps() or max(1, math.ceil(t.tokens / tokens_per_step))
     plain = (not cfg.align.stage and not cfg.long.doc_mask and len(cfg.long.schedule(m.seq_len)) == 1
              and all(src.fixed_shape for src in sources))
     fwd, compiled = compile_model(model, t.compile, d.device, (total - start) * tokens_per_step * counts.flops_per_token, plain)
