@@ -1,12 +1,13 @@
 """The assistant's stages side by side: the base run (bilingual pretraining) and the SFT run
 started from it (`chat` then `chat_sft` presets).
 
-    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--tokenizer-check]
+    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--reeval] [--tokenizer-check]
 
 Prints, per stage: wall time (report.json), held-out bits per byte per language (each source's
 held-out split, combined per language by summing nats and bytes), and the chat eval table (the
 SFT run's own final eval; with --eval-base the same held-out questions put to the base model, the
-reference the SFT numbers are a gain over). --tokenizer-check trains a code-only BPE of the same
+reference the SFT numbers are a gain over; with --reeval the SFT model is asked again under today's
+eval code, for a run trained before a change to the eval). --tokenizer-check trains a code-only BPE of the same
 vocabulary on the same code and prints code's bytes per token under both, and Chinese bytes per
 token under the mix's (a compression proxy: a bits-per-byte comparison needs a code-only run).
 """
@@ -53,7 +54,8 @@ def fmt(v) -> str:
 
 
 def eval_base(base: Path, sft_run: Path) -> dict:
-    """The SFT run's held-out questions put to the base model (same eval, same sizes)."""
+    """The SFT run's held-out questions put to `base` (same eval, same sizes): the base model, or the
+    SFT model itself for --reeval."""
     import torch
 
     from glassgpt import config as config_mod
@@ -94,6 +96,7 @@ def main(argv=None) -> None:
     ap.add_argument("base", type=Path)
     ap.add_argument("sft", type=Path)
     ap.add_argument("--eval-base", action="store_true")
+    ap.add_argument("--reeval", action="store_true", help="ask the SFT model again under the current eval code")
     ap.add_argument("--tokenizer-check", action="store_true")
     a = ap.parse_args(argv)
     runs = {"base": a.base, "sft": a.sft}
@@ -124,7 +127,7 @@ def main(argv=None) -> None:
                                            for k in per_split["base"] if k in per_split["sft"]))
     print()
 
-    evals = {"sft": reps["sft"].get("chat", {}).get("eval")}
+    evals = {"sft": eval_base(a.sft, a.sft) if a.reeval else reps["sft"].get("chat", {}).get("eval")}
     if a.eval_base:
         evals = {"base": eval_base(a.base, a.sft), **evals}
     if not evals["sft"]:
