@@ -170,6 +170,23 @@ def test_preference_pairs_by_code():
     assert all(p.split == "heldout" for p in pairs if p.id.split("/", 1)[1] in held)
 
 
+def test_a_false_claim_affirmed_is_a_rejected_answer(monkeypatch):
+    """Misconception pairs reject the false statement said back ("Yes. <it>") as well as a bare "Yes",
+    both of which the fact rules score -1."""
+    qs = [facts.FactQ("misconception", f"Is it true that the moon{i} is made of cheese?", "en", "train", f"m{i}",
+                      answer=f"No. The moon{i} is rock.") for i in range(40)]
+    monkeypatch.setattr(facts, "from_packages", lambda cache_dir=None: qs)
+    pairs = [p for p in prefs.build(toy.conversations(), packaged_facts=True) if p.id.startswith("misconception/")]
+    said = {p.rejected for p in pairs} - {"Yes, that's right."}
+    assert pairs and said and all(r.startswith("Yes. The moon") and r.endswith("is made of cheese.") for r in said)
+    by_id = {q.id: q for q in qs}
+    for p in pairs:
+        q = by_id[p.id.split("/", 1)[1]]
+        assert facts.reward(q, p.chosen) == 1.0 and facts.reward(q, p.rejected) == -1.0
+    assert facts.claim(facts.FactQ("false_claim", "月亮是奶酪做的,这是真的吗?", "zh", "train", "z")) == "月亮是奶酪做的。"
+    assert facts.claim(facts.FactQ("fact", "What is the capital of France?", "en", "train", "f")) is None
+
+
 def test_factuality_rules():
     qs = facts.from_conversations(toy.conversations())
     fact = next(q for q in qs if q.kind == "fact" and q.language == "en")

@@ -153,6 +153,15 @@ def _sentence(answer: str, lang: str = "en") -> str:
     return s[:1].lower() + s[1:] if lang == "en" and first in LOWER_FIRST else s
 
 
+def claim(q: FactQ) -> str | None:
+    """The statement an "Is it true that ...?" question asks about, as a sentence (None: not one)."""
+    m = re.fullmatch(r"Is it true that (.+)\?", q.prompt.strip()) if q.language == "en" else None
+    if m:
+        return m.group(1)[:1].upper() + m.group(1)[1:] + "."
+    zh = ASK_TRUE["zh"].format(s="")
+    return q.prompt.strip()[: -len(zh)] + "。" if q.language == "zh" and q.prompt.strip().endswith(zh) else None
+
+
 def twins(qs: list[FactQ]) -> list[FactQ]:
     """For each false premise (a fact with its value swapped): the same question about the true fact
     (true_premise), and "Is it true that ...?" about the true and the false statement (true_claim,

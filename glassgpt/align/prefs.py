@@ -96,7 +96,12 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
             gone_along = q.answer.replace(q.expect, q.wrong)
             add("premise", None, facts_mod.teach(q), gone_along, **meta)
         elif q.kind in ("misconception", "false_claim") and q.answer:
-            add("premise", None, q.answer, "Yes, that's right.", **meta)
+            # half the time the false statement itself affirmed ("Yes. Marigot is a city in Niger."):
+            # with only a bare "Yes, that's right." rejected, RL found "Yes. <anything>" unpunished
+            said = facts_mod.claim(q) if sft._h("yes", q.id) % 2 else None
+            lang = q.language if q.language in facts_mod.YES else "en"
+            add("premise", None, facts_mod.teach(q) or q.answer,
+                facts_mod.YES[lang].format(a=said) if said else "Yes, that's right.", **meta)
     for q in facts_mod.twins(qs):
         if q.kind in ("true_premise", "true_claim") and q.answer:
             lang = q.language if q.language in facts_mod.NO else "en"
