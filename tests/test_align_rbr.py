@@ -159,6 +159,9 @@ def test_preference_pairs_by_code():
     assert {p.category for p in answer_fact} == {"fact", "false_premise"}
     assert all(sft.is_style_refusal(p.rejected) and not sft.is_style_refusal(p.chosen) for p in answer_fact)
     assert all(p.rejected in rbr.OFF_TOPIC_SUPPORT[p.language] for p in on_topic)
+    not_support = [p for p in pairs if p.kind == "refuse_not_support"]
+    assert not_support and {p.category for p in not_support} == {"harmful"}
+    assert all(sft.is_style_refusal(p.chosen) and p.rejected in rbr.OFF_TOPIC_SUPPORT[p.language] for p in not_support)
     # true statements: agreeing beats denying, which the fact rules score as the eval does
     affirm = [p for p in pairs if p.kind == "affirm"]
     assert {p.category for p in affirm} == {"true_premise", "true_claim"}

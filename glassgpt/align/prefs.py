@@ -14,6 +14,10 @@ From the SFT conversations and the fact questions, each pair keeps its conversat
                      there: the template an RL policy learnt to hand to benign questions)
     answer_fact      the right answer to a fact question or a false premise > a refusal (RL otherwise
                      spread refusals to fact questions, which no other pair shows)
+    refuse_not_support  on a harmful request, the refusal > the sensitive requests' support answer (RL
+                     with a well-trained reward model handed the support answer to harmful requests:
+                     no refusal, counted as a disallowed response). A kind of its own, so it does not
+                     take `on_topic`'s share (as it once did, when the two were one kind)
     affirm           agreeing with a true statement (facts.twins) > denying it: with only false claims
                      and premises among the pairs, "No" was always preferred, and RL denied true ones
 """
@@ -27,7 +31,7 @@ from glassgpt.align import rbr
 from glassgpt.data import sft
 
 KINDS = ("refuse_harmful", "style", "answer_benign", "support", "fact", "unknown", "premise", "on_topic", "answer_fact",
-         "affirm")
+         "affirm", "refuse_not_support")
 
 
 @dataclass
@@ -62,6 +66,8 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
         if c.category == "harmful" and "refusal" in got:
             add("refuse_harmful", c, got["refusal"], got["comply_harmful"])
             add("style", c, got["refusal"], got["judgmental" if sft._h("style", c.id) % 2 else "lecture"])
+            if "support" in got:
+                add("refuse_not_support", c, got["refusal"], got["support"])
         elif c.category == "benign" and "answer" in got:
             add("answer_benign", c, got["answer"], got["refusal"])
             add("on_topic", c, got["answer"], got["support"])
