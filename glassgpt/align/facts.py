@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 UNSURE = ("not sure", "don't know", "do not know", "not certain", "no reliable information", "不确定", "不知道", "不清楚")
 DENY = re.compile(r"^\s*(no\b|nope|not true|false|that'?s not|that is not|this is not|actually|in fact|it is a myth|"
-                  r"不是|不对|错误|并非|其实)|\b(is not|isn't|are not|aren't|not true|misconception|myth|incorrect|false)\b|"
-                  r"不是|不对|并不|并非|错误的说法|误解", re.I)
+                  r"错误|其实)|\b(is not|isn't|are not|aren't|not true|misconception|myth|incorrect|false)\b|"
+                  r"不是|不对|并不|并非|错误的说法|误解", re.I)  # (the Chinese words of the last group count anywhere)
 AFFIRM = re.compile(r"^\s*(yes\b|yeah|that'?s (right|correct|true)|correct|true\b|indeed|because|是的|对|没错|因为)", re.I)
 # relations whose answer is one short value, so swapping it for another makes a clean false premise
 SWAPPABLE = ("capital", "currency", "calling_code", "state_capital", "element_symbol", "element_number", "region")

@@ -84,13 +84,16 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
     for q in qs:
         if q.kind == "fact":
             facts_by_rel.setdefault(q.language, []).append(q)
+    def meta_of(q, kind=None):  # a fact question's pair fields; its id prefixed by the pair kind
+        return dict(msgs=q.messages(), cat=q.kind, lang=q.language, split=q.split, iid=f"{kind or q.kind}/{q.id}")
+
     for q in qs:
-        meta = dict(msgs=q.messages(), cat=q.kind, lang=q.language, split=q.split, iid=f"{q.kind}/{q.id}")
+        meta = meta_of(q)
         pool = facts_by_rel.get(q.language, [])
         if q.kind in ("fact", "false_premise") and q.answer:
             lang = q.language if q.language in sft.REFUSALS else "en"
             add("answer_fact", None, facts_mod.teach(q) or q.answer, rbr.pick(sft.REFUSALS[lang], "refuse", q.id),
-                **{**meta, "iid": f"answer_fact/{q.id}"})
+                **meta_of(q, "answer_fact"))
         if q.kind == "fact" and q.answer and pool:
             other = pool[sft._h("alt", q.id) % len(pool)]
             if other.expect != q.expect and q.expect in q.answer:
@@ -112,8 +115,7 @@ def build(convs: list, extra: dict | None = None, per_kind: int = 600, cache_dir
         if q.kind in ("true_premise", "true_claim") and q.answer:
             lang = q.language if q.language in facts_mod.NO else "en"
             denial = (facts_mod.CORRECTION if q.kind == "true_premise" else facts_mod.NO)[lang].format(a=q.answer)
-            add("affirm", None, facts_mod.teach(q), denial, msgs=q.messages(), cat=q.kind, lang=q.language,
-                split=q.split, iid=f"affirm/{q.id}")
+            add("affirm", None, facts_mod.teach(q), denial, **meta_of(q, "affirm"))
     pairs = []
     for kind in KINDS:
         ps = sorted(out[kind], key=lambda p: sft._h("pair", p.id))

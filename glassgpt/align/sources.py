@@ -192,33 +192,33 @@ class PairSource(_Align):
         return ([heads.encode(self.tok, p.messages, p.chosen, self.T) for p in pairs]
                 + [heads.encode(self.tok, p.messages, p.rejected, self.T) for p in pairs])
 
-    def margins(self, fwd, raw, pairs, grad: bool = True) -> torch.Tensor:
-        """Per pair, chosen minus rejected: the RM's rewards, or DPO's β-scaled implicit rewards."""
+    def margins(self, fwd, raw, pairs, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per pair, chosen minus rejected: the RM's rewards, or DPO's β-scaled implicit rewards; with
+        DPO also the chosen answers' mean token NLL (for align.dpo_nll; None for the RM)."""
         seqs = self._seqs(pairs)
         B = len(pairs)
         with torch.set_grad_enabled(grad):
             if self.a.stage == "rm":
                 x, last = heads.batch(self.tok, [s for s, _ in seqs])
                 r = heads.head_at_last(fwd, raw, x.to(self.device), last)[:, 0]
-                return r[:B] - r[B:]
+                return r[:B] - r[B:], None
             x, y = rows_of(self.tok, seqs, self.T)
             x, y = x.to(self.device), y.to(self.device)
             lp = token_logprobs(fwd(x), y).sum(1)
         with torch.no_grad():
             ref = token_logprobs(self.ref(x), y).sum(1)
-        self.chosen_nll = -(lp[:B] / (y[:B] != -1).sum(1).clamp(min=1)).mean()  # for align.dpo_nll
         d = lp - ref
-        return self.a.beta * (d[:B] - d[B:])
+        return self.a.beta * (d[:B] - d[B:]), -(lp[:B] / (y[:B] != -1).sum(1).clamp(min=1)).mean()
 
     def loss(self, fwd, raw, index):
         pairs = [self.train[i] for i in self.pick(index, len(self.train))]
-        m = self.margins(fwd, raw, pairs)
+        m, chosen_nll = self.margins(fwd, raw, pairs)
         md = m.detach()
         self.step_metrics = {"pair_acc": round(float((md > 0).float().mean()), 4), "margin": round(float(md.mean()), 4)}
         loss = -F.logsigmoid(m).mean()
         if self.a.stage == "dpo" and self.a.dpo_nll:
-            self.step_metrics["chosen_nll"] = round(float(self.chosen_nll.detach()), 4)
-            loss = loss + self.a.dpo_nll * self.chosen_nll
+            self.step_metrics["chosen_nll"] = round(float(chosen_nll.detach()), 4)
+            loss = loss + self.a.dpo_nll * chosen_nll
         return loss
 
     @torch.no_grad()
@@ -229,7 +229,7 @@ class PairSource(_Align):
         hits: dict[str, list[bool]] = {}
         for i in range(0, len(self.heldout), 16):
             chunk = self.heldout[i : i + 16]
-            m = self.margins(raw, raw, chunk, grad=False)
+            m, _ = self.margins(raw, raw, chunk, grad=False)
             for p, v in zip(chunk, m.tolist()):
                 hits.setdefault(p.kind, []).append(v > 0)
         raw.train(was)
