@@ -38,3 +38,20 @@ def test_empty_or_whitespace_user_message_is_400(engine, content):
     with pytest.raises(ServeError, match=r"messages\[1\]\.content: a user message must not be empty") as e:
         chat_messages(req({"role": "assistant", "content": "Hello."}, {"role": "user", "content": content}), engine)
     assert e.value.status == 400 and e.value.param == "messages[1].content"
+
+
+def test_chat_tuned_models_get_dry_by_default_and_a_request_can_turn_it_off(engine, monkeypatch):
+    from glassgpt.data.chat import DEFAULT_SAMPLING
+    from glassgpt.serve.api import sampling_extras
+
+    body = req({"role": "user", "content": "hi"})
+    assert sampling_extras(body, engine, chat_request=True)["dry_multiplier"] == 0.0  # a base model: as sent
+    monkeypatch.setattr(engine, "stage", "sft")
+    assert sampling_extras(body, engine, chat_request=True)["dry_multiplier"] == DEFAULT_SAMPLING["dry_multiplier"] > 0
+    assert sampling_extras(body, engine)["dry_multiplier"] == 0.0  # /v1/completions: raw text, nothing added
+    off = ChatCompletionRequest(model="tiny", messages=[{"role": "user", "content": "hi"}], dry_multiplier=0)
+    assert sampling_extras(off, engine, chat_request=True)["dry_multiplier"] == 0.0
+    own = ChatCompletionRequest(model="tiny", messages=[{"role": "user", "content": "hi"}], dry_multiplier=2.5,
+                                dry_base=1.5, dry_allowed_length=3)
+    got = sampling_extras(own, engine, chat_request=True)
+    assert (got["dry_multiplier"], got["dry_base"], got["dry_allowed_length"]) == (2.5, 1.5, 3)

@@ -169,6 +169,51 @@ def test_penalties_match_openai_formula(env, presence, frequency):
     assert got == penalized_greedy(engine.model, prompt, 24, presence, frequency)
 
 
+def dry_greedy(model, prompt, n, mult, base, allowed):
+    """DRY by its definition, quadratic and on a full forward per token: for every candidate t, the
+    longest L such that the output's last L tokens occurred earlier in the output followed by t."""
+    x, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            lg = model(torch.tensor([x]))[0, -1].float()
+            for t in range(lg.numel()):
+                best = 0
+                for j in range(len(out) - 1):  # out[j + 1] followed an earlier stretch ending at j
+                    if out[j + 1] != t:
+                        continue
+                    k = 0
+                    while k <= j and out[j - k] == out[len(out) - 1 - k]:
+                        k += 1
+                    best = max(best, k)
+                if best >= allowed:
+                    lg[t] -= mult * base ** (best - allowed)
+            t = int(lg.argmax())
+            x.append(t)
+            out.append(t)
+    return out
+
+
+def test_dry_matches_its_definition_and_breaks_loops(env):
+    engine = env["engine"]
+    tok = engine.tokenizer
+    prompt = [tok.bos_id] + tok.encode("the the the")
+    engine.end_ids, saved = set(), engine.end_ids
+    try:
+        plain = [t.id for t in engine.generate(prompt, SamplingParams(max_tokens=32, temperature=0.0))
+                 ["choices"][0]["tokens"]]
+        dry = [t.id for t in engine.generate(prompt, SamplingParams(max_tokens=32, temperature=0.0, dry_multiplier=0.8))
+               ["choices"][0]["tokens"]]
+    finally:
+        engine.end_ids = saved
+    assert dry == dry_greedy(engine.model, prompt, 32, 0.8, 1.75, 2)
+
+    def longest_repeat(ids):  # the longest stretch that occurs twice
+        return max((k for k in range(1, len(ids)) for i in range(len(ids) - k)
+                    if any(ids[i:i + k] == ids[j:j + k] for j in range(i + 1, len(ids) - k + 1))), default=0)
+
+    assert longest_repeat(dry) < longest_repeat(plain)
+
+
 def test_penalties_change_the_output(client):
     plain = client.completions.create(model=MODEL, prompt="the the", max_tokens=24, temperature=0)
     pen = client.completions.create(model=MODEL, prompt="the the", max_tokens=24, temperature=0,
@@ -285,6 +330,9 @@ BAD = [
     ("/v1/completions", {"logit_bias": {"-1": 1}}, "logit_bias"),
     ("/v1/chat/completions", {"presence_penalty": 2.5}, "presence_penalty"),
     ("/v1/completions", {"frequency_penalty": -3}, "frequency_penalty"),
+    ("/v1/chat/completions", {"dry_multiplier": -1}, "dry_multiplier"),
+    ("/v1/completions", {"dry_base": 0.5}, "dry_base"),
+    ("/v1/chat/completions", {"dry_allowed_length": 0}, "dry_allowed_length"),
     ("/v1/chat/completions", {"max_tokens": True}, "max_tokens"),
     ("/v1/chat/completions", {"stream": "yes"}, "stream"),
     ("/v1/chat/completions", {"temperature": "1"}, "temperature"),

@@ -108,7 +108,8 @@ def _help_words():
 
 
 def local_answerer(model, tok, max_tokens: int = 48, batch: int = 32, device: str | None = None) -> Answerer:
-    """Greedy answers from an in-process model through the serving Engine (batched, KV cache)."""
+    """Greedy answers from an in-process model through the serving Engine (batched, KV cache), with the
+    sampling a chat model is served with (chat.DEFAULT_SAMPLING)."""
     from glassgpt.data import chat
     from glassgpt.serve.engine import Engine, SamplingParams
 
@@ -124,7 +125,8 @@ def local_answerer(model, tok, max_tokens: int = 48, batch: int = 32, device: st
             for k in range(0, len(todo), batch):
                 chunk = todo[k : k + batch]
                 res = eng.generate_batch([p for _, p in chunk],
-                                         [SamplingParams(max_tokens=max_tokens, temperature=0.0) for _ in chunk])
+                                         [SamplingParams(max_tokens=max_tokens, temperature=0.0, **chat.DEFAULT_SAMPLING)
+                                          for _ in chunk])
                 for (i, _), r in zip(chunk, res):
                     out[i] = r[0]["text"]
         finally:

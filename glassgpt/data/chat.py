@@ -31,6 +31,10 @@ ROLES = ("system", "user", "assistant")
 # The one default system prompt: chat SFT trains every conversation under it, so `glassgpt chat`,
 # the API and the page must send the same text (a prompt the model never saw is out of distribution).
 DEFAULT_SYSTEM = "You are glassgpt, a helpful assistant. Answer in the language of the question."
+# How a chat-tuned model is asked by default (the API when a request leaves it unset, `glassgpt chat`,
+# the chat evals): DRY at llama.cpp's suggested strength, so a small model caught in a loop ("你养了一只养了
+# 一只…") is pushed out of it; a repeat of two tokens or fewer is free (docs/assistant.md, "DRY").
+DEFAULT_SAMPLING = {"dry_multiplier": 0.8}
 
 
 def with_system(messages: list[dict], system: str | None = DEFAULT_SYSTEM) -> list[dict]:

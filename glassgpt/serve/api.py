@@ -268,8 +268,9 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def sampling_extras(body, engine: Engine) -> dict:
-    """logit_bias and the penalties as SamplingParams fields, validated as OpenAI validates them."""
+def sampling_extras(body, engine: Engine, chat_request: bool = False) -> dict:
+    """logit_bias and the penalties as SamplingParams fields, validated as OpenAI validates them. A chat
+    request to a chat-tuned model that leaves DRY unset gets chat.DEFAULT_SAMPLING's."""
     bias = None
     if body.logit_bias:
         if len(body.logit_bias) > 300:
@@ -287,8 +288,15 @@ def sampling_extras(body, engine: Engine) -> dict:
                 raise ServeError(f"Invalid value for 'logit_bias' key {k}: {v}. Values must be between -100 and 100.",
                                  param="logit_bias", code="invalid_value")
             bias[int(k)] = float(v)
-    return {"logit_bias": bias, "presence_penalty": body.presence_penalty or 0.0,
-            "frequency_penalty": body.frequency_penalty or 0.0}
+    extras = {"logit_bias": bias, "presence_penalty": body.presence_penalty or 0.0,
+              "frequency_penalty": body.frequency_penalty or 0.0, "dry_multiplier": body.dry_multiplier or 0.0}
+    if body.dry_multiplier is None and chat_request and engine.stage in CHAT_STAGES:
+        extras["dry_multiplier"] = chat.DEFAULT_SAMPLING["dry_multiplier"]
+    if body.dry_base is not None:
+        extras["dry_base"] = body.dry_base
+    if body.dry_allowed_length is not None:
+        extras["dry_allowed_length"] = body.dry_allowed_length
+    return extras
 
 
 def constraint_for(body: ChatCompletionRequest, srv: "Server", engine: Engine):
@@ -978,7 +986,8 @@ def create_app(engines: list[Engine], store: Store | None = None, auth: bool = T
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
             stop=stop_list(body.stop), seed=body.seed, n=body.n or 1,
-            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0, **sampling_extras(body, engine))
+            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0,
+            **sampling_extras(body, engine, chat_request=True))
         # With tools (and tool_choice not "none") an answer that starts with a call is returned as tool_calls.
         tools_on = bool(body.tools) and body.tool_choice != "none"
         # A size check that needs no tokenizer: a text of c characters is at least c/B tokens

@@ -52,7 +52,10 @@ class LocalBackend:
         if len(prompt) >= window:
             extra = f", {len(images)} image(s) of {self.engine.image_tokens} tokens each" if images else ""
             raise ServeError(f"the conversation ({len(prompt)} tokens{extra}) fills the {window}-token context; /reset it")
-        params = SamplingParams(max_tokens=min(max_tokens or window, window - len(prompt)), temperature=temperature)
+        from glassgpt.data.chat import DEFAULT_SAMPLING
+
+        params = SamplingParams(max_tokens=min(max_tokens or window, window - len(prompt)), temperature=temperature,
+                                **(DEFAULT_SAMPLING if self.stage in CHAT_STAGES else {}))
         events: queue.Queue = queue.Queue()
         req = self.engine.submit(prompt, params, events.put, images=images or None)
         try:

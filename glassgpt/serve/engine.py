@@ -81,6 +81,12 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     presence_penalty: float = 0.0  # OpenAI's penalties over the tokens this sequence generated
     frequency_penalty: float = 0.0
+    # DRY ("don't repeat yourself", as llama.cpp's sampler): a token that would extend a repeat of an
+    # earlier stretch of this sequence's own output, L tokens long with L >= dry_allowed_length, loses
+    # dry_multiplier * dry_base ** (L - dry_allowed_length) from its logit. Off at 0.
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
     constraint: object | None = None  # a grammar.Constraint at its start; each choice gets a copy
 
 
@@ -150,6 +156,31 @@ class Request:
             log.exception("request %d: event consumer failed", self.id)
 
 
+def dry_penalties(out: list[int], multiplier: float, base: float, allowed: int, longest: int = 48) -> dict[int, float]:
+    """DRY's penalty per token: for each earlier place where the output's latest L tokens occurred
+    before (L >= allowed), the token that followed them there would extend the repeat to L + 1.
+    The longest match per token counts. Z-function on the reversed output: z[p] is how far the suffix
+    ending p tokens back agrees with the output's own suffix, so the whole scan is O(len(out))."""
+    r = out[::-1]
+    n = len(r)
+    z = [0] * n
+    lo = hi = 0
+    for p in range(1, n):
+        k = min(hi - p, z[p - lo]) if p < hi else 0
+        while p + k < n and r[k] == r[p + k]:
+            k += 1
+        z[p] = k
+        if p + k > hi:
+            lo, hi = p, p + k
+    pen: dict[int, float] = {}
+    for p in range(1, n):
+        length = min(z[p], longest)
+        if length >= allowed:
+            tok = out[n - p]  # what followed that earlier occurrence
+            pen[tok] = max(pen.get(tok, 0.0), multiplier * base ** (length - allowed))
+    return pen
+
+
 class _Seq:
     """One choice of a request, occupying one cache slot."""
 
@@ -172,6 +203,7 @@ class _Seq:
         self.finished = False
         self.constraint = p.constraint.fork() if p.constraint is not None else None
         self.counts: torch.Tensor | None = None  # times each token was generated (for the penalties)
+        self.output: list[int] = []  # the tokens generated so far (for DRY)
 
     def holdback(self) -> int:
         """Characters at the end of text that might be the start of a stop sequence."""
@@ -554,6 +586,12 @@ class Engine:
             logits = logits + bias
         if seq.counts is not None and (p.presence_penalty or p.frequency_penalty):
             logits = logits - seq.counts * p.frequency_penalty - (seq.counts > 0).to(logits.dtype) * p.presence_penalty
+        if p.dry_multiplier and len(seq.output) > p.dry_allowed_length:
+            pen = dry_penalties(seq.output, p.dry_multiplier, p.dry_base, p.dry_allowed_length)
+            if pen:
+                ids = torch.tensor(list(pen), dtype=torch.long, device=logits.device)
+                logits = logits.clone()
+                logits[ids] -= torch.tensor(list(pen.values()), dtype=logits.dtype, device=logits.device)
         if seq.constraint is not None:
             logits = seq.constraint.mask(logits)
         return logits
@@ -562,7 +600,8 @@ class Engine:
     def _plain(seq: _Seq, vocab: int) -> bool:
         """Sampled with temperature alone (or greedy): no processor, filter or own generator."""
         p = seq.req.params
-        return (not p.logit_bias and not p.presence_penalty and not p.frequency_penalty and seq.constraint is None
+        return (not p.logit_bias and not p.presence_penalty and not p.frequency_penalty and not p.dry_multiplier
+                and seq.constraint is None
                 and seq.gen is None and (not p.top_k or p.top_k >= vocab) and p.top_p >= 1.0)
 
     def _sample_one(self, seq: _Seq, logits: torch.Tensor) -> int:
@@ -935,6 +974,8 @@ class Engine:
             if s.counts is None:
                 s.counts = torch.zeros(vocab, dtype=torch.float32, device=self.device)
             s.counts[info.id] += 1
+        if req.params.dry_multiplier:
+            s.output.append(info.id)
         s.generated += 1
         req.completion_tokens += 1
         if req.first_token_at is None:

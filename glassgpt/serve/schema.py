@@ -105,6 +105,10 @@ class ChatCompletionRequest(_Loose):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # glassgpt extension, llama.cpp's names: DRY, a penalty on extending a repeat of the output's own text
+    dry_multiplier: float | None = Field(None, ge=0.0, le=100.0)
+    dry_base: float | None = Field(None, ge=1.0, le=10.0)
+    dry_allowed_length: int | None = Field(None, ge=1, le=1024)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], ToolChoiceNamed, None] = None
@@ -133,6 +137,10 @@ class CompletionRequest(_Loose):
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # glassgpt extension, llama.cpp's names: DRY, a penalty on extending a repeat of the output's own text
+    dry_multiplier: float | None = Field(None, ge=0.0, le=100.0)
+    dry_base: float | None = Field(None, ge=1.0, le=10.0)
+    dry_allowed_length: int | None = Field(None, ge=1, le=1024)
     best_of: int | None = Field(None, ge=1, le=128)
 
 

@@ -644,8 +644,8 @@ class ChatSource(Source):
         return Rows(x, y)
 
     def decode(self, model, prompts: list[list[int]], budgets: list[int]) -> list[tuple[str, bool]]:
-        """Greedy answers through the serving Engine, batched: (text, ended with <|assistant_end|>
-        within its budget)."""
+        """Greedy answers through the serving Engine, batched, sampled as a chat model is served
+        (chat.DEFAULT_SAMPLING): (text, ended with <|assistant_end|> within its budget)."""
         from glassgpt.serve.engine import Engine, SamplingParams
 
         eng = Engine(model, self.tok, device=str(self.device), max_batch=self.sc.eval_batch,
@@ -661,7 +661,8 @@ class ChatSource(Source):
                         o["finish"] = ev.finish_reason
                     elif ev.kind == "error":
                         o["finish"] = "error"
-                reqs.append(eng.submit(p, SamplingParams(max_tokens=budget, temperature=0.0), on_event))
+                reqs.append(eng.submit(p, SamplingParams(max_tokens=budget, temperature=0.0, **chat.DEFAULT_SAMPLING),
+                                       on_event))
             for r in reqs:
                 r.done.wait()
         finally:
