@@ -95,8 +95,8 @@ def add_serve(sub, name):
                    help="torch CPU threads for the engines (default: the machine's cores minus one, at least 1)")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: detect)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="weights and KV cache: bf16 (auto: where the hardware has native bf16) or fp32 "
-                        "(default: fp32, bf16 autocast on CUDA)")
+                   help="weights (and on CUDA the KV cache): bf16 (auto: where the hardware has native bf16) or "
+                        "fp32 (default: fp32, bf16 autocast on CUDA)")
     s.set_defaults(fn=cmd_serve, engine_threads=True)
 
 

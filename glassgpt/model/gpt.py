@@ -193,7 +193,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # with a cache: each row attends to its slot's prefix and its own new keys
             k, v = rows.update(self.layer, k, v)
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=gqa)
+            with torch.autocast(q.device.type, enabled=False):  # in the cache's dtype (autocast would recast it)
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=rows.mask, enable_gqa=gqa)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
 
 

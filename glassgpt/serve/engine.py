@@ -244,8 +244,9 @@ class Engine:
         self.threads = int(threads or torch.get_num_threads())
         self.model = model.to(self.device).eval()
         # precision None: fp32 weights, bf16 autocast and cache on CUDA, fp32 elsewhere. 'bf16': the
-        # engine's weights (it owns the model it is given) and KV cache in bf16, matmuls under bf16
-        # autocast; norm statistics, softmax and sampling stay fp32. 'auto': bf16 where native.
+        # engine's weights (it owns the model it is given) in bf16, matmuls under bf16 autocast, the KV
+        # cache bf16 on CUDA (fp32 on a CPU, below); norm statistics, softmax and sampling stay fp32.
+        # 'auto': bf16 where native.
         self.precision = dist.resolve_precision(precision, self.device) if precision else None
         if self.precision == "bf16":
             for p in self.model.parameters():  # parameters only: the RoPE tables stay fp32
@@ -259,7 +260,10 @@ class Engine:
         self.max_prefill_per_step = max(1, int(max_prefill_per_step))
         self.context_window = int(model.cos.size(0))
         on_cuda = str(self.device).startswith("cuda")
-        self.dtype = torch.bfloat16 if self.precision == "bf16" or (self.precision is None and on_cuda) else torch.float32
+        # The KV cache: bf16 on CUDA (fp32 weights there run under bf16 autocast). On a CPU it stays fp32 even
+        # with bf16 weights: torch's bf16 attention at decode shapes (one query against hundreds of cached
+        # keys) ran ~6x slower than fp32 on an AVX512-bf16 CPU, most of a bf16 decode step (docs/performance.md).
+        self.dtype = torch.bfloat16 if on_cuda and self.precision in (None, "bf16") else torch.float32
         # KV-cache memory, accounted before anything is allocated: each running sequence holds one
         # slot of slot_len positions. kv_cache_mb bounds the cache (default: max_batch whole-context
         # slots, at most DEFAULT_KV_MB); a budget under one whole context shortens slot_len, and
