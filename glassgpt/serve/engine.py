@@ -204,6 +204,7 @@ class _Seq:
         self.constraint = p.constraint.fork() if p.constraint is not None else None
         self.counts: torch.Tensor | None = None  # times each token was generated (for the penalties)
         self.output: list[int] = []  # the tokens generated so far (for DRY)
+        self.dry: dict[int, float] = {}  # DRY's penalties for the next token (token id -> amount)
 
     def holdback(self) -> int:
         """Characters at the end of text that might be the start of a stop sequence."""
@@ -590,12 +591,10 @@ class Engine:
             logits = logits + bias
         if seq.counts is not None and (p.presence_penalty or p.frequency_penalty):
             logits = logits - seq.counts * p.frequency_penalty - (seq.counts > 0).to(logits.dtype) * p.presence_penalty
-        if p.dry_multiplier and len(seq.output) > p.dry_allowed_length:
-            pen = dry_penalties(seq.output, p.dry_multiplier, p.dry_base, p.dry_allowed_length)
-            if pen:
-                ids = torch.tensor(list(pen), dtype=torch.long, device=logits.device)
-                logits = logits.clone()
-                logits[ids] -= torch.tensor(list(pen.values()), dtype=logits.dtype, device=logits.device)
+        if seq.dry:
+            ids = torch.tensor(list(seq.dry), dtype=torch.long, device=logits.device)
+            logits = logits.clone()
+            logits[ids] -= torch.tensor(list(seq.dry.values()), dtype=logits.dtype, device=logits.device)
         if seq.constraint is not None:
             logits = seq.constraint.mask(logits)
         return logits
@@ -604,7 +603,7 @@ class Engine:
     def _plain(seq: _Seq, vocab: int) -> bool:
         """Sampled with temperature alone (or greedy): no processor, filter or own generator."""
         p = seq.req.params
-        return (not p.logit_bias and not p.presence_penalty and not p.frequency_penalty and not p.dry_multiplier
+        return (not p.logit_bias and not p.presence_penalty and not p.frequency_penalty and not seq.dry
                 and seq.constraint is None
                 and seq.gen is None and (not p.top_k or p.top_k >= vocab) and p.top_p >= 1.0)
 
@@ -978,8 +977,10 @@ class Engine:
             if s.counts is None:
                 s.counts = torch.zeros(vocab, dtype=torch.float32, device=self.device)
             s.counts[info.id] += 1
-        if req.params.dry_multiplier:
+        if req.params.dry_multiplier:  # the next step's penalties: a row without any samples with the batch
             s.output.append(info.id)
+            s.dry = dry_penalties(s.output, req.params.dry_multiplier, req.params.dry_base,
+                                  req.params.dry_allowed_length)
         s.generated += 1
         req.completion_tokens += 1
         if req.first_token_at is None:
