@@ -19,6 +19,8 @@ depend on the weights) and its context stretched to 1024 so that 512 tokens fit:
    sequence-token as a share of the constrained decode step, and the decode time per token
    against unconstrained decoding of the same prompts (first token to last, so prefill and
    grammar compilation are left out). `--only-structured` runs this section alone.
+6. DRY, the sampling chat-tuned models get by default, against none: aggregate decode tokens/s with
+   16 clients (sampled at temperature 1), alternated twice, best kept. `--only-dry` runs it alone.
 
 Clients are threads calling the engine directly (the HTTP layer is measured by the load
 test in tests/test_serve_load.py, not here).
@@ -87,9 +89,9 @@ def kv_vs_recompute(engine, ctx: int = 512, new: int = 32) -> tuple[float, float
     return kv, re
 
 
-def load(engine, clients: int, seconds: float, prompt_len: int = 100, max_tokens: int = 64):
-    """`clients` threads, each sending one request after another for `seconds`.
-    Returns (generated tokens/s over the whole window, TTFTs of the requests)."""
+def load(engine, clients: int, seconds: float, prompt_len: int = 100, max_tokens: int = 64, **sampling):
+    """`clients` threads, each sending one request after another for `seconds` (sampling: more
+    SamplingParams fields). Returns (generated tokens/s over the whole window, TTFTs of the requests)."""
     from glassgpt.serve.engine import SamplingParams
 
     vocab = engine.tokenizer.vocab_size
@@ -104,7 +106,8 @@ def load(engine, clients: int, seconds: float, prompt_len: int = 100, max_tokens
             prompt = torch.randint(300, vocab - 20, (prompt_len,), generator=g).tolist()
             q: queue.Queue = queue.Queue()
             t0 = time.perf_counter()
-            req = engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i), q.put)
+            req = engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i, **sampling),
+                                q.put)
             first = None
             while True:
                 ev = q.get()
@@ -154,6 +157,19 @@ def precision_compare(engine, clients: int, seconds: float) -> None:
               f"{m16 / m32:.2f}x  (goal >= 1.5x)")
     finally:
         bf.stop()
+
+
+def dry_compare(engine, clients: int, seconds: float) -> None:
+    """The cost of DRY, the sampling a chat-tuned model gets by default (chat.DEFAULT_SAMPLING), on the
+    aggregate decode of `clients` clients: with it against without, alternated twice, best kept."""
+    from glassgpt.data.chat import DEFAULT_SAMPLING
+
+    off, on = [], []
+    for _ in range(2):
+        off.append(load(engine, clients, seconds)[0])
+        on.append(load(engine, clients, seconds, **DEFAULT_SAMPLING)[0])
+    print(f"[6] DRY ({DEFAULT_SAMPLING}) vs none, {clients} clients: {max(on):.1f} vs {max(off):.1f} tok/s -> "
+          f"{max(on) / max(off):.2f}x")
 
 
 def kv_vs_recompute_kv_only(engine, ctx: int = 512, new: int = 32) -> float:
@@ -268,6 +284,7 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=0)
     ap.add_argument("--only-precision", action="store_true", help="run section 4 only")
     ap.add_argument("--only-structured", action="store_true", help="run section 5 only")
+    ap.add_argument("--only-dry", action="store_true", help="run section 6 only")
     ap.add_argument("--threads", type=int, default=0, help="the engine's torch threads (default: all)")
     a = ap.parse_args(argv)
     from glassgpt.serve.engine import Engine
@@ -287,6 +304,9 @@ def main(argv=None):
         if a.only_structured:
             structured_compare(engine, a.clients)
             return 0
+        if a.only_dry:
+            dry_compare(engine, a.clients, a.seconds)
+            return 0
         kv, re = kv_vs_recompute(engine)
         print(f"[1] decode at 512 context: KV cache {kv:.1f} tok/s vs recompute {re:.1f} tok/s  -> {kv / re:.1f}x  (goal >= 5x)")
         one, _ = load(engine, 1, a.seconds)
@@ -301,6 +321,7 @@ def main(argv=None):
               f"({idle50 * 1000:.0f} ms)")
         precision_compare(engine, a.clients, a.seconds)
         structured_compare(engine, a.clients)
+        dry_compare(engine, a.clients, a.seconds)
     finally:
         engine.stop()
     return 0
