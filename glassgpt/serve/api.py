@@ -289,13 +289,12 @@ def sampling_extras(body, engine: Engine, chat_request: bool = False) -> dict:
                                  param="logit_bias", code="invalid_value")
             bias[int(k)] = float(v)
     extras = {"logit_bias": bias, "presence_penalty": body.presence_penalty or 0.0,
-              "frequency_penalty": body.frequency_penalty or 0.0, "dry_multiplier": body.dry_multiplier or 0.0}
-    if body.dry_multiplier is None and chat_request and engine.stage in CHAT_STAGES:
-        extras["dry_multiplier"] = chat.DEFAULT_SAMPLING["dry_multiplier"]
-    if body.dry_base is not None:
-        extras["dry_base"] = body.dry_base
-    if body.dry_allowed_length is not None:
-        extras["dry_allowed_length"] = body.dry_allowed_length
+              "frequency_penalty": body.frequency_penalty or 0.0, "dry_multiplier": 0.0}
+    if chat_request and engine.stage in CHAT_STAGES:
+        extras.update(chat.DEFAULT_SAMPLING)
+    # what the request sets wins over the defaults
+    extras.update({k: v for k in ("dry_multiplier", "dry_base", "dry_allowed_length")
+                   if (v := getattr(body, k)) is not None})
     return extras
 
 

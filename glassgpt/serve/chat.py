@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from glassgpt.config import CHAT_STAGES
+from glassgpt.data.chat import DEFAULT_SAMPLING, DEFAULT_SYSTEM
 from glassgpt.serve.engine import Engine, SamplingParams, image_parts
 from glassgpt.serve.errors import ServeError
 
@@ -52,8 +53,6 @@ class LocalBackend:
         if len(prompt) >= window:
             extra = f", {len(images)} image(s) of {self.engine.image_tokens} tokens each" if images else ""
             raise ServeError(f"the conversation ({len(prompt)} tokens{extra}) fills the {window}-token context; /reset it")
-        from glassgpt.data.chat import DEFAULT_SAMPLING
-
         params = SamplingParams(max_tokens=min(max_tokens or window, window - len(prompt)), temperature=temperature,
                                 **(DEFAULT_SAMPLING if self.stage in CHAT_STAGES else {}))
         events: queue.Queue = queue.Queue()
@@ -150,7 +149,6 @@ def run_chat(backend, read: Callable[[str], str] = input, out=None, temperature:
     user message (as /image PATH would). system: None sends, to a chat-tuned model, the default
     system prompt it was tuned under (data.chat.DEFAULT_SYSTEM, as the page does), to others none;
     "" sends none."""
-    from glassgpt.data.chat import DEFAULT_SYSTEM
     from glassgpt.errors import GlassError
 
     out = out or sys.stdout
