@@ -170,7 +170,7 @@ def reference(a, lr: float, total: int, precision: str) -> Run:
     return Run(name, total, step, model, logits_of)
 
 
-def glassgpt(a, cfg, total: int) -> Run:
+def glassgpt(a, cfg, total: int, label: str = "") -> Run:
     """The cpu preset's recipe, stepped as glassgpt's trainer steps (the same library functions)."""
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -193,6 +193,8 @@ def glassgpt(a, cfg, total: int) -> Run:
         return float(loss.detach())
 
     name = f"glassgpt {total * t.batch_size * cfg.model.seq_len / 1e6:.2g}M ({precision}, {'compiled' if compiled else 'eager'})"
+    if label:
+        name += f" {label}"
     return Run(name, total, step, model, lambda m, x: m(x))
 
 
@@ -204,6 +206,8 @@ def main(argv=None) -> int:
     p.add_argument("--glassgpt-tokens", default="1000000",
                    help="glassgpt's token budgets, comma-separated (each sets its own schedule; one run each)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of glassgpt's cpu preset")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                   help="another glassgpt run at every budget with these overrides on top (repeatable): an A/B in one race")
     p.add_argument("--eval-every", type=int, default=10, help="glassgpt's snapshots (scored after the race), in steps")
     p.add_argument("--eval-tokens", type=int, default=65_536)
     a = p.parse_args(argv)
@@ -211,10 +215,16 @@ def main(argv=None) -> int:
     dist.tune_cpu_allocator()
     dist.flush_denormals()
     budgets = [int(float(b)) for b in a.glassgpt_tokens.split(",")]
-    cfg = config_mod.load("cpu", [f"model.width={a.width}", f"model.depth={a.depth}", f"model.head_dim={a.head_dim}",
-                                  f"model.seq_len={a.seq}", f"train.batch_size={a.batch}", "train.compile=on", *a.set])
+    base = [f"model.width={a.width}", f"model.depth={a.depth}", f"model.head_dim={a.head_dim}",
+            f"model.seq_len={a.seq}", f"train.batch_size={a.batch}", "train.compile=on", *a.set]
+    cfg = config_mod.load("cpu", base)
+    variants = [("", cfg)]
+    for v in a.variant:
+        label, _, sets = v.partition(":")
+        variants.append((label, config_mod.load("cpu", base + [kv for kv in sets.split(",") if kv])))
     corpus = Corpus(prepare(cfg.data))
-    cfg.model.vocab_size = a.vocab = corpus.tokenizer.vocab_size
+    for _, c in variants:
+        c.model.vocab_size = a.vocab = corpus.tokenizer.vocab_size
     precision = dist.resolve_precision("auto", "cpu")
     per_step = a.batch * a.seq
     x_val, y_val = val_windows(corpus, a.eval_tokens, a.seq)
@@ -225,7 +235,7 @@ def main(argv=None) -> int:
           f"val: {y_val.numel():,} tokens; reference precision {precision}, compiled")
     ref_steps = math.ceil(a.tokens / per_step)
     refs = [reference(a, float(lr), ref_steps, precision) for lr in a.lrs.split(",")]
-    ours = [glassgpt(a, cfg, math.ceil(b / per_step)) for b in budgets]
+    ours = [glassgpt(a, c, math.ceil(b / per_step), label) for label, c in variants for b in budgets]
     runs = refs + ours
     if not os.environ.get("NANOGPT_DIR"):
         print("reference: GPT2LMHeadModel (set NANOGPT_DIR to a checkout of karpathy/nanoGPT for its model.py)")

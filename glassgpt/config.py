@@ -100,9 +100,10 @@ class DataConfig:
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
 MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False, "smear_tokens": 1}
-TRAIN_OPTIONAL = {"copy_share": 0.0}
+TRAIN_OPTIONAL = {"copy_share": 0.0, "newton_schulz": "jordan"}
 ALIGN_OPTIONAL = {"adv_norm": "std", "dpo_nll": 0.0, "rm_steps": 0}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+NEWTON_SCHULZ = ("jordan", "minimax5", "minimax4", "minimax3")  # Muon's schedules (train.optim.NS_SCHEDULES)
 
 
 @dataclass
@@ -110,6 +111,7 @@ class TrainConfig:
     optimizer: str = "muon"  # "muon" (hidden matrices) + AdamW (the rest), or "adamw"
     lr: float = 0.0  # 0: derived (see optim.param_groups)
     muon_lr: float = 0.02
+    newton_schulz: str = "jordan"  # Muon's coefficient schedule (optim.NS_SCHEDULES): jordan, minimax5/4/3
     adam_lr_mult: float = 1.0  # times the derived AdamW rates (embedding, head; all of them with adamw): LR sweeps
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
@@ -523,6 +525,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.smear_tokens={m.smear_tokens} must be 1 to 8 (how many previous tokens the smear carries)")
     if t.optimizer not in ("adamw", "muon"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
+    if t.newton_schulz not in NEWTON_SCHULZ:
+        raise ConfigError(f"unknown train.newton_schulz '{t.newton_schulz}'; choose one of: {', '.join(NEWTON_SCHULZ)}")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"unknown train.precision '{t.precision}'; choose one of: auto, fp32, bf16")
     t.compile = {"true": "on", "false": "off"}.get(str(t.compile).lower(), str(t.compile))  # YAML booleans of old configs

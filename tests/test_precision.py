@@ -3,6 +3,7 @@ and a run's report says what it ran with."""
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -220,3 +221,43 @@ def test_compile_that_fails_at_the_first_step_trains_eager(monkeypatch, caplog, 
     monkeypatch.setattr(trainer.torch, "compile", lambda m: Compiled(m, ValueError("shapes do not match")))
     with pytest.raises(ValueError, match="shapes do not match"):
         train(cfg, tmp_path / "model_error")
+
+
+@pytest.mark.parametrize("name, lo, band", [("jordan", 3e-3, (0.68, 1.21)), ("minimax5", 1e-3, (0.88, 1.12)),
+                                            ("minimax4", 3e-3, (0.80, 1.21)), ("minimax3", 1e-2, (0.72, 1.27))])
+def test_newton_schulz_schedules_keep_singular_values_in_their_band(name, lo, band):
+    """Each schedule's composed polynomial maps every normalised singular value in [lo, 1] into the band
+    bench/ns_coefficients.py fitted it to, and the iteration on a matrix with those singular values does
+    the same (the schedule is what the optimizer runs)."""
+    from glassgpt.train import optim
+
+    s = torch.cat([torch.logspace(math.log10(lo), 0, 2000, dtype=torch.float64), torch.linspace(lo, 1, 2000, dtype=torch.float64)])
+    x = s.clone()
+    for a, b, c in optim.NS_SCHEDULES[name]:
+        x = a * x + b * x**3 + c * x**5
+    assert band[0] <= x.min() and x.max() <= band[1]
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(128, 64, generator=gen, dtype=torch.float64))
+    sv = torch.logspace(math.log10(4 * lo), 0, 64, dtype=torch.float64)
+    assert (sv / sv.norm()).min() >= lo  # what the iteration sees after its Frobenius normalisation
+    out = torch.linalg.svdvals(optim.zeropower_newton_schulz(((u * sv) @ v.T * 3.0).float(), name).double())
+    assert band[0] - 1e-3 <= out.min() and out.max() <= band[1] + 1e-3
+
+
+def test_newton_schulz_schedule_is_a_checked_choice():
+    """train.newton_schulz names a schedule (config's list is optim's table); a bad name is one line; the
+    optimizer runs the configured one; the default keeps a run's identity (and so its numbers)."""
+    from glassgpt.model.gpt import build
+    from glassgpt.train import optim
+
+    assert config.NEWTON_SCHULZ == tuple(optim.NS_SCHEDULES)
+    with pytest.raises(ConfigError, match="unknown train.newton_schulz 'minimax9'; choose one of: jordan, minimax5"):
+        config.load("tiny", ["train.newton_schulz=minimax9"])
+    cfg = config.load("tiny", ["train.newton_schulz=minimax4", "model.vocab_size=64"])
+    assert cfg.to_dict()["train"]["newton_schulz"] == "minimax4"
+    assert "newton_schulz" not in config.load("tiny").to_dict()["train"]
+    muon = [o for o in optim.build_optimizers(build(cfg.model, seed=0), cfg) if isinstance(o, optim.Muon)][0]
+    assert {g["ns_schedule"] for g in muon.param_groups} == {"minimax4"}
+    with pytest.raises(ValueError, match="unknown Newton-Schulz schedule 'x'"):
+        optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))], ns_schedule="x")

@@ -43,11 +43,28 @@ def param_groups(model, cfg: Config) -> tuple[list[dict], list[dict]]:
     ], []
 
 
-def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False, gram: bool = False) -> torch.Tensor:
+# Newton-Schulz coefficient schedules, one (a, b, c) per iteration of x <- a x + b (x xᵀ) x + c (x xᵀ)² x.
+# "jordan": Keller Jordan's fixed quintic, 5 times. "minimaxN": N iterations, each the odd quintic that
+# best maps the singular values left by the one before towards 1 (least worst-case |1 - p(σ)| on [lo, hi],
+# then [lo, hi] <- [min p, max p]; the greedy construction of Polar Express, Amsel et al. 2025), from
+# σ ∈ [l, 1] after the Frobenius normalisation: l = 1e-3 (5), 3e-3 (4), 1e-2 (3). Fitted by
+# `python bench/ns_coefficients.py`, which also prints each schedule's band and its error on real updates.
+NS_SCHEDULES = {
+    "jordan": ((3.4445, -4.7750, 2.0315),) * 5,
+    "minimax5": ((8.4703, -25.1081, 18.6293), (4.1828, -3.1087, 0.5806), (3.9619, -2.9541, 0.5630),
+                 (3.2866, -2.4647, 0.5074), (2.2738, -1.6447, 0.4162)),
+    "minimax4": ((8.3837, -24.7659, 18.3571), (4.0434, -3.0114, 0.5695), (3.5056, -2.6267, 0.5257),
+                 (2.4901, -1.8343, 0.4368)),
+    "minimax3": ((8.0934, -23.6204, 17.4462), (3.6366, -2.7219, 0.5365), (2.6613, -1.9772, 0.4526)),
+}
+
+
+def zeropower_newton_schulz(g: torch.Tensor, schedule: str = "jordan", bf16: bool = False,
+                            gram: bool = False) -> torch.Tensor:
     """Approximately orthogonalise g (U Vᵀ of its SVD), or each matrix of a stack [..., m, n], with a
-    quintic Newton-Schulz iteration whose coefficients push singular values towards 1 fast (Keller Jordan).
-    gram=True (fp32 only): the same polynomial iterated on the small m×m Gram matrix, for wide matrices."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    quintic Newton-Schulz iteration whose coefficients (NS_SCHEDULES) push singular values towards 1 fast.
+    gram=True (fp32 only): the same polynomials iterated on the small m×m Gram matrix, for wide matrices."""
+    coefs = NS_SCHEDULES[schedule]
     # bf16 on GPU, as in Keller Jordan's Muon: for the gpu preset's 97M model the iteration is ~1.6e12
     # FLOPs a step, ~30 ms at fp32 rates beside a ~130 ms step. On a CPU only when the run is bf16
     # (native bf16: AMX runs these matmuls ~2x faster than fp32); an fp32 run keeps fp32 here, so its
@@ -62,19 +79,19 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5, bf16: bool = False,
         # fused GEMM, β·C + α·A@B: half the bf16 time at the 20M shape (docs/performance.md).
         x = x.contiguous()
         gemm = torch.baddbmm if x.dim() == 3 else torch.addmm
-        for _ in range(steps):
+        for a, b, c in coefs:
             A = x @ x.mT
             x = gemm(x, gemm(A, A, A, beta=b, alpha=c), x, beta=a)
     elif gram and x.size(-1) >= 2 * x.size(-2):
-        x = _newton_schulz_gram(x.contiguous(), steps, (a, b, c))
+        x = _newton_schulz_gram(x.contiguous(), coefs)
     else:  # fp32: the original arithmetic, so fp32 runs reproduce to the bit
-        for _ in range(steps):
+        for a, b, c in coefs:
             A = x @ x.mT
             x = a * x + (b * A + c * A @ A) @ x
     return (x.mT if transposed else x).to(g.dtype)
 
 
-def _newton_schulz_gram(x: torch.Tensor, steps: int, abc: tuple) -> torch.Tensor:
+def _newton_schulz_gram(x: torch.Tensor, coefs: tuple) -> torch.Tensor:
     """Newton-Schulz on the Gram matrix: every iterate is X_k = Q_k X_0 with Q_k a polynomial in
     G = X_0 X_0ᵀ, so the loop runs on m×m matrices only and X_0 (m×n) is touched twice, not 2·steps
     times. A_k = X_k X_kᵀ and P_k = aI + bA_k + cA_k² commute, so A_{k+1} = P_k² A_k, Q_{k+1} = Q_k P_k.
@@ -82,14 +99,13 @@ def _newton_schulz_gram(x: torch.Tensor, steps: int, abc: tuple) -> torch.Tensor
     20M model's step 1.66x faster in fp32, its update within ~1e-5 of the plain one's largest entry). Exact
     in exact arithmetic; in fp32 the squared condition of G costs nothing visible, in bf16 it would (so bf16
     keeps the plain iteration)."""
-    a, b, c = abc
     A = x @ x.mT
     eye = torch.eye(A.size(-1), dtype=A.dtype, device=A.device).expand_as(A)
     Q = None
-    for k in range(steps):
+    for k, (a, b, c) in enumerate(coefs):
         P = torch.add(eye, A, alpha=b / a).mul_(a).add_(A @ A, alpha=c)
         Q = P if Q is None else Q @ P
-        if k < steps - 1:
+        if k < len(coefs) - 1:
             A = P @ (P @ A)
     return Q @ x
 
@@ -98,8 +114,11 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D weights (conv filters flattened to 2-D). Runs identically on every DDP rank
     (grads already averaged)."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_bf16=False, ns_gram=False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_schedule="jordan", ns_bf16=False,
+                 ns_gram=False):
+        if ns_schedule not in NS_SCHEDULES:
+            raise ValueError(f"unknown Newton-Schulz schedule '{ns_schedule}'; choose one of: {', '.join(NS_SCHEDULES)}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_schedule=ns_schedule))
         self.ns_bf16 = ns_bf16
         self.ns_gram = ns_gram  # fp32 Newton-Schulz on the Gram matrix for wide matrices (set by the trainer)
 
@@ -120,7 +139,7 @@ class Muon(torch.optim.Optimizer):
                 same_shape.setdefault(g.shape, []).append((p, g))
             # same-shaped matrices orthogonalised as one stack: small ones are overhead-bound (bench/vision_step.py)
             for (rows, cols), items in same_shape.items():
-                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"], self.ns_bf16,
+                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_schedule"], self.ns_bf16,
                                                   self.ns_gram)
                 scale = max(1.0, rows / cols) ** 0.5  # tall matrices: same RMS step
                 for (p, _), update in zip(items, updates):
@@ -135,7 +154,7 @@ def build_optimizers(model, cfg: Config, precision: str = "fp32") -> list[torch.
     adam_groups, muon_groups = param_groups(model, cfg)
     opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
     if muon_groups:
-        opts.append(Muon(muon_groups, ns_bf16=precision == "bf16"))
+        opts.append(Muon(muon_groups, ns_schedule=cfg.train.newton_schulz, ns_bf16=precision == "bf16"))
     for opt in opts:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
