@@ -258,6 +258,9 @@ def test_newton_schulz_schedule_is_a_checked_choice():
     assert cfg.to_dict()["train"]["newton_schulz"] == "minimax4"
     assert "newton_schulz" not in config.load("tiny").to_dict()["train"]
     muon = [o for o in optim.build_optimizers(build(cfg.model, seed=0), cfg) if isinstance(o, optim.Muon)][0]
-    assert {g["ns_schedule"] for g in muon.param_groups} == {"minimax4"}
+    assert muon.ns_schedule == "minimax4"
+    # a checkpoint's optimizer state (its param groups included) loads into it and keeps the schedule
+    muon.load_state_dict(muon.state_dict())
+    assert muon.ns_schedule == "minimax4"
     with pytest.raises(ValueError, match="unknown Newton-Schulz schedule 'x'"):
         optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))], ns_schedule="x")

@@ -118,7 +118,8 @@ class Muon(torch.optim.Optimizer):
                  ns_gram=False):
         if ns_schedule not in NS_SCHEDULES:
             raise ValueError(f"unknown Newton-Schulz schedule '{ns_schedule}'; choose one of: {', '.join(NS_SCHEDULES)}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_schedule=ns_schedule))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_schedule = ns_schedule  # on the optimizer, not its groups: a resumed run's saved groups replace those
         self.ns_bf16 = ns_bf16
         self.ns_gram = ns_gram  # fp32 Newton-Schulz on the Gram matrix for wide matrices (set by the trainer)
 
@@ -139,7 +140,7 @@ class Muon(torch.optim.Optimizer):
                 same_shape.setdefault(g.shape, []).append((p, g))
             # same-shaped matrices orthogonalised as one stack: small ones are overhead-bound (bench/vision_step.py)
             for (rows, cols), items in same_shape.items():
-                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), group["ns_schedule"], self.ns_bf16,
+                updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), self.ns_schedule, self.ns_bf16,
                                                   self.ns_gram)
                 scale = max(1.0, rows / cols) ** 0.5  # tall matrices: same RMS step
                 for (p, _), update in zip(items, updates):
