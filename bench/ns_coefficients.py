@@ -54,20 +54,21 @@ def fit(steps: int, lo: float) -> list[tuple[float, float, float]]:
     for _ in range(steps):
         abc = fit_step(lo, hi)
         out.append(abc)
-        lo, hi = band(abc, lo, hi)
+        lo, hi = band([abc], lo, hi)
     return out
 
 
 def band(coefs, lo: float, hi: float = 1.0) -> tuple[float, float]:
-    """Where the schedule sends the singular values in [lo, hi] (one step or a whole schedule)."""
+    """Where the schedule (a list of (a, b, c)) sends the singular values in [lo, hi]."""
     x = np.concatenate([np.geomspace(lo, hi, 20000), np.linspace(lo, hi, 20000)])
-    for a, b, c in [coefs] if isinstance(coefs[0], float) else coefs:
+    for a, b, c in coefs:
         x = a * x + b * x**3 + c * x**5
     return float(x.min()), float(x.max())
 
 
 def momenta(a) -> list[torch.Tensor]:
-    """The matrices Muon orthogonalises at the end of a short run of the cpu preset's recipe."""
+    """The stacks of same-shaped matrices Muon orthogonalises at the last step of a short run of the cpu
+    preset's recipe, taken from the optimizer's own call."""
     cfg = config_mod.load("cpu", [f"model.width={a.width}", f"model.depth={a.depth}", f"model.head_dim={a.head_dim}",
                                   f"model.seq_len={a.seq}", f"train.batch_size={a.batch}"])
     corpus = Corpus(prepare(cfg.data))
@@ -75,20 +76,26 @@ def momenta(a) -> list[torch.Tensor]:
     model = build(cfg.model, seed=0)
     opts = optim.build_optimizers(model, cfg)
     loader = Loader(corpus.split("train", a.seq), a.batch, 0)
-    for it in range(a.steps):
+
+    def step(it):
         optim.set_lr(opts, optim.lr_multiplier(it, 10 * a.steps, cfg.train.schedule, cfg.train.warmup_frac,
                                                cfg.train.cooldown_frac))
         batch = torch.from_numpy(loader.batch(it))
         model(batch[:, :-1], batch[:, 1:]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        if it < a.steps - 1:
-            for o in opts:
-                o.step()
-                o.zero_grad(set_to_none=True)
-    muon = next(o for o in opts if isinstance(o, optim.Muon))
-    m = muon.param_groups[0]["momentum"]
-    return [p.grad.lerp(muon.state[p]["momentum"].lerp(p.grad, 1 - m), m).flatten(1)  # the next step's input
-            for g in muon.param_groups for p in g["params"] if p in muon.state]
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+
+    for it in range(a.steps - 1):
+        step(it)
+    stacks, plain = [], optim.zeropower_newton_schulz  # the last step records what Muon hands Newton-Schulz
+    optim.zeropower_newton_schulz = lambda g, *rest: (stacks.append(g.clone()), plain(g, *rest))[1]
+    try:
+        step(a.steps - 1)
+    finally:
+        optim.zeropower_newton_schulz = plain
+    return stacks
 
 
 def main(argv=None) -> None:
@@ -113,19 +120,17 @@ def main(argv=None) -> None:
                   f" (jordan {max(1 - lo_j, hi_j - 1):.3f})")
 
     torch.manual_seed(0)
-    gs = momenta(a)
+    stacks = momenta(a)
+    gs = [g for s in stacks for g in s]
     print(f"\nreal updates: {len(gs)} matrices after {a.steps} steps at d={a.width}, L={a.depth}, B={a.batch}, T={a.seq}")
-    sv = torch.cat([torch.linalg.svdvals(g.double()) / g.double().norm() for g in gs])
+    polar, sv = [], []
+    for g in gs:
+        u, s, vh = torch.linalg.svd(g.double(), full_matrices=False)
+        polar.append(u @ vh)
+        sv.append(s / s.norm())  # as the iteration sees them after its Frobenius normalisation
+    sv = torch.cat(sv)
     print("  normalised singular values: " + ", ".join(f"{q:.0%} {float(torch.quantile(sv, q)):.2g}"
                                                          for q in (0.1, 0.5, 0.9)))
-    polar = []
-    for g in gs:
-        u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
-        polar.append(u @ vh)
-    stacks = {}
-    for g in gs:
-        stacks.setdefault(tuple(g.shape), []).append(g)
-    stacks = [torch.stack(v) for v in stacks.values()]
     times = {name: [] for name in optim.NS_SCHEDULES}
     for _ in range(a.rounds):
         for name in times:
