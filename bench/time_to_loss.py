@@ -207,7 +207,8 @@ def main(argv=None) -> int:
                    help="glassgpt's token budgets, comma-separated (each sets its own schedule; one run each)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of glassgpt's cpu preset")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
-                   help="another glassgpt run at every budget with these overrides on top (repeatable): an A/B in one race")
+                   help="another glassgpt run at every budget with these overrides on top (repeatable): an A/B in one "
+                        "race; train.tokens=N among them runs it at that budget only (an equal-time A/B of a faster step)")
     p.add_argument("--eval-every", type=int, default=10, help="glassgpt's snapshots (scored after the race), in steps")
     p.add_argument("--eval-tokens", type=int, default=65_536)
     a = p.parse_args(argv)
@@ -218,12 +219,14 @@ def main(argv=None) -> int:
     base = [f"model.width={a.width}", f"model.depth={a.depth}", f"model.head_dim={a.head_dim}",
             f"model.seq_len={a.seq}", f"train.batch_size={a.batch}", "train.compile=on", *a.set]
     cfg = config_mod.load("cpu", base)
-    variants = [("", cfg)]
+    variants = [("", cfg, budgets)]
     for v in a.variant:
         label, _, sets = v.partition(":")
-        variants.append((label, config_mod.load("cpu", base + [kv for kv in sets.split(",") if kv])))
+        sets = [kv for kv in sets.split(",") if kv]
+        own = [int(float(kv.split("=", 1)[1])) for kv in sets if kv.startswith("train.tokens=")]
+        variants.append((label, config_mod.load("cpu", base + sets), own or budgets))
     corpus = Corpus(prepare(cfg.data))
-    for _, c in variants:
+    for _, c, _ in variants:
         c.model.vocab_size = a.vocab = corpus.tokenizer.vocab_size
     precision = dist.resolve_precision("auto", "cpu")
     per_step = a.batch * a.seq
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
           f"val: {y_val.numel():,} tokens; reference precision {precision}, compiled")
     ref_steps = math.ceil(a.tokens / per_step)
     refs = [reference(a, float(lr), ref_steps, precision) for lr in a.lrs.split(",")]
-    ours = [glassgpt(a, c, math.ceil(b / per_step), label) for label, c in variants for b in budgets]
+    ours = [glassgpt(a, c, math.ceil(b / per_step), label) for label, c, bs in variants for b in bs]
     runs = refs + ours
     if not os.environ.get("NANOGPT_DIR"):
         print("reference: GPT2LMHeadModel (set NANOGPT_DIR to a checkout of karpathy/nanoGPT for its model.py)")

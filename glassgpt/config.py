@@ -100,7 +100,7 @@ class DataConfig:
 DATA_OPTIONAL = {"packaged": [], "packaged_cap": 0}
 # Likewise for ModelConfig: a run without long-context settings keeps its identity.
 MODEL_OPTIONAL = {"rope_scaling": "linear", "rope_original_len": 0, "smear": False, "smear_tokens": 1}
-TRAIN_OPTIONAL = {"copy_share": 0.0, "newton_schulz": "jordan"}
+TRAIN_OPTIONAL = {"copy_share": 0.0, "newton_schulz": "jordan", "ns_block": 0, "ns_full_every": 1}
 ALIGN_OPTIONAL = {"adv_norm": "std", "dpo_nll": 0.0, "rm_steps": 0}
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 NEWTON_SCHULZ = ("jordan", "minimax5", "minimax4", "minimax3")  # Muon's schedules (train.optim.NS_SCHEDULES)
@@ -112,6 +112,10 @@ class TrainConfig:
     lr: float = 0.0  # 0: derived (see optim.param_groups)
     muon_lr: float = 0.02
     newton_schulz: str = "jordan"  # Muon's coefficient schedule (optim.NS_SCHEDULES): jordan, minimax5/4/3
+    # Block-periodic Muon (MuonBP): orthogonalise blocks of ns_block rows of each matrix's short side, and the
+    # whole matrix only every ns_full_every-th step (0: never); ns_block 0 is plain Muon, whole every step.
+    ns_block: int = 0
+    ns_full_every: int = 1
     adam_lr_mult: float = 1.0  # times the derived AdamW rates (embedding, head; all of them with adamw): LR sweeps
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
@@ -527,6 +531,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.optimizer must be 'adamw' or 'muon', not '{t.optimizer}'")
     if t.newton_schulz not in NEWTON_SCHULZ:
         raise ConfigError(f"unknown train.newton_schulz '{t.newton_schulz}'; choose one of: {', '.join(NEWTON_SCHULZ)}")
+    if t.ns_block < 0 or t.ns_full_every < 0:
+        raise ConfigError(f"train.ns_block ({t.ns_block}) and train.ns_full_every ({t.ns_full_every}) must be >= 0")
+    if t.ns_block and t.ns_full_every == 1:
+        raise ConfigError(f"train.ns_block={t.ns_block} with train.ns_full_every=1 never uses its blocks; "
+                          "set train.ns_full_every to 0 (blocks always) or the period of the whole-matrix steps")
+    if t.ns_block and (m.d_model % t.ns_block or t.ns_block & (t.ns_block - 1)):
+        raise ConfigError(f"train.ns_block={t.ns_block} must be a power of two dividing the model's width {m.d_model}")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"unknown train.precision '{t.precision}'; choose one of: auto, fp32, bf16")
     t.compile = {"true": "on", "false": "off"}.get(str(t.compile).lower(), str(t.compile))  # YAML booleans of old configs

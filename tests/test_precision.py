@@ -264,3 +264,65 @@ def test_newton_schulz_schedule_is_a_checked_choice():
     assert muon.ns_schedule == "minimax4"
     with pytest.raises(ValueError, match="unknown Newton-Schulz schedule 'x'"):
         optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))], ns_schedule="x")
+
+
+def test_block_newton_schulz_orthogonalises_each_block_of_the_short_side():
+    """block=b cuts each matrix's short side into b-row blocks and runs the same iteration on each alone:
+    wide and tall matrices, a stack, the Gram path too; no block when the short side is not larger than b."""
+    from glassgpt.train import optim
+
+    gen = torch.Generator().manual_seed(0)
+    wide, tall = torch.randn(2, 64, 160, generator=gen), torch.randn(96, 32, generator=gen)
+    out = optim.zeropower_newton_schulz(wide, block=16)
+    for k in range(4):
+        alone = optim.zeropower_newton_schulz(wide[:, 16 * k:16 * (k + 1)])
+        assert torch.allclose(out[:, 16 * k:16 * (k + 1)], alone, atol=1e-6)
+    assert torch.allclose(optim.zeropower_newton_schulz(wide, gram=True, block=16), out, atol=1e-4)
+    out = optim.zeropower_newton_schulz(tall, block=8)
+    assert torch.allclose(out[:, 8:16], optim.zeropower_newton_schulz(tall[:, 8:16]), atol=1e-6)
+    assert torch.equal(optim.zeropower_newton_schulz(tall, block=32), optim.zeropower_newton_schulz(tall))
+    with pytest.raises(ValueError, match="block of 24 rows does not divide a matrix's short side 32"):
+        optim.zeropower_newton_schulz(tall, block=24)
+
+
+def test_block_periodic_muon_takes_whole_matrices_every_period_and_resumes_its_count(monkeypatch):
+    """train.ns_block / train.ns_full_every: whole matrices on steps 0, P, 2P…, blocks between; the step
+    count is in the optimizer's saved state, so a resumed run keeps the period; bad settings are one line;
+    the defaults keep a run's identity."""
+    from glassgpt.model.gpt import build
+    from glassgpt.train import optim
+
+    for sets, msg in ((["train.ns_block=16"], "never uses its blocks"), (["train.ns_block=-1"], "must be >= 0"),
+                      (["train.ns_block=24", "train.ns_full_every=3"], "must be a power of two dividing")):
+        with pytest.raises(ConfigError, match=msg):
+            config.load("tiny", sets)
+    assert not {"ns_block", "ns_full_every"} & set(config.load("tiny").to_dict()["train"])
+    cfg = config.load("tiny", ["train.ns_block=16", "train.ns_full_every=3", "model.vocab_size=64"])
+    model = build(cfg.model, seed=0)
+    muon = [o for o in optim.build_optimizers(model, cfg) if isinstance(o, optim.Muon)][0]
+    seen = []
+    real = optim.zeropower_newton_schulz
+    monkeypatch.setattr(optim, "zeropower_newton_schulz", lambda g, *a: seen.append(a[-1]) or real(g, *a))
+
+    def step():
+        seen.clear()
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        muon.step()
+        return set(seen)
+
+    assert [step() for _ in range(4)] == [{0}, {16}, {16}, {0}]
+    saved = muon.state_dict()
+    fresh = [o for o in optim.build_optimizers(model, cfg) if isinstance(o, optim.Muon)][0]
+    fresh.load_state_dict(saved)
+    muon = fresh
+    assert [step() for _ in range(3)] == [{16}, {16}, {0}]
+
+
+def test_block_newton_schulz_in_bf16_matches_its_fp32_blocks():
+    """The bf16 iteration (one fused GEMM a product, 3-D stacks) takes the blocks as one stack."""
+    from glassgpt.train import optim
+
+    g = torch.randn(2, 32, 96, generator=torch.Generator().manual_seed(1))
+    a, b = optim.zeropower_newton_schulz(g, block=8), optim.zeropower_newton_schulz(g, bf16=True, block=8)
+    assert b.dtype == g.dtype and (a - b).abs().max() < 0.05 * a.abs().max()

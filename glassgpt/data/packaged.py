@@ -702,21 +702,26 @@ def _read_gcide(src: Source, files: list[Path]) -> Iterator[Document]:
 WORDNET_LINES_PER_DOC = 500
 
 
+def wordnet_synsets(path: Path) -> Iterator[tuple[list[str], str]]:
+    """(words, gloss) per synset line of a WordNet data file; also read by the SFT facts (data/sft.py)."""
+    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if ln.startswith("  ") or "|" not in ln:
+            continue
+        head, gloss = ln.split("|", 1)
+        f = head.split()
+        try:
+            n = int(f[3], 16)
+        except (IndexError, ValueError):
+            raise _changed(path, "a WordNet data file") from None
+        # adjective markers like (a), (p) dropped
+        yield [re.sub(r"\([a-z]+\)$", "", w.replace("_", " ")) for w in f[4:4 + 2 * n:2]], gloss.strip()
+
+
 def _read_wordnet(src: Source, files: list[Path]) -> Iterator[Document]:
     for path in files:
         out, k = [], 0
-        for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if ln.startswith("  ") or "|" not in ln:
-                continue
-            head, gloss = ln.split("|", 1)
-            f = head.split()
-            try:
-                n = int(f[3], 16)
-                words = [w.replace("_", " ") for w in f[4:4 + 2 * n:2]]
-            except (IndexError, ValueError):
-                raise _changed(path, "a WordNet data file") from None
-            words = [re.sub(r"\([a-z]+\)$", "", w) for w in words]  # adjective markers like (a), (p)
-            out.append(f"{', '.join(words)} | {gloss.strip()}")
+        for words, gloss in wordnet_synsets(path):
+            out.append(f"{', '.join(words)} | {gloss}")
             if len(out) >= WORDNET_LINES_PER_DOC:
                 yield Document(f"{src.name}/{path.name}#{k}", "\n".join(out), src.name, "en")
                 out, k = [], k + 1

@@ -684,18 +684,10 @@ def wordnet_facts(files: list[Path]) -> list[Fact]:
     gloss is *the* meaning and a held-out question has one right answer."""
     senses: dict[str, list[str]] = defaultdict(list)
     for path in files:
-        for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if ln.startswith("  ") or "|" not in ln:
-                continue
-            head, gloss = ln.split("|", 1)
-            f = head.split()
-            try:
-                n = int(f[3], 16)
-            except (IndexError, ValueError):
-                continue
+        for words, gloss in packaged.wordnet_synsets(path):
             definition = gloss.split(";")[0].strip().strip('"').strip()
-            for w in f[4:4 + 2 * n:2]:
-                senses[re.sub(r"\([a-z]+\)$", "", w).lower()].append(definition)
+            for w in words:
+                senses[w.lower()].append(definition)
     words = sorted(w for w, d in senses.items() if len(d) == 1 and re.fullmatch(r"[a-z]{4,}", w) and len(d[0]) >= 8)
     words = sorted(words, key=lambda w: _h("wordnet", w))[:WORDS_PER_SOURCE]
     facts = []

@@ -60,10 +60,25 @@ NS_SCHEDULES = {
 
 
 def zeropower_newton_schulz(g: torch.Tensor, schedule: str = "jordan", bf16: bool = False,
-                            gram: bool = False) -> torch.Tensor:
+                            gram: bool = False, block: int = 0) -> torch.Tensor:
     """Approximately orthogonalise g (U Vᵀ of its SVD), or each matrix of a stack [..., m, n], with a
     quintic Newton-Schulz iteration whose coefficients (NS_SCHEDULES) push singular values towards 1 fast.
-    gram=True (fp32 only): the same polynomials iterated on the small m×m Gram matrix, for wide matrices."""
+    gram=True (fp32 only): the same polynomials iterated on the small m×m Gram matrix, for wide matrices.
+    block=b > 0: the short side cut into blocks of b, each b×n block orthogonalised on its own (MuonBP's
+    block step, Khaled et al. 2025): the cost goes from ~m²n to ~m·b·n, the RMS of the update stays the same
+    (each block keeps b unit singular values), only the directions between blocks are left unorthogonalised."""
+    if not block or min(g.shape[-2:]) <= block:
+        return _zeropower(g, schedule, bf16, gram)
+    tall = g.size(-2) > g.size(-1)
+    x = g.mT if tall else g
+    m, n = x.shape[-2:]
+    if m % block:
+        raise ValueError(f"Newton-Schulz block of {block} rows does not divide a matrix's short side {m}")
+    y = _zeropower(x.reshape(-1, block, n), schedule, bf16, gram).reshape(x.shape)  # one 3-D stack of blocks
+    return y.mT if tall else y
+
+
+def _zeropower(g: torch.Tensor, schedule: str, bf16: bool, gram: bool) -> torch.Tensor:
     coefs = NS_SCHEDULES[schedule]
     # bf16 on GPU, as in Keller Jordan's Muon: for the gpu preset's 97M model the iteration is ~1.6e12
     # FLOPs a step, ~30 ms at fp32 rates beside a ~130 ms step. On a CPU only when the run is bf16
@@ -115,17 +130,29 @@ class Muon(torch.optim.Optimizer):
     (grads already averaged)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_schedule="jordan", ns_bf16=False,
-                 ns_gram=False):
+                 ns_gram=False, ns_block=0, ns_full_every=1):
         if ns_schedule not in NS_SCHEDULES:
             raise ValueError(f"unknown Newton-Schulz schedule '{ns_schedule}'; choose one of: {', '.join(NS_SCHEDULES)}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.ns_schedule = ns_schedule  # on the optimizer, not its groups: a resumed run's saved groups replace those
         self.ns_bf16 = ns_bf16
         self.ns_gram = ns_gram  # fp32 Newton-Schulz on the Gram matrix for wide matrices (set by the trainer)
+        # Block-periodic (MuonBP): whole matrices orthogonalised every ns_full_every-th step (0: never), blocks
+        # of ns_block rows of the short side on the others. The step count lives in the groups (it is saved).
+        self.ns_block, self.ns_full_every = ns_block, ns_full_every
+
+    def _block_now(self, group) -> int:
+        """The block size this step uses (0: whole matrices), and count the step."""
+        step = group.get("ns_step", 0)
+        group["ns_step"] = step + 1
+        if not self.ns_block or (self.ns_full_every and step % self.ns_full_every == 0):
+            return 0
+        return self.ns_block
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            block = self._block_now(group)
             same_shape = {}
             for p in group["params"]:
                 if p.grad is None:
@@ -141,7 +168,7 @@ class Muon(torch.optim.Optimizer):
             # same-shaped matrices orthogonalised as one stack: small ones are overhead-bound (bench/vision_step.py)
             for (rows, cols), items in same_shape.items():
                 updates = zeropower_newton_schulz(torch.stack([g for _, g in items]), self.ns_schedule, self.ns_bf16,
-                                                  self.ns_gram)
+                                                  self.ns_gram, block)
                 scale = max(1.0, rows / cols) ** 0.5  # tall matrices: same RMS step
                 for (p, _), update in zip(items, updates):
                     if group["weight_decay"]:
@@ -155,7 +182,9 @@ def build_optimizers(model, cfg: Config, precision: str = "fp32") -> list[torch.
     adam_groups, muon_groups = param_groups(model, cfg)
     opts = [torch.optim.AdamW(adam_groups, betas=cfg.train.betas, eps=1e-10, fused=False)]
     if muon_groups:
-        opts.append(Muon(muon_groups, ns_schedule=cfg.train.newton_schulz, ns_bf16=precision == "bf16"))
+        t = cfg.train
+        opts.append(Muon(muon_groups, ns_schedule=t.newton_schulz, ns_bf16=precision == "bf16", ns_block=t.ns_block,
+                         ns_full_every=t.ns_full_every))
     for opt in opts:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
