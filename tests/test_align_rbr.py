@@ -246,3 +246,15 @@ def test_alignment_evals_on_rigged_answers():
     ok = align_evals.run(lambda msgs: [f"It is {truth[i]}." for i in ids], {"facts": sets["facts"]})
     assert ok["headline"]["fact_qa"] == 1.0
     json.dumps(ok)  # the record is plain JSON
+
+
+def test_alignment_registry_eval_without_fetched_sources_is_one_line(monkeypatch, tmp_path):
+    """The registry's glassgpt-align-refusals on a machine where nothing is fetched: one line naming the
+    sets and `glassgpt data fetch`, before any model is asked."""
+    from glassgpt.evals.elsuite.alignment import Alignment
+    from glassgpt.evals.errors import EvalError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    ev = Alignment([lambda **kw: pytest.fail("asked a model")], tmp_path, sets=["harmful", "benign"], name="glassgpt-align-refusals.heldout.v0")
+    with pytest.raises(EvalError, match=r"no held-out items for harmful, benign: .*`glassgpt data fetch`"):
+        ev.get_samples()

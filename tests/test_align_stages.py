@@ -282,3 +282,44 @@ def test_rl_prompts_take_true_twins_in_turn_with_false_ones(sft_run, tmp_path, m
     assert not {"affirm", "adversarial", "true_claim", "false_claim"} & set(src.kinds)
     picked = {p["id"] for i in range(len(src.kinds)) for p in src.pick_prompts(i)}
     assert picked & {p["id"] for p in affirm}
+
+
+def test_alignment_registry_evals_match_align_eval_in_process_and_served(sft_run, tmp_path, monkeypatch):
+    """`glassgpt eval … glassgpt-align` (registry evals): the same headline numbers as `glassgpt align eval`,
+    in-process (local:RUN samples a chat model as the API does) and against `glassgpt serve`; a set
+    that does not exist is one line."""
+    from glassgpt.align import evals as align_evals
+    from glassgpt.align import pipeline
+    from glassgpt.evals.errors import EvalError
+    from glassgpt.evals.registry import Registry, default_registry_paths
+    from glassgpt.evals.runner import run_target
+    from glassgpt.serve.api import create_app
+    from glassgpt.serve.engine import Engine
+    from glassgpt.serve.testing import ServerThread
+
+    _, conv, root = sft_run
+    model, tok, _ = checkpoint.load_model(root / "sft")
+    want = align_evals.run(align_evals.local_answerer(model, tok, 6), pipeline.eval_sets(str(conv), 2))["headline"]
+    reg = Registry(default_registry_paths())
+    params = {"conversations": str(conv), "n": 2, "max_tokens": 6}
+
+    def report(target, **kw):
+        res = run_target("glassgpt-align", target, reg, record_path=str(tmp_path / f"{len(list(tmp_path.iterdir()))}.jsonl"),
+                         show_progress=False, extra_eval_params=params, **kw)
+        assert not res.failed, res.failed
+        return {k: v for k, v in res.results[0].final_report.items() if not k.startswith("usage_")}
+
+    local = report(f"local:{root / 'sft'}")
+    assert {k: local[k] for k in want if want[k] is not None} == {k: v for k, v in want.items() if v is not None}
+    monkeypatch.setenv("OPENAI_API_KEY", "unused-no-auth")
+    with ServerThread(create_app([Engine.from_checkpoint(root / "sft", name="glassgpt-sft")], auth=False)) as srv:
+        served = report("glassgpt-sft", base_url=f"{srv.url}/v1")
+    assert served == local and local["accuracy"] is not None
+    refusals = run_target("glassgpt-align-refusals", f"local:{root / 'sft'}", reg, show_progress=False,
+                          record_path=str(tmp_path / "r.jsonl"), extra_eval_params=params).results[0].final_report
+    assert refusals.pop("errors", 0) == 0
+    assert {k for k in refusals if not k.startswith("usage_")} == {"not_unsafe", "not_overrefuse", "f1", "disallowed_rate",
+                                                                  "accuracy"}
+    with pytest.raises(EvalError, match="unknown alignment set 'harmfull'; sets: harmful, benign"):
+        run_target("glassgpt-align", f"local:{root / 'sft'}", reg, show_progress=False, record_path=str(tmp_path / "x.jsonl"),
+                   extra_eval_params={**params, "sets": "harmfull"})

@@ -122,6 +122,7 @@ class LocalModelFn(CompletionFn):
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         ids = self._fit(self.encode_prompt(prompt), max_new)
         temperature = float(temperature or 0.0)
+        extras = self._chat_sampling(prompt)
         completions, n_tokens = [], 0
         left = max(1, int(n or 1))
         while left:  # the engine takes at most batch_size choices per request
@@ -129,12 +130,22 @@ class LocalModelFn(CompletionFn):
             left -= k
             seed = int(self.torch.randint(0, 2**62, (1,), generator=self.gen)) if temperature > 0 else None
             out = self.engine.generate(ids, SamplingParams(max_tokens=max_new, temperature=temperature, stop=stops,
-                                                           n=k, seed=seed))
+                                                           n=k, seed=seed, **extras))
             completions += [c["text"] for c in out["choices"]]
             n_tokens += out["completion_tokens"]
         usage = {"prompt_tokens": len(ids), "completion_tokens": n_tokens, "total_tokens": len(ids) + n_tokens}
         record_sampling(prompt=prompt, sampled=completions, model=self.name, usage=usage)
         return CompletionResult(completions, usage=usage, prompt=prompt)
+
+    def _chat_sampling(self, prompt) -> dict:
+        """What the API adds to a chat request to a chat-tuned model that leaves it unset (DRY:
+        chat.DEFAULT_SAMPLING), so a local eval scores what `glassgpt serve` answers."""
+        from glassgpt.config import CHAT_STAGES
+        from glassgpt.data.chat import DEFAULT_SAMPLING
+
+        if is_chat_prompt(prompt) and self.chat and self.engine.stage in CHAT_STAGES:
+            return dict(DEFAULT_SAMPLING)
+        return {}
 
     # --- scoring ----------------------------------------------------------------------
     def loglikelihood(self, requests):
