@@ -317,6 +317,10 @@ def test_block_periodic_muon_takes_whole_matrices_every_period_and_resumes_its_c
     fresh.load_state_dict(saved)
     muon = fresh
     assert [step() for _ in range(3)] == [{16}, {16}, {0}]
+    plain = optim.Muon([torch.nn.Parameter(torch.zeros(4, 4))])
+    plain.param_groups[0]["params"][0].grad = torch.ones(4, 4)
+    plain.step()
+    assert "ns_step" not in plain.state_dict()["param_groups"][0]  # plain Muon's saved state as before
 
 
 def test_block_newton_schulz_in_bf16_matches_its_fp32_blocks():

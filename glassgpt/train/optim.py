@@ -142,12 +142,12 @@ class Muon(torch.optim.Optimizer):
         self.ns_block, self.ns_full_every = ns_block, ns_full_every
 
     def _block_now(self, group) -> int:
-        """The block size this step uses (0: whole matrices), and count the step."""
+        """The block size this step uses (0: whole matrices), and count the step (plain Muon keeps no count)."""
+        if not self.ns_block:
+            return 0
         step = group.get("ns_step", 0)
         group["ns_step"] = step + 1
-        if not self.ns_block or (self.ns_full_every and step % self.ns_full_every == 0):
-            return 0
-        return self.ns_block
+        return 0 if self.ns_full_every and step % self.ns_full_every == 0 else self.ns_block
 
     @torch.no_grad()
     def step(self):
