@@ -10,6 +10,7 @@ run) from fixed random gradients. Variants, timed in interleaved rounds (median)
 - glassgpt Muon, bf16 Newton-Schulz (what a bf16 run takes),
 - torch.optim.Muon (the peer: torch's own, Newton-Schulz in bf16 always),
   (the two bf16 variants only where the CPU has native bf16, or with --bf16: emulated, they are ~30x slower),
+- glassgpt Muon, fp32, Gram path, a block step of block-periodic Muon (train.ns_block; its update differs by design),
 - torch.optim.AdamW on the same matrices (the floor: a step without orthogonalisation).
 Each Newton-Schulz variant's FLOPs (the plain iteration's count, so rates compare like for like)
 are set against a 2048² matmul timed in the run, and each glassgpt update against the plain fp32
@@ -44,6 +45,8 @@ def main(argv=None) -> None:
     shape_args(p)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--block", type=int, default=128, help="the block-periodic variant's blocks (train.ns_block); it "
+                   "times a block step, the other P-1 of every P")
     p.add_argument("--bf16", action="store_true", help="time the bf16 variants on a CPU without native bf16 too")
     a = p.parse_args(argv)
 
@@ -71,9 +74,10 @@ def main(argv=None) -> None:
             p.grad = g.clone()
         return ps
 
-    def glassgpt(bf16=False, gram=False):
+    def glassgpt(bf16=False, gram=False, block=0):
         ps = fresh()
-        return ps, optim.Muon([{"params": ps, "lr": 0.02, "weight_decay": 0.0}], ns_bf16=bf16, ns_gram=gram)
+        return ps, optim.Muon([{"params": ps, "lr": 0.02, "weight_decay": 0.0}], ns_bf16=bf16, ns_gram=gram,
+                              ns_block=block, ns_full_every=0)
 
     def torch_muon():
         ps = fresh()
@@ -84,6 +88,7 @@ def main(argv=None) -> None:
         return ps, torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.0)
 
     variants = {"glassgpt muon fp32 (eager)": glassgpt(), "glassgpt muon fp32 gram (compiled)": glassgpt(gram=True),
+                f"glassgpt fp32 gram, block step {a.block}": glassgpt(gram=True, block=a.block),
                 "glassgpt muon bf16": glassgpt(bf16=True), "torch.optim.Muon (bf16 NS)": torch_muon(),
                 "torch.optim.AdamW": torch_adamw()}
     if not (native_bf16("cpu") or a.bf16):  # emulated bf16 is ~30x slower than fp32: minutes a step at 20M
