@@ -24,13 +24,15 @@ class Alignment(Eval):
                  **kwargs):
         super().__init__(completion_fns, *args, **kwargs)
         self._require_fns(1, "Alignment")
-        from glassgpt.align import evals
+        from glassgpt.align import evals, rbr
 
         sets = [sets] if isinstance(sets, str) else list(sets or evals.SETS)
         bad = [s for s in sets if s not in evals.SETS]
         if bad:
             raise EvalError(f"{self.name}: unknown alignment set {bad[0]!r}; sets: {', '.join(evals.SETS)}")
         self.sets, self.n, self.conversations, self.max_tokens = sets, int(n), conversations, int(max_tokens)
+        self.rubric = rbr.load_rubric()
+        self.rules = rbr.RuleGrader(self.rubric)
 
     def get_samples(self):
         from glassgpt.align import pipeline
@@ -53,15 +55,13 @@ class Alignment(Eval):
         from glassgpt.align import evals
 
         got = first_completion(self.completion_fn(prompt=sample["input"], temperature=0.0, max_tokens=self.max_tokens))
-        verdicts = evals.score(sample["set"], sample["item"], got, self._rules, self._rubric)
+        verdicts = evals.score(sample["set"], sample["item"], got, self.rules, self.rubric)
         record.record_match(next(iter(verdicts.values())), expected=sample["set"], picked=got.strip(), sampled=got,
                             set=sample["set"], verdicts=verdicts)
 
     def run(self, recorder):
-        from glassgpt.align import evals, rbr
+        from glassgpt.align import evals
 
-        self._rubric = rbr.load_rubric()
-        self._rules = rbr.RuleGrader(self._rubric)
         self.eval_all_samples(recorder, self.get_samples())
         events = recorder.get_events("match")
         scored: dict[str, list] = {}
