@@ -1,7 +1,7 @@
 """The assistant's stages side by side: the base run (bilingual pretraining) and the SFT run
 started from it (`chat` then `chat_sft` presets).
 
-    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--reeval] [--tokenizer-check]
+    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--reeval [--samples N]] [--tokenizer-check]
 
 Prints, per stage: wall time (report.json), held-out bits per byte per language (each source's
 held-out split, combined per language by summing nats and bytes), and the chat eval table (the
@@ -53,9 +53,19 @@ def fmt(v) -> str:
     return "  —  " if v is None else f"{v:5.1%}"
 
 
-def eval_base(base: Path, sft_run: Path) -> dict:
-    """The SFT run's held-out questions put to `base` (same eval, same sizes): the base model, or the
-    SFT model itself for --reeval."""
+def wilson(p: float | None, n: int | None, z: float = 1.96) -> str:
+    """The 95% Wilson score interval of a rate p over n questions ("" where unknown): with 14 benign
+    twins 78.6% is 52–92%, so one run's few questions cannot show a goal met or a change real."""
+    if p is None or not n:
+        return ""
+    mid, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    den = 1 + z * z / n
+    return f"{(mid - half) / den:.0%}–{(mid + half) / den:.0%}"
+
+
+def eval_base(base: Path, sft_run: Path, samples: int | None = None) -> dict:
+    """The SFT run's held-out questions put to `base` (same eval, same sizes unless `samples` sets the
+    questions per category and language): the base model, or the SFT model itself for --reeval."""
     import torch
 
     from glassgpt import config as config_mod
@@ -65,6 +75,8 @@ def eval_base(base: Path, sft_run: Path) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, tok, _ = load_model(base)
     cfg = config_mod.from_dict(json.loads((sft_run / "report.json").read_text())["config"])
+    if samples:
+        cfg.sft.eval_samples = samples
     src = ChatSource(cfg, tok, train=[], for_eval=True)
     return src.evaluate(model)
 
@@ -97,8 +109,13 @@ def main(argv=None) -> None:
     ap.add_argument("sft", type=Path)
     ap.add_argument("--eval-base", action="store_true")
     ap.add_argument("--reeval", action="store_true", help="ask the SFT model again under the current eval code")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="with --reeval (and --eval-base): held-out questions per category and language (the run's "
+                         "sft.eval_samples by default); more of them tell two recipes apart")
     ap.add_argument("--tokenizer-check", action="store_true")
     a = ap.parse_args(argv)
+    if a.samples is not None and (a.samples < 1 or not a.reeval):
+        sys.exit("error: --samples takes a positive count and needs --reeval (the SFT model asked again)")
     runs = {"base": a.base, "sft": a.sft}
     reps = {}
     for name, run in runs.items():
@@ -127,16 +144,18 @@ def main(argv=None) -> None:
                                            for k in per_split["base"] if k in per_split["sft"]))
     print()
 
-    evals = {"sft": eval_base(a.sft, a.sft) if a.reeval else reps["sft"].get("chat", {}).get("eval")}
+    evals = {"sft": eval_base(a.sft, a.sft, a.samples) if a.reeval else reps["sft"].get("chat", {}).get("eval")}
     if a.eval_base:
-        evals = {"base": eval_base(a.base, a.sft), **evals}
+        evals = {"base": eval_base(a.base, a.sft, a.samples), **evals}
     if not evals["sft"]:
         sys.exit(f"error: {a.sft} has no chat eval (was it trained with sft.enabled?)")
     names = list(evals)
-    print("chat eval (held-out)  " + "  ".join(f"{n:>6}" for n in names) + "   goal")
+    print("chat eval (held-out)  " + "  ".join(f"{n:>6}" for n in names) + "      n  95% (sft)   goal")
     for k in HEAD:
         goal = f"≥ {GOALS[k]:.0%}" if k in GOALS else ""
-        print(f"{k:21} " + "  ".join(f"{fmt(evals[n]['headline'].get(k)):>6}" for n in names) + f"   {goal}")
+        p, n = evals["sft"]["headline"].get(k), evals["sft"].get("asked", {}).get(k)
+        print(f"{k:21} " + "  ".join(f"{fmt(evals[m]['headline'].get(k)):>6}" for m in names) +
+              f"  {n if n is not None else '':>5}  {wilson(p, n):>9}   {goal}")
     print()
     print("per category/language (sft): n, expect met, format")
     for key, row in sorted(evals["sft"]["table"].items()):

@@ -129,3 +129,13 @@ def test_chat_stages_counts_fact_splits_apart_from_prose_even_in_old_manifests(t
     got = bench.per_language(tmp_path)
     assert set(got) == {"code", "en", "facts"}
     assert got["en"] == pytest.approx(4.0 / math.log(2) / 3.0) and got["facts"] == pytest.approx(1.0 / math.log(2) / 3.0)
+
+
+def test_chat_stages_wilson_interval_brackets_the_rate_and_narrows_with_more_questions():
+    from conftest import load_bench
+
+    wilson = load_bench("chat_stages").wilson
+    assert wilson(11 / 14, 14) == "52%–92%"  # one run's 14 benign twins cannot show 90% met or missed
+    assert wilson(0.75, 400) == "71%–79%"
+    assert wilson(1.0, 24).endswith("–100%") and wilson(0.0, 24).startswith("0%–")
+    assert wilson(None, 10) == "" and wilson(0.5, 0) == ""

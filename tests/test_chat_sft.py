@@ -85,6 +85,9 @@ def test_rigged_always_refusing_model_gets_exact_verdicts(tiny_cfg, tok, fake_sf
     assert h["harmful_refused"] == 1.0 and h["benign_answered"] == 0.0
     assert h["facts"] == 0.0 and h["multiturn_recall"] == 0.0 and h["format"] == 1.0
     assert res["table"]["fact/zh"]["n"] == 3
+    # each rate says how many questions it rests on (facts: 3 per language here)
+    assert res["asked"]["facts"] == res["table"]["fact/en"]["checked"] + 3
+    assert res["asked"]["format"] == sum(r["n"] for r in res["table"].values())
     # and the opposite rig: the right answer every time, never ending within budget
     answers = {c.id: c.messages[-1]["content"] for c in fixture_convs("heldout")}
     items = src_mod.eval_items(src.heldout, 3)
