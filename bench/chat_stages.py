@@ -1,13 +1,16 @@
 """The assistant's stages side by side: the base run (bilingual pretraining) and the SFT run
 started from it (`chat` then `chat_sft` presets).
 
-    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--reeval [--samples N]] [--tokenizer-check]
+    python bench/chat_stages.py runs/chat_base runs/chat_sft [--eval-base] [--reeval [--samples N] [--answers FILE]]
+        [--tokenizer-check]
 
 Prints, per stage: wall time (report.json), held-out bits per byte per language (each source's
 held-out split, combined per language by summing nats and bytes), and the chat eval table (the
 SFT run's own final eval; with --eval-base the same held-out questions put to the base model, the
 reference the SFT numbers are a gain over; with --reeval the SFT model is asked again under today's
-eval code, for a run trained before a change to the eval). --tokenizer-check trains a code-only BPE of the same
+eval code, for a run trained before a change to the eval; --samples asks more questions per category
+and language, and each rate is printed with its 95% interval; --answers writes every answer, to read the
+misses). --tokenizer-check trains a code-only BPE of the same
 vocabulary on the same code and prints code's bytes per token under both, and Chinese bytes per
 token under the mix's (a compression proxy: a bits-per-byte comparison needs a code-only run).
 """
@@ -63,7 +66,7 @@ def wilson(p: float | None, n: int | None, z: float = 1.96) -> str:
     return f"{(mid - half) / den:.0%}–{(mid + half) / den:.0%}"
 
 
-def eval_base(base: Path, sft_run: Path, samples: int | None = None) -> dict:
+def eval_base(base: Path, sft_run: Path, samples: int | None = None, every_answer: bool = False) -> dict:
     """The SFT run's held-out questions put to `base` (same eval, same sizes unless `samples` sets the
     questions per category and language): the base model, or the SFT model itself for --reeval."""
     import torch
@@ -78,7 +81,7 @@ def eval_base(base: Path, sft_run: Path, samples: int | None = None) -> dict:
     if samples:
         cfg.sft.eval_samples = samples
     src = ChatSource(cfg, tok, train=[], for_eval=True)
-    return src.evaluate(model)
+    return src.evaluate(model, every_answer=every_answer)
 
 
 def tokenizer_check(base: Path) -> list[str]:
@@ -112,8 +115,12 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=None,
                     help="with --reeval (and --eval-base): held-out questions per category and language (the run's "
                          "sft.eval_samples by default); more of them tell two recipes apart")
+    ap.add_argument("--answers", type=Path, default=None,
+                    help="with --reeval: write every question asked, its answer and verdicts to this JSONL file")
     ap.add_argument("--tokenizer-check", action="store_true")
     a = ap.parse_args(argv)
+    if a.answers is not None and not a.reeval:
+        sys.exit("error: --answers needs --reeval (the SFT model asked again)")
     if a.samples is not None and (a.samples < 1 or not a.reeval):
         sys.exit("error: --samples takes a positive count and needs --reeval (the SFT model asked again)")
     runs = {"base": a.base, "sft": a.sft}
@@ -144,7 +151,12 @@ def main(argv=None) -> None:
                                            for k in per_split["base"] if k in per_split["sft"]))
     print()
 
-    evals = {"sft": eval_base(a.sft, a.sft, a.samples) if a.reeval else reps["sft"].get("chat", {}).get("eval")}
+    evals = {"sft": eval_base(a.sft, a.sft, a.samples, a.answers is not None) if a.reeval
+             else reps["sft"].get("chat", {}).get("eval")}
+    if a.answers is not None:
+        with open(a.answers, "w", encoding="utf-8") as f:
+            for row in evals["sft"].pop("answers"):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     if a.eval_base:
         evals = {"base": eval_base(a.base, a.sft, a.samples), **evals}
     if not evals["sft"]:

@@ -139,3 +139,13 @@ def test_chat_stages_wilson_interval_brackets_the_rate_and_narrows_with_more_que
     assert wilson(0.75, 400) == "71%–79%"
     assert wilson(1.0, 24).endswith("–100%") and wilson(0.0, 24).startswith("0%–")
     assert wilson(None, 10) == "" and wilson(0.5, 0) == ""
+
+
+@pytest.mark.parametrize("args, msg", [(["--samples", "64"], "needs --reeval"), (["--reeval", "--samples", "0"], "positive"),
+                                       (["--answers", "a.jsonl"], "needs --reeval")])
+def test_chat_stages_more_questions_or_every_answer_need_reeval(args, msg, tmp_path):
+    from conftest import load_bench
+
+    with pytest.raises(SystemExit) as e:
+        load_bench("chat_stages").main([str(tmp_path / "base"), str(tmp_path / "sft"), *args])
+    assert msg in str(e.value)

@@ -85,6 +85,12 @@ def test_rigged_always_refusing_model_gets_exact_verdicts(tiny_cfg, tok, fake_sf
     assert h["harmful_refused"] == 1.0 and h["benign_answered"] == 0.0
     assert h["facts"] == 0.0 and h["multiturn_recall"] == 0.0 and h["format"] == 1.0
     assert res["table"]["fact/zh"]["n"] == 3
+    assert "answers" not in res  # only when asked: a run's report keeps a few samples
+    rows = src.evaluate(model, every_answer=True)["answers"]
+    assert len(rows) == sum(r["n"] for r in res["table"].values())
+    refusal_rows = [r for r in rows if r["category"] == "harmful"]
+    assert refusal_rows and all(r["met"] and r["ended"] for r in refusal_rows)
+    assert all(r["met"] is False for r in rows if r["category"] == "fact")
     # each rate says how many questions it rests on (facts: 3 per language here)
     assert res["asked"]["facts"] == res["table"]["fact/en"]["checked"] + 3
     assert res["asked"]["format"] == sum(r["n"] for r in res["table"].values())

@@ -672,7 +672,9 @@ class ChatSource(Source):
         return [(o["text"], o["finish"] == "stop") for o in outs]
 
     @torch.no_grad()
-    def evaluate(self, model=None) -> dict:
+    def evaluate(self, model=None, every_answer: bool = False) -> dict:
+        """The held-out eval (score's table and headline, a few sample answers); every_answer: also
+        each question asked with its answer and verdicts, under "answers" (for reading the misses)."""
         raw = self.raw if self.raw is not None else model
         items = eval_items(self.heldout, self.sc.eval_samples)
         prompts = [prompt_of(self.tok, c) for c in items]
@@ -689,6 +691,12 @@ class ChatSource(Source):
         every = max(1, len(items) // 6)  # a few answers kept as they came, for the report's reader
         result["samples"] = [{"id": c.id, "answer": a[0][:200], "ended": a[1]}
                              for c, a in list(zip(items, answers))[::every]]
+        if every_answer:
+            result["answers"] = [{"id": c.id, "category": c.category, "language": c.language, "template": c.template,
+                                  "question": [m for m in c.messages if m["role"] == "user"][-1]["content"],
+                                  "reference": c.messages[-1]["content"], "expect": c.expect, "answer": text,
+                                  "met": verdict(c.expect, text) if c.expect is not None else None, "ended": ended}
+                                 for c, (text, ended) in zip(items, answers)]
         return result
 
     def summary(self, result: dict) -> str:
