@@ -353,7 +353,7 @@ def _chatterbot(files: list[Path], seed: int, skip: Counter) -> Iterator[Convers
 
 # Whole paragraphs up to about this much (the first is always kept): a 5M-parameter model cannot hold a
 # 700-character answer together and babbles past its end; at 300 held-out FAQ answers end inside their
-# budget 86% of the time, not 61-78%, and more of the questions fit the eval's context (docs/assistant.md).
+# budget 78-86% of the time, not 61-78%, and more of the questions fit the eval's context (docs/assistant.md).
 FAQ_ANSWER_CHARS = 300
 
 
